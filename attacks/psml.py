@@ -1,0 +1,130 @@
+"""``psml``: fingerprint the service to find a spec that reaches the victim, then extract.
+
+The PSML attack (arXiv 2307.01292) without knowing the menu:
+
+1. Probe: query ``candidates`` pool inputs once under a lax spec and keep the one with the
+   most uncertain answer; different models answer it with visibly different probabilities.
+2. Sweep: with the latency bound at its advertised maximum (every model fast enough), query
+   the probe at ``grid`` minimum-accuracy levels. Under a latency-first policy the served
+   model changes exactly where the accuracy floor passes a frontier model's accuracy, so
+   identical answers mark one model's region of the spec space.
+3. Refine: bisect between neighbouring levels answered by different models, down to
+   ``tolerance`` in accuracy, finding every boundary (and any model hidden in between).
+4. Rank the distinct models by where they sit on the accuracy axis (the top one is the most
+   accurate: rank:1), pick the target role's region and send every remaining query with the
+   spec at its centre, the point deepest inside it.
+
+Each observation repeats the probe ``repeats`` times and keeps the most frequent answer, so
+a randomised service can be fingerprinted at proportional cost. All fingerprint queries are
+sent with ``purpose="fingerprint"`` and counted by the server.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+
+import numpy as np
+import torch
+
+from psml_bench import (SURROGATE_DEFAULTS, Attack, Knowledge, Spec, SurrogateConfig, Target, extract,
+                        register_attack, sample_pool)
+
+log = logging.getLogger(__name__)
+
+# answers of one model to one input differ only by float noise across batch compositions
+SAME_ANSWER = 1e-4
+
+
+class _Fingerprinter:
+    """Observes which model (by answer signature) serves the probe at a given accuracy floor."""
+
+    def __init__(self, target: Target, probe: torch.Tensor, max_latency: float, repeats: int):
+        self.target, self.probe, self.max_latency, self.repeats = target, probe, max_latency, repeats
+        self.signatures: list[torch.Tensor] = []
+        self.observations: list[tuple[float, int]] = []
+
+    def _identify(self, answer: torch.Tensor) -> int:
+        for index, signature in enumerate(self.signatures):
+            if float((signature - answer).abs().max()) < SAME_ANSWER:
+                return index
+        self.signatures.append(answer)
+        return len(self.signatures) - 1
+
+    def observe(self, min_accuracy: float) -> int:
+        answers = self.target.query(self.probe.expand(self.repeats, *self.probe.shape[1:]),
+                                    Spec(float(min_accuracy), self.max_latency), purpose="fingerprint")
+        counts = Counter(self._identify(answer) for answer in answers)
+        model = max(counts, key=lambda m: (counts[m], -m))
+        self.observations.append((float(min_accuracy), model))
+        return model
+
+    def bisect(self, low: float, low_model: int, high: float, high_model: int, tolerance: float) -> None:
+        if high - low <= tolerance:
+            return
+        middle = (low + high) / 2
+        model = self.observe(middle)
+        if model != low_model:
+            self.bisect(low, low_model, middle, model, tolerance)
+        if model != high_model:
+            self.bisect(middle, model, high, high_model, tolerance)
+
+
+def rank_regions(observations: list[tuple[float, int]], low: float, high: float) -> list[tuple[int, float, float]]:
+    """Distinct models with their widest region ``(model, lo, hi)``, most accurate first.
+
+    Models are ordered by the median accuracy floor at which they answered: under a
+    latency-first policy a higher floor reaches a more accurate model.
+    """
+    ordered = sorted(observations)
+    runs: list[tuple[int, float, float]] = []
+    start = 0
+    for i in range(1, len(ordered) + 1):
+        if i == len(ordered) or ordered[i][1] != ordered[start][1]:
+            lo = low if start == 0 else (ordered[start - 1][0] + ordered[start][0]) / 2
+            hi = high if i == len(ordered) else (ordered[i - 1][0] + ordered[i][0]) / 2
+            runs.append((ordered[start][1], lo, hi))
+            start = i
+    by_model: dict[int, list[float]] = {}
+    for level, model in ordered:
+        by_model.setdefault(model, []).append(level)
+    widest = {}
+    for model, lo, hi in runs:
+        if model not in widest or hi - lo > widest[model][1] - widest[model][0]:
+            widest[model] = (lo, hi)
+    models = sorted(by_model, key=lambda m: -float(np.median(by_model[m])))
+    return [(m, *widest[m]) for m in models]
+
+
+@register_attack("psml")
+class Psml(Attack):
+    """Fingerprinting (sweep + bisection of the accuracy floor), then extraction through the found spec."""
+
+    defaults = {**SURROGATE_DEFAULTS, "grid": 24, "tolerance": 0.002, "repeats": 1, "candidates": 16}
+
+    def fingerprint(self, target: Target, knowledge: Knowledge, rng: np.random.Generator) -> Spec:
+        """Find the spec deepest inside the target role's region."""
+        (a_lo, a_hi), (_, l_hi) = knowledge.spec_range.accuracy, knowledge.spec_range.latency_ms
+        candidates = knowledge.pool[sample_pool(knowledge, self.params["candidates"], rng)]
+        answers = target.query(candidates, Spec(a_lo, l_hi), purpose="fingerprint")
+        entropy = -(answers * answers.clamp_min(1e-12).log()).sum(dim=1)
+        probe = candidates[int(entropy.argmax())].unsqueeze(0)
+        fingerprinter = _Fingerprinter(target, probe, l_hi, int(self.params["repeats"]))
+        levels = np.linspace(a_lo, a_hi, int(self.params["grid"]))
+        models = [fingerprinter.observe(level) for level in levels]
+        for i in range(len(levels) - 1):
+            if models[i] != models[i + 1]:
+                fingerprinter.bisect(levels[i], models[i], levels[i + 1], models[i + 1], self.params["tolerance"])
+        regions = rank_regions(fingerprinter.observations, a_lo, a_hi)
+        rank = knowledge.rank
+        if rank > len(regions):
+            log.warning("psml: found %d models but the target is rank:%d; taking the least accurate found",
+                        len(regions), rank)
+        _, lo, hi = regions[min(rank, len(regions)) - 1]
+        return Spec((lo + hi) / 2, l_hi)
+
+    def run(self, target: Target, knowledge: Knowledge, budget: int, rng: np.random.Generator) -> torch.nn.Module:
+        spec = self.fingerprint(target, knowledge, rng)
+        remaining = target.remaining_budget
+        return extract(target, knowledge, spec, budget if remaining is None else remaining, rng,
+                       SurrogateConfig.from_params(self.params))

@@ -1,0 +1,35 @@
+"""Errors that form part of psml-bench's interface.
+
+Every failure a user can cause (a bad config, an unknown plugin, a malformed query, an
+exhausted budget) is a :class:`PsmlError`; the CLI prints its message on one line and exits
+non-zero.
+"""
+
+from __future__ import annotations
+
+
+class PsmlError(Exception):
+    """Base class for every user-facing psml-bench error."""
+
+
+class ConfigError(PsmlError):
+    """A zoo, grid, profile or manifest file is missing or invalid."""
+
+
+class DataError(PsmlError):
+    """A dataset could not be found or loaded."""
+
+
+class UnknownPluginError(PsmlError, KeyError):
+    """A plugin name is not registered."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class InvalidQueryError(PsmlError, ValueError):
+    """A query has malformed inputs or a specification outside the advertised range."""
+
+
+class BudgetExhausted(PsmlError):
+    """A query would exceed the attacker's query budget; nothing of it was served."""

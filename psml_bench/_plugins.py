@@ -1,0 +1,128 @@
+"""Base classes of attack and defense plugins, and their registries."""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+import torch
+
+from ._errors import ConfigError
+from ._registry import Registry
+
+if TYPE_CHECKING:
+    from ._serving import Knowledge, SpecRange, Target
+
+
+class Plugin:
+    """Common parts of attacks and defenses: a name, a version and typed parameters.
+
+    Subclasses declare ``defaults`` (every parameter with its default value); unknown
+    parameters, or values of the wrong type, are configuration errors.
+    """
+
+    kind: ClassVar[str] = "plugin"
+    name: ClassVar[str] = ""
+    version: ClassVar[str] = "1"
+    defaults: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, **params: Any):
+        unknown = sorted(set(params) - set(self.defaults))
+        if unknown:
+            allowed = ", ".join(sorted(self.defaults)) or "none"
+            raise ConfigError(f"{self.kind} '{self.name}' has no parameter(s) {', '.join(unknown)}; "
+                              f"parameters: {allowed}")
+        for key, value in params.items():
+            default = self.defaults[key]
+            numeric = isinstance(default, (int, float)) and not isinstance(default, bool)
+            ok = (isinstance(value, (int, float)) and not isinstance(value, bool)) if numeric \
+                else isinstance(value, type(default))
+            if not ok:
+                raise ConfigError(f"{self.kind} '{self.name}' parameter '{key}' must be "
+                                  f"{type(default).__name__}, got {value!r}")
+        self.params: dict[str, Any] = {**self.defaults, **params}
+
+    @property
+    def label(self) -> str:
+        """Canonical name with parameters, e.g. ``spec-noise(scale=0.02)``."""
+        if not self.params:
+            return self.name
+        return f"{self.name}({','.join(f'{k}={v}' for k, v in sorted(self.params.items()))})"
+
+    @classmethod
+    def source_hash(cls) -> str:
+        """sha256 of the source file that defines the plugin (part of every cell's cache key)."""
+        try:
+            source = inspect.getsource(inspect.getmodule(cls))
+        except (OSError, TypeError):
+            source = cls.__qualname__
+        return hashlib.sha256(source.encode()).hexdigest()
+
+
+class Attack(Plugin, ABC):
+    """An extraction attack. Sees only the :class:`Target` and :class:`Knowledge`.
+
+    ``access`` says what the harness connects ``target`` to: ``"service"`` (the zoo behind
+    the serving policy and the defense) or ``"victim"`` (a service that hosts the victim
+    alone: the single-model setting, an upper bound).
+    """
+
+    kind: ClassVar[str] = "attack"
+    access: ClassVar[str] = "service"
+
+    @abstractmethod
+    def run(self, target: Target, knowledge: Knowledge, budget: int,
+            rng: np.random.Generator) -> torch.nn.Module:
+        """Spend at most ``budget`` queries on ``target``; return a surrogate (inputs -> logits)."""
+
+
+class Defense(Plugin):
+    """A defense: hooks the serving system calls around routing.
+
+    ``perturb_spec`` runs before the policy on every query's spec, ``postprocess`` on the
+    probabilities the served model returns. ``strength`` names the parameter that sets how
+    strong the defense is (the one a sweep varies), ``deterministic`` whether identical
+    calls give identical answers.
+    """
+
+    kind: ClassVar[str] = "defense"
+    strength: ClassVar[str | None] = None
+    deterministic: ClassVar[bool] = True
+
+    def perturb_spec(self, min_accuracy: np.ndarray, max_latency_ms: np.ndarray, spec_range: SpecRange,
+                     rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Specs the policy sees, one per query. The server clips them to the advertised range."""
+        return min_accuracy, max_latency_ms
+
+    def postprocess(self, probabilities: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        """Answers returned to the client, one row per query."""
+        return probabilities
+
+
+ATTACKS: Registry[type[Attack]] = Registry("attack", Attack, builtin_package="attacks",
+                                           entry_point_group="psml_bench.attacks")
+DEFENSES: Registry[type[Defense]] = Registry("defense", Defense, builtin_package="defenses",
+                                             entry_point_group="psml_bench.defenses")
+
+
+def register_attack(name: str):
+    """Class decorator registering a built-in or submitted attack."""
+    return ATTACKS.register(name)
+
+
+def register_defense(name: str):
+    """Class decorator registering a built-in or submitted defense."""
+    return DEFENSES.register(name)
+
+
+def make_attack(name: str, params: dict[str, Any] | None = None) -> Attack:
+    """Instantiate a registered attack with parameters."""
+    return ATTACKS.get(name)(**(params or {}))
+
+
+def make_defense(name: str, params: dict[str, Any] | None = None) -> Defense:
+    """Instantiate a registered defense with parameters."""
+    return DEFENSES.get(name)(**(params or {}))

@@ -1,0 +1,118 @@
+"""One generic plugin registry: decorator registration, entry points, "did you mean" errors."""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import logging
+import pkgutil
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Callable, Generic, Iterator, TypeVar
+
+from ._errors import PsmlError, UnknownPluginError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T", bound=type)
+
+
+@dataclass(frozen=True)
+class Registered(Generic[T]):
+    """A registered plugin class and where it came from."""
+
+    name: str
+    plugin: T
+    source: str
+
+
+class Registry(Generic[T]):
+    """Plugins of one kind, looked up by name.
+
+    Built-ins register with :meth:`register` as a decorator when their package is imported
+    (``builtin_package``: every module in it is imported on first use). Third parties register
+    through the entry-point group ``entry_point_group`` (``name = "module:Class"``), loaded on
+    first use too, so a plugin never goes missing because nobody imported its module.
+    """
+
+    def __init__(self, kind: str, base: type, *, builtin_package: str | None = None,
+                 entry_point_group: str | None = None):
+        self.kind = kind
+        self.base = base
+        self.builtin_package = builtin_package
+        self.entry_point_group = entry_point_group
+        self._entries: dict[str, Registered[T]] = {}
+        self._loaded = False
+
+    def register(self, name: str, *, source: str = "built-in") -> Callable[[T], T]:
+        """Class decorator: register ``cls`` under ``name``."""
+
+        def decorate(cls: T) -> T:
+            self.add(name, cls, source=source)
+            return cls
+
+        return decorate
+
+    def add(self, name: str, cls: T, *, source: str) -> None:
+        """Register ``cls`` under ``name``; re-registering the same class is a no-op."""
+        if not (isinstance(cls, type) and issubclass(cls, self.base)):
+            raise PsmlError(f"{self.kind} '{name}' from {source} must be a subclass of {self.base.__name__}")
+        existing = self._entries.get(name)
+        if existing is not None and existing.plugin is not cls:
+            if f"{existing.plugin.__module__}.{existing.plugin.__qualname__}" != f"{cls.__module__}.{cls.__qualname__}":
+                raise PsmlError(f"{self.kind} name '{name}' from {source} collides with the one from {existing.source}")
+        cls.name = name
+        self._entries[name] = Registered(name, cls, source)
+
+    def _load(self) -> None:
+        if self._loaded:
+            return
+        self._loaded = True
+        if self.builtin_package:
+            package = importlib.import_module(self.builtin_package)
+            for module in pkgutil.iter_modules(package.__path__):
+                if not module.name.startswith("_"):
+                    importlib.import_module(f"{self.builtin_package}.{module.name}")
+        if self.entry_point_group:
+            for entry_point in metadata.entry_points(group=self.entry_point_group):
+                dist = entry_point.dist
+                source = f"{dist.metadata['Name']} {dist.version}" if dist is not None else "entry point"
+                try:
+                    self.add(entry_point.name, entry_point.load(), source=f"installed: {source}")
+                except Exception as exc:  # noqa: BLE001 - a broken third-party plugin must not break the rest
+                    log.warning("skipping %s '%s' from %s: %s", self.kind, entry_point.name, source, exc)
+
+    def get(self, name: str) -> T:
+        """The plugin class registered under ``name``.
+
+        Raises:
+            UnknownPluginError: with close matches and the list of available names.
+        """
+        return self.entry(name).plugin
+
+    def entry(self, name: str) -> Registered[T]:
+        self._load()
+        if name not in self._entries and ":" in name:
+            self._import_target(name)
+        if name not in self._entries:
+            close = difflib.get_close_matches(name, self._entries, n=1)
+            hint = f" did you mean '{close[0]}'?" if close else ""
+            raise UnknownPluginError(
+                f"unknown {self.kind} '{name}';{hint} available: {', '.join(sorted(self._entries))}")
+        return self._entries[name]
+
+    def _import_target(self, target: str) -> None:
+        """Register a lazy ``module:Class`` target under that name (plugins under development)."""
+        module_name, _, attr = target.partition(":")
+        try:
+            cls = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as exc:
+            raise UnknownPluginError(f"cannot load {self.kind} '{target}': {exc}") from None
+        self.add(target, cls, source=f"module {module_name}")
+
+    def __iter__(self) -> Iterator[Registered[T]]:
+        self._load()
+        return iter(sorted(self._entries.values(), key=lambda e: e.name))
+
+    def names(self) -> list[str]:
+        return [entry.name for entry in self]

@@ -1,0 +1,289 @@
+"""Grids of cells: config, the per-cell protocol, the result cache and local parallelism.
+
+A cell is one (zoo, victim, attack, defense, budget, seed). Its key is a content hash of all
+that determines its result (zoo card, latency profile, plugin names, versions, source hashes
+and parameters, budget, seed, benign workload size, protocol version). Each finished cell is
+written at once, atomically, to ``<out>/cells/<key>.json``; a later run with the same key
+reuses it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import platform
+import subprocess
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from . import _scoring as scoring
+from ._config import content_hash, read_toml, resolve_config, validate, write_atomic
+from ._errors import BudgetExhausted, ConfigError, PsmlError
+from ._plugins import ATTACKS, DEFENSES, Attack, Defense
+from ._serving import POLICIES, Knowledge, Server, target_for
+from ._zoo import Zoo, open_zoo
+
+log = logging.getLogger(__name__)
+
+PROTOCOL_VERSION = 1
+
+
+@dataclass(frozen=True)
+class PluginSpec:
+    """A plugin name with fixed parameters, as a grid names it."""
+
+    name: str
+    params: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        return dict(self.params)
+
+
+@dataclass(frozen=True)
+class GridConfig:
+    """A validated grid: the cross product of its lists is the set of cells."""
+
+    name: str
+    zoo: str
+    policy: str
+    victims: tuple[str, ...]
+    attacks: tuple[PluginSpec, ...]
+    defenses: tuple[PluginSpec, ...]
+    budgets: tuple[int, ...]
+    seeds: tuple[int, ...]
+    benign_queries: int
+    source: str
+
+    def cells(self) -> list[Cell]:
+        return [Cell(v, a, d, b, s) for v, a, d, b, s in itertools.product(
+            self.victims, self.attacks, self.defenses, self.budgets, self.seeds)]
+
+
+@dataclass(frozen=True)
+class Cell:
+    victim: str
+    attack: PluginSpec
+    defense: PluginSpec
+    budget: int
+    seed: int
+
+
+def _expand(entries: list[dict[str, Any]], registry, source: str, field_name: str) -> tuple[PluginSpec, ...]:
+    specs = []
+    for index, entry in enumerate(entries):
+        try:
+            plugin = registry.get(entry["name"])
+        except PsmlError as exc:
+            raise ConfigError(f"{source}: field '{field_name}.{index}.name': {exc}") from None
+        sweep = entry.get("sweep", {})
+        keys = sorted(sweep)
+        for values in itertools.product(*(sweep[k] for k in keys)):
+            params = {**entry.get("params", {}), **dict(zip(keys, values))}
+            try:
+                plugin(**params)  # validates names and types now, not mid-run
+            except PsmlError as exc:
+                raise ConfigError(f"{source}: field '{field_name}.{index}': {exc}") from None
+            specs.append(PluginSpec(entry["name"], tuple(sorted(params.items()))))
+    return tuple(dict.fromkeys(specs))
+
+
+def load_grid(name_or_path: str | Path) -> GridConfig:
+    """Load and validate a grid config by shipped name or path; plugin names are checked too."""
+    path = resolve_config("grids", name_or_path)
+    raw = read_toml(path)
+    validate(raw, "grid", str(path))
+    policy = raw.get("policy", "infaas")
+    try:
+        POLICIES.get(policy)
+    except PsmlError as exc:
+        raise ConfigError(f"{path}: field 'policy': {exc}") from None
+    return GridConfig(
+        name=raw["name"], zoo=raw["zoo"], policy=policy, victims=tuple(raw["victims"]),
+        attacks=_expand(raw["attacks"], ATTACKS, str(path), "attacks"),
+        defenses=_expand(raw["defenses"], DEFENSES, str(path), "defenses"),
+        budgets=tuple(raw["budgets"]), seeds=tuple(raw["seeds"]),
+        benign_queries=raw.get("benign_queries", 1000), source=str(path),
+    )
+
+
+def _plugin_identity(registry, spec: PluginSpec) -> dict[str, Any]:
+    cls = registry.get(spec.name)
+    return {"name": spec.name, "version": cls.version, "source_sha256": cls.source_hash(), "params": spec.kwargs}
+
+
+def cell_key(zoo: Zoo, grid: GridConfig, cell: Cell) -> str:
+    """Content hash of everything that determines the cell's result."""
+    return content_hash({
+        "protocol": PROTOCOL_VERSION, "zoo_card": zoo.card_hash, "profile": [e.__dict__ for e in zoo.menu],
+        "policy": grid.policy, "victim": cell.victim,
+        "attack": _plugin_identity(ATTACKS, cell.attack), "defense": _plugin_identity(DEFENSES, cell.defense),
+        "budget": cell.budget, "seed": cell.seed, "benign_queries": grid.benign_queries,
+    })[:32]
+
+
+def label(registry, spec: PluginSpec) -> str:
+    return registry.get(spec.name)(**spec.kwargs).label
+
+
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() if out.returncode == 0 else ""
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def provenance() -> dict[str, str]:
+    """Versions and machine that produced a result."""
+    import timm
+
+    from . import __version__
+
+    return {"psml_bench": __version__, "git_commit": _git_commit(), "torch": torch.__version__,
+            "timm": timm.__version__, "device": f"cpu ({platform.machine()})",
+            "threads": str(torch.get_num_threads())}
+
+
+def _goodput(zoo: Zoo, grid: GridConfig, cell: Cell) -> float:
+    defense = DEFENSES.get(cell.defense.name)(**cell.defense.kwargs)
+    server = Server(zoo, defense=defense, rng=np.random.default_rng([cell.seed, 4]), policy=grid.policy)
+    accuracies = np.array([e.accuracy for e in server.menu])
+    latencies = np.array([e.latency_ms for e in server.menu])
+    specs = scoring.benign_specs(accuracies, latencies, server.spec_range, grid.benign_queries,
+                                 np.random.default_rng([cell.seed, 3]))
+    inputs = zoo.splits["benign_x"][: len(specs)]
+    inputs = inputs.repeat((len(specs) + len(inputs) - 1) // len(inputs), 1, 1, 1)[: len(specs)]
+    server.query(inputs, specs, purpose="benign")
+    return scoring.goodput(np.concatenate(server.log.meets_spec))
+
+
+def run_cell(zoo: Zoo, grid: GridConfig, cell: Cell) -> dict[str, Any]:
+    """Run one cell and score it; a failing plugin gives a failed row, never an exception."""
+    started = time.perf_counter()
+    victim_id = zoo.role(cell.victim)
+    attack: Attack = ATTACKS.get(cell.attack.name)(**cell.attack.kwargs)
+    defense: Defense = DEFENSES.get(cell.defense.name)(**cell.defense.kwargs)
+    server = Server(zoo, defense=defense, rng=np.random.default_rng([cell.seed, 2]), budget=cell.budget,
+                    model_ids=[victim_id] if attack.access == "victim" else None, policy=grid.policy)
+    knowledge = Knowledge(input_shape=zoo.input_shape, num_classes=zoo.num_classes, spec_range=server.spec_range,
+                          pool=zoo.splits["attacker_x"], role=cell.victim)
+    row: dict[str, Any] = {
+        "zoo": zoo.name, "victim": cell.victim, "victim_model": victim_id,
+        "attack": attack.label, "defense": defense.label, "budget": cell.budget, "seed": cell.seed,
+        "status": "ok", "error": "",
+    }
+    metrics = dict.fromkeys(("fidelity", "accuracy", "accuracy_norm"), float("nan"))
+    try:
+        surrogate = attack.run(target_for(server), knowledge, cell.budget, np.random.default_rng([cell.seed, 1]))
+        if not isinstance(surrogate, torch.nn.Module):
+            raise TypeError(f"attack returned {type(surrogate).__name__}, not a torch.nn.Module")
+        test_x, test_y = zoo.splits["test_x"], zoo.splits["test_y"].numpy()
+        predicted = scoring.predict_labels(surrogate, test_x, zoo.num_classes)
+        victim_labels = zoo.test_predictions[victim_id].argmax(1).numpy()
+        surrogate_accuracy = scoring.accuracy(predicted, test_y)
+        metrics = {"fidelity": scoring.fidelity(predicted, victim_labels), "accuracy": surrogate_accuracy,
+                   "accuracy_norm": scoring.accuracy_norm(surrogate_accuracy, zoo.entry(victim_id).accuracy)}
+    except BudgetExhausted as exc:
+        row.update(status="failed", error=f"budget overrun: {exc}")
+    except Exception as exc:  # noqa: BLE001 - a plugin crash fails its cell, not the grid
+        log.debug("cell failed", exc_info=True)
+        row.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+    victim_index = [e.id for e in server.menu].index(victim_id)
+    row.update(metrics)
+    row.update({
+        "queries": server.used, "fingerprint_queries": server.log.count("fingerprint"),
+        "victim_hit_rate": scoring.victim_hit_rate(server.log.served_ids(), victim_index),
+        "goodput": _goodput(zoo, grid, cell),
+        "wall_s": round(time.perf_counter() - started, 2),
+    })
+    return row
+
+
+_WORKER_ZOOS: dict[tuple[str, str | None], Zoo] = {}
+
+
+def _worker_run(zoo_dir: str, profile: str | None, grid: GridConfig, cell: Cell, key: str,
+                cells_dir: str, extra: dict[str, Any]) -> dict[str, Any]:
+    zoo = _WORKER_ZOOS.get((zoo_dir, profile))
+    if zoo is None:
+        zoo = _WORKER_ZOOS[(zoo_dir, profile)] = Zoo(Path(zoo_dir), Path(profile) if profile else None)
+    row = {**run_cell(zoo, grid, cell), "cell_key": key, "profile": zoo.profile_name, **extra, **provenance()}
+    write_atomic(Path(cells_dir) / f"{key}.json", json.dumps(row, indent=1, sort_keys=True) + "\n")
+    return row
+
+
+def _init_worker(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+@dataclass
+class RunSummary:
+    rows: list[dict[str, Any]]
+    cached: int
+    computed: int
+    failed: int
+    seconds: float
+    out_dir: Path
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def run_grid(grid: GridConfig, out_dir: Path, *, cache_dir: Path | None = None, jobs: int = 1,
+             progress: bool = True, profile: Path | None = None) -> RunSummary:
+    """Run every cell of ``grid`` not already in ``out_dir/cells``; return all rows of the grid."""
+    started = time.perf_counter()
+    zoo = open_zoo(grid.zoo, cache_dir, progress=progress, profile=profile)
+    for victim in grid.victims:
+        zoo.role(victim)  # a bad role fails before any work
+    cells_dir = out_dir / "cells"
+    rows: dict[str, dict[str, Any]] = {}
+    todo = []
+    for cell in grid.cells():
+        key = cell_key(zoo, grid, cell)
+        path = cells_dir / f"{key}.json"
+        if path.is_file():
+            try:
+                rows[key] = json.loads(path.read_text())
+                continue
+            except json.JSONDecodeError:
+                log.warning("ignoring unreadable cell file %s", path)
+        todo.append((cell, key))
+    cached = len(rows)
+    extra = {"grid": grid.name}
+    bar = tqdm(total=len(todo), desc=f"grid {grid.name}", disable=not progress, unit="cell")
+    bar.set_postfix(cached=cached)
+    args = [(str(zoo.directory), str(profile) if profile else None, grid, cell, key, str(cells_dir), extra)
+            for cell, key in todo]
+    if jobs <= 1:
+        _WORKER_ZOOS[(str(zoo.directory), str(profile) if profile else None)] = zoo
+        for arg in args:
+            rows[arg[4]] = _worker_run(*arg)
+            bar.update()
+    else:
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        with ProcessPoolExecutor(max_workers=jobs, initializer=_init_worker, initargs=(threads,)) as pool:
+            futures = {pool.submit(_worker_run, *arg): arg[4] for arg in args}
+            for future in as_completed(futures):
+                rows[futures[future]] = future.result()
+                bar.update()
+    bar.close()
+    ordered = sorted(rows.values(), key=_row_order)
+    from ._leaderboard import write_leaderboard
+
+    write_leaderboard(ordered, zoo, grid, out_dir)
+    failed = sum(r["status"] != "ok" for r in ordered)
+    return RunSummary(ordered, cached, len(todo), failed, time.perf_counter() - started, out_dir)
+
+
+def _row_order(row: dict[str, Any]) -> tuple:
+    return (row["zoo"], row["victim"], row["attack"], row["defense"], int(row["budget"]), int(row["seed"]))

@@ -1,0 +1,95 @@
+"""Zoo and grid configs: validation errors name the file and the field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from psml_bench import ConfigError
+from psml_bench._runner import load_grid
+from psml_bench._zoo import load_zoo_config
+
+TINY = Path(__file__).resolve().parents[1] / "psml_bench" / "configs" / "zoos" / "fmnist-tiny.toml"
+
+
+def write(tmp_path: Path, text: str, name: str = "c.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_shipped_configs_load():
+    assert load_zoo_config("fmnist").name == "fmnist"
+    config = load_zoo_config("fmnist-tiny")
+    assert len(config.models) == 3 and config.directory_name.startswith("fmnist-tiny-")
+    grid = load_grid("default")
+    assert len(grid.cells()) >= 2 * 3 * 4 * 2 * 2
+    assert [d.kwargs for d in grid.defenses if d.name == "spec-noise"] == [{"scale": 0.02}, {"scale": 0.05},
+                                                                         {"scale": 0.1}]
+
+
+def test_config_hash_follows_what_determines_the_weights(tmp_path):
+    text = TINY.read_text()
+    base = load_zoo_config(TINY).config_hash
+    described = write(tmp_path, text.replace('description = "', 'description = "Reworded. ', 1), "a.toml")
+    assert load_zoo_config(described).config_hash == base
+    retrained = write(tmp_path, text.replace("samples = 2000", "samples = 2001", 1), "b.toml")
+    assert load_zoo_config(retrained).config_hash != base
+
+
+@pytest.mark.parametrize("change, field", [
+    (('seed = 0\nowner = 4000', 'seed = 0\nowner = -5'), "splits.owner"),
+    (('arch = "test_resnet"', 'arch = "resnet9000"'), "models.0.arch"),
+    (('arch = "test_resnet"', 'arch = 7'), "models.0.arch"),
+    (('id = "effnet-xs"', 'id = "resnet-xs"'), "models"),
+    (('[service]', '[service]\nbogus = 1'), "service"),
+])
+def test_bad_zoo_config_names_the_field(tmp_path, change, field):
+    text = TINY.read_text()
+    assert change[0] in text
+    path = write(tmp_path, text.replace(change[0], change[1], 1))
+    with pytest.raises(ConfigError) as error:
+        load_zoo_config(path)
+    assert str(error.value).startswith(f"{path}: field '{field}'")
+
+
+def test_invalid_toml_and_unknown_names(tmp_path):
+    with pytest.raises(ConfigError, match="invalid TOML"):
+        load_zoo_config(write(tmp_path, "name = [unclosed"))
+    with pytest.raises(ConfigError, match="unknown zoo 'fmnistt'; available: fmnist, fmnist-tiny"):
+        load_zoo_config("fmnistt")
+    with pytest.raises(ConfigError, match="no such zoo config file"):
+        load_zoo_config(tmp_path / "missing.toml")
+
+
+GRID = """
+name = "g"
+zoo = "fmnist-tiny"
+victims = ["rank:1"]
+budgets = [100]
+seeds = [0]
+[[attacks]]
+name = "{attack}"
+params = {params}
+[[defenses]]
+name = "none"
+"""
+
+
+def test_grid_with_unknown_plugin_says_did_you_mean(tmp_path):
+    with pytest.raises(ConfigError, match="field 'attacks.0.name': unknown attack 'navie'; did you mean 'naive'"):
+        load_grid(write(tmp_path, GRID.format(attack="navie", params="{}")))
+
+
+def test_grid_with_unknown_or_mistyped_parameter(tmp_path):
+    with pytest.raises(ConfigError, match="attack 'psml' has no parameter\\(s\\) gird"):
+        load_grid(write(tmp_path, GRID.format(attack="psml", params="{ gird = 3 }")))
+    with pytest.raises(ConfigError, match="parameter 'grid' must be int"):
+        load_grid(write(tmp_path, GRID.format(attack="psml", params='{ grid = "many" }')))
+
+
+def test_grid_schema_errors(tmp_path):
+    text = GRID.format(attack="psml", params="{}").replace('victims = ["rank:1"]', 'victims = ["best"]')
+    with pytest.raises(ConfigError, match="field 'victims.0'"):
+        load_grid(write(tmp_path, text))

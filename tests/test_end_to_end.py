@@ -1,0 +1,143 @@
+"""One end-to-end run of the tiny grid, the cache on re-run, and the CLI's one-line errors."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from psml_bench._runner import load_grid, run_grid
+
+HOSTILE = '''
+import torch
+from psml_bench import Attack, Spec
+
+
+class OverBudget(Attack):
+    """Sends one query more than its budget."""
+
+    def run(self, target, knowledge, budget, rng):
+        spec = Spec(knowledge.spec_range.accuracy[0], knowledge.spec_range.latency_ms[1])
+        target.query(knowledge.pool[:budget + 1], spec)
+
+
+class WrongShape(Attack):
+    """Sends inputs of the wrong shape."""
+
+    def run(self, target, knowledge, budget, rng):
+        spec = Spec(knowledge.spec_range.accuracy[0], knowledge.spec_range.latency_ms[1])
+        target.query(torch.zeros(2, 3, 32, 32), spec)
+'''
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_zoo, cache_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("leaderboard")
+    return run_grid(load_grid("tiny"), out, cache_dir=cache_dir, progress=False), out
+
+
+def rows_by(summary, **match):
+    return [r for r in summary.rows if all(str(r[k]).startswith(str(v)) for k, v in match.items())]
+
+
+def test_tiny_grid_completes_with_every_cell(tiny_run):
+    summary, out = tiny_run
+    grid = load_grid("tiny")
+    assert len(summary.rows) == len(grid.cells()) == summary.computed + summary.cached
+    assert summary.failed == 0, [r["error"] for r in summary.rows if r["error"]]
+    with open(out / "results.csv") as handle:
+        table = list(csv.DictReader(handle))
+    assert len(table) == len(grid.cells())
+    for column in ("zoo", "victim", "attack", "defense", "budget", "seed", "status", "fidelity", "accuracy",
+                   "accuracy_norm", "queries", "fingerprint_queries", "victim_hit_rate", "goodput"):
+        assert column in table[0]
+    for row in table:
+        for metric in ("fidelity", "accuracy", "victim_hit_rate", "goodput"):
+            assert 0.0 <= float(row[metric]) <= 1.0
+        assert int(row["queries"]) <= int(row["budget"])
+    page = (out / "README.md").read_text()
+    assert "## Zoo `fmnist-tiny`" in page and "### Fidelity" in page and "spec-noise(scale=0.05)" in page
+
+
+def test_attacks_behave_as_specified_without_defense(tiny_run, tiny_zoo):
+    summary, _ = tiny_run
+    for row in rows_by(summary, defense="none"):
+        if row["attack"].startswith("oracle"):
+            assert row["victim_hit_rate"] == 1.0 and row["fingerprint_queries"] == 0
+            assert row["queries"] == row["budget"]
+        if row["attack"].startswith("psml"):
+            # fingerprinting finds the victim's region: every extraction query reaches it
+            assert 0 < row["fingerprint_queries"] < row["budget"] / 4
+            extraction_hits = row["victim_hit_rate"] * row["queries"]
+            assert extraction_hits >= row["queries"] - row["fingerprint_queries"]
+    naive_middle = rows_by(summary, attack="naive", defense="none", victim="rank:2")
+    assert all(r["victim_hit_rate"] < 0.8 for r in naive_middle)
+
+
+def test_spec_noise_costs_goodput(tiny_run):
+    summary, _ = tiny_run
+    clean = {r["goodput"] for r in rows_by(summary, defense="none")}
+    noisy = [r["goodput"] for r in rows_by(summary, defense="spec-noise")]
+    assert clean == {1.0}
+    assert all(g < 1.0 for g in noisy)
+
+
+def test_second_run_reuses_every_cell(tiny_run, cache_dir):
+    summary, out = tiny_run
+    before = (out / "results.csv").read_text()
+    again = run_grid(load_grid("tiny"), out, cache_dir=cache_dir, progress=False)
+    assert again.computed == 0 and again.cached == len(summary.rows)
+    assert (out / "results.csv").read_text() == before
+
+
+def cli(*args, cache_dir, extra_path=None):
+    env = {**os.environ, "PSML_BENCH_CACHE": str(cache_dir)}
+    if extra_path:
+        env["PYTHONPATH"] = os.pathsep.join([str(extra_path), env.get("PYTHONPATH", "")])
+    return subprocess.run([sys.executable, "-m", "psml_bench.cli", "-q", *args], capture_output=True, text=True,
+                          env=env, timeout=600)
+
+
+def grid_file(tmp_path: Path, attacks: list[str]) -> Path:
+    entries = "".join(f'[[attacks]]\nname = "{a}"\n' for a in attacks)
+    path = tmp_path / "grid.toml"
+    path.write_text(f'name = "g"\nzoo = "fmnist-tiny"\nvictims = ["rank:1"]\nbudgets = [50]\nseeds = [0]\n'
+                    f'benign_queries = 50\n{entries}[[defenses]]\nname = "none"\n')
+    return path
+
+
+def test_cli_unknown_plugin_is_one_line(tmp_path, cache_dir):
+    result = cli("run", "--grid", str(grid_file(tmp_path, ["navie"])), "--out", str(tmp_path / "lb"),
+                 cache_dir=cache_dir)
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert "unknown attack 'navie'; did you mean 'naive'?" in result.stderr
+
+
+def test_cli_bad_zoo_config_is_one_line(tmp_path, cache_dir):
+    bad = tmp_path / "zoo.toml"
+    bad.write_text('name = "Bad Name"\n')
+    result = cli("zoo", "show", str(bad), cache_dir=cache_dir)
+    assert result.returncode == 2 and result.stderr.strip().count("\n") == 0
+    assert "field" in result.stderr
+
+
+def test_cli_budget_overrun_and_wrong_shape_fail_their_cells_only(tmp_path, cache_dir, tiny_zoo):
+    (tmp_path / "hostile_attacks.py").write_text(HOSTILE)
+    attacks = ["hostile_attacks:OverBudget", "hostile_attacks:WrongShape", "naive"]
+    out = tmp_path / "lb"
+    result = cli("run", "--grid", str(grid_file(tmp_path, attacks)), "--out", str(out), cache_dir=cache_dir,
+                 extra_path=tmp_path)
+    assert result.returncode == 1
+    errors = result.stderr.strip().splitlines()
+    assert len(errors) == 2
+    assert "budget overrun: query of 51 inputs exceeds the remaining budget of 50" in errors[0]
+    assert "InvalidQueryError: inputs must have shape (N, 1, 28, 28)" in errors[1]
+    with open(out / "results.csv") as handle:
+        table = list(csv.DictReader(handle))
+    assert sorted(r["status"] for r in table) == ["failed", "failed", "ok"]
+    assert "## Failed cells" in (out / "README.md").read_text()
