@@ -29,17 +29,20 @@ def results_frame(rows: Sequence[dict[str, Any]]) -> pd.DataFrame:
     return frame[RESULT_COLUMNS + [c for c in frame.columns if c not in RESULT_COLUMNS]]
 
 
-def _mean_std(values: pd.Series) -> str:
+COUNT_METRICS = ("queries", "fingerprint_queries")
+
+
+def _mean_std(values: pd.Series, digits: int = 3) -> str:
     values = values.dropna().astype(float)
     if values.empty:
         return "—"
     std = float(values.std(ddof=1)) if len(values) > 1 else 0.0
-    return f"{values.mean():.3f} ± {std:.3f}"
+    return f"{values.mean():.{digits}f} ± {std:.{digits}f}"
 
 
 def _cell(group: pd.DataFrame, metric: str) -> str:
     ok = group[group["status"] == "ok"]
-    text = _mean_std(ok[metric])
+    text = _mean_std(ok[metric], 1 if metric in COUNT_METRICS else 3)
     failed = len(group) - len(ok)
     return f"{text} ({failed} failed)" if failed else text
 

@@ -47,10 +47,15 @@ class Plugin:
 
     @property
     def label(self) -> str:
-        """Canonical name with parameters, e.g. ``spec-noise(scale=0.02)``."""
-        if not self.params:
+        """Name with the parameters that differ from the defaults, e.g. ``spec-noise(scale=0.05)``.
+
+        A defense's strength parameter is always shown, so a sweep reads as one.
+        """
+        shown = {k: v for k, v in self.params.items()
+                 if v != self.defaults[k] or k == getattr(self, "strength", None)}
+        if not shown:
             return self.name
-        return f"{self.name}({','.join(f'{k}={v}' for k, v in sorted(self.params.items()))})"
+        return f"{self.name}({','.join(f'{k}={v}' for k, v in sorted(shown.items()))})"
 
     @classmethod
     def source_hash(cls) -> str:

@@ -219,14 +219,15 @@ def _sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _routing_profile(config: ZooConfig, measured: dict[str, float]) -> tuple[str, dict[str, float]]:
-    ids = [m.id for m in config.models]
-    if config.reference_profile:
-        path = reference_profile_path(config.reference_profile)
-        if path.is_file():
-            return config.reference_profile, routing_latencies(load_profile(path), ids, str(path))
-        log.warning("reference profile %s is missing; routing on the latencies measured now", path)
-    return "measured", measured
+def _reference_profile(name: str | None) -> Path | None:
+    """The committed reference profile ``name``, or None (with a warning) if there is none."""
+    if not name:
+        return None
+    path = reference_profile_path(name)
+    if path.is_file():
+        return path
+    log.warning("reference profile %s is missing; routing on the latencies measured at build time", path)
+    return None
 
 
 def build_zoo(config: ZooConfig, cache_dir: Path | None = None, *, progress: bool = True,
@@ -270,7 +271,9 @@ def build_zoo(config: ZooConfig, cache_dir: Path | None = None, *, progress: boo
             "train_seconds": round(train_seconds, 2),
         })
         models_bar.set_postfix(last=f"{model_cfg.id} acc={accuracy:.3f} p50={latency.p50_ms:.2f}ms")
-    profile_name, latencies = _routing_profile(config, {c["id"]: c["latency"]["p50_ms"] for c in cards})
+    reference = _reference_profile(config.reference_profile)
+    latencies = ({c["id"]: c["latency"]["p50_ms"] for c in cards} if reference is None
+                 else routing_latencies(load_profile(reference), [c["id"] for c in cards], str(reference)))
     accuracies = [c["accuracy"] for c in cards]
     ordered = [latencies[c["id"]] for c in cards]
     accuracy_range, latency_range = service_ranges(accuracies, ordered, config.accuracy_margin, config.latency_margin)
@@ -286,8 +289,10 @@ def build_zoo(config: ZooConfig, cache_dir: Path | None = None, *, progress: boo
         "preprocess": {"mean": list(config.mean), "std": list(config.std)},
         "models": cards,
         "frontier": [cards[i]["id"] for i in pareto_frontier(accuracies, ordered)],
-        "service": {"profile": profile_name, "accuracy_range": list(accuracy_range),
-                    "latency_range_ms": list(latency_range)},
+        "service": {"profile": reference.name if reference else "measured",
+                    "reference_profile": config.reference_profile,
+                    "accuracy_margin": config.accuracy_margin, "latency_margin": config.latency_margin,
+                    "accuracy_range": list(accuracy_range), "latency_range_ms": list(latency_range)},
         "environment": {**environment(), "timm": timm.__version__,
                         "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds")},
     }
@@ -324,8 +329,9 @@ class Zoo:
             raise PsmlError(f"{self.directory} holds no built zoo (no card.json); run `psml-bench zoo build`") from None
         validate(self.card, "card", str(card_path))
         ids = [m["id"] for m in self.card["models"]]
-        if profile_path is None and self.card["service"]["profile"] != "measured":
-            profile_path = reference_profile_path(self.card["service"]["profile"])
+        service = self.card["service"]
+        if profile_path is None:
+            profile_path = _reference_profile(service["reference_profile"])
         if profile_path is None:
             self.profile_name = "measured"
             latencies = {m["id"]: m["latency"]["p50_ms"] for m in self.card["models"]}
@@ -337,9 +343,9 @@ class Zoo:
         accuracies = [e.accuracy for e in self.menu]
         routing = [e.latency_ms for e in self.menu]
         self.frontier: tuple[str, ...] = tuple(self.menu[i].id for i in pareto_frontier(accuracies, routing))
-        # the advertised ranges are part of the published service, fixed when the zoo was built
-        self.accuracy_range: tuple[float, float] = tuple(self.card["service"]["accuracy_range"])
-        self.latency_range_ms: tuple[float, float] = tuple(self.card["service"]["latency_range_ms"])
+        # the advertised ranges follow the menu the service routes on
+        self.accuracy_range, self.latency_range_ms = service_ranges(
+            accuracies, routing, service["accuracy_margin"], service["latency_margin"])
         self._models: dict[str, ZooModel] = {}
 
     @property
