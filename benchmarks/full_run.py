@@ -1,6 +1,6 @@
 """Time `psml-bench run` from an empty cache, then again with nothing changed.
 
-    python benchmarks/full_run.py [--grid default] [--jobs 1] [--keep DIR]
+    python benchmarks/full_run.py [--grid default] [--jobs 0] [--keep DIR] [--out DIR]
 
 Runs in fresh temporary cache and output directories (so the zoo is trained from scratch) and
 prints one JSON object: the wall time of the cold run (zoo build + every cell), of the warm
@@ -34,11 +34,12 @@ def timed_run(grid: str, jobs: int, cache: Path, out: Path) -> tuple[float, str]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--grid", default="default")
-    parser.add_argument("--jobs", type=int, default=1)
+    parser.add_argument("--jobs", type=int, default=0, help="as psml-bench run --jobs (0: one per core)")
     parser.add_argument("--keep", type=Path, default=None, help="use this directory instead of a temporary one")
+    parser.add_argument("--out", type=Path, default=None, help="leaderboard directory (default: in the temporary one)")
     args = parser.parse_args()
     root = args.keep or Path(tempfile.mkdtemp(prefix="psml-bench-full-run-"))
-    cache, out = root / "cache", root / "leaderboard"
+    cache, out = root / "cache", args.out or root / "leaderboard"
     cold, cold_summary = timed_run(args.grid, args.jobs, cache, out)
     warm, warm_summary = timed_run(args.grid, args.jobs, cache, out)
     print(json.dumps({"grid": args.grid, "jobs": args.jobs, "cores": os.cpu_count(), "cold_run_s": round(cold, 1),

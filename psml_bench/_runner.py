@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import multiprocessing
 import os
 import platform
 import subprocess
@@ -35,6 +36,9 @@ from ._zoo import Zoo, open_zoo
 log = logging.getLogger(__name__)
 
 PROTOCOL_VERSION = 1
+# Every cell runs on one thread, whatever --jobs is: float reductions then happen in the same
+# order everywhere, so a cell's numbers do not depend on how the grid was parallelised.
+CELL_THREADS = 1
 
 
 @dataclass(frozen=True)
@@ -152,7 +156,7 @@ def provenance() -> dict[str, str]:
 
     return {"psml_bench": __version__, "git_commit": _git_commit(), "torch": torch.__version__,
             "timm": timm.__version__, "device": f"cpu ({platform.machine()})",
-            "threads": str(torch.get_num_threads())}
+            "threads": str(CELL_THREADS)}
 
 
 def _goodput(zoo: Zoo, grid: GridConfig, cell: Cell) -> float:
@@ -218,13 +222,14 @@ def _worker_run(zoo_dir: str, profile: str | None, grid: GridConfig, cell: Cell,
     zoo = _WORKER_ZOOS.get((zoo_dir, profile))
     if zoo is None:
         zoo = _WORKER_ZOOS[(zoo_dir, profile)] = Zoo(Path(zoo_dir), Path(profile) if profile else None)
-    row = {**run_cell(zoo, grid, cell), "cell_key": key, "profile": zoo.profile_name, **extra, **provenance()}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(CELL_THREADS)
+    try:
+        row = {**run_cell(zoo, grid, cell), "cell_key": key, "profile": zoo.profile_name, **extra, **provenance()}
+    finally:
+        torch.set_num_threads(threads)
     write_atomic(Path(cells_dir) / f"{key}.json", json.dumps(row, indent=1, sort_keys=True) + "\n")
     return row
-
-
-def _init_worker(threads: int) -> None:
-    torch.set_num_threads(threads)
 
 
 @dataclass
@@ -240,8 +245,13 @@ class RunSummary:
 
 def run_grid(grid: GridConfig, out_dir: Path, *, cache_dir: Path | None = None, jobs: int = 1,
              progress: bool = True, profile: Path | None = None) -> RunSummary:
-    """Run every cell of ``grid`` not already in ``out_dir/cells``; return all rows of the grid."""
+    """Run every cell of ``grid`` not already in ``out_dir/cells``; return all rows of the grid.
+
+    ``jobs`` cells run at once in a process pool (``jobs <= 0``: one per CPU core).
+    """
     started = time.perf_counter()
+    if jobs <= 0:
+        jobs = os.cpu_count() or 1
     zoo = open_zoo(grid.zoo, cache_dir, progress=progress, profile=profile)
     for victim in grid.victims:
         zoo.role(victim)  # a bad role fails before any work
@@ -270,8 +280,8 @@ def run_grid(grid: GridConfig, out_dir: Path, *, cache_dir: Path | None = None, 
             rows[arg[4]] = _worker_run(*arg)
             bar.update()
     else:
-        threads = max(1, (os.cpu_count() or 1) // jobs)
-        with ProcessPoolExecutor(max_workers=jobs, initializer=_init_worker, initargs=(threads,)) as pool:
+        # spawn, not fork: forking a process that has started torch's thread pools is unsafe
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
             futures = {pool.submit(_worker_run, *arg): arg[4] for arg in args}
             for future in as_completed(futures):
                 rows[futures[future]] = future.result()

@@ -104,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run a grid and regenerate the leaderboard")
     run.add_argument("--grid", default="default", help="grid name (shipped) or path to a grid .toml")
     run.add_argument("--out", default="leaderboard", help="leaderboard directory (default: leaderboard/)")
-    run.add_argument("--jobs", type=int, default=1, help="cells to run in parallel processes")
+    run.add_argument("--jobs", type=int, default=0,
+                     help="cells to run in parallel processes (default 0: one per CPU core)")
     run.add_argument("--profile", default=None, help="latency profile to route on (default: the zoo's reference)")
     run.set_defaults(func=_cmd_run)
 

@@ -141,3 +141,13 @@ def test_cli_budget_overrun_and_wrong_shape_fail_their_cells_only(tmp_path, cach
         table = list(csv.DictReader(handle))
     assert sorted(r["status"] for r in table) == ["failed", "failed", "ok"]
     assert "## Failed cells" in (out / "README.md").read_text()
+
+
+def test_parallel_run_gives_identical_results(tiny_run, cache_dir, tmp_path):
+    from psml_bench._leaderboard import VOLATILE_COLUMNS
+
+    summary, _ = tiny_run
+    parallel = run_grid(load_grid("tiny"), tmp_path, cache_dir=cache_dir, progress=False, jobs=2)
+    assert parallel.computed == len(summary.rows)
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in VOLATILE_COLUMNS} for r in rows]
+    assert strip(parallel.rows) == strip(summary.rows)
