@@ -15,18 +15,20 @@ from ._config import write_atomic
 RESULT_COLUMNS = [
     "zoo", "victim", "victim_model", "attack", "defense", "budget", "seed", "status", "fidelity", "accuracy",
     "accuracy_norm", "queries", "fingerprint_queries", "victim_hit_rate", "goodput", "error", "cell_key",
-    "grid", "profile", "wall_s", "psml_bench", "git_commit", "torch", "timm", "device", "threads",
+    "grid", "profile", "psml_bench", "git_commit", "torch", "timm", "device", "threads",
 ]
-# columns that differ between two runs of the same cells; everything else is reproducible
-VOLATILE_COLUMNS = ("wall_s", "git_commit")
+# kept in each cell file but not in results.csv, which is byte-identical across runs of the same cells
+VOLATILE_COLUMNS = ("wall_s",)
 
 
 def results_frame(rows: Sequence[dict[str, Any]]) -> pd.DataFrame:
+    """One row per cell, protocol columns first, without the volatile ones."""
     frame = pd.DataFrame(list(rows))
     for column in RESULT_COLUMNS:
         if column not in frame:
             frame[column] = ""
-    return frame[RESULT_COLUMNS + [c for c in frame.columns if c not in RESULT_COLUMNS]]
+    return frame[RESULT_COLUMNS + sorted(c for c in frame.columns
+                                         if c not in RESULT_COLUMNS and c not in VOLATILE_COLUMNS)]
 
 
 COUNT_METRICS = ("queries", "fingerprint_queries")

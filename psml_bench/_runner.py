@@ -12,12 +12,10 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import multiprocessing
 import os
 import platform
 import subprocess
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -31,14 +29,13 @@ from ._config import content_hash, read_toml, resolve_config, validate, write_at
 from ._errors import BudgetExhausted, ConfigError, PsmlError
 from ._plugins import ATTACKS, DEFENSES, Attack, Defense
 from ._serving import POLICIES, Knowledge, Server, target_for
+from ._executor import CELL_THREADS, CellTask, Executor, InlineExecutor, LocalExecutor, RayExecutor
+from ._leaderboard import write_leaderboard
 from ._zoo import Zoo, open_zoo
 
 log = logging.getLogger(__name__)
 
 PROTOCOL_VERSION = 1
-# Every cell runs on one thread, whatever --jobs is: float reductions then happen in the same
-# order everywhere, so a cell's numbers do not depend on how the grid was parallelised.
-CELL_THREADS = 1
 
 
 @dataclass(frozen=True)
@@ -172,6 +169,27 @@ def _goodput(zoo: Zoo, grid: GridConfig, cell: Cell) -> float:
     return scoring.goodput(np.concatenate(server.log.meets_spec))
 
 
+def _row_identity(zoo: Zoo, cell: Cell, attack_label: str, defense_label: str) -> dict[str, Any]:
+    return {"zoo": zoo.name, "victim": cell.victim, "victim_model": zoo.role(cell.victim),
+            "attack": attack_label, "defense": defense_label, "budget": cell.budget, "seed": cell.seed,
+            "status": "ok", "error": ""}
+
+
+def failed_row(zoo: Zoo, task: CellTask, error: str) -> dict[str, Any]:
+    """The row of a cell whose worker produced none (timeout, crash, memory)."""
+    cell = task.cell
+    row = _row_identity(zoo, cell, label(ATTACKS, cell.attack), label(DEFENSES, cell.defense))
+    row.update(status="failed", error=error, wall_s=float("nan"),
+               **dict.fromkeys(("fidelity", "accuracy", "accuracy_norm", "queries", "fingerprint_queries",
+                                "victim_hit_rate", "goodput"), float("nan")))
+    return finish_row(row, zoo, task)
+
+
+def finish_row(row: dict[str, Any], zoo: Zoo, task: CellTask) -> dict[str, Any]:
+    """Add the cell key, the routing profile, the grid name and provenance to a row."""
+    return {**row, "cell_key": task.key, "profile": zoo.profile_name, "grid": task.grid.name, **provenance()}
+
+
 def run_cell(zoo: Zoo, grid: GridConfig, cell: Cell) -> dict[str, Any]:
     """Run one cell and score it; a failing plugin gives a failed row, never an exception."""
     started = time.perf_counter()
@@ -182,11 +200,7 @@ def run_cell(zoo: Zoo, grid: GridConfig, cell: Cell) -> dict[str, Any]:
                     model_ids=[victim_id] if attack.access == "victim" else None, policy=grid.policy)
     knowledge = Knowledge(input_shape=zoo.input_shape, num_classes=zoo.num_classes, spec_range=server.spec_range,
                           pool=zoo.splits["attacker_x"], role=cell.victim)
-    row: dict[str, Any] = {
-        "zoo": zoo.name, "victim": cell.victim, "victim_model": victim_id,
-        "attack": attack.label, "defense": defense.label, "budget": cell.budget, "seed": cell.seed,
-        "status": "ok", "error": "",
-    }
+    row = _row_identity(zoo, cell, attack.label, defense.label)
     metrics = dict.fromkeys(("fidelity", "accuracy", "accuracy_norm"), float("nan"))
     try:
         surrogate = attack.run(target_for(server), knowledge, cell.budget, np.random.default_rng([cell.seed, 1]))
@@ -214,24 +228,6 @@ def run_cell(zoo: Zoo, grid: GridConfig, cell: Cell) -> dict[str, Any]:
     return row
 
 
-_WORKER_ZOOS: dict[tuple[str, str | None], Zoo] = {}
-
-
-def _worker_run(zoo_dir: str, profile: str | None, grid: GridConfig, cell: Cell, key: str,
-                cells_dir: str, extra: dict[str, Any]) -> dict[str, Any]:
-    zoo = _WORKER_ZOOS.get((zoo_dir, profile))
-    if zoo is None:
-        zoo = _WORKER_ZOOS[(zoo_dir, profile)] = Zoo(Path(zoo_dir), Path(profile) if profile else None)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(CELL_THREADS)
-    try:
-        row = {**run_cell(zoo, grid, cell), "cell_key": key, "profile": zoo.profile_name, **extra, **provenance()}
-    finally:
-        torch.set_num_threads(threads)
-    write_atomic(Path(cells_dir) / f"{key}.json", json.dumps(row, indent=1, sort_keys=True) + "\n")
-    return row
-
-
 @dataclass
 class RunSummary:
     rows: list[dict[str, Any]]
@@ -243,56 +239,67 @@ class RunSummary:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def run_grid(grid: GridConfig, out_dir: Path, *, cache_dir: Path | None = None, jobs: int = 1,
-             progress: bool = True, profile: Path | None = None) -> RunSummary:
-    """Run every cell of ``grid`` not already in ``out_dir/cells``; return all rows of the grid.
-
-    ``jobs`` cells run at once in a process pool (``jobs <= 0``: one per CPU core).
-    """
-    started = time.perf_counter()
+def make_executor(name: str, *, jobs: int = 0, timeout_s: float | None = None, memory_mb: int | None = None,
+                  address: str | None = None) -> Executor:
+    """An executor by name: ``local`` (process pool), ``ray`` or ``inline`` (this process, for debugging)."""
     if jobs <= 0:
         jobs = os.cpu_count() or 1
+    if name == "local":
+        return LocalExecutor(jobs, timeout_s, memory_mb)
+    if name == "ray":
+        return RayExecutor(address, timeout_s, num_cpus=jobs)
+    if name == "inline":
+        return InlineExecutor()
+    raise ConfigError(f"unknown executor '{name}'; available: inline, local, ray")
+
+
+def run_grid(grid: GridConfig, out_dir: Path, *, cache_dir: Path | None = None, executor: Executor | None = None,
+             progress: bool = True, profile: Path | None = None, retry_failed: bool = False) -> RunSummary:
+    """Run every cell of ``grid`` not already in ``out_dir/cells``; return all rows of the grid.
+
+    Each finished cell is written at once (atomically) by this process, so an interrupted run
+    keeps every cell that finished. ``retry_failed`` recomputes cells whose stored row failed.
+    """
+    started = time.perf_counter()
+    executor = executor or make_executor("local")
     zoo = open_zoo(grid.zoo, cache_dir, progress=progress, profile=profile)
     for victim in grid.victims:
         zoo.role(victim)  # a bad role fails before any work
     cells_dir = out_dir / "cells"
     rows: dict[str, dict[str, Any]] = {}
-    todo = []
+    tasks = []
+    profile_arg = str(profile) if profile else None
     for cell in grid.cells():
         key = cell_key(zoo, grid, cell)
         path = cells_dir / f"{key}.json"
         if path.is_file():
             try:
-                rows[key] = json.loads(path.read_text())
-                continue
+                row = json.loads(path.read_text())
+                if not (retry_failed and row.get("status") != "ok"):
+                    rows[key] = row
+                    continue
             except json.JSONDecodeError:
                 log.warning("ignoring unreadable cell file %s", path)
-        todo.append((cell, key))
+        tasks.append(CellTask(str(zoo.directory), profile_arg, zoo.card_hash, grid, cell, key))
     cached = len(rows)
-    extra = {"grid": grid.name}
-    bar = tqdm(total=len(todo), desc=f"grid {grid.name}", disable=not progress, unit="cell")
-    bar.set_postfix(cached=cached)
-    args = [(str(zoo.directory), str(profile) if profile else None, grid, cell, key, str(cells_dir), extra)
-            for cell, key in todo]
-    if jobs <= 1:
-        _WORKER_ZOOS[(str(zoo.directory), str(profile) if profile else None)] = zoo
-        for arg in args:
-            rows[arg[4]] = _worker_run(*arg)
-            bar.update()
-    else:
-        # spawn, not fork: forking a process that has started torch's thread pools is unsafe
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = {pool.submit(_worker_run, *arg): arg[4] for arg in args}
-            for future in as_completed(futures):
-                rows[futures[future]] = future.result()
-                bar.update()
+    bar = tqdm(total=len(tasks), desc=f"grid {grid.name}", disable=not progress, unit="cell")
+    counts = {"failed": 0}
+    bar.set_postfix(cached=cached, failed=0)
+
+    def on_result(task: CellTask, row: dict[str, Any] | None, error: str) -> None:
+        row = row if row is not None else failed_row(zoo, task, error)
+        write_atomic(cells_dir / f"{task.key}.json", json.dumps(row, indent=1, sort_keys=True) + "\n")
+        rows[task.key] = row
+        counts["failed"] += row["status"] != "ok"
+        bar.set_postfix(cached=cached, failed=counts["failed"])
+        bar.update()
+
+    executor.map(tasks, on_result)
     bar.close()
     ordered = sorted(rows.values(), key=_row_order)
-    from ._leaderboard import write_leaderboard
-
     write_leaderboard(ordered, zoo, grid, out_dir)
     failed = sum(r["status"] != "ok" for r in ordered)
-    return RunSummary(ordered, cached, len(todo), failed, time.perf_counter() - started, out_dir)
+    return RunSummary(ordered, cached, len(tasks), failed, time.perf_counter() - started, out_dir)
 
 
 def _row_order(row: dict[str, Any]) -> tuple:

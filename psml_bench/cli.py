@@ -15,11 +15,13 @@ from ._errors import PsmlError
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from ._runner import load_grid, run_grid
+    from ._runner import load_grid, make_executor, run_grid
 
     grid = load_grid(args.grid)
-    summary = run_grid(grid, Path(args.out), cache_dir=args.cache, jobs=args.jobs, progress=not args.quiet,
-                       profile=Path(args.profile) if args.profile else None)
+    executor = make_executor(args.executor, jobs=args.jobs, timeout_s=args.timeout or None,
+                             memory_mb=args.memory_mb or None, address=args.address)
+    summary = run_grid(grid, Path(args.out), cache_dir=args.cache, executor=executor, progress=not args.quiet,
+                       profile=Path(args.profile) if args.profile else None, retry_failed=args.retry_failed)
     print(f"grid {grid.name}: {len(summary.rows)} cells ({summary.cached} cached, {summary.computed} computed, "
           f"{summary.failed} failed) in {summary.seconds:.1f}s; leaderboard written to {summary.out_dir}")
     failed = [row for row in summary.rows if row["status"] != "ok"]
@@ -107,6 +109,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--jobs", type=int, default=0,
                      help="cells to run in parallel processes (default 0: one per CPU core)")
     run.add_argument("--profile", default=None, help="latency profile to route on (default: the zoo's reference)")
+    run.add_argument("--executor", default="local", choices=["local", "ray", "inline"],
+                     help="where cells run: local process pool (default), a Ray cluster, or this process")
+    run.add_argument("--address", default=None, help="Ray cluster address (default: start a local Ray instance)")
+    run.add_argument("--timeout", type=float, default=3600.0,
+                     help="per-cell wall-clock limit in seconds; 0 for none (default 3600)")
+    run.add_argument("--memory-mb", type=int, default=8192,
+                     help="per-cell memory limit in MiB (local executor); 0 for none (default 8192)")
+    run.add_argument("--retry-failed", action="store_true", help="recompute cells whose stored result failed")
     run.set_defaults(func=_cmd_run)
 
     zoo = commands.add_parser("zoo", help="build, show or profile a zoo").add_subparsers(dest="zoo_command",

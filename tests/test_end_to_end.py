@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from psml_bench._runner import load_grid, run_grid
+from psml_bench._runner import load_grid, make_executor, run_grid
 
 HOSTILE = '''
 import torch
@@ -37,7 +37,8 @@ class WrongShape(Attack):
 @pytest.fixture(scope="module")
 def tiny_run(tiny_zoo, cache_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("leaderboard")
-    return run_grid(load_grid("tiny"), out, cache_dir=cache_dir, progress=False), out
+    return run_grid(load_grid("tiny"), out, cache_dir=cache_dir, progress=False,
+                    executor=make_executor("inline")), out
 
 
 def rows_by(summary, **match):
@@ -147,7 +148,8 @@ def test_parallel_run_gives_identical_results(tiny_run, cache_dir, tmp_path):
     from psml_bench._leaderboard import VOLATILE_COLUMNS
 
     summary, _ = tiny_run
-    parallel = run_grid(load_grid("tiny"), tmp_path, cache_dir=cache_dir, progress=False, jobs=2)
+    parallel = run_grid(load_grid("tiny"), tmp_path, cache_dir=cache_dir, progress=False,
+                        executor=make_executor("local", jobs=2))
     assert parallel.computed == len(summary.rows)
     strip = lambda rows: [{k: v for k, v in r.items() if k not in VOLATILE_COLUMNS} for r in rows]
     assert strip(parallel.rows) == strip(summary.rows)

@@ -1,0 +1,31 @@
+"""Checks on the full fmnist zoo (slow: builds it, about 7 minutes on 2 cores, if not cached)."""
+
+from __future__ import annotations
+
+import pytest
+
+from psml_bench._runner import Cell, PluginSpec, load_grid, run_cell
+from psml_bench._zoo import open_zoo
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def fmnist():
+    return open_zoo("fmnist", progress=False)
+
+
+def test_fmnist_zoo_has_the_promised_spread(fmnist):
+    assert len(fmnist.card["models"]) >= 5 and len(fmnist.frontier) >= 4
+    accuracies = sorted(fmnist.entry(m).accuracy for m in fmnist.frontier)
+    assert accuracies[0] < 0.80 and accuracies[-1] >= 0.89
+
+
+@pytest.mark.parametrize("victim", ["rank:1", "rank:2", "rank:3"])
+def test_psml_fingerprints_every_frontier_role(fmnist, victim):
+    grid = load_grid("default")
+    row = run_cell(fmnist, grid, Cell(victim, PluginSpec("psml", (("min_steps", 10), ("epochs", 1))),
+                                      PluginSpec("none"), 1000, 0))
+    extraction = row["queries"] - row["fingerprint_queries"]
+    assert row["status"] == "ok" and row["fingerprint_queries"] < 100
+    assert row["victim_hit_rate"] * row["queries"] >= extraction
