@@ -38,7 +38,7 @@ class CellTask:
 
     zoo_dir: str
     profile: str | None
-    card_hash: str
+    zoo_identity: str
     grid: Any  # GridConfig
     cell: Any  # Cell
     key: str
@@ -49,15 +49,15 @@ _ZOOS: dict[tuple[str, str | None], Any] = {}
 
 def execute(task: CellTask) -> dict[str, Any]:
     """Run one cell in this process (a worker); return its row."""
-    from ._runner import finish_row, run_cell
+    from ._runner import finish_row, run_cell, zoo_identity
     from ._zoo import Zoo
 
     zoo = _ZOOS.get((task.zoo_dir, task.profile))
     if zoo is None:
         zoo = _ZOOS[(task.zoo_dir, task.profile)] = Zoo(Path(task.zoo_dir), Path(task.profile) if task.profile else None)
-    if zoo.card_hash != task.card_hash:
+    if zoo_identity(zoo) != task.zoo_identity:
         raise RuntimeError(f"the zoo at {task.zoo_dir} on this worker differs from the driver's "
-                           "(different weights or card); share the zoo cache between nodes")
+                           "(different weights); share the zoo cache between nodes")
     threads = torch.get_num_threads()
     torch.set_num_threads(CELL_THREADS)
     try:

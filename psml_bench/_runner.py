@@ -122,10 +122,24 @@ def _plugin_identity(registry, spec: PluginSpec) -> dict[str, Any]:
     return {"name": spec.name, "version": cls.version, "source_sha256": cls.source_hash(), "params": spec.kwargs}
 
 
+def zoo_identity(zoo: Zoo) -> str:
+    """Hash of what in a zoo card determines results: splits, preprocessing, each model's weights.
+
+    Build-time measurements that routing does not use (timestamps, latency measured at build, train
+    times) are left out, so a rebuild that reproduces the weights reuses every cached cell.
+    """
+    card = zoo.card
+    return content_hash({
+        "zoo": card["zoo"], "config_hash": card["config_hash"], "splits": card["splits"],
+        "input_shape": card["input_shape"], "num_classes": card["num_classes"], "preprocess": card["preprocess"],
+        "models": [{k: m[k] for k in ("id", "arch", "kwargs", "accuracy", "weights_sha256")} for m in card["models"]],
+    })
+
+
 def cell_key(zoo: Zoo, grid: GridConfig, cell: Cell) -> str:
     """Content hash of everything that determines the cell's result."""
     return content_hash({
-        "protocol": PROTOCOL_VERSION, "zoo_card": zoo.card_hash, "profile": [e.__dict__ for e in zoo.menu],
+        "protocol": PROTOCOL_VERSION, "zoo": zoo_identity(zoo), "menu": [e.__dict__ for e in zoo.menu],
         "policy": grid.policy, "victim": cell.victim,
         "attack": _plugin_identity(ATTACKS, cell.attack), "defense": _plugin_identity(DEFENSES, cell.defense),
         "budget": cell.budget, "seed": cell.seed, "benign_queries": grid.benign_queries,
@@ -269,6 +283,7 @@ def run_grid(grid: GridConfig, out_dir: Path, *, cache_dir: Path | None = None, 
     rows: dict[str, dict[str, Any]] = {}
     tasks = []
     profile_arg = str(profile) if profile else None
+    identity = zoo_identity(zoo)
     for cell in grid.cells():
         key = cell_key(zoo, grid, cell)
         path = cells_dir / f"{key}.json"
@@ -280,7 +295,7 @@ def run_grid(grid: GridConfig, out_dir: Path, *, cache_dir: Path | None = None, 
                     continue
             except json.JSONDecodeError:
                 log.warning("ignoring unreadable cell file %s", path)
-        tasks.append(CellTask(str(zoo.directory), profile_arg, zoo.card_hash, grid, cell, key))
+        tasks.append(CellTask(str(zoo.directory), profile_arg, identity, grid, cell, key))
     cached = len(rows)
     bar = tqdm(total=len(tasks), desc=f"grid {grid.name}", disable=not progress, unit="cell")
     counts = {"failed": 0}
