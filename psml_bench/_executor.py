@@ -95,21 +95,38 @@ def _vm_size() -> int:
     return 0
 
 
-def _worker_main(conn: Connection, memory_mb: int | None) -> None:
+def _exit_with_parent(parent: int) -> None:
+    """End this worker when the driver is gone (killed with SIGKILL, say) instead of computing on."""
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def _worker_main(conn: Connection, memory_mb: int | None, parent: int) -> None:
+    _exit_with_parent(parent)
     torch.set_num_threads(CELL_THREADS)
     if memory_mb:
         # the limit is on what a cell may add to the address space the worker started with
         import psml_bench._runner  # noqa: F401 - map torch, timm and friends before measuring
         limit = _vm_size() + memory_mb * 2**20
         resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))
-    while True:
-        task = conn.recv()
-        if task is None:
-            return
-        try:
-            conn.send((execute(task), ""))
-        except Exception as exc:  # noqa: BLE001 - reported to the driver as the cell's failure
-            conn.send((None, f"{type(exc).__name__}: {exc}"))
+    try:
+        while True:
+            task = conn.recv()
+            if task is None:
+                return
+            try:
+                result = (execute(task), "")
+            except Exception as exc:  # noqa: BLE001 - reported to the driver as the cell's failure
+                result = (None, f"{type(exc).__name__}: {exc}")
+            conn.send(result)
+    except (EOFError, BrokenPipeError):  # the driver went away
+        return
 
 
 class LocalExecutor(Executor):
@@ -124,7 +141,7 @@ class LocalExecutor(Executor):
 
     def _start(self) -> tuple[Any, Connection]:
         parent, child = self._context.Pipe()
-        process = self._context.Process(target=_worker_main, args=(child, self.memory_mb), daemon=True)
+        process = self._context.Process(target=_worker_main, args=(child, self.memory_mb, os.getpid()), daemon=True)
         process.start()
         child.close()
         return process, parent
