@@ -2,9 +2,9 @@
 
     python benchmarks/serving_overhead.py [--zoo fmnist-tiny] [--queries 4096] [--repeats 7]
 
-Both sides answer the same pool inputs with the same model: "raw" runs the model in batches
-of 1024 and takes the softmax; "served" sends the inputs through `Server.query` (spec
-validation, defense hook, routing, grouping, log, budget) in batches of 512 with a spec that
+Both sides answer the same pool inputs with the same models and batch size: "raw" runs the
+models in batches of 512 and takes the softmax; "served" sends the inputs through `Server.query`
+(spec validation, defense hook, routing, grouping, log, budget) in queries of 512 with a spec that
 routes every query to one model, and with per-input specs that spread queries over the frontier
 (compared with raw forward passes of the same groups). Prints the median ratio served/raw over
 the repeats (goal: at most 1.05).
@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from psml_bench import Spec
-from psml_bench._extraction import query_batched
+from psml_bench._extraction import QUERY_BATCH, query_batched
 from psml_bench._plugins import make_defense
 from psml_bench._serving import Server, target_for
 from psml_bench._zoo import open_zoo
@@ -46,8 +46,8 @@ def main() -> None:
     def raw(model_ids):
         for model_id, rows in model_ids:
             batch = inputs[rows]
-            for i in range(0, len(batch), 1024):
-                F.softmax(zoo.model(model_id)(batch[i:i + 1024]), dim=1)
+            for i in range(0, len(batch), QUERY_BATCH):
+                F.softmax(zoo.model(model_id)(batch[i:i + QUERY_BATCH]), dim=1)
 
     def served(specs):
         server = Server(zoo, defense=make_defense("none"), rng=np.random.default_rng(0))
