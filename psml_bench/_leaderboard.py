@@ -91,12 +91,27 @@ def render_markdown(frame: pd.DataFrame, zoo, grid) -> str:
     lines += ["## Defense cost", "", "Goodput: share of benign queries (feasible specs) served by a model that "
               "meets the client's true spec.", "",
               tabulate(goodput, headers=["defense", "goodput"], tablefmt="github"), ""]
+    lines += _flagged_section(frame)
     failed = frame[frame["status"] != "ok"]
     if len(failed):
         lines += ["## Failed cells", "", tabulate(
             failed[["victim", "attack", "defense", "budget", "seed", "error"]].values.tolist(),
             headers=["victim", "attack", "defense", "budget", "seed", "error"], tablefmt="github"), ""]
     return "\n".join(lines)
+
+
+def _flagged_section(frame: pd.DataFrame) -> list[str]:
+    """Cells with sanity flags: their numbers are potentially unreliable (see docs/submissions.md)."""
+    if "flags" not in frame:
+        return []
+    flags = frame["flags"].fillna("").astype(str)
+    flagged = frame[flags != ""]
+    if not len(flagged):
+        return []
+    rows = [[r["victim"], r["attack"], r["defense"], r["budget"], r["seed"], r["flags"]] for _, r in flagged.iterrows()]
+    return ["## Potentially unreliable", "", "Cells that failed a sanity check (docs/submissions.md): their numbers "
+            "are shown above but should not be trusted until the flag is explained.", "",
+            tabulate(rows, headers=["victim", "attack", "defense", "budget", "seed", "flag"], tablefmt="github"), ""]
 
 
 def write_leaderboard(rows: Sequence[dict[str, Any]], zoo, grid, out_dir: Path) -> None:

@@ -28,7 +28,9 @@ from . import _scoring as scoring
 from ._config import content_hash, read_toml, resolve_config, validate, write_atomic
 from ._errors import BudgetExhausted, ConfigError, PsmlError
 from ._plugins import ATTACKS, DEFENSES, Attack, Defense
-from ._serving import POLICIES, Knowledge, Server, target_for
+from ._isolation import AttackFailed, AttackLocator, run_attack
+from ._submissions import defense_flags, grid_entries, load_submissions, surrogate_flags
+from ._serving import POLICIES, Knowledge, Server
 from ._executor import CELL_THREADS, CellTask, Executor, InlineExecutor, LocalExecutor, RayExecutor
 from ._leaderboard import write_leaderboard
 from ._zoo import Zoo, open_zoo
@@ -108,13 +110,25 @@ def load_grid(name_or_path: str | Path) -> GridConfig:
         POLICIES.get(policy)
     except PsmlError as exc:
         raise ConfigError(f"{path}: field 'policy': {exc}") from None
+    load_submissions()  # registers every valid submission; invalid ones are logged and skipped
+    attacks, defenses = _with_submissions(raw, str(path))
     return GridConfig(
         name=raw["name"], zoo=raw["zoo"], policy=policy, victims=tuple(raw["victims"]),
-        attacks=_expand(raw["attacks"], ATTACKS, str(path), "attacks"),
-        defenses=_expand(raw["defenses"], DEFENSES, str(path), "defenses"),
+        attacks=attacks, defenses=defenses,
         budgets=tuple(raw["budgets"]), seeds=tuple(raw["seeds"]),
         benign_queries=raw.get("benign_queries", 1000), source=str(path),
     )
+
+
+def _with_submissions(raw: dict[str, Any], source: str) -> tuple[tuple[PluginSpec, ...], tuple[PluginSpec, ...]]:
+    """The grid's attacks and defenses plus the valid submissions that join it (unless it names them)."""
+    attacks = _expand(raw["attacks"], ATTACKS, source, "attacks")
+    defenses = _expand(raw["defenses"], DEFENSES, source, "defenses")
+    submitted_attacks, submitted_defenses = grid_entries(raw["name"])
+    named = {entry["name"] for entry in raw["attacks"] + raw["defenses"]}
+    attacks += tuple(PluginSpec(n, tuple(sorted(p.items()))) for n, p in submitted_attacks if n not in named)
+    defenses += tuple(PluginSpec(n, tuple(sorted(p.items()))) for n, p in submitted_defenses if n not in named)
+    return tuple(dict.fromkeys(attacks)), tuple(dict.fromkeys(defenses))
 
 
 def _plugin_identity(registry, spec: PluginSpec) -> dict[str, Any]:
@@ -204,9 +218,20 @@ def finish_row(row: dict[str, Any], zoo: Zoo, task: CellTask) -> dict[str, Any]:
     return {**row, "cell_key": task.key, "profile": zoo.profile_name, "grid": task.grid.name, **provenance()}
 
 
+def attack_locator(spec: PluginSpec) -> AttackLocator:
+    """Where the attack process finds the attack of ``spec``: a registry name or a submission folder."""
+    cls = ATTACKS.get(spec.name)
+    folder = getattr(cls, "submission_folder", None)
+    if folder is not None:
+        return AttackLocator(spec.name, tuple(sorted({**cls.defaults, **spec.kwargs}.items())),
+                             submission=str(folder), entry=cls.submission_entry, imports=cls.submission_imports)
+    return AttackLocator(spec.name, spec.params)
+
+
 def run_cell(zoo: Zoo, grid: GridConfig, cell: Cell) -> dict[str, Any]:
     """Run one cell and score it; a failing plugin gives a failed row, never an exception."""
     started = time.perf_counter()
+    load_submissions()  # a fresh worker process registers them too
     victim_id = zoo.role(cell.victim)
     attack: Attack = ATTACKS.get(cell.attack.name)(**cell.attack.kwargs)
     defense: Defense = DEFENSES.get(cell.defense.name)(**cell.defense.kwargs)
@@ -216,16 +241,19 @@ def run_cell(zoo: Zoo, grid: GridConfig, cell: Cell) -> dict[str, Any]:
                           pool=zoo.splits["attacker_x"], role=cell.victim)
     row = _row_identity(zoo, cell, attack.label, defense.label)
     metrics = dict.fromkeys(("fidelity", "accuracy", "accuracy_norm"), float("nan"))
+    flags = _defense_flags(zoo, grid, cell)
     try:
-        surrogate = attack.run(target_for(server), knowledge, cell.budget, np.random.default_rng([cell.seed, 1]))
-        if not isinstance(surrogate, torch.nn.Module):
-            raise TypeError(f"attack returned {type(surrogate).__name__}, not a torch.nn.Module")
+        surrogate = run_attack(server, attack_locator(cell.attack), knowledge, cell.budget,
+                               np.random.default_rng([cell.seed, 1]))
         test_x, test_y = zoo.splits["test_x"], zoo.splits["test_y"].numpy()
         predicted = scoring.predict_labels(surrogate, test_x, zoo.num_classes)
         victim_labels = zoo.test_predictions[victim_id].argmax(1).numpy()
         surrogate_accuracy = scoring.accuracy(predicted, test_y)
         metrics = {"fidelity": scoring.fidelity(predicted, victim_labels), "accuracy": surrogate_accuracy,
                    "accuracy_norm": scoring.accuracy_norm(surrogate_accuracy, zoo.entry(victim_id).accuracy)}
+        flags += surrogate_flags(zoo, victim_id, surrogate, metrics["fidelity"])
+    except AttackFailed as exc:
+        row.update(status="failed", error=str(exc))
     except BudgetExhausted as exc:
         row.update(status="failed", error=f"budget overrun: {exc}")
     except Exception as exc:  # noqa: BLE001 - a plugin crash fails its cell, not the grid
@@ -237,9 +265,19 @@ def run_cell(zoo: Zoo, grid: GridConfig, cell: Cell) -> dict[str, Any]:
         "queries": server.used, "fingerprint_queries": server.log.count("fingerprint"),
         "victim_hit_rate": scoring.victim_hit_rate(server.log.served_ids(), victim_index),
         "goodput": _goodput(zoo, grid, cell),
+        "flags": "; ".join(flags),
         "wall_s": round(time.perf_counter() - started, 2),
     })
     return row
+
+
+def _defense_flags(zoo: Zoo, grid: GridConfig, cell: Cell) -> list[str]:
+    """The defense's sanity flags; a defense that crashes on the probe fails in the cell itself."""
+    try:
+        return defense_flags(zoo, grid, cell)
+    except Exception:  # noqa: BLE001
+        log.debug("defense probe failed", exc_info=True)
+        return []
 
 
 @dataclass
