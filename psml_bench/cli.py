@@ -83,6 +83,9 @@ def _cmd_zoo_profile(args: argparse.Namespace) -> int:
 def _cmd_list(args: argparse.Namespace) -> int:
     from ._plugins import ATTACKS, DEFENSES
     from ._serving import POLICIES
+    from ._submissions import load_submissions
+
+    load_submissions()
 
     rows = []
     for kind, registry in (("attack", ATTACKS), ("defense", DEFENSES), ("policy", POLICIES)):
@@ -93,6 +96,29 @@ def _cmd_list(args: argparse.Namespace) -> int:
                          doc[0] if doc else ""])
     print(tabulate(rows, headers=["kind", "name", "source", "parameters", "description"], tablefmt="github"))
     return 0
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from ._submissions import submission_folders, submissions_dirs, validate_submission
+
+    paths = [Path(p) for p in args.paths] or submission_folders()
+    if not paths:
+        looked = ", ".join(map(str, submissions_dirs())) or "nothing"
+        raise PsmlError(f"no submission folders to validate (looked in {looked})")
+    failed = 0
+    for path in paths:
+        result = validate_submission(path, cache_dir=args.cache, run=not args.manifest_only, progress=not args.quiet)
+        for error in result.manifest_errors:
+            print(f"psml-bench: error: {error}", file=sys.stderr)
+        for check in result.checks:
+            status = "ok  " if check.ok else "FAIL"
+            print(f"{status} {result.folder.name}: {check.name}" + (f": {check.detail}" if check.detail else ""))
+        if result.ok:
+            print(f"{result.folder.name}: valid")
+        else:
+            failed += 1
+            print(f"psml-bench: error: submission {result.folder} is not valid", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -134,6 +160,14 @@ def build_parser() -> argparse.ArgumentParser:
     profile.set_defaults(func=_cmd_zoo_profile)
 
     commands.add_parser("list", help="list attacks, defenses and policies").set_defaults(func=_cmd_list)
+
+    validate = commands.add_parser("validate", help="check submissions: manifest, import, conformance tests on "
+                                                    "fmnist-tiny")
+    validate.add_argument("paths", nargs="*", metavar="PATH",
+                          help="submission folders or manifest.json files (default: every folder of submissions/)")
+    validate.add_argument("--manifest-only", action="store_true",
+                          help="check the manifests (and import defenses) without running the conformance tests")
+    validate.set_defaults(func=_cmd_validate)
     return parser
 
 
