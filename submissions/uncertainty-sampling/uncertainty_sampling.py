@@ -46,7 +46,7 @@ class UncertaintySampling(Attack):
         surrogate = train_surrogate(inputs, answers, knowledge, config, rng)
         unseen = torch.ones(len(knowledge.pool), dtype=torch.bool)
         unseen[first] = False
-        candidates = torch.flatnonzero(unseen)
+        candidates = torch.nonzero(unseen).flatten()
         with torch.no_grad():
             probabilities = torch.cat([torch.softmax(surrogate(knowledge.pool[candidates[i:i + 1024]]), dim=1)
                                        for i in range(0, len(candidates), 1024)])
