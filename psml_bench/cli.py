@@ -18,10 +18,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from ._runner import load_grid, make_executor, run_grid
 
     grid = load_grid(args.grid)
+    profile = _profile_path(grid.zoo, args.profile, args.cache)
     executor = make_executor(args.executor, jobs=args.jobs, timeout_s=args.timeout or None,
                              memory_mb=args.memory_mb or None, address=args.address)
     summary = run_grid(grid, Path(args.out), cache_dir=args.cache, executor=executor, progress=not args.quiet,
-                       profile=Path(args.profile) if args.profile else None, retry_failed=args.retry_failed)
+                       profile=profile, retry_failed=args.retry_failed)
     print(f"grid {grid.name}: {len(summary.rows)} cells ({summary.cached} cached, {summary.computed} computed, "
           f"{summary.failed} failed) in {summary.seconds:.1f}s; leaderboard written to {summary.out_dir}")
     failed = [row for row in summary.rows if row["status"] != "ok"]
@@ -31,32 +32,88 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _profile_path(zoo: str, choice: str | None, cache: Path | None) -> Path | None:
+    """``run --profile reference|cpu|cuda|PATH`` as the profile file to route on (None: the default)."""
+    from ._zoo import load_zoo_config, resolve_profile
+
+    if not choice:
+        return None
+    return resolve_profile(load_zoo_config(zoo), choice, cache)
+
+
 def _cmd_zoo_build(args: argparse.Namespace) -> int:
     from ._zoo import build_zoo, load_zoo_config
 
     config = load_zoo_config(args.name)
-    directory = build_zoo(config, args.cache, progress=not args.quiet, force=args.force)
+    directory = build_zoo(config, args.cache, progress=not args.quiet, force=args.force, data=args.data,
+                          device=args.device)
     print(f"zoo {config.name} built in {directory}")
     return _show(args.name, args.cache)
 
 
+def _profile_table(path: Path) -> str:
+    from ._profiling import load_profile
+
+    profile = load_profile(path)
+    details = [str(profile["device"])]
+    details += [f"{key} {profile[key]}" for key in ("precision", "driver", "cuda", "weights") if key in profile]
+    details.append(f"measured {profile.get('measured_at', '?')}")
+    per_batch = any("batches" in entry for entry in profile["models"].values())
+    headers = ["model", "p50 ms (batch 1)", "p90 ms", "p99 ms"]
+    if per_batch:
+        headers += ["largest batch", "its p50 ms", "fit slope ms/input", "fit intercept ms", "fit r2"]
+    rows = []
+    for model_id, entry in profile["models"].items():
+        row = [model_id, entry["p50_ms"], entry["p90_ms"], entry["p99_ms"]]
+        if per_batch:
+            fit = entry.get("fit", {})
+            largest = max((int(b) for b in entry.get("batches", {})), default=None)
+            row += [largest or "", entry["batches"][str(largest)]["p50_ms"] if largest else "",
+                    fit.get("slope_ms", ""), fit.get("intercept_ms", ""), fit.get("r2", "")]
+        rows.append(row)
+    table = tabulate(rows, headers=headers, tablefmt="github")
+    return f"profile {path.name} ({', '.join(details)}):\n{table}"
+
+
 def _show(name: str, cache: Path | None) -> int:
     from ._leaderboard import zoo_table
-    from ._zoo import Zoo, default_cache_dir, load_zoo_config
+    from ._zoo import Zoo, committed_profiles, load_zoo_config, zoo_directory
 
     config = load_zoo_config(name)
-    directory = (cache or default_cache_dir()) / "zoos" / config.directory_name
+    directory = zoo_directory(config, cache)
     if (directory / "card.json").is_file():
         zoo = Zoo(directory)
         print(f"zoo {zoo.name} ({directory})\n{config.description}\n")
         print(zoo_table(zoo))
         print(f"\nadvertised specs: accuracy in {list(zoo.accuracy_range)}, latency in {list(zoo.latency_range_ms)} ms;"
               f" splits {zoo.card['splits']}")
-        return 0
-    rows = [[m.id, m.arch, json.dumps(m.kwargs) if m.kwargs else "", m.train.samples, m.train.epochs]
-            for m in config.models]
-    print(f"zoo {config.name}: not built yet (run `psml-bench zoo build {config.name}`)\n{config.description}\n")
-    print(tabulate(rows, headers=["model", "timm arch", "kwargs", "train samples", "epochs"], tablefmt="github"))
+    else:
+        dataset = config.dataset
+        source = f"Hugging Face Hub '{dataset.hub_id}'" + (f" ({dataset.hub_data_dir})" if dataset.hub_data_dir else "")
+        shape = config.image.input_shape()
+        rows = [[m.id, m.arch, json.dumps(m.kwargs) if m.kwargs else "", "yes" if m.pretrained else "no",
+                 m.input_size or "", m.train.samples, m.train.epochs, m.train.batch_size]
+                for m in config.models]
+        print(f"zoo {config.name}: not built yet (run `psml-bench zoo build {config.name}`)\n{config.description}\n")
+        print(f"dataset: {dataset.name} from a local copy (--data or ${dataset.local_dir_env}) or the {source}; "
+              f"splits owner {config.splits.owner}, attacker {config.splits.attacker}, benign {config.splits.benign}, "
+              f"test {config.splits.test} (seed {config.splits.seed})")
+        if shape is not None:
+            print(f"inputs: {shape[0]}x{shape[1]}x{shape[2]}"
+                  + (f" (shorter side resized to {config.image.resize}, centre crop)" if config.image.resize else ""))
+        if config.build.gpu_scale:
+            expected = (f", about {config.build.expected_gpu_minutes:g} min on one GPU"
+                        if config.build.expected_gpu_minutes else "")
+            print(f"build: GPU-scale{expected}; see docs/zoos.md")
+        print()
+        print(tabulate(rows, headers=["model", "timm arch", "kwargs", "pretrained", "input size", "train samples",
+                                      "epochs", "batch"], tablefmt="github"))
+    profiles = committed_profiles(config)
+    for path in profiles:
+        print()
+        print(_profile_table(path))
+    if not profiles:
+        print(f"\nno latency profile is committed for zoo {config.name}")
     return 0
 
 
@@ -64,19 +121,31 @@ def _cmd_zoo_show(args: argparse.Namespace) -> int:
     return _show(args.name, args.cache)
 
 
+def _batch_sizes(text: str) -> list[int]:
+    try:
+        sizes = sorted({int(part) for part in text.split(",") if part.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of batch sizes") from None
+    if not sizes or sizes[0] < 1:
+        raise argparse.ArgumentTypeError(f"'{text}': batch sizes must be positive")
+    return sizes
+
+
 def _cmd_zoo_profile(args: argparse.Namespace) -> int:
     from ._config import write_atomic
-    from ._profiling import make_profile, measure_latency
-    from ._zoo import open_zoo
+    from ._profiling import dump_profile, profile_device_kind
+    from ._zoo import load_zoo_config, measured_profile_path, profile_zoo, resolve_profile
 
-    zoo = open_zoo(args.name, args.cache, progress=not args.quiet)
-    example = zoo.splits["test_x"][:1]
-    stats = {entry.id: measure_latency(zoo.model(entry.id), example) for entry in zoo.menu}
-    out = Path(args.out) if args.out else zoo.directory / "profile-cpu.json"
-    write_atomic(out, json.dumps(make_profile(zoo.name, stats), indent=2) + "\n")
-    print(tabulate([[m, s.p50_ms, s.p90_ms, s.p99_ms] for m, s in stats.items()],
-                   headers=["model", "p50 ms", "p90 ms", "p99 ms"], tablefmt="github"))
-    print(f"profile written to {out}; route a run on it with `psml-bench run --profile {out}`")
+    config = load_zoo_config(args.name)
+    profile = profile_zoo(args.name, args.cache, device=args.device, precision=args.precision,
+                          batch_sizes=args.batch_sizes, warmup=args.warmup, repeats=args.repeats,
+                          untrained=args.untrained, data=args.data, progress=not args.quiet)
+    kind = profile_device_kind(profile)
+    out = Path(args.out) if args.out else measured_profile_path(config, kind, args.cache)
+    write_atomic(out, dump_profile(profile))
+    print(_profile_table(out))
+    routes = kind if resolve_profile(config, kind, args.cache) == out else out  # a committed one goes first
+    print(f"profile written to {out}; route a run on it with `psml-bench run --profile {routes}`")
     return 0
 
 
@@ -134,7 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", default="leaderboard", help="leaderboard directory (default: leaderboard/)")
     run.add_argument("--jobs", type=int, default=0,
                      help="cells to run in parallel processes (default 0: one per CPU core)")
-    run.add_argument("--profile", default=None, help="latency profile to route on (default: the zoo's reference)")
+    run.add_argument("--profile", default=None, metavar="reference|cpu|cuda|PATH",
+                     help="latency profile to route on: the zoo's committed reference profile, its committed (else "
+                          "measured) CPU or GPU profile, or a profile file (default: the reference profile)")
     run.add_argument("--executor", default="local", choices=["local", "ray", "inline"],
                      help="where cells run: local process pool (default), a Ray cluster, or this process")
     run.add_argument("--address", default=None, help="Ray cluster address (default: start a local Ray instance)")
@@ -147,16 +218,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     zoo = commands.add_parser("zoo", help="build, show or profile a zoo").add_subparsers(dest="zoo_command",
                                                                                            required=True)
+    data_help = ("local copy of the dataset: a directory (parquet files, save_to_disk, or IDX files for fmnist) "
+                 "or SPLIT=FILE.parquet,... (default: the config's environment variable, else the Hub)")
     build = zoo.add_parser("build", help="train and measure every model of a zoo")
     build.add_argument("name")
     build.add_argument("--force", action="store_true", help="rebuild even if the zoo is cached")
+    build.add_argument("--data", default=None, metavar="DIR|SPLIT=FILE,...", help=data_help)
+    build.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto (default: the config's build.device)")
     build.set_defaults(func=_cmd_zoo_build)
-    show = zoo.add_parser("show", help="print a zoo's card (or its plan, when not built)")
+    show = zoo.add_parser("show", help="print a zoo's card (or its plan, when not built) and its committed profiles")
     show.add_argument("name")
     show.set_defaults(func=_cmd_zoo_show)
-    profile = zoo.add_parser("profile", help="re-measure batch-1 latency of every model")
+    profile = zoo.add_parser("profile", help="measure per-model latency at batch sizes 1..64 on a CPU or GPU")
     profile.add_argument("name")
-    profile.add_argument("--out", default=None, help="where to write the profile JSON")
+    profile.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
+    profile.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"],
+                         help="weights and inputs in this precision (default fp32)")
+    profile.add_argument("--batch-sizes", type=_batch_sizes, default=[1, 2, 4, 8, 16, 32, 64],
+                         help="comma-separated batch sizes, including 1 (default 1,2,4,8,16,32,64)")
+    profile.add_argument("--warmup", type=int, default=20, help="untimed calls per batch size (default 20)")
+    profile.add_argument("--repeats", type=int, default=200, help="timed calls per batch size (default 200)")
+    profile.add_argument("--untrained", action="store_true",
+                         help="profile fresh models on random inputs of the zoo's declared shape: no data, no build")
+    profile.add_argument("--data", default=None, metavar="DIR|SPLIT=FILE,...", help=data_help)
+    profile.add_argument("--out", default=None,
+                         help="where to write the profile JSON (default: <cache>/profiles/<zoo>-<hash>-<cpu|cuda>.json)")
     profile.set_defaults(func=_cmd_zoo_profile)
 
     commands.add_parser("list", help="list attacks, defenses and policies").set_defaults(func=_cmd_list)
