@@ -31,6 +31,7 @@ import logging
 import multiprocessing
 import os
 import pickle
+import resource
 import signal
 import sys
 import threading
@@ -273,9 +274,17 @@ def _remote_target(conn: Connection) -> Target:
 def _attack_main(conn: Connection) -> None:
     """Entry point of the attack process."""
     torch.set_num_threads(ATTACK_THREADS)
-    setup = pickle.loads(conn.recv_bytes())  # from the worker: trusted
+    try:
+        setup = pickle.loads(conn.recv_bytes())  # from the worker: trusted
+    except (EOFError, OSError):  # the worker went away before sending the cell
+        return
     locator: AttackLocator = setup["locator"]
     try:
+        soft, hard = setup["memory_limit"]
+        if soft != resource.RLIM_INFINITY:
+            # the worker's own limit (its start-up footprint plus the cell's allowance); the fork
+            # server may have started before the worker set it
+            resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
         sys.path[:] = setup["sys_path"]
         for module in (*PREIMPORTED, *locator.imports):
             try:
@@ -405,6 +414,7 @@ def run_attack(server: Server, locator: AttackLocator, knowledge: Knowledge, bud
         parent_end.send_bytes(pickle.dumps({
             "locator": locator, "knowledge": knowledge, "budget": budget, "rng": rng,
             "sys_path": [os.path.abspath(p) if p else os.getcwd() for p in sys.path],
+            "memory_limit": resource.getrlimit(resource.RLIMIT_AS),
             "drop_privileges": isolation_available() if drop is None else drop,
         }, protocol=pickle.HIGHEST_PROTOCOL))
         while True:
@@ -464,3 +474,17 @@ def _answer(server: Server, header: dict[str, Any], tensors: dict[str, torch.Ten
     except InvalidQueryError as exc:
         return ("error", "InvalidQueryError", str(exc))
     return ("ok", answers)
+
+
+def prestart() -> None:
+    """Start the attack fork server now; its imports then overlap the worker's own start-up."""
+    if _context().get_start_method() == "forkserver":
+        from multiprocessing import forkserver
+
+        forkserver.ensure_running()
+
+
+if multiprocessing.parent_process() is not None and multiprocessing.current_process().name != "psml-attack":
+    # imported in an executor's worker process (the driver and the fork server have no parent
+    # process; attack processes inherit this module already imported)
+    prestart()

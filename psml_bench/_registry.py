@@ -44,14 +44,25 @@ class Registry(Generic[T]):
         self._entries: dict[str, Registered[T]] = {}
         self._loaded = False
 
-    def register(self, name: str, *, source: str = "built-in") -> Callable[[T], T]:
-        """Class decorator: register ``cls`` under ``name``."""
+    def register(self, name: str, *, source: str | None = None) -> Callable[[T], T]:
+        """Class decorator: register ``cls`` under ``name``.
+
+        The source defaults to ``built-in`` for classes of psml_bench or of the built-in package and
+        ``module <name>`` otherwise; entry points and submissions relabel their plugins when loaded.
+        """
 
         def decorate(cls: T) -> T:
-            self.add(name, cls, source=source)
+            self.add(name, cls, source=source or self._default_source(cls))
             return cls
 
         return decorate
+
+    def _default_source(self, cls: type) -> str:
+        module = cls.__module__
+        packages = [p for p in (self.builtin_package, "psml_bench") if p]
+        if any(module == p or module.startswith(f"{p}.") for p in packages):
+            return "built-in"
+        return f"module {module}"
 
     def add(self, name: str, cls: T, *, source: str) -> None:
         """Register ``cls`` under ``name``; re-registering the same class is a no-op."""

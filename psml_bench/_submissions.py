@@ -503,7 +503,7 @@ def validate_submission(path: Path | str, *, cache_dir: Path | None = None, run:
         defense = PluginSpec(manifest.name, tuple(sorted(params.items())))
         grid = _conformance_grid(attack, defense)
         cell = Cell("rank:1", attack, defense, CONFORMANCE_BUDGET, 0)
-        label = f"{manifest.name}({params})" if params else manifest.name
+        label = ", ".join(f"{k}={v}" for k, v in params.items()) or "defaults"
         try:
             flags = defense_flags(zoo, grid, cell)
         except Exception as exc:  # noqa: BLE001

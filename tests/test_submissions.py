@@ -255,3 +255,18 @@ def test_agreement_ceiling_flags_a_surrogate_that_saw_test_data(tiny_zoo):
     honest = tiny_zoo.model(victim_id)  # the victim agrees with itself everywhere
     assert surrogate_flags(tiny_zoo, victim_id, honest, fidelity=1.0) == []
     assert agreement_ceiling(0.9, 2000, 10000) == pytest.approx(0.9 + 3 * np.sqrt(0.09 * (1 / 2000 + 1 / 10000)) + 0.02)
+
+
+def test_decorated_plugins_outside_the_builtins_are_labelled_by_module(tmp_path, monkeypatch):
+    from psml_bench import ATTACKS
+
+    (tmp_path / "labelled_attack.py").write_text(
+        "from psml_bench import Attack, register_attack\n\n"
+        "@register_attack('labelled')\n"
+        "class Labelled(Attack):\n"
+        "    def run(self, target, knowledge, budget, rng):\n"
+        "        raise NotImplementedError\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    ATTACKS.get("labelled_attack:Labelled")
+    assert ATTACKS.entry("labelled").source == "module labelled_attack"
+    assert ATTACKS.entry("psml").source == "built-in"
