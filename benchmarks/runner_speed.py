@@ -4,8 +4,9 @@
 
 Runs the grid into fresh output directories (the zoo must be built or is built first) with one
 local worker, then with two, then once more with nothing changed; then re-runs every cell of the
-grid inline under instrumentation that sums the time spent in forward passes of the zoo models
-and the surrogate, in backward passes and in optimiser steps. Prints one JSON object.
+grid in this process (attack included, not isolated, so that its passes can be timed) under
+instrumentation that sums the time spent in forward passes of the zoo models and the surrogate,
+in backward passes and in optimiser steps. Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -50,7 +51,25 @@ class ComputeClock:
         return timed
 
 
+def _attack_in_process(server, locator, knowledge, budget, rng):
+    """The attack on this process's own clock; isolation gives the same numbers (tests/test_isolation.py)."""
+    from psml_bench import ATTACKS
+    from psml_bench._serving import target_for
+
+    return ATTACKS.get(locator.name)(**dict(locator.params)).run(target_for(server), knowledge, budget, rng)
+
+
 def compute_share(grid, zoo) -> dict[str, float]:
+    import psml_bench._runner as runner
+
+    isolated, runner.run_attack = runner.run_attack, _attack_in_process
+    try:
+        return _compute_share(grid, zoo)
+    finally:
+        runner.run_attack = isolated
+
+
+def _compute_share(grid, zoo) -> dict[str, float]:
     clock = ComputeClock()
     originals = (torch.nn.Module.__call__, torch.Tensor.backward, torch.optim.AdamW.step)
     torch.nn.Module.__call__ = clock.wrap(originals[0])
