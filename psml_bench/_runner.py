@@ -16,9 +16,9 @@ import os
 import platform
 import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import torch
@@ -288,7 +288,6 @@ class RunSummary:
     failed: int
     seconds: float
     out_dir: Path
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def make_executor(name: str, *, jobs: int = 0, timeout_s: float | None = None, memory_mb: int | None = None,

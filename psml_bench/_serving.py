@@ -8,7 +8,6 @@ hidden from attacks, which model served each query; the budget is counted per in
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Callable, Sequence

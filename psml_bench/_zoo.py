@@ -22,7 +22,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import cached_property
 from pathlib import Path
@@ -35,7 +35,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from ._config import content_hash, read_toml, resolve_config, validate
-from ._data import DatasetConfig, ImageConfig, SplitConfig, Splits, load_dataset, make_splits
+from ._data import DatasetConfig, ImageConfig, SplitConfig, load_dataset, make_splits
 from ._errors import ConfigError, PsmlError
 from ._profiling import (DEFAULT_BATCH_SIZES, environment, load_profile, make_batch_profile, measure_latency,
                          profile_device_kind, profile_model, reference_profile_path, resolve_device,
