@@ -87,8 +87,8 @@ class Attack(Plugin, ABC):
 class Defense(Plugin):
     """A defense: hooks the serving system calls around routing.
 
-    ``perturb_spec`` runs before the policy on every query's spec, ``postprocess`` on the
-    probabilities the served model returns. ``strength`` names the parameter that sets how
+    ``perturb_spec`` runs before the policy on every query's spec, ``reroute`` after it on the
+    policy's choice, ``postprocess`` on the probabilities the served model returns. ``strength`` names the parameter that sets how
     strong the defense is (the one a sweep varies), ``deterministic`` whether identical
     calls give identical answers.
     """
@@ -102,8 +102,18 @@ class Defense(Plugin):
         """Specs the policy sees, one per query. The server clips them to the advertised range."""
         return min_accuracy, max_latency_ms
 
+    def reroute(self, served: np.ndarray, candidates: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """The model that answers each query, after the policy chose ``served``.
+
+        Args:
+            served: the policy's choice, a menu index per query.
+            candidates: ``(queries, models)`` booleans, the models meeting the spec the policy saw
+                (all ``False`` in a row whose spec nothing meets).
+        """
+        return served
+
     def postprocess(self, probabilities: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
-        """Answers returned to the client, one row per query."""
+        """Answers returned to the client, one row per query (a ``(queries, classes)`` tensor)."""
         return probabilities
 
 

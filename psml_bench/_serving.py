@@ -99,11 +99,18 @@ class QueryLog:
     """The server's hidden record: per query, the model that served it and why it was sent."""
 
     served: list[np.ndarray] = field(default_factory=list)
+    requested: list[np.ndarray] = field(default_factory=list)
     meets_spec: list[np.ndarray] = field(default_factory=list)
     purposes: list[tuple[str, int]] = field(default_factory=list)
+    latency_ms: list[np.ndarray] = field(default_factory=list)
 
     def served_ids(self) -> np.ndarray:
         return np.concatenate(self.served) if self.served else np.empty(0, dtype=np.int64)
+
+    def requested_ids(self, purpose: str | None = None) -> np.ndarray:
+        """Per query, the model the client's own spec selects with no defense (what it asked for)."""
+        chosen = [r for r, (p, _) in zip(self.requested, self.purposes) if purpose is None or p == purpose]
+        return np.concatenate(chosen) if chosen else np.empty(0, dtype=np.int64)
 
     def count(self, purpose: str | None = None) -> int:
         return sum(n for p, n in self.purposes if purpose is None or p == purpose)
@@ -174,18 +181,31 @@ class Server:
                                     f"range [{l_lo}, {l_hi}]")
 
     def route(self, min_accuracy: np.ndarray, max_latency: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Apply the defense's spec hook and the policy; return (menu index, feasible) per query."""
+        """Apply the defense's spec hook, the policy and the defense's reroute; return (menu index, meets spec)."""
         noisy_accuracy, noisy_latency = self.defense.perturb_spec(min_accuracy, max_latency, self.spec_range, self.rng)
         noisy_accuracy, noisy_latency = self.spec_range.clip(np.asarray(noisy_accuracy, dtype=float),
                                                              np.asarray(noisy_latency, dtype=float))
         served, _ = self.policy.select(self._accuracy, self._latency, noisy_accuracy, noisy_latency)
+        candidates = (self._accuracy[None, :] >= noisy_accuracy[:, None]) & \
+            (self._latency[None, :] <= noisy_latency[:, None])
+        served = np.asarray(self.defense.reroute(served, candidates, self.rng), dtype=np.int64)
+        if served.shape != min_accuracy.shape or ((served < 0) | (served >= len(self.menu))).any():
+            raise ValueError(f"defense '{self.defense.name}' rerouted to models outside the menu")
         # an SLO miss is judged against what the client asked for, not the perturbed spec
         meets = (self._accuracy[served] >= min_accuracy) & (self._latency[served] <= max_latency)
         return served, meets
 
+    def requested(self, min_accuracy: np.ndarray, max_latency: np.ndarray) -> np.ndarray:
+        """The model the policy picks for the client's own spec, with no defense."""
+        return self.policy.select(self._accuracy, self._latency, min_accuracy, max_latency)[0]
+
     @torch.no_grad()
-    def query(self, inputs, spec: Spec | Sequence[Spec], purpose: str = "extract") -> torch.Tensor:
-        """Answer one query per input row; return an (N, num_classes) tensor of probabilities."""
+    def query(self, inputs, spec: Spec | Sequence[Spec], purpose: str = "extract", *, with_raw: bool = False):
+        """Answer one query per input row; return an (N, num_classes) tensor of probabilities.
+
+        ``with_raw`` (harness only, never on the attacker's handle) also returns the served models'
+        answers before the defense's ``postprocess``.
+        """
         inputs = self._check_inputs(inputs)
         n = inputs.shape[0]
         min_accuracy, max_latency = _spec_arrays(spec, n)
@@ -202,9 +222,12 @@ class Server:
             outputs[rows] = torch.cat([F.softmax(model(batch[i:i + FORWARD_BATCH]), dim=1)
                                        for i in range(0, len(batch), FORWARD_BATCH)])
         self.log.served.append(served)
+        self.log.requested.append(self.requested(min_accuracy, max_latency))
         self.log.meets_spec.append(meets)
         self.log.purposes.append((purpose, n))
-        return self.defense.postprocess(outputs, self.rng)
+        self.log.latency_ms.append(self._latency[served])
+        answers = self.defense.postprocess(outputs, self.rng)
+        return (answers, outputs) if with_raw else answers
 
 
 class Target:
