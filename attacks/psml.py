@@ -17,6 +17,21 @@ The PSML attack (arXiv 2307.01292) without knowing the menu:
 Each observation repeats the probe ``repeats`` times and keeps the most frequent answer, so
 a randomised service can be fingerprinted at proportional cost. All fingerprint queries are
 sent with ``purpose="fingerprint"`` and counted by the server.
+
+``adaptive = true`` is the attacker that expects spec noise (or any randomised routing):
+
+5. Latency: at the region's centre, bisect the latency bound down to where the target stops
+   answering, which locates the target's latency.
+6. Estimate, by ``trials`` repeated probes per candidate, how often each candidate spec (3
+   accuracy floors from the region's centre to just below its top, times 3 latency bounds
+   between the target's latency and the advertised maximum) reaches the target, and extract
+   through the best one. A floor near the top of the region keeps downward noise inside it,
+   and a latency bound below the next more accurate model's latency turns upward noise into
+   an infeasible spec whose fallback is again the target.
+7. ``requery = true``: send every extraction input twice and keep only answers whose two
+   replies agree (the same model answered both; with a hit rate above one half that is most
+   likely the target), falling back to all first replies if fewer than a tenth agree. The
+   second replies count against the budget like any query.
 """
 
 from __future__ import annotations
@@ -28,7 +43,7 @@ import numpy as np
 import torch
 
 from psml_bench import (SURROGATE_DEFAULTS, Attack, Knowledge, Spec, SurrogateConfig, Target, extract,
-                        register_attack, sample_pool)
+                        query_batched, register_attack, sample_pool, train_surrogate)
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +66,18 @@ class _Fingerprinter:
         self.signatures.append(answer)
         return len(self.signatures) - 1
 
-    def observe(self, min_accuracy: float) -> int:
-        answers = self.target.query(self.probe.expand(self.repeats, *self.probe.shape[1:]),
-                                    Spec(float(min_accuracy), self.max_latency), purpose="fingerprint")
-        counts = Counter(self._identify(answer) for answer in answers)
+    def answers(self, spec: Spec, repeats: int) -> Counter:
+        """How often each model (by signature) answered ``repeats`` probes under ``spec``."""
+        answers = self.target.query(self.probe.expand(repeats, *self.probe.shape[1:]), spec, purpose="fingerprint")
+        return Counter(self._identify(answer) for answer in answers)
+
+    def observe(self, min_accuracy: float, max_latency: float | None = None) -> int:
+        """The model answering most often at this accuracy floor (latency bound: the advertised maximum)."""
+        counts = self.answers(Spec(float(min_accuracy), self.max_latency if max_latency is None else max_latency),
+                              self.repeats)
         model = max(counts, key=lambda m: (counts[m], -m))
-        self.observations.append((float(min_accuracy), model))
+        if max_latency is None:
+            self.observations.append((float(min_accuracy), model))
         return model
 
     def bisect(self, low: float, low_model: int, high: float, high_model: int, tolerance: float) -> None:
@@ -100,10 +121,11 @@ def rank_regions(observations: list[tuple[float, int]], low: float, high: float)
 class Psml(Attack):
     """Fingerprinting (sweep + bisection of the accuracy floor), then extraction through the found spec."""
 
-    defaults = {**SURROGATE_DEFAULTS, "grid": 24, "tolerance": 0.002, "repeats": 1, "candidates": 16}
+    defaults = {**SURROGATE_DEFAULTS, "grid": 24, "tolerance": 0.002, "repeats": 1, "candidates": 16,
+                "adaptive": False, "trials": 16, "requery": False}
 
     def fingerprint(self, target: Target, knowledge: Knowledge, rng: np.random.Generator) -> Spec:
-        """Find the spec deepest inside the target role's region."""
+        """Find the spec deepest inside the target role's region (adaptive: the one reaching it most often)."""
         (a_lo, a_hi), (_, l_hi) = knowledge.spec_range.accuracy, knowledge.spec_range.latency_ms
         candidates = knowledge.pool[sample_pool(knowledge, self.params["candidates"], rng)]
         answers = target.query(candidates, Spec(a_lo, l_hi), purpose="fingerprint")
@@ -120,11 +142,48 @@ class Psml(Attack):
         if rank > len(regions):
             log.warning("psml: found %d models but the target is rank:%d; taking the least accurate found",
                         len(regions), rank)
-        _, lo, hi = regions[min(rank, len(regions)) - 1]
-        return Spec((lo + hi) / 2, l_hi)
+        model, lo, hi = regions[min(rank, len(regions)) - 1]
+        if not self.params["adaptive"]:
+            return Spec((lo + hi) / 2, l_hi)
+        return self._best_spec(fingerprinter, model, lo, hi, knowledge)
+
+    def _best_spec(self, fingerprinter: _Fingerprinter, model: int, lo: float, hi: float, knowledge: Knowledge) -> Spec:
+        """Steps 5 and 6: the candidate spec that most often reaches ``model``, estimated by repeated probes."""
+        l_lo, l_hi = knowledge.spec_range.latency_ms
+        centre = (lo + hi) / 2
+        low, high = l_lo, l_hi  # the target answers at l_hi; find the least bound where it still does
+        while high - low > 0.01 * (l_hi - l_lo):
+            middle = (low + high) / 2
+            if fingerprinter.observe(centre, middle) == model:
+                high = middle
+            else:
+                low = middle
+        floors = [lo + f * (hi - lo) for f in (0.5, 0.8, 0.95)]
+        bounds = [high + g * (l_hi - high) for g in (0.25, 0.5, 1.0)]
+        trials = int(self.params["trials"])
+        hits = {(a, l): fingerprinter.answers(Spec(a, l), trials)[model] for a in floors for l in bounds}
+        (a, l), best = max(hits.items(), key=lambda item: item[1])
+        log.info("psml adaptive: spec (%.4f, %.2f ms) reached the target in %d of %d probes", a, l, best, trials)
+        return Spec(a, l)
 
     def run(self, target: Target, knowledge: Knowledge, budget: int, rng: np.random.Generator) -> torch.nn.Module:
         spec = self.fingerprint(target, knowledge, rng)
         remaining = target.remaining_budget
-        return extract(target, knowledge, spec, budget if remaining is None else remaining, rng,
-                       SurrogateConfig.from_params(self.params))
+        remaining = budget if remaining is None else remaining
+        config = SurrogateConfig.from_params(self.params)
+        if not self.params["requery"]:
+            return extract(target, knowledge, spec, remaining, rng, config)
+        inputs = knowledge.pool[sample_pool(knowledge, remaining // 2, rng)]
+        first = query_batched(target, inputs, spec)
+        second = query_batched(target, inputs, spec)
+        agree = (first - second).abs().amax(dim=1) < SAME_ANSWER
+        keep = agree if agree.float().mean() >= 0.1 else torch.ones_like(agree)
+        log.info("psml requery: %d of %d answers agree", int(agree.sum()), len(inputs))
+        return train_surrogate(inputs[keep], first[keep], knowledge, config, rng)
+
+
+@register_attack("psml-adaptive")
+class PsmlAdaptive(Psml):
+    """psml expecting spec noise: majority-vote fingerprinting, then the spec that reaches the target most often."""
+
+    defaults = {**Psml.defaults, "adaptive": True, "repeats": 3, "grid": 12, "trials": 8}

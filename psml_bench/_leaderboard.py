@@ -1,22 +1,73 @@
-"""Rendering a grid's rows: ``results.csv`` and the Markdown leaderboard page."""
+"""Rendering a grid's rows: ``results.csv``, the Markdown leaderboard page and its figures.
+
+The page has, per victim: each block's attacks ranked per defense (mean ± std over seeds),
+then the defense table: every defense setting's cost to benign clients and its protection
+(the drop in the strongest attack's fidelity), and defense families ranked by protection at
+goodput >= 0.8 and by the area under their protection-versus-goodput curve.
+"""
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
 from ._config import write_atomic
 
 RESULT_COLUMNS = [
-    "zoo", "victim", "victim_model", "attack", "defense", "budget", "seed", "status", "fidelity", "accuracy",
-    "accuracy_norm", "queries", "fingerprint_queries", "victim_hit_rate", "goodput", "error", "cell_key",
-    "grid", "profile", "psml_bench", "git_commit", "torch", "timm", "device", "threads",
+    "zoo", "victim", "victim_model", "attack", "attack_access", "defense", "budget", "seed", "status",
+    "fidelity", "accuracy", "accuracy_norm", "kl", "l1", "queries", "fingerprint_queries", "victim_hit_rate",
+    "fingerprint_accuracy", "goodput", "benign_accuracy_drop", "perturbation", "latency_overhead", "error",
+    "cell_key", "grid", "profile", "psml_bench", "git_commit", "torch", "timm", "device", "threads",
 ]
 # kept in each cell file but not in results.csv, which is byte-identical across runs of the same cells
 VOLATILE_COLUMNS = ("wall_s",)
+COUNT_METRICS = ("queries", "fingerprint_queries")
+GOODPUT_FLOOR = 0.8
+NO_DEFENSE = "none"
+
+
+@dataclass(frozen=True)
+class DefenseSetting:
+    """How a defense label reads: its family (the label without the strength) and its strength."""
+
+    family: str
+    strength: str | None
+    value: Any
+
+
+@dataclass(frozen=True)
+class BlockView:
+    """The labels of one grid block, to pick its rows out of the results."""
+
+    name: str
+    attacks: tuple[str, ...]
+    defenses: tuple[str, ...]
+    budgets: tuple[int, ...]
+
+
+def _plugin_label(registry, spec) -> str:
+    return registry.get(spec.name)(**spec.kwargs).label
+
+
+def describe_grid(grid) -> tuple[list[BlockView], dict[str, DefenseSetting]]:
+    """The grid's blocks as labels, and every defense label's family and strength."""
+    from ._plugins import ATTACKS, DEFENSES
+
+    settings = {}
+    for spec in grid.defenses:
+        defense = DEFENSES.get(spec.name)(**spec.kwargs)
+        settings[defense.label] = DefenseSetting(defense.family, defense.strength,
+                                                 defense.params[defense.strength] if defense.strength else None)
+    blocks = getattr(grid, "blocks", ()) or (grid,)
+    views = [BlockView(getattr(b, "name", "") or grid.name, tuple(_plugin_label(ATTACKS, a) for a in b.attacks),
+                       tuple(_plugin_label(DEFENSES, d) for d in b.defenses), tuple(b.budgets)) for b in blocks]
+    return views, settings
 
 
 def results_frame(rows: Sequence[dict[str, Any]]) -> pd.DataFrame:
@@ -29,11 +80,8 @@ def results_frame(rows: Sequence[dict[str, Any]]) -> pd.DataFrame:
                                          if c not in RESULT_COLUMNS and c not in VOLATILE_COLUMNS)]
 
 
-COUNT_METRICS = ("queries", "fingerprint_queries")
-
-
 def _mean_std(values: pd.Series, digits: int = 3) -> str:
-    values = values.dropna().astype(float)
+    values = pd.to_numeric(values, errors="coerce").dropna().astype(float)
     if values.empty:
         return "—"
     std = float(values.std(ddof=1)) if len(values) > 1 else 0.0
@@ -45,6 +93,11 @@ def _cell(group: pd.DataFrame, metric: str) -> str:
     text = _mean_std(ok[metric], 1 if metric in COUNT_METRICS else 3)
     failed = len(group) - len(ok)
     return f"{text} ({failed} failed)" if failed else text
+
+
+def _mean(group: pd.DataFrame, metric: str) -> float:
+    values = pd.to_numeric(group[group["status"] == "ok"][metric], errors="coerce").dropna()
+    return float(values.mean()) if len(values) else math.nan
 
 
 def zoo_table(zoo) -> str:
@@ -59,36 +112,130 @@ def zoo_table(zoo) -> str:
                                    f"latency p50 ms ({zoo.profile_name})", "frontier"], tablefmt="github")
 
 
-def _pivot(frame: pd.DataFrame, metric: str, defenses: list[str]) -> str:
+ATTACK_COLUMNS = (("fidelity", "fidelity"), ("accuracy", "accuracy"), ("KL", "kl"), ("L1", "l1"),
+                  ("victim hit rate", "victim_hit_rate"), ("fingerprint acc.", "fingerprint_accuracy"),
+                  ("fingerprint queries", "fingerprint_queries"))
+
+
+def _block_rows(frame: pd.DataFrame, block: BlockView) -> pd.DataFrame:
+    return frame[frame["attack"].isin(block.attacks) & frame["defense"].isin(block.defenses)
+                 & frame["budget"].astype(int).isin(block.budgets)]
+
+
+def attack_ranking(frame: pd.DataFrame, block: BlockView) -> str:
+    """Per (defense, budget), the block's attacks ranked by mean fidelity."""
     rows = []
-    for (attack, budget), group in frame.groupby(["attack", "budget"], sort=False):
-        rows.append([attack, budget] + [_cell(group[group["defense"] == d], metric) for d in defenses])
-    return tabulate(rows, headers=["attack", "budget", *defenses], tablefmt="github")
+    part = _block_rows(frame, block)
+    for defense in block.defenses:
+        for budget in block.budgets:
+            group = part[(part["defense"] == defense) & (part["budget"].astype(int) == budget)]
+            ranked = sorted(group.groupby("attack", sort=False), key=lambda item: -np.nan_to_num(
+                _mean(item[1], "fidelity"), nan=-1.0))
+            for rank, (attack, cells) in enumerate(ranked, 1):
+                rows.append([defense, budget, rank, attack] + [_cell(cells, m) for _, m in ATTACK_COLUMNS])
+    return tabulate(rows, headers=["defense", "budget", "rank", "attack", *(h for h, _ in ATTACK_COLUMNS)],
+                    tablefmt="github")
 
 
-def render_markdown(frame: pd.DataFrame, zoo, grid) -> str:
-    defenses = list(dict.fromkeys(frame["defense"]))
+def protection_table(frame: pd.DataFrame, settings: dict[str, DefenseSetting]) -> pd.DataFrame:
+    """Per (victim, budget, defense setting): its costs and its protection against the strongest attack.
+
+    The strongest attack is the service attack (``attack_access == "service"``) with the highest
+    mean fidelity against the setting; ``protection`` is the highest mean fidelity of the same
+    attacks without a defense minus that. Settings without an undefended baseline are left out.
+    """
+    service = frame[(frame["attack_access"] == "service") & (frame["status"] == "ok")]
+    out = []
+    for (victim, budget), group in service.groupby(["victim", "budget"], sort=False):
+        base = group[group["defense"] == NO_DEFENSE]
+        if base.empty or (group["defense"] == NO_DEFENSE).all():
+            continue
+        for defense, cells in group.groupby("defense", sort=False):
+            attacks = sorted(set(cells["attack"]) & set(base["attack"]))
+            if not attacks:
+                continue
+            fidelity = {a: _mean(cells[cells["attack"] == a], "fidelity") for a in attacks}
+            baseline = max(_mean(base[base["attack"] == a], "fidelity") for a in attacks)
+            strongest = max(attacks, key=lambda a: fidelity[a])
+            setting = settings.get(defense, DefenseSetting(defense, None, None))
+            costs = frame[(frame["defense"] == defense) & (frame["victim"] == victim)
+                          & (frame["budget"] == budget) & (frame["status"] == "ok")]
+            out.append({"victim": victim, "budget": int(budget), "defense": defense, "family": setting.family,
+                        "strength": setting.strength or "", "value": setting.value,
+                        "goodput": _mean(costs, "goodput"), "benign_accuracy_drop": _mean(costs, "benign_accuracy_drop"),
+                        "perturbation": _mean(costs, "perturbation"), "latency_overhead": _mean(costs, "latency_overhead"),
+                        "strongest_attack": strongest, "fidelity": fidelity[strongest],
+                        "protection": baseline - fidelity[strongest]})
+    return pd.DataFrame(out)
+
+
+def tradeoff_auc(points: Sequence[tuple[float, float]], floor: float = GOODPUT_FLOOR) -> float:
+    """Mean protection over goodput in [floor, 1] along a defense's protection-versus-goodput curve.
+
+    The curve starts at the undefended service (goodput 1, protection 0) and joins the settings
+    in order of falling goodput; where it stops above ``floor`` the rest counts as no protection.
+    """
+    curve = [(1.0, 0.0)] + sorted(((g, p) for g, p in points if not math.isnan(g) and not math.isnan(p)),
+                                  key=lambda gp: -gp[0])
+    area = 0.0
+    for (g1, p1), (g2, p2) in zip(curve, curve[1:]):
+        if g1 <= floor:
+            break
+        if g2 < floor:  # cut the segment at the floor
+            p2 = p1 + (p2 - p1) * (g1 - floor) / (g1 - g2)
+            g2 = floor
+        area += (g1 - g2) * (p1 + p2) / 2
+    return area / (1.0 - floor)
+
+
+def defense_ranking(table: pd.DataFrame) -> pd.DataFrame:
+    """Defense families per (victim, budget), ranked by best protection at goodput >= 0.8, then AUC."""
+    out = []
+    for (victim, budget, family), group in table[table["defense"] != NO_DEFENSE].groupby(
+            ["victim", "budget", "family"], sort=False):
+        usable = group[group["goodput"] >= GOODPUT_FLOOR]
+        best = usable.loc[usable["protection"].idxmax()] if len(usable) else None
+        out.append({"victim": victim, "budget": budget, "family": family,
+                    "protection": best["protection"] if best is not None else math.nan,
+                    "at": best["defense"] if best is not None else "—",
+                    "goodput": best["goodput"] if best is not None else math.nan,
+                    "auc": tradeoff_auc(list(zip(group["goodput"], group["protection"]))),
+                    "settings": len(group)})
+    ranked = pd.DataFrame(out)
+    if ranked.empty:
+        return ranked
+    ranked["_order"] = ranked["protection"].fillna(-math.inf)
+    return ranked.sort_values(["victim", "budget", "_order", "auc"], ascending=[True, True, False, False],
+                              kind="stable").drop(columns="_order")
+
+
+def _f(value: float, digits: int = 3) -> str:
+    return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def render_markdown(frame: pd.DataFrame, zoo, grid, figures: Sequence[str] = ()) -> str:
+    blocks, settings = describe_grid(grid)
     lines = [
         f"# psml-bench leaderboard: grid `{grid.name}`", "",
         f"Generated by `psml-bench run --grid {grid.name}`; one row per cell in `results.csv`. "
-        f"Every number is a fraction in [0, 1], mean ± sample std over seeds {list(grid.seeds)}. "
-        "Do not edit by hand.", "",
+        f"Numbers are fractions in [0, 1] (KL in nats, latency overhead a relative change), "
+        f"mean ± sample std over seeds {list(grid.seeds)}. Do not edit by hand.", "",
         f"## Zoo `{zoo.name}`", "",
         f"Routing profile: `{zoo.profile_name}`. Advertised specs: accuracy in "
         f"[{zoo.accuracy_range[0]}, {zoo.accuracy_range[1]}], latency in "
         f"[{zoo.latency_range_ms[0]}, {zoo.latency_range_ms[1]}] ms. Policy: `{grid.policy}`.", "",
         zoo_table(zoo), "",
     ]
+    lines += [f"![{name}]({name})" for name in figures] + ([""] if figures else [])
+    table = protection_table(frame, settings)
     for victim, group in frame.groupby("victim", sort=False):
         model = group["victim_model"].iloc[0]
         lines += [f"## Victim `{victim}` (model `{model}`, accuracy {zoo.entry(model).accuracy:.4f})", ""]
-        for title, metric in (("Fidelity", "fidelity"), ("Accuracy", "accuracy"),
-                              ("Victim hit rate", "victim_hit_rate"), ("Fingerprint queries", "fingerprint_queries")):
-            lines += [f"### {title}", "", _pivot(group, metric, defenses), ""]
-    goodput = [[d, _mean_std(frame[frame["defense"] == d]["goodput"])] for d in defenses]
-    lines += ["## Defense cost", "", "Goodput: share of benign queries (feasible specs) served by a model that "
-              "meets the client's true spec.", "",
-              tabulate(goodput, headers=["defense", "goodput"], tablefmt="github"), ""]
+        for block in blocks:
+            if _block_rows(group, block).empty:
+                continue
+            lines += [f"### Attacks ranked per defense: block `{block.name}`", "", attack_ranking(group, block), ""]
+        lines += _defense_sections(table[table["victim"] == victim] if len(table) else table)
     lines += _flagged_section(frame)
     failed = frame[frame["status"] != "ok"]
     if len(failed):
@@ -96,6 +243,28 @@ def render_markdown(frame: pd.DataFrame, zoo, grid) -> str:
             failed[["victim", "attack", "defense", "budget", "seed", "error"]].values.tolist(),
             headers=["victim", "attack", "defense", "budget", "seed", "error"], tablefmt="github"), ""]
     return "\n".join(lines)
+
+
+def _defense_sections(table: pd.DataFrame) -> list[str]:
+    if table.empty:
+        return []
+    ranked = defense_ranking(table)
+    lines = ["### Defenses ranked by protection at goodput >= 0.8", "",
+             "Protection: drop in the strongest service attack's mean fidelity against the undefended service. "
+             "AUC: mean protection over goodput in [0.8, 1] along the family's protection-versus-goodput curve "
+             "(docs/protocol.md).", ""]
+    if not ranked.empty:
+        lines += [tabulate([[r["budget"], i + 1, r["family"], _f(r["protection"]), r["at"], _f(r["goodput"]),
+                             _f(r["auc"])] for i, (_, r) in enumerate(ranked.iterrows())],
+                           headers=["budget", "rank", "defense", "protection", "at setting", "goodput", "AUC"],
+                           tablefmt="github"), ""]
+    lines += ["### Every defense setting", "", tabulate(
+        [[r["budget"], r["defense"], _f(r["goodput"]), _f(r["benign_accuracy_drop"]), _f(r["perturbation"]),
+          _f(r["latency_overhead"]), r["strongest_attack"], _f(r["fidelity"]), _f(r["protection"])]
+         for _, r in table.iterrows()],
+        headers=["budget", "defense", "goodput", "benign acc. drop", "perturbation", "latency overhead",
+                 "strongest attack", "its fidelity", "protection"], tablefmt="github"), ""]
+    return lines
 
 
 def _flagged_section(frame: pd.DataFrame) -> list[str]:
@@ -112,8 +281,12 @@ def _flagged_section(frame: pd.DataFrame) -> list[str]:
             tabulate(rows, headers=["victim", "attack", "defense", "budget", "seed", "flag"], tablefmt="github"), ""]
 
 
-def write_leaderboard(rows: Sequence[dict[str, Any]], zoo, grid, out_dir: Path) -> None:
-    """Write ``results.csv`` and ``README.md`` into ``out_dir`` (each atomically)."""
+def write_leaderboard(rows: Sequence[dict[str, Any]], zoo, grid, out_dir: Path, *, figures: bool = True) -> None:
+    """Write ``results.csv``, the figures (PNG) and ``README.md`` into ``out_dir`` (each atomically)."""
+    from ._plots import write_figures
+
     frame = results_frame(rows)
     write_atomic(out_dir / "results.csv", frame.to_csv(index=False, float_format="%.6f"))
-    write_atomic(out_dir / "README.md", render_markdown(frame, zoo, grid))
+    _, settings = describe_grid(grid)
+    names = write_figures(frame, protection_table(frame, settings), zoo, out_dir) if figures else []
+    write_atomic(out_dir / "README.md", render_markdown(frame, zoo, grid, names))

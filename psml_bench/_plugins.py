@@ -51,8 +51,16 @@ class Plugin:
 
         A defense's strength parameter is always shown, so a sweep reads as one.
         """
-        shown = {k: v for k, v in self.params.items()
-                 if v != self.defaults[k] or k == getattr(self, "strength", None)}
+        strength = getattr(self, "strength", None)
+        return self._label({k: v for k, v in self.params.items() if v != self.defaults[k] or k == strength})
+
+    @property
+    def family(self) -> str:
+        """The label without the strength parameter: what a strength sweep has in common."""
+        strength = getattr(self, "strength", None)
+        return self._label({k: v for k, v in self.params.items() if v != self.defaults[k] and k != strength})
+
+    def _label(self, shown: dict[str, Any]) -> str:
         if not shown:
             return self.name
         return f"{self.name}({','.join(f'{k}={v}' for k, v in sorted(shown.items()))})"

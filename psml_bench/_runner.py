@@ -30,14 +30,19 @@ from ._errors import BudgetExhausted, ConfigError, PsmlError
 from ._plugins import ATTACKS, DEFENSES, Attack, Defense
 from ._isolation import AttackFailed, AttackLocator, run_attack
 from ._submissions import defense_flags, grid_entries, load_submissions, surrogate_flags
-from ._serving import POLICIES, Knowledge, Server
+from ._serving import POLICIES, Knowledge, QueryLog, Server
 from ._executor import CELL_THREADS, CellTask, Executor, InlineExecutor, LocalExecutor, RayExecutor
 from ._leaderboard import write_leaderboard
 from ._zoo import Zoo, open_zoo
 
 log = logging.getLogger(__name__)
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
+
+SURROGATE_METRICS = ("fidelity", "accuracy", "accuracy_norm", "kl", "l1")
+COST_METRICS = ("goodput", "benign_accuracy_drop", "perturbation", "latency_overhead")
+METRICS = SURROGATE_METRICS + ("queries", "fingerprint_queries", "victim_hit_rate", "fingerprint_accuracy") \
+    + COST_METRICS
 
 
 @dataclass(frozen=True)
@@ -53,8 +58,27 @@ class PluginSpec:
 
 
 @dataclass(frozen=True)
+class Block:
+    """One part of a grid: the cross product of its lists is a set of cells."""
+
+    name: str
+    victims: tuple[str, ...]
+    attacks: tuple[PluginSpec, ...]
+    defenses: tuple[PluginSpec, ...]
+    budgets: tuple[int, ...]
+    seeds: tuple[int, ...]
+
+    def cells(self) -> list[Cell]:
+        return [Cell(v, a, d, b, s) for v, a, d, b, s in itertools.product(
+            self.victims, self.attacks, self.defenses, self.budgets, self.seeds)]
+
+
+@dataclass(frozen=True)
 class GridConfig:
-    """A validated grid: the cross product of its lists is the set of cells."""
+    """A validated grid: the union of its blocks' cells, or the cross product of its lists.
+
+    With ``blocks`` the top-level lists are the union of the blocks' lists (for display).
+    """
 
     name: str
     zoo: str
@@ -66,10 +90,11 @@ class GridConfig:
     seeds: tuple[int, ...]
     benign_queries: int
     source: str
+    blocks: tuple[Block, ...] = ()
 
     def cells(self) -> list[Cell]:
-        return [Cell(v, a, d, b, s) for v, a, d, b, s in itertools.product(
-            self.victims, self.attacks, self.defenses, self.budgets, self.seeds)]
+        blocks = self.blocks or (Block("", self.victims, self.attacks, self.defenses, self.budgets, self.seeds),)
+        return list(dict.fromkeys(cell for block in blocks for cell in block.cells()))
 
 
 @dataclass(frozen=True)
@@ -111,24 +136,45 @@ def load_grid(name_or_path: str | Path) -> GridConfig:
     except PsmlError as exc:
         raise ConfigError(f"{path}: field 'policy': {exc}") from None
     load_submissions()  # registers every valid submission; invalid ones are logged and skipped
-    attacks, defenses = _with_submissions(raw, str(path))
+    blocks = _blocks(raw, str(path))
+    union = lambda field: tuple(dict.fromkeys(x for block in blocks for x in getattr(block, field)))  # noqa: E731
     return GridConfig(
-        name=raw["name"], zoo=raw["zoo"], policy=policy, victims=tuple(raw["victims"]),
-        attacks=attacks, defenses=defenses,
-        budgets=tuple(raw["budgets"]), seeds=tuple(raw["seeds"]),
-        benign_queries=raw.get("benign_queries", 1000), source=str(path),
+        name=raw["name"], zoo=raw["zoo"], policy=policy, victims=union("victims"),
+        attacks=union("attacks"), defenses=union("defenses"), budgets=union("budgets"),
+        seeds=tuple(raw["seeds"]), benign_queries=raw.get("benign_queries", 1000), source=str(path),
+        blocks=blocks if "blocks" in raw else (),
     )
 
 
-def _with_submissions(raw: dict[str, Any], source: str) -> tuple[tuple[PluginSpec, ...], tuple[PluginSpec, ...]]:
-    """The grid's attacks and defenses plus the valid submissions that join it (unless it names them)."""
-    attacks = _expand(raw["attacks"], ATTACKS, source, "attacks")
-    defenses = _expand(raw["defenses"], DEFENSES, source, "defenses")
+def _blocks(raw: dict[str, Any], source: str) -> tuple[Block, ...]:
+    """The grid's blocks (a grid without ``blocks`` is one block that every submission joins)."""
+    if "blocks" not in raw:
+        missing = [f for f in ("attacks", "defenses", "budgets") if f not in raw]
+        if missing:
+            raise ConfigError(f"{source}: a grid without 'blocks' needs the field(s) {', '.join(missing)}")
+        entries = [{**raw, "name": "", "submissions": ["attack", "defense"]}]
+    else:
+        entries = raw["blocks"]
     submitted_attacks, submitted_defenses = grid_entries(raw["name"])
-    named = {entry["name"] for entry in raw["attacks"] + raw["defenses"]}
-    attacks += tuple(PluginSpec(n, tuple(sorted(p.items()))) for n, p in submitted_attacks if n not in named)
-    defenses += tuple(PluginSpec(n, tuple(sorted(p.items()))) for n, p in submitted_defenses if n not in named)
-    return tuple(dict.fromkeys(attacks)), tuple(dict.fromkeys(defenses))
+    blocks = []
+    for index, entry in enumerate(entries):
+        where = f"blocks.{index}." if "blocks" in raw else ""
+        for field_name in ("victims", "budgets", "attacks", "defenses"):
+            if field_name not in entry and field_name not in raw:
+                raise ConfigError(f"{source}: field '{where}{field_name}' is missing (and has no grid-level default)")
+        attack_entries, defense_entries = entry.get("attacks", raw.get("attacks")), entry.get("defenses", raw.get("defenses"))
+        attacks = _expand(attack_entries, ATTACKS, source, f"{where}attacks")
+        defenses = _expand(defense_entries, DEFENSES, source, f"{where}defenses")
+        named = {e["name"] for e in attack_entries + defense_entries}
+        joining = entry.get("submissions", [])
+        if "attack" in joining:
+            attacks += tuple(PluginSpec(n, tuple(sorted(p.items()))) for n, p in submitted_attacks if n not in named)
+        if "defense" in joining:
+            defenses += tuple(PluginSpec(n, tuple(sorted(p.items()))) for n, p in submitted_defenses if n not in named)
+        blocks.append(Block(entry["name"], tuple(entry.get("victims", raw.get("victims"))),
+                            tuple(dict.fromkeys(attacks)), tuple(dict.fromkeys(defenses)),
+                            tuple(entry.get("budgets", raw.get("budgets"))), tuple(raw["seeds"])))
+    return tuple(blocks)
 
 
 def _plugin_identity(registry, spec: PluginSpec) -> dict[str, Any]:
@@ -184,22 +230,47 @@ def provenance() -> dict[str, str]:
             "threads": str(CELL_THREADS)}
 
 
-def _goodput(zoo: Zoo, grid: GridConfig, cell: Cell) -> float:
-    defense = DEFENSES.get(cell.defense.name)(**cell.defense.kwargs)
-    server = Server(zoo, defense=defense, rng=np.random.default_rng([cell.seed, 4]), policy=grid.policy)
+def _benign_workload(zoo: Zoo, grid: GridConfig, seed: int, defense: Defense) -> tuple[QueryLog, float, float]:
+    """Send the seeded benign workload to ``defense``'s service: (log, answer accuracy, perturbation)."""
+    server = Server(zoo, defense=defense, rng=np.random.default_rng([seed, 4]), policy=grid.policy)
     accuracies = np.array([e.accuracy for e in server.menu])
     latencies = np.array([e.latency_ms for e in server.menu])
     specs = scoring.benign_specs(accuracies, latencies, server.spec_range, grid.benign_queries,
-                                 np.random.default_rng([cell.seed, 3]))
-    inputs = zoo.splits["benign_x"][: len(specs)]
-    inputs = inputs.repeat((len(specs) + len(inputs) - 1) // len(inputs), 1, 1, 1)[: len(specs)]
-    server.query(inputs, specs, purpose="benign")
-    return scoring.goodput(np.concatenate(server.log.meets_spec))
+                                 np.random.default_rng([seed, 3]))
+    rows = torch.arange(len(specs)) % len(zoo.splits["test_x"])
+    answers, raw = server.query(zoo.splits["test_x"][rows], specs, purpose="benign", with_raw=True)
+    labels = zoo.splits["test_y"][rows].numpy()
+    return server.log, scoring.accuracy(answers.argmax(1).numpy(), labels), scoring.l1_distance(answers, raw)
+
+
+_UNDEFENDED: dict[tuple, tuple[QueryLog, float, float]] = {}
+
+
+def defense_cost(zoo: Zoo, grid: GridConfig, cell: Cell) -> dict[str, float]:
+    """What the cell's defense costs benign clients, from a fixed seeded workload.
+
+    The workload is ``benign_queries`` specs feasible without any defense, each sent with a
+    test-split input (its label is known, so answer accuracy can be measured), once to the
+    defended service and once to the undefended one. Returns ``goodput``, ``benign_accuracy_drop``
+    (top-1 accuracy of the answers, undefended minus defended), ``perturbation`` (mean halved
+    L1 between the answers and the served models' own outputs) and ``latency_overhead`` (relative
+    increase of the served models' mean profile latency).
+    """
+    defended_log, defended_accuracy, perturbation = _benign_workload(
+        zoo, grid, cell.seed, DEFENSES.get(cell.defense.name)(**cell.defense.kwargs))
+    key = (str(zoo.directory), zoo.profile_name, grid.policy, grid.benign_queries, cell.seed)
+    if key not in _UNDEFENDED:  # the same for every cell of a seed; a worker computes it once
+        _UNDEFENDED[key] = _benign_workload(zoo, grid, cell.seed, DEFENSES.get("none")())
+    undefended_log, undefended_accuracy, _ = _UNDEFENDED[key]
+    return {"goodput": scoring.goodput(np.concatenate(defended_log.meets_spec)),
+            "benign_accuracy_drop": undefended_accuracy - defended_accuracy, "perturbation": perturbation,
+            "latency_overhead": scoring.latency_overhead(np.concatenate(defended_log.latency_ms),
+                                                         np.concatenate(undefended_log.latency_ms))}
 
 
 def _row_identity(zoo: Zoo, cell: Cell, attack_label: str, defense_label: str) -> dict[str, Any]:
     return {"zoo": zoo.name, "victim": cell.victim, "victim_model": zoo.role(cell.victim),
-            "attack": attack_label, "defense": defense_label, "budget": cell.budget, "seed": cell.seed,
+            "attack": attack_label, "attack_access": ATTACKS.get(cell.attack.name).access, "defense": defense_label, "budget": cell.budget, "seed": cell.seed,
             "status": "ok", "error": ""}
 
 
@@ -208,8 +279,7 @@ def failed_row(zoo: Zoo, task: CellTask, error: str) -> dict[str, Any]:
     cell = task.cell
     row = _row_identity(zoo, cell, label(ATTACKS, cell.attack), label(DEFENSES, cell.defense))
     row.update(status="failed", error=error, wall_s=float("nan"),
-               **dict.fromkeys(("fidelity", "accuracy", "accuracy_norm", "queries", "fingerprint_queries",
-                                "victim_hit_rate", "goodput"), float("nan")))
+               **dict.fromkeys(METRICS, float("nan")))
     return finish_row(row, zoo, task)
 
 
@@ -240,17 +310,21 @@ def run_cell(zoo: Zoo, grid: GridConfig, cell: Cell) -> dict[str, Any]:
     knowledge = Knowledge(input_shape=zoo.input_shape, num_classes=zoo.num_classes, spec_range=server.spec_range,
                           pool=zoo.splits["attacker_x"], role=cell.victim)
     row = _row_identity(zoo, cell, attack.label, defense.label)
-    metrics = dict.fromkeys(("fidelity", "accuracy", "accuracy_norm"), float("nan"))
+    metrics = dict.fromkeys(SURROGATE_METRICS, float("nan"))
     flags = _defense_flags(zoo, grid, cell)
     try:
         surrogate = run_attack(server, attack_locator(cell.attack), knowledge, cell.budget,
                                np.random.default_rng([cell.seed, 1]))
         test_x, test_y = zoo.splits["test_x"], zoo.splits["test_y"].numpy()
-        predicted = scoring.predict_labels(surrogate, test_x, zoo.num_classes)
-        victim_labels = zoo.test_predictions[victim_id].argmax(1).numpy()
+        probabilities = scoring.predict_probs(surrogate, test_x, zoo.num_classes)
+        predicted = probabilities.argmax(1).numpy()
+        victim_probs = zoo.test_predictions[victim_id]
         surrogate_accuracy = scoring.accuracy(predicted, test_y)
-        metrics = {"fidelity": scoring.fidelity(predicted, victim_labels), "accuracy": surrogate_accuracy,
-                   "accuracy_norm": scoring.accuracy_norm(surrogate_accuracy, zoo.entry(victim_id).accuracy)}
+        metrics = {"fidelity": scoring.fidelity(predicted, victim_probs.argmax(1).numpy()),
+                   "accuracy": surrogate_accuracy,
+                   "accuracy_norm": scoring.accuracy_norm(surrogate_accuracy, zoo.entry(victim_id).accuracy),
+                   "kl": scoring.kl_divergence(victim_probs, probabilities),
+                   "l1": scoring.l1_distance(victim_probs, probabilities)}
         flags += surrogate_flags(zoo, victim_id, surrogate, metrics["fidelity"])
     except AttackFailed as exc:
         row.update(status="failed", error=str(exc))
@@ -259,12 +333,20 @@ def run_cell(zoo: Zoo, grid: GridConfig, cell: Cell) -> dict[str, Any]:
     except Exception as exc:  # noqa: BLE001 - a plugin crash fails its cell, not the grid
         log.debug("cell failed", exc_info=True)
         row.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+    try:
+        costs = defense_cost(zoo, grid, cell)
+    except Exception as exc:  # noqa: BLE001 - a defense crash fails its cell, not the grid
+        log.debug("benign workload failed", exc_info=True)
+        costs = dict.fromkeys(COST_METRICS, float("nan"))
+        if row["status"] == "ok":
+            row.update(status="failed", error=f"defense failed on the benign workload: {type(exc).__name__}: {exc}")
     victim_index = [e.id for e in server.menu].index(victim_id)
     row.update(metrics)
     row.update({
         "queries": server.used, "fingerprint_queries": server.log.count("fingerprint"),
-        "victim_hit_rate": scoring.victim_hit_rate(server.log.served_ids(), victim_index),
-        "goodput": _goodput(zoo, grid, cell),
+        "victim_hit_rate": scoring.victim_hit_rate(server.log.served_ids("extract"), victim_index),
+        "fingerprint_accuracy": scoring.fingerprint_accuracy(server.log.requested_ids("extract"), victim_index),
+        **costs,
         "flags": "; ".join(flags),
         "wall_s": round(time.perf_counter() - started, 2),
     })

@@ -1,6 +1,7 @@
 """Per-cell metrics (DESIGN.md section 6): small pure functions over arrays.
 
-Every metric is a fraction in [0, 1].
+Every metric is a fraction in [0, 1] except ``kl`` (nats, >= 0) and ``latency_overhead``
+(a relative change, which may exceed 1).
 """
 
 from __future__ import annotations
@@ -32,6 +33,34 @@ def victim_hit_rate(served: np.ndarray, victim_index: int) -> float:
     return float(np.mean(served == victim_index)) if served.size else 0.0
 
 
+def kl_divergence(victim_probs: torch.Tensor, surrogate_probs: torch.Tensor, eps: float = 1e-8) -> float:
+    """Mean KL(victim || surrogate) in nats over the rows (how badly the surrogate's soft outputs miss)."""
+    p = victim_probs.double().clamp_min(eps)
+    q = surrogate_probs.double().clamp_min(eps)
+    return float((p * (p.log() - q.log())).sum(dim=1).mean())
+
+
+def l1_distance(first: torch.Tensor, second: torch.Tensor) -> float:
+    """Mean L1 distance between probability rows, halved so it lies in [0, 1] (total variation)."""
+    return float((first.double() - second.double()).abs().sum(dim=1).mean() / 2)
+
+
+def fingerprint_accuracy(requested: np.ndarray, victim_index: int) -> float:
+    """Share of extraction queries whose spec, without any defense, selects the victim.
+
+    It measures whether the attack identified the victim's region of the spec space, apart
+    from what a defense then did to the spec (NaN when the attack sent no extraction queries).
+    """
+    requested = np.asarray(requested)
+    return float(np.mean(requested == victim_index)) if requested.size else float("nan")
+
+
+def latency_overhead(defended_ms: np.ndarray, undefended_ms: np.ndarray) -> float:
+    """Relative increase of the mean served latency (from the routing profile) caused by a defense."""
+    base = float(np.mean(undefended_ms))
+    return float(np.mean(defended_ms)) / base - 1.0 if base > 0 else 0.0
+
+
 def goodput(meets_spec: np.ndarray) -> float:
     """Share of benign queries served by a model that meets the client's true spec."""
     meets_spec = np.asarray(meets_spec, dtype=bool)
@@ -55,8 +84,8 @@ def benign_specs(accuracies: np.ndarray, latencies: np.ndarray, spec_range: Spec
 
 
 @torch.no_grad()
-def predict_labels(model: torch.nn.Module, inputs: torch.Tensor, num_classes: int, batch_size: int = 1024) -> np.ndarray:
-    """Argmax predictions of a surrogate; checks it returns one score row per input."""
+def predict_probs(model: torch.nn.Module, inputs: torch.Tensor, num_classes: int, batch_size: int = 1024) -> torch.Tensor:
+    """Softmax of a surrogate's scores; checks it returns one finite score row per input."""
     model.eval()
     outputs = []
     for start in range(0, len(inputs), batch_size):
@@ -64,5 +93,10 @@ def predict_labels(model: torch.nn.Module, inputs: torch.Tensor, num_classes: in
         if not isinstance(out, torch.Tensor) or out.shape != (len(inputs[start:start + batch_size]), num_classes):
             shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise ValueError(f"surrogate must return (N, {num_classes}) scores, returned {shape}")
-        outputs.append(out.argmax(dim=1))
-    return torch.cat(outputs).numpy()
+        outputs.append(torch.softmax(out.float(), dim=1))
+    return torch.cat(outputs)
+
+
+def predict_labels(model: torch.nn.Module, inputs: torch.Tensor, num_classes: int, batch_size: int = 1024) -> np.ndarray:
+    """Argmax predictions of a surrogate; checks it returns one score row per input."""
+    return predict_probs(model, inputs, num_classes, batch_size).argmax(dim=1).numpy()

@@ -104,13 +104,17 @@ class QueryLog:
     purposes: list[tuple[str, int]] = field(default_factory=list)
     latency_ms: list[np.ndarray] = field(default_factory=list)
 
-    def served_ids(self) -> np.ndarray:
-        return np.concatenate(self.served) if self.served else np.empty(0, dtype=np.int64)
+    def _select(self, per_batch: list[np.ndarray], purpose: str | None) -> np.ndarray:
+        chosen = [ids for ids, (p, _) in zip(per_batch, self.purposes) if purpose is None or p == purpose]
+        return np.concatenate(chosen) if chosen else np.empty(0, dtype=np.int64)
+
+    def served_ids(self, purpose: str | None = None) -> np.ndarray:
+        """Per query (of ``purpose``, default all), the model that served it."""
+        return self._select(self.served, purpose)
 
     def requested_ids(self, purpose: str | None = None) -> np.ndarray:
         """Per query, the model the client's own spec selects with no defense (what it asked for)."""
-        chosen = [r for r, (p, _) in zip(self.requested, self.purposes) if purpose is None or p == purpose]
-        return np.concatenate(chosen) if chosen else np.empty(0, dtype=np.int64)
+        return self._select(self.requested, purpose)
 
     def count(self, purpose: str | None = None) -> int:
         return sum(n for p, n in self.purposes if purpose is None or p == purpose)

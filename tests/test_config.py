@@ -24,9 +24,11 @@ def test_shipped_configs_load():
     config = load_zoo_config("fmnist-tiny")
     assert len(config.models) == 3 and config.directory_name.startswith("fmnist-tiny-")
     grid = load_grid("default")
-    assert len(grid.cells()) >= 2 * 3 * 4 * 2 * 2
-    assert [d.kwargs for d in grid.defenses if d.name == "spec-noise"] == [{"scale": 0.02}, {"scale": 0.05},
-                                                                         {"scale": 0.1}]
+    assert len(grid.seeds) >= 3 and len(grid.cells()) == len(set(grid.cells()))
+    assert [b.name for b in grid.blocks] == ["budgets", "strategies", "spec-defenses", "output-defenses"]
+    assert [d.kwargs for d in grid.defenses if d.name == "spec-noise"] == [
+        {"scale": 0.02}, {"scale": 0.05}, {"scale": 0.1}, {"scale": 0.2},
+        {"distribution": "laplace", "scale": 0.05}, {"distribution": "laplace", "scale": 0.1}]
 
 
 def test_config_hash_follows_what_determines_the_weights(tmp_path):
@@ -93,3 +95,42 @@ def test_grid_schema_errors(tmp_path):
     text = GRID.format(attack="psml", params="{}").replace('victims = ["rank:1"]', 'victims = ["best"]')
     with pytest.raises(ConfigError, match="field 'victims.0'"):
         load_grid(write(tmp_path, text))
+
+
+BLOCKS = """
+name = "g"
+zoo = "fmnist-tiny"
+victims = ["rank:1"]
+seeds = [0, 1]
+[[blocks]]
+name = "a"
+budgets = [100, 200]
+attacks = [{ name = "oracle" }, { name = "psml" }]
+defenses = [{ name = "none" }]
+[[blocks]]
+name = "b"
+budgets = [100]
+victims = ["rank:2"]
+attacks = [{ name = "psml" }]
+defenses = [{ name = "none" }, { name = "spec-noise", sweep = { scale = [0.1, 0.2] } }]
+"""
+
+
+def test_grid_blocks_are_a_union_of_cross_products(tmp_path):
+    grid = load_grid(write(tmp_path, BLOCKS))
+    cells = grid.cells()
+    assert len(cells) == 2 * 2 * 2 + 3 * 2  # block a: 2 attacks x 2 budgets x 2 seeds; b: 3 defenses x 2 seeds
+    assert grid.victims == ("rank:1", "rank:2") and grid.budgets == (100, 200)
+    assert {c.victim for c in cells if c.defense.name == "spec-noise"} == {"rank:2"}
+    shared = write(tmp_path, BLOCKS.replace('victims = ["rank:2"]\n', ''), "shared.toml")
+    assert len(load_grid(shared).cells()) == 8 + 4  # the (psml, none, 100) cells of b repeat a's: counted once
+
+
+def test_grid_block_errors_name_the_field(tmp_path):
+    with pytest.raises(ConfigError, match="field 'blocks.1.budgets' is missing"):
+        load_grid(write(tmp_path, BLOCKS.replace("budgets = [100]\n", "")))
+    with pytest.raises(ConfigError, match="field 'blocks.1.defenses.1.name': unknown defense 'spec-nosie'"):
+        load_grid(write(tmp_path, BLOCKS.replace('"spec-noise"', '"spec-nosie"')))
+    with pytest.raises(ConfigError, match="needs the field\\(s\\) attacks"):
+        load_grid(write(tmp_path, GRID.format(attack="psml", params="{}").replace('[[attacks]]\nname = "psml"\n'
+                                                                                  'params = {}\n', "")))

@@ -1,17 +1,23 @@
-"""Leaderboard rendering against a golden file, and the results.csv columns."""
+"""Leaderboard rendering against a golden file, protection and AUC, figures and the results.csv columns."""
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
-from types import SimpleNamespace
 
 import pandas as pd
+import pytest
 
-from psml_bench._leaderboard import RESULT_COLUMNS, render_markdown, results_frame, write_leaderboard
+from psml_bench._leaderboard import (RESULT_COLUMNS, defense_ranking, describe_grid, protection_table,
+                                     render_markdown, results_frame, tradeoff_auc, write_leaderboard)
+from psml_bench._runner import Block, GridConfig, PluginSpec
 from psml_bench._zoo import MenuEntry
 
 GOLDEN = Path(__file__).parent / "golden" / "leaderboard.md"
+NONE, NOISE_1, NOISE_2 = PluginSpec("none"), PluginSpec("spec-noise", (("scale", 0.05),)), \
+    PluginSpec("spec-noise", (("scale", 0.1),))
+ORACLE, PSML, PSML_HARD = PluginSpec("oracle"), PluginSpec("psml"), PluginSpec("psml", (("labels", "hard"),))
 
 
 class CardOnlyZoo:
@@ -31,37 +37,97 @@ class CardOnlyZoo:
         return next(e for e in self.menu if e.id == model_id)
 
 
+def toy_grid() -> GridConfig:
+    blocks = (Block("budgets", ("rank:1", "rank:2"), (ORACLE, PSML), (NONE,), (100, 200), (0, 1)),
+              Block("defenses", ("rank:1", "rank:2"), (PSML, PSML_HARD), (NONE, NOISE_1, NOISE_2), (100,), (0, 1)))
+    return GridConfig("toy-grid", "toy", "infaas", ("rank:1", "rank:2"), (ORACLE, PSML, PSML_HARD),
+                      (NONE, NOISE_1, NOISE_2), (100, 200), (0, 1), 100, "test", blocks)
+
+
+FIDELITY_DROP = {"none": 0.0, "spec-noise(scale=0.05)": 0.02, "spec-noise(scale=0.1)": 0.1}
+GOODPUT = {"none": 1.0, "spec-noise(scale=0.05)": 0.9, "spec-noise(scale=0.1)": 0.7}
+
+
 def rows():
     out = []
-    for victim, model in (("rank:1", "slow"), ("rank:2", "fast")):
-        for attack in ("oracle", "psml"):
-            for defense, goodput in (("none", 1.0), ("spec-noise(scale=0.05)", 0.9)):
-                for seed in (0, 1):
-                    failed = attack == "psml" and defense == "none" and seed == 1 and victim == "rank:2"
-                    out.append({
-                        "zoo": "toy", "victim": victim, "victim_model": model, "attack": attack, "defense": defense,
-                        "budget": 100, "seed": seed, "status": "failed" if failed else "ok",
-                        "error": "RuntimeError: boom" if failed else "",
-                        "fidelity": 0.8 + 0.01 * seed - (0.1 if defense != "none" else 0),
-                        "accuracy": 0.7 + 0.02 * seed, "accuracy_norm": 0.8, "queries": 100,
-                        "fingerprint_queries": 40 + seed if attack == "psml" else 0,
-                        "victim_hit_rate": 1.0 if attack == "oracle" else 0.9, "goodput": goodput,
-                    })
+    grid = toy_grid()
+    for cell in grid.cells():
+        attack = {ORACLE: "oracle", PSML: "psml", PSML_HARD: "psml(labels=hard)"}[cell.attack]
+        defense = {NONE: "none", NOISE_1: "spec-noise(scale=0.05)", NOISE_2: "spec-noise(scale=0.1)"}[cell.defense]
+        failed = attack == "psml" and defense == "none" and cell.seed == 1 and cell.victim == "rank:2" \
+            and cell.budget == 200
+        hard = 0.03 if "hard" in attack else 0.0
+        out.append({
+            "zoo": "toy", "victim": cell.victim, "victim_model": "slow" if cell.victim == "rank:1" else "fast",
+            "attack": attack, "attack_access": "victim" if attack == "oracle" else "service", "defense": defense,
+            "budget": cell.budget, "seed": cell.seed, "status": "failed" if failed else "ok",
+            "error": "RuntimeError: boom" if failed else "",
+            "fidelity": 0.7 + cell.budget / 1000 + 0.01 * cell.seed - FIDELITY_DROP[defense] - hard,
+            "accuracy": 0.7 + 0.02 * cell.seed, "accuracy_norm": 0.8, "kl": 0.2, "l1": 0.1,
+            "queries": cell.budget, "fingerprint_queries": 40 + cell.seed if attack != "oracle" else 0,
+            "victim_hit_rate": 1.0 if attack == "oracle" else 0.9, "fingerprint_accuracy": 1.0,
+            "goodput": GOODPUT[defense], "benign_accuracy_drop": 0.0, "perturbation": 0.0, "latency_overhead": 0.01,
+        })
     return out
 
 
 def test_markdown_matches_golden_file():
-    grid = SimpleNamespace(name="toy-grid", seeds=(0, 1), policy="infaas")
-    text = render_markdown(results_frame(rows()), CardOnlyZoo(), grid)
+    frame = results_frame(rows())
+    text = render_markdown(frame, CardOnlyZoo(), toy_grid(), ["zoo_frontier.png"])
     if os.environ.get("PSML_BENCH_UPDATE_GOLDEN"):
         GOLDEN.write_text(text)
     assert text == GOLDEN.read_text()
 
 
-def test_results_csv_has_the_protocol_columns_first(tmp_path):
-    grid = SimpleNamespace(name="toy-grid", seeds=(0, 1), policy="infaas")
-    write_leaderboard(rows(), CardOnlyZoo(), grid, tmp_path)
+def test_defense_settings_read_family_and_strength():
+    blocks, settings = describe_grid(toy_grid())
+    assert [b.name for b in blocks] == ["budgets", "defenses"]
+    assert blocks[1].attacks == ("psml", "psml(labels=hard)")
+    assert settings["spec-noise(scale=0.1)"].family == "spec-noise"
+    assert settings["spec-noise(scale=0.1)"].strength == "scale" and settings["spec-noise(scale=0.1)"].value == 0.1
+    assert settings["none"].strength is None
+
+
+def test_protection_is_the_drop_of_the_strongest_service_attack():
+    _, settings = describe_grid(toy_grid())
+    table = protection_table(results_frame(rows()), settings)
+    row = table[(table["victim"] == "rank:1") & (table["defense"] == "spec-noise(scale=0.1)")].iloc[0]
+    # psml (soft) is the strongest: mean fidelity over seeds 0.7 + 0.1 + 0.005 - 0.1; oracle is not a service attack
+    assert row["strongest_attack"] == "psml"
+    assert row["fidelity"] == pytest.approx(0.705)
+    assert row["protection"] == pytest.approx(0.1)
+    assert row["goodput"] == pytest.approx(0.7)
+
+
+def test_tradeoff_auc_integrates_protection_over_goodput_above_the_floor():
+    assert tradeoff_auc([]) == 0.0
+    # (1, 0) -> (0.9, 0.02): area 0.001; -> (0.7, 0.1) cut at 0.8 where protection is 0.06: area 0.004
+    assert tradeoff_auc([(0.9, 0.02), (0.7, 0.1)]) == pytest.approx((0.001 + 0.004) / 0.2)
+    # a curve that stops at goodput 0.9 gets no credit below it
+    assert tradeoff_auc([(0.9, 0.02)]) == pytest.approx(0.001 / 0.2)
+    assert tradeoff_auc([(1.0, 0.3)]) == 0.0
+
+
+def test_defenses_rank_by_protection_at_goodput_at_least_0_8():
+    _, settings = describe_grid(toy_grid())
+    table = protection_table(results_frame(rows()), settings)
+    ranked = defense_ranking(table)
+    best = ranked[(ranked["victim"] == "rank:1")].iloc[0]
+    # scale 0.1 protects more but its goodput 0.7 is below the floor: scale 0.05 counts
+    assert best["at"] == "spec-noise(scale=0.05)" and best["protection"] == pytest.approx(0.02)
+    assert not math.isnan(best["auc"])
+
+
+def test_results_csv_has_the_protocol_columns_first_and_figures_are_written(tmp_path):
+    write_leaderboard(rows(), CardOnlyZoo(), toy_grid(), tmp_path)
     frame = pd.read_csv(tmp_path / "results.csv")
     assert list(frame.columns[: len(RESULT_COLUMNS)]) == RESULT_COLUMNS
-    assert len(frame) == 16 and set(frame["status"]) == {"ok", "failed"}
+    assert len(frame) == len(rows()) and set(frame["status"]) == {"ok", "failed"}
+    figures = sorted(p.name for p in tmp_path.glob("*.png"))
+    assert figures == ["fidelity_vs_budget.png", "protection_vs_goodput.png", "zoo_frontier.png"]
+    assert all((tmp_path / f).read_bytes().startswith(b"\x89PNG") for f in figures)
+    assert all(f"]({f})" in (tmp_path / "README.md").read_text() for f in figures)
+    first = {f: (tmp_path / f).read_bytes() for f in figures}
+    write_leaderboard(rows(), CardOnlyZoo(), toy_grid(), tmp_path)
+    assert {f: (tmp_path / f).read_bytes() for f in figures} == first  # byte-identical on a re-run
     assert not list(tmp_path.glob(".*"))  # no temporary files left behind

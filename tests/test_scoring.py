@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from psml_bench import Spec, SpecRange
 from psml_bench import _scoring as scoring
@@ -50,3 +51,21 @@ def test_predict_labels_checks_the_surrogate_output():
     assert labels.shape == (5,)
     with pytest.raises(ValueError, match=r"\(N, 10\)"):
         scoring.predict_labels(good, torch.zeros(5, 1, 2, 2), 10)
+
+
+def test_kl_and_l1_between_probability_rows():
+    p = torch.tensor([[0.5, 0.5], [1.0, 0.0]])
+    q = torch.tensor([[0.25, 0.75], [1.0, 0.0]])
+    expected_kl = (0.5 * np.log(0.5 / 0.25) + 0.5 * np.log(0.5 / 0.75)) / 2
+    assert scoring.kl_divergence(p, q) == pytest.approx(expected_kl, rel=1e-6)
+    assert scoring.kl_divergence(p, p) == pytest.approx(0.0, abs=1e-9)
+    assert scoring.l1_distance(p, q) == pytest.approx((0.25 + 0.25) / 2 / 2)
+    one_hot = torch.eye(2)
+    assert scoring.l1_distance(one_hot, one_hot.flip(1)) == pytest.approx(1.0)
+
+
+def test_fingerprint_accuracy_and_latency_overhead():
+    assert scoring.fingerprint_accuracy(np.array([2, 2, 1, 2]), 2) == 0.75
+    assert np.isnan(scoring.fingerprint_accuracy(np.array([], dtype=int), 2))
+    assert scoring.latency_overhead(np.array([2.0, 4.0]), np.array([2.0, 2.0])) == pytest.approx(0.5)
+    assert scoring.latency_overhead(np.array([1.0]), np.array([1.0])) == 0.0

@@ -1,0 +1,122 @@
+"""The leaderboard's figures (matplotlib, PNG): zoo frontier, budget curves, protection-goodput curves.
+
+Figures are written without timestamps or version metadata, so the same results give the same bytes.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ._config import write_atomic
+
+FRONTIER = "zoo_frontier.png"
+BUDGET_CURVES = "fidelity_vs_budget.png"
+TRADEOFF = "protection_vs_goodput.png"
+
+
+def _save(figure, path: Path) -> None:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
+    write_atomic(path, buffer.getvalue())
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def frontier_figure(zoo, path: Path) -> None:
+    """Accuracy against routing latency for every model of the zoo, frontier joined and ranked."""
+    plt = _pyplot()
+    figure, axes = plt.subplots(figsize=(6, 4))
+    ranks = {m: i + 1 for i, m in enumerate(sorted(zoo.frontier, key=lambda m: -zoo.entry(m).accuracy))}
+    for entry in zoo.menu:
+        on = entry.id in ranks
+        axes.scatter(entry.latency_ms, entry.accuracy, color="C0" if on else "0.6", zorder=3)
+        axes.annotate(f"{entry.id}" + (f" (rank:{ranks[entry.id]})" if on else " (dominated)"),
+                      (entry.latency_ms, entry.accuracy), textcoords="offset points", xytext=(5, -10), fontsize=8)
+    points = sorted((zoo.entry(m).latency_ms, zoo.entry(m).accuracy) for m in ranks)
+    axes.step([p[0] for p in points], [p[1] for p in points], where="post", color="C0", alpha=0.5)
+    axes.set_xscale("log")
+    axes.set_xlabel(f"latency p50, ms ({zoo.profile_name}, log scale)")
+    axes.set_ylabel("test accuracy")
+    axes.set_title(f"zoo {zoo.name}: accuracy / latency frontier")
+    axes.grid(alpha=0.3)
+    _save(figure, path)
+    plt.close(figure)
+
+
+def budget_figure(frame: pd.DataFrame, path: Path) -> bool:
+    """Fidelity against queries per attack (no defense), one panel per victim; mean ± std over seeds."""
+    undefended = frame[(frame["defense"] == "none") & (frame["status"] == "ok")]
+    curves = undefended.groupby(["victim", "attack"]).filter(lambda g: g["budget"].nunique() > 1)
+    if curves.empty:
+        return False
+    plt = _pyplot()
+    victims = list(dict.fromkeys(curves["victim"]))
+    figure, axes = plt.subplots(1, len(victims), figsize=(6 * len(victims), 4), squeeze=False)
+    for axis, victim in zip(axes[0], victims):
+        for attack, group in curves[curves["victim"] == victim].groupby("attack", sort=True):
+            stats = group.groupby("budget")["fidelity"].agg(["mean", "std"]).sort_index()
+            axis.errorbar(stats.index, stats["mean"], yerr=stats["std"].fillna(0), marker="o", capsize=3,
+                          label=attack)
+        axis.set_xscale("log")
+        axis.set_xlabel("query budget (log scale)")
+        axis.set_ylabel("fidelity")
+        axis.set_title(f"victim {victim}, no defense")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7)
+    _save(figure, path)
+    plt.close(figure)
+    return True
+
+
+def tradeoff_figure(table: pd.DataFrame, path: Path) -> bool:
+    """Protection against goodput per defense family, one panel per (victim, budget)."""
+    if table.empty:
+        return False
+    defended = table[table["defense"] != "none"]
+    panels = list(dict.fromkeys(zip(defended["victim"], defended["budget"])))
+    if not panels:
+        return False
+    plt = _pyplot()
+    figure, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.5), squeeze=False)
+    for axis, (victim, budget) in zip(axes[0], panels):
+        part = defended[(defended["victim"] == victim) & (defended["budget"] == budget)]
+        for index, (family, group) in enumerate(part.groupby("family", sort=True)):
+            group = group.sort_values("goodput", ascending=False)
+            goodput = np.concatenate([[1.0], group["goodput"].to_numpy(float)])
+            protection = np.concatenate([[0.0], group["protection"].to_numpy(float)])
+            axis.plot(goodput, protection, marker="o", color=f"C{index % 10}", label=family)
+        axis.axvline(0.8, color="0.5", linestyle="--", linewidth=1)
+        axis.axhline(0.0, color="0.5", linewidth=0.5)
+        axis.set_xlabel("goodput")
+        axis.set_ylabel("protection (fidelity drop of the strongest attack)")
+        axis.set_title(f"victim {victim}, budget {budget}")
+        axis.invert_xaxis()
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7)
+    _save(figure, path)
+    plt.close(figure)
+    return True
+
+
+def write_figures(frame: pd.DataFrame, protection: pd.DataFrame, zoo, out_dir: Path) -> list[str]:
+    """Write every figure the results support; return their file names."""
+    names = []
+    if hasattr(zoo, "menu") and hasattr(zoo, "frontier"):
+        frontier_figure(zoo, out_dir / FRONTIER)
+        names.append(FRONTIER)
+    if budget_figure(frame, out_dir / BUDGET_CURVES):
+        names.append(BUDGET_CURVES)
+    if tradeoff_figure(protection, out_dir / TRADEOFF):
+        names.append(TRADEOFF)
+    return names
