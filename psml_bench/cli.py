@@ -150,6 +150,7 @@ def _cmd_zoo_profile(args: argparse.Namespace) -> int:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
+    from ._extraction import STRATEGIES
     from ._plugins import ATTACKS, DEFENSES
     from ._serving import POLICIES
     from ._submissions import load_submissions
@@ -157,7 +158,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
     load_submissions()
 
     rows = []
-    for kind, registry in (("attack", ATTACKS), ("defense", DEFENSES), ("policy", POLICIES)):
+    for kind, registry in (("attack", ATTACKS), ("defense", DEFENSES), ("strategy", STRATEGIES), ("policy", POLICIES)):
         for entry in registry:
             doc = (entry.plugin.__doc__ or "").strip().splitlines()
             params = getattr(entry.plugin, "defaults", {})

@@ -10,11 +10,11 @@ import psml_bench
 ROOT = Path(__file__).resolve().parents[1]
 
 EXPECTED = {
-    "ATTACKS", "Attack", "BudgetExhausted", "ConfigError", "DEFENSES", "DataError", "Defense",
-    "InvalidQueryError", "Knowledge", "POLICIES", "PROTOCOL_VERSION", "Policy", "PsmlError", "Registry",
-    "SURROGATE_DEFAULTS", "Spec", "SpecRange", "Surrogate", "SurrogateConfig", "Target",
-    "UnknownPluginError", "__version__", "extract", "query_batched", "register_attack",
-    "register_defense", "sample_pool", "train_surrogate",
+    "ATTACKS", "ActiveLearning", "Attack", "BudgetExhausted", "ConfigError", "DEFENSES", "DataError", "Defense",
+    "InvalidQueryError", "Knowledge", "POLICIES", "PROTOCOL_VERSION", "Policy", "PsmlError", "QuerySession",
+    "Registry", "STRATEGIES", "SURROGATE_DEFAULTS", "Spec", "SpecRange", "Strategy", "Surrogate", "SurrogateConfig",
+    "Target", "UnknownPluginError", "__version__", "extract", "query_batched", "register_attack",
+    "register_defense", "register_strategy", "sample_pool", "train_surrogate",
 }
 
 
@@ -31,7 +31,7 @@ def test_protocol_version_matches_runner():
 
 
 def test_builtin_plugins_import_only_the_public_api():
-    for folder in ("attacks", "defenses"):
+    for folder in ("attacks", "defenses", "strategies"):
         for path in (ROOT / folder).glob("*.py"):
             text = path.read_text()
             assert not re.search(r"psml_bench\._|from psml_bench\.\w+ import|import psml_bench\.\w", text), path
