@@ -27,11 +27,14 @@ sent with ``purpose="fingerprint"`` and counted by the server.
    between the target's latency and the advertised maximum) reaches the target, and extract
    through the best one. A floor near the top of the region keeps downward noise inside it,
    and a latency bound below the next more accurate model's latency turns upward noise into
-   an infeasible spec whose fallback is again the target.
+   an infeasible spec whose fallback is again the target. The search (about ``7 * repeats +
+   9 * trials`` queries) is skipped, keeping the region's centre, when it would leave less than
+   half the budget for extraction.
 7. ``requery = true``: send every extraction input twice and keep only answers whose two
    replies agree (the same model answered both; with a hit rate above one half that is most
    likely the target), falling back to all first replies if fewer than a tenth agree. The
-   second replies count against the budget like any query.
+   second replies count against the budget like any query. Requery samples the pool at random
+   (it ignores ``strategy``).
 """
 
 from __future__ import annotations
@@ -145,6 +148,12 @@ class Psml(Attack):
         model, lo, hi = regions[min(rank, len(regions)) - 1]
         if not self.params["adaptive"]:
             return Spec((lo + hi) / 2, l_hi)
+        search_cost = 7 * int(self.params["repeats"]) + 9 * int(self.params["trials"])
+        remaining = target.remaining_budget
+        if remaining is not None and remaining - search_cost < self._budget / 2:
+            log.warning("psml adaptive: %d queries left of %d, too few for the spec search; using the region's centre",
+                        remaining, self._budget)
+            return Spec((lo + hi) / 2, l_hi)
         return self._best_spec(fingerprinter, model, lo, hi, knowledge)
 
     def _best_spec(self, fingerprinter: _Fingerprinter, model: int, lo: float, hi: float, knowledge: Knowledge) -> Spec:
@@ -167,6 +176,7 @@ class Psml(Attack):
         return Spec(a, l)
 
     def run(self, target: Target, knowledge: Knowledge, budget: int, rng: np.random.Generator) -> torch.nn.Module:
+        self._budget = budget
         spec = self.fingerprint(target, knowledge, rng)
         remaining = target.remaining_budget
         remaining = budget if remaining is None else remaining

@@ -15,7 +15,7 @@ from ._registry import Registry
 from ._serving import POLICIES, Knowledge, Policy, Spec, SpecRange, Target
 
 __version__ = "0.1.0"
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 
 __all__ = [
     "ATTACKS", "ActiveLearning", "Attack", "BudgetExhausted", "ConfigError", "DEFENSES", "DataError", "Defense",

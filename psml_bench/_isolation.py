@@ -47,7 +47,7 @@ import safetensors.torch
 import torch
 
 from ._errors import BudgetExhausted, InvalidQueryError, PsmlError
-from ._extraction import Surrogate
+from ._extraction import STRATEGIES, Surrogate
 from ._serving import Knowledge, Server, Spec, Target
 
 log = logging.getLogger(__name__)
@@ -294,6 +294,7 @@ def _attack_main(conn: Connection) -> None:
                     raise
         sources = _read_sources(Path(locator.submission)) if locator.submission else None
         cls = _load_attack_class(locator, None) if sources is None else None
+        STRATEGIES.names()  # imports the built-in extraction strategies while their files are readable
         if setup["drop_privileges"]:
             drop_privileges()
         _exit_with_parent()

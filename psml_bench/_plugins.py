@@ -86,6 +86,20 @@ class Attack(Plugin, ABC):
     kind: ClassVar[str] = "attack"
     access: ClassVar[str] = "service"
 
+    def __init__(self, **params: Any):
+        super().__init__(**params)
+        if "strategy" in self.params:  # a grid with a misspelt strategy fails when it loads, not per cell
+            from ._errors import PsmlError
+            from ._extraction import STRATEGIES
+
+            try:
+                STRATEGIES.get(self.params["strategy"])
+            except PsmlError as exc:
+                raise ConfigError(f"attack '{self.name}' parameter 'strategy': {exc}") from None
+        if self.params.get("labels", "soft") not in ("soft", "hard"):
+            raise ConfigError(f"attack '{self.name}' parameter 'labels' must be 'soft' or 'hard', "
+                              f"got {self.params['labels']!r}")
+
     @abstractmethod
     def run(self, target: Target, knowledge: Knowledge, budget: int,
             rng: np.random.Generator) -> torch.nn.Module:

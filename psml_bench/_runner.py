@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from . import _scoring as scoring
 from ._config import content_hash, read_toml, resolve_config, validate, write_atomic
 from ._errors import BudgetExhausted, ConfigError, PsmlError
+from ._extraction import STRATEGIES
 from ._plugins import ATTACKS, DEFENSES, Attack, Defense
 from ._isolation import AttackFailed, AttackLocator, run_attack
 from ._submissions import defense_flags, grid_entries, load_submissions, surrogate_flags
@@ -179,7 +180,11 @@ def _blocks(raw: dict[str, Any], source: str) -> tuple[Block, ...]:
 
 def _plugin_identity(registry, spec: PluginSpec) -> dict[str, Any]:
     cls = registry.get(spec.name)
-    return {"name": spec.name, "version": cls.version, "source_sha256": cls.source_hash(), "params": spec.kwargs}
+    identity = {"name": spec.name, "version": cls.version, "source_sha256": cls.source_hash(), "params": spec.kwargs}
+    if "strategy" in cls.defaults:  # the extraction strategy is code the attack runs: its source counts too
+        strategy = STRATEGIES.get({**cls.defaults, **spec.kwargs}["strategy"])
+        identity["strategy"] = {"version": strategy.version, "source_sha256": strategy.source_hash()}
+    return identity
 
 
 def zoo_identity(zoo: Zoo) -> str:

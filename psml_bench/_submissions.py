@@ -452,7 +452,6 @@ def validate_submission(path: Path | str, *, cache_dir: Path | None = None, run:
     defaults and every sweep value, answer with probability vectors, keep its determinism claim,
     and let the ``naive`` attack complete a cell.
     """
-    from ._runner import Cell, PluginSpec, run_cell
     from ._zoo import open_zoo
 
     path = Path(path)
@@ -471,47 +470,64 @@ def validate_submission(path: Path | str, *, cache_dir: Path | None = None, run:
     if not run:
         return result
     zoo = open_zoo(CONFORMANCE_ZOO, cache_dir, progress=progress)
-    small = {"min_steps": 20, "epochs": 1}
     if manifest.kind == "attack":
-        attack = PluginSpec(manifest.name, tuple(sorted((k, v) for k, v in small.items() if k in manifest.defaults)))
-        defense = PluginSpec("none", ())
-        grid = _conformance_grid(attack, defense)
-        rows = [run_cell(zoo, grid, Cell("rank:1", attack, defense, CONFORMANCE_BUDGET, 0)) for _ in range(2)]
-        first = rows[0]
-        result.checks.append(Check("runs in the isolated attack process and returns a Surrogate",
-                                   first["status"] == "ok", first["error"]))
-        if first["status"] == "ok":
-            result.checks.append(Check(f"stays within its budget ({CONFORMANCE_BUDGET} queries)",
-                                       first["queries"] <= CONFORMANCE_BUDGET, f"{first['queries']} queries"))
-            same = all(rows[1][k] == first[k] for k in ("fidelity", "accuracy", "queries", "fingerprint_queries"))
-            result.checks.append(Check("same seed gives the same result", same,
-                                       "" if same else f"fidelity {first['fidelity']} then {rows[1]['fidelity']}"))
-            result.checks.append(Check("no sanity flag", not first.get("flags"), first.get("flags", "")))
-        return result
-    cls = DEFENSES.get(manifest.name)
-    values = [{}] + ([{manifest.sweep[0]: v} for v in manifest.sweep[1]] if manifest.sweep else [])
+        result.checks += attack_conformance(zoo, manifest.name)
+    else:
+        values = [{manifest.sweep[0]: v} for v in manifest.sweep[1]] if manifest.sweep else []
+        result.checks += defense_conformance(zoo, manifest.name, values)
+    return result
+
+
+SMALL_SURROGATE = {"min_steps": 20, "epochs": 1}
+
+
+def attack_conformance(zoo: Zoo, name: str) -> list[Check]:
+    """The checks every attack passes: one cell twice against the undefended tiny zoo."""
+    from ._runner import Cell, PluginSpec, run_cell
+
+    defaults = ATTACKS.get(name).defaults
+    attack = PluginSpec(name, tuple(sorted((k, v) for k, v in SMALL_SURROGATE.items() if k in defaults)))
+    defense = PluginSpec("none", ())
+    grid = _conformance_grid(attack, defense)
+    rows = [run_cell(zoo, grid, Cell("rank:1", attack, defense, CONFORMANCE_BUDGET, 0)) for _ in range(2)]
+    first = rows[0]
+    checks = [Check("runs in the isolated attack process and returns a Surrogate", first["status"] == "ok",
+                    first["error"])]
+    if first["status"] == "ok":
+        checks.append(Check(f"stays within its budget ({CONFORMANCE_BUDGET} queries)",
+                            first["queries"] <= CONFORMANCE_BUDGET, f"{first['queries']} queries"))
+        same = all(rows[1][k] == first[k] for k in ("fidelity", "accuracy", "queries", "fingerprint_queries"))
+        checks.append(Check("same seed gives the same result", same,
+                            "" if same else f"fidelity {first['fidelity']} then {rows[1]['fidelity']}"))
+        checks.append(Check("no sanity flag", not first.get("flags"), first.get("flags", "")))
+    return checks
+
+
+def defense_conformance(zoo: Zoo, name: str, sweep: list[dict[str, Any]]) -> list[Check]:
+    """The checks every defense passes, at its defaults and every ``sweep`` setting."""
+    from ._runner import Cell, PluginSpec, run_cell
+
+    cls = DEFENSES.get(name)
+    values = [{}] + list(sweep)
     for params in values:
         try:
             cls(**params)
         except Exception as exc:  # noqa: BLE001
-            result.checks.append(Check(f"instantiates with {params or 'its defaults'}", False,
-                                       f"{type(exc).__name__}: {exc}"))
-            return result
-    result.checks.append(Check("instantiates at its defaults and every sweep value", True))
-    attack = PluginSpec("naive", tuple(sorted(small.items())))
+            return [Check(f"instantiates with {params or 'its defaults'}", False, f"{type(exc).__name__}: {exc}")]
+    checks = [Check("instantiates at its defaults and every sweep value", True)]
+    attack = PluginSpec("naive", tuple(sorted(SMALL_SURROGATE.items())))
     for params in values:
-        defense = PluginSpec(manifest.name, tuple(sorted(params.items())))
+        defense = PluginSpec(name, tuple(sorted(params.items())))
         grid = _conformance_grid(attack, defense)
         cell = Cell("rank:1", attack, defense, CONFORMANCE_BUDGET, 0)
         label = ", ".join(f"{k}={v}" for k, v in params.items()) or "defaults"
         try:
             flags = defense_flags(zoo, grid, cell)
         except Exception as exc:  # noqa: BLE001
-            result.checks.append(Check(f"{label}: answers queries", False, f"{type(exc).__name__}: {exc}"))
+            checks.append(Check(f"{label}: answers queries", False, f"{type(exc).__name__}: {exc}"))
             continue
-        result.checks.append(Check(f"{label}: probability vectors, determinism as claimed", not flags,
-                                   "; ".join(flags)))
+        checks.append(Check(f"{label}: probability vectors, determinism as claimed", not flags, "; ".join(flags)))
         row = run_cell(zoo, grid, cell)
-        result.checks.append(Check(f"{label}: a naive attack completes a cell (goodput {row['goodput']:.3f})",
-                                   row["status"] == "ok", row["error"]))
-    return result
+        checks.append(Check(f"{label}: a naive attack completes a cell (goodput {row['goodput']:.3f})",
+                            row["status"] == "ok", row["error"]))
+    return checks

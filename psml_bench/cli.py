@@ -246,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="where to write the profile JSON (default: <cache>/profiles/<zoo>-<hash>-<cpu|cuda>.json)")
     profile.set_defaults(func=_cmd_zoo_profile)
 
-    commands.add_parser("list", help="list attacks, defenses and policies").set_defaults(func=_cmd_list)
+    commands.add_parser("list", help="list attacks, defenses, extraction strategies and policies").set_defaults(func=_cmd_list)
 
     validate = commands.add_parser("validate", help="check submissions: manifest, import, conformance tests on "
                                                     "fmnist-tiny")
