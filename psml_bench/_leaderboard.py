@@ -195,22 +195,28 @@ def defense_ranking(table: pd.DataFrame) -> pd.DataFrame:
             ["victim", "budget", "family"], sort=False):
         usable = group[group["goodput"] >= GOODPUT_FLOOR]
         best = usable.loc[usable["protection"].idxmax()] if len(usable) else None
-        out.append({"victim": victim, "budget": budget, "family": family,
-                    "protection": best["protection"] if best is not None else math.nan,
-                    "at": best["defense"] if best is not None else "—",
-                    "goodput": best["goodput"] if best is not None else math.nan,
-                    "auc": tradeoff_auc(list(zip(group["goodput"], group["protection"]))),
+        pick = lambda column: best[column] if best is not None else math.nan  # noqa: E731
+        costs_goodput = (group["goodput"] < 1.0).any()
+        out.append({"victim": victim, "budget": budget, "family": family, "protection": pick("protection"),
+                    "at": best["defense"] if best is not None else "—", "goodput": pick("goodput"),
+                    "benign_accuracy_drop": pick("benign_accuracy_drop"), "perturbation": pick("perturbation"),
+                    "latency_overhead": pick("latency_overhead"),
+                    # a family that never costs goodput has no curve to integrate
+                    "auc": tradeoff_auc(list(zip(group["goodput"], group["protection"]))) if costs_goodput else math.nan,
                     "settings": len(group)})
     ranked = pd.DataFrame(out)
     if ranked.empty:
         return ranked
     ranked["_order"] = ranked["protection"].fillna(-math.inf)
-    return ranked.sort_values(["victim", "budget", "_order", "auc"], ascending=[True, True, False, False],
-                              kind="stable").drop(columns="_order")
+    ranked["_auc"] = ranked["auc"].fillna(-math.inf)
+    return ranked.sort_values(["victim", "budget", "_order", "_auc"], ascending=[True, True, False, False],
+                              kind="stable").drop(columns=["_order", "_auc"])
 
 
 def _f(value: float, digits: int = 3) -> str:
-    return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    return f"{round(value, digits) + 0.0:.{digits}f}"  # + 0.0: no "-0.000"
 
 
 def render_markdown(frame: pd.DataFrame, zoo, grid, figures: Sequence[str] = ()) -> str:
@@ -252,18 +258,20 @@ def _defense_sections(table: pd.DataFrame) -> list[str]:
     lines = ["### Defenses ranked by protection at goodput >= 0.8", "",
              "Protection: drop in the strongest service attack's mean fidelity against the undefended service. "
              "AUC: mean protection over goodput in [0.8, 1] along the family's protection-versus-goodput curve "
-             "(docs/protocol.md).", ""]
+             "(docs/protocol.md); — for a family that never costs goodput (its cost is in the other columns).", ""]
     if not ranked.empty:
         lines += [tabulate([[r["budget"], i + 1, r["family"], _f(r["protection"]), r["at"], _f(r["goodput"]),
-                             _f(r["auc"])] for i, (_, r) in enumerate(ranked.iterrows())],
-                           headers=["budget", "rank", "defense", "protection", "at setting", "goodput", "AUC"],
-                           tablefmt="github"), ""]
+                             _f(r["auc"]), _f(r["benign_accuracy_drop"]), _f(r["perturbation"]),
+                             _f(r["latency_overhead"])] for i, (_, r) in enumerate(ranked.iterrows())],
+                           headers=["budget", "rank", "defense", "protection", "at setting", "goodput", "AUC",
+                                    "benign acc. drop", "perturbation", "latency overhead"],
+                           tablefmt="github", disable_numparse=True), ""]
     lines += ["### Every defense setting", "", tabulate(
         [[r["budget"], r["defense"], _f(r["goodput"]), _f(r["benign_accuracy_drop"]), _f(r["perturbation"]),
           _f(r["latency_overhead"]), r["strongest_attack"], _f(r["fidelity"]), _f(r["protection"])]
          for _, r in table.iterrows()],
         headers=["budget", "defense", "goodput", "benign acc. drop", "perturbation", "latency overhead",
-                 "strongest attack", "its fidelity", "protection"], tablefmt="github"), ""]
+                 "strongest attack", "its fidelity", "protection"], tablefmt="github", disable_numparse=True), ""]
     return lines
 
 

@@ -46,6 +46,10 @@ def frontier_figure(zoo, path: Path) -> None:
     points = sorted((zoo.entry(m).latency_ms, zoo.entry(m).accuracy) for m in ranks)
     axes.step([p[0] for p in points], [p[1] for p in points], where="post", color="C0", alpha=0.5)
     axes.set_xscale("log")
+    from matplotlib.ticker import ScalarFormatter
+
+    axes.xaxis.set_major_formatter(ScalarFormatter())
+    axes.xaxis.set_minor_formatter(ScalarFormatter())
     axes.set_xlabel(f"latency p50, ms ({zoo.profile_name}, log scale)")
     axes.set_ylabel("test accuracy")
     axes.set_title(f"zoo {zoo.name}: accuracy / latency frontier")
@@ -69,6 +73,8 @@ def budget_figure(frame: pd.DataFrame, path: Path) -> bool:
             axis.errorbar(stats.index, stats["mean"], yerr=stats["std"].fillna(0), marker="o", capsize=3,
                           label=attack)
         axis.set_xscale("log")
+        axis.set_xticks(sorted(set(curves["budget"])), [str(b) for b in sorted(set(curves["budget"]))])
+        axis.minorticks_off()
         axis.set_xlabel("query budget (log scale)")
         axis.set_ylabel("fidelity")
         axis.set_title(f"victim {victim}, no defense")
@@ -80,7 +86,8 @@ def budget_figure(frame: pd.DataFrame, path: Path) -> bool:
 
 
 def tradeoff_figure(table: pd.DataFrame, path: Path) -> bool:
-    """Protection against goodput per defense family, one panel per (victim, budget)."""
+    """Protection against each defense family's cost, per (victim, budget): goodput (defenses that
+    cost goodput), output perturbation (defenses that change the answers) and latency (the rest)."""
     if table.empty:
         return False
     defended = table[table["defense"] != "none"]
@@ -88,22 +95,40 @@ def tradeoff_figure(table: pd.DataFrame, path: Path) -> bool:
     if not panels:
         return False
     plt = _pyplot()
-    figure, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.5), squeeze=False)
-    for axis, (victim, budget) in zip(axes[0], panels):
+    figure, axes = plt.subplots(len(panels), 3, figsize=(19, 4.5 * len(panels)), squeeze=False)
+    colours = {family: f"C{i % 10}" for i, family in enumerate(sorted(set(defended["family"])))}
+    for row, (victim, budget) in zip(axes, panels):
         part = defended[(defended["victim"] == victim) & (defended["budget"] == budget)]
-        for index, (family, group) in enumerate(part.groupby("family", sort=True)):
-            group = group.sort_values("goodput", ascending=False)
-            goodput = np.concatenate([[1.0], group["goodput"].to_numpy(float)])
-            protection = np.concatenate([[0.0], group["protection"].to_numpy(float)])
-            axis.plot(goodput, protection, marker="o", color=f"C{index % 10}", label=family)
-        axis.axvline(0.8, color="0.5", linestyle="--", linewidth=1)
-        axis.axhline(0.0, color="0.5", linewidth=0.5)
-        axis.set_xlabel("goodput")
-        axis.set_ylabel("protection (fidelity drop of the strongest attack)")
-        axis.set_title(f"victim {victim}, budget {budget}")
-        axis.invert_xaxis()
-        axis.grid(alpha=0.3)
-        axis.legend(fontsize=7)
+        for family, group in part.groupby("family", sort=True):
+            if (group["goodput"] < 1.0).any():
+                group = group.sort_values("goodput", ascending=False)
+                row[0].plot(np.concatenate([[1.0], group["goodput"].to_numpy(float)]),
+                            np.concatenate([[0.0], group["protection"].to_numpy(float)]),
+                            marker="o", color=colours[family], label=family)
+            if (group["goodput"] >= 1.0).all() and (group["perturbation"] == 0.0).all():
+                group = group.sort_values("latency_overhead")
+                row[2].plot(np.concatenate([[0.0], group["latency_overhead"].to_numpy(float)]),
+                            np.concatenate([[0.0], group["protection"].to_numpy(float)]),
+                            marker="o", color=colours[family], label=family)
+            if (group["perturbation"] > 0.0).any():
+                group = group.sort_values("perturbation")
+                row[1].plot(np.concatenate([[0.0], group["perturbation"].to_numpy(float)]),
+                            np.concatenate([[0.0], group["protection"].to_numpy(float)]),
+                            marker="o", color=colours[family], label=family)
+        row[0].axvline(0.8, color="0.5", linestyle="--", linewidth=1)
+        row[0].set_xlabel("goodput")
+        row[0].invert_xaxis()
+        row[0].set_title(f"victim {victim}, budget {budget}: defenses that cost goodput")
+        row[1].set_xlabel("output perturbation (mean halved L1 on benign answers)")
+        row[1].set_title(f"victim {victim}, budget {budget}: defenses on the answers")
+        row[2].set_xlabel("latency overhead (mean served profile latency, relative)")
+        row[2].set_title(f"victim {victim}, budget {budget}: defenses that cost only latency")
+        for axis in row:
+            axis.axhline(0.0, color="0.5", linewidth=0.5)
+            axis.set_ylabel("protection (fidelity drop of the strongest attack)")
+            axis.grid(alpha=0.3)
+            if axis.get_legend_handles_labels()[0]:
+                axis.legend(fontsize=7)
     _save(figure, path)
     plt.close(figure)
     return True

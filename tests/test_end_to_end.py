@@ -171,3 +171,12 @@ def test_parallel_run_gives_identical_results(tiny_run, cache_dir, tmp_path):
     assert parallel.computed == len(summary.rows)
     strip = lambda rows: [{k: v for k, v in r.items() if k not in VOLATILE_COLUMNS} for r in rows]
     assert strip(parallel.rows) == strip(summary.rows)
+
+
+def test_adaptive_psml_reaches_the_victim_more_often_under_random_routing(tiny_run):
+    summary, _ = tiny_run
+    [plain] = rows_by(summary, attack="psml(", defense="random-routing")
+    [adaptive] = rows_by(summary, attack="psml-adaptive", defense="random-routing")
+    # a latency bound below the faster alternatives leaves the victim the only candidate more often
+    assert adaptive["victim_hit_rate"] > plain["victim_hit_rate"] + 0.1
+    assert adaptive["fingerprint_queries"] > plain["fingerprint_queries"]
