@@ -127,7 +127,7 @@ class Psml(Attack):
     defaults = {**SURROGATE_DEFAULTS, "grid": 24, "tolerance": 0.002, "repeats": 1, "candidates": 16,
                 "adaptive": False, "trials": 16, "requery": False}
 
-    def fingerprint(self, target: Target, knowledge: Knowledge, rng: np.random.Generator) -> Spec:
+    def fingerprint(self, target: Target, knowledge: Knowledge, budget: int, rng: np.random.Generator) -> Spec:
         """Find the spec deepest inside the target role's region (adaptive: the one reaching it most often)."""
         (a_lo, a_hi), (_, l_hi) = knowledge.spec_range.accuracy, knowledge.spec_range.latency_ms
         candidates = knowledge.pool[sample_pool(knowledge, self.params["candidates"], rng)]
@@ -150,9 +150,9 @@ class Psml(Attack):
             return Spec((lo + hi) / 2, l_hi)
         search_cost = 7 * int(self.params["repeats"]) + 9 * int(self.params["trials"])
         remaining = target.remaining_budget
-        if remaining is not None and remaining - search_cost < self._budget / 2:
+        if remaining is not None and remaining - search_cost < budget / 2:
             log.warning("psml adaptive: %d queries left of %d, too few for the spec search; using the region's centre",
-                        remaining, self._budget)
+                        remaining, budget)
             return Spec((lo + hi) / 2, l_hi)
         return self._best_spec(fingerprinter, model, lo, hi, knowledge)
 
@@ -176,8 +176,7 @@ class Psml(Attack):
         return Spec(a, l)
 
     def run(self, target: Target, knowledge: Knowledge, budget: int, rng: np.random.Generator) -> torch.nn.Module:
-        self._budget = budget
-        spec = self.fingerprint(target, knowledge, rng)
+        spec = self.fingerprint(target, knowledge, budget, rng)
         remaining = target.remaining_budget
         remaining = budget if remaining is None else remaining
         config = SurrogateConfig.from_params(self.params)

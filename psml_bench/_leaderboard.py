@@ -51,22 +51,18 @@ class BlockView:
     budgets: tuple[int, ...]
 
 
-def _plugin_label(registry, spec) -> str:
-    return registry.get(spec.name)(**spec.kwargs).label
-
-
 def describe_grid(grid) -> tuple[list[BlockView], dict[str, DefenseSetting]]:
     """The grid's blocks as labels, and every defense label's family and strength."""
-    from ._plugins import ATTACKS, DEFENSES
+    from ._plugins import make_attack, make_defense
 
     settings = {}
     for spec in grid.defenses:
-        defense = DEFENSES.get(spec.name)(**spec.kwargs)
+        defense = make_defense(spec.name, spec.kwargs)
         settings[defense.label] = DefenseSetting(defense.family, defense.strength,
                                                  defense.params[defense.strength] if defense.strength else None)
-    blocks = getattr(grid, "blocks", ()) or (grid,)
-    views = [BlockView(getattr(b, "name", "") or grid.name, tuple(_plugin_label(ATTACKS, a) for a in b.attacks),
-                       tuple(_plugin_label(DEFENSES, d) for d in b.defenses), tuple(b.budgets)) for b in blocks]
+    views = [BlockView(block.name or grid.name, tuple(make_attack(a.name, a.kwargs).label for a in block.attacks),
+                       tuple(make_defense(d.name, d.kwargs).label for d in block.defenses), tuple(block.budgets))
+             for block in grid.parts()]
     return views, settings
 
 

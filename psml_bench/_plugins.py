@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 import torch
 
-from ._errors import ConfigError
+from ._errors import ConfigError, PsmlError
 from ._registry import Registry
 
 if TYPE_CHECKING:
@@ -89,8 +89,7 @@ class Attack(Plugin, ABC):
     def __init__(self, **params: Any):
         super().__init__(**params)
         if "strategy" in self.params:  # a grid with a misspelt strategy fails when it loads, not per cell
-            from ._errors import PsmlError
-            from ._extraction import STRATEGIES
+            from ._extraction import STRATEGIES  # imports this module: not at the top
 
             try:
                 STRATEGIES.get(self.params["strategy"])

@@ -28,10 +28,10 @@ from . import _scoring as scoring
 from ._config import content_hash, read_toml, resolve_config, validate, write_atomic
 from ._errors import BudgetExhausted, ConfigError, PsmlError
 from ._extraction import STRATEGIES
-from ._plugins import ATTACKS, DEFENSES, Attack, Defense
+from ._plugins import ATTACKS, DEFENSES, Attack, Defense, make_attack, make_defense
 from ._isolation import AttackFailed, AttackLocator, run_attack
 from ._submissions import defense_flags, grid_entries, load_submissions, surrogate_flags
-from ._serving import POLICIES, Knowledge, QueryLog, Server
+from ._serving import POLICIES, Knowledge, Server
 from ._executor import CELL_THREADS, CellTask, Executor, InlineExecutor, LocalExecutor, RayExecutor
 from ._leaderboard import write_leaderboard
 from ._zoo import Zoo, open_zoo
@@ -93,9 +93,12 @@ class GridConfig:
     source: str
     blocks: tuple[Block, ...] = ()
 
+    def parts(self) -> tuple[Block, ...]:
+        """The grid's blocks; a grid built without them is one block of its lists."""
+        return self.blocks or (Block("", self.victims, self.attacks, self.defenses, self.budgets, self.seeds),)
+
     def cells(self) -> list[Cell]:
-        blocks = self.blocks or (Block("", self.victims, self.attacks, self.defenses, self.budgets, self.seeds),)
-        return list(dict.fromkeys(cell for block in blocks for cell in block.cells()))
+        return list(dict.fromkeys(cell for block in self.parts() for cell in block.cells()))
 
 
 @dataclass(frozen=True)
@@ -143,7 +146,7 @@ def load_grid(name_or_path: str | Path) -> GridConfig:
         name=raw["name"], zoo=raw["zoo"], policy=policy, victims=union("victims"),
         attacks=union("attacks"), defenses=union("defenses"), budgets=union("budgets"),
         seeds=tuple(raw["seeds"]), benign_queries=raw.get("benign_queries", 1000), source=str(path),
-        blocks=blocks if "blocks" in raw else (),
+        blocks=blocks,
     )
 
 
@@ -211,10 +214,6 @@ def cell_key(zoo: Zoo, grid: GridConfig, cell: Cell) -> str:
     })[:32]
 
 
-def label(registry, spec: PluginSpec) -> str:
-    return registry.get(spec.name)(**spec.kwargs).label
-
-
 def _git_commit() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
@@ -235,8 +234,13 @@ def provenance() -> dict[str, str]:
             "threads": str(CELL_THREADS)}
 
 
-def _benign_workload(zoo: Zoo, grid: GridConfig, seed: int, defense: Defense) -> tuple[QueryLog, float, float]:
-    """Send the seeded benign workload to ``defense``'s service: (log, answer accuracy, perturbation)."""
+def _benign_workload(zoo: Zoo, grid: GridConfig, seed: int, defense: Defense
+                     ) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """Send the seeded benign workload to ``defense``'s service.
+
+    Returns, per query, whether the served model meets the client's spec and its profile latency,
+    then the answers' top-1 accuracy and their perturbation by ``postprocess``.
+    """
     server = Server(zoo, defense=defense, rng=np.random.default_rng([seed, 4]), policy=grid.policy)
     accuracies = np.array([e.accuracy for e in server.menu])
     latencies = np.array([e.latency_ms for e in server.menu])
@@ -245,10 +249,11 @@ def _benign_workload(zoo: Zoo, grid: GridConfig, seed: int, defense: Defense) ->
     rows = torch.arange(len(specs)) % len(zoo.splits["test_x"])
     answers, raw = server.query(zoo.splits["test_x"][rows], specs, purpose="benign", with_raw=True)
     labels = zoo.splits["test_y"][rows].numpy()
-    return server.log, scoring.accuracy(answers.argmax(1).numpy(), labels), scoring.l1_distance(answers, raw)
+    return (np.concatenate(server.log.meets_spec), latencies[server.log.served_ids()],
+            scoring.accuracy(answers.argmax(1).numpy(), labels), scoring.l1_distance(answers, raw))
 
 
-_UNDEFENDED: dict[tuple, tuple[QueryLog, float, float]] = {}
+_UNDEFENDED: dict[tuple, tuple[np.ndarray, np.ndarray, float, float]] = {}
 
 
 def defense_cost(zoo: Zoo, grid: GridConfig, cell: Cell) -> dict[str, float]:
@@ -261,28 +266,29 @@ def defense_cost(zoo: Zoo, grid: GridConfig, cell: Cell) -> dict[str, float]:
     L1 between the answers and the served models' own outputs) and ``latency_overhead`` (relative
     increase of the served models' mean profile latency).
     """
-    defended_log, defended_accuracy, perturbation = _benign_workload(
+    meets_spec, defended_latency, defended_accuracy, perturbation = _benign_workload(
         zoo, grid, cell.seed, DEFENSES.get(cell.defense.name)(**cell.defense.kwargs))
     key = (str(zoo.directory), zoo.profile_name, grid.policy, grid.benign_queries, cell.seed)
     if key not in _UNDEFENDED:  # the same for every cell of a seed; a worker computes it once
         _UNDEFENDED[key] = _benign_workload(zoo, grid, cell.seed, DEFENSES.get("none")())
-    undefended_log, undefended_accuracy, _ = _UNDEFENDED[key]
-    return {"goodput": scoring.goodput(np.concatenate(defended_log.meets_spec)),
+    _, undefended_latency, undefended_accuracy, _ = _UNDEFENDED[key]
+    return {"goodput": scoring.goodput(meets_spec),
             "benign_accuracy_drop": undefended_accuracy - defended_accuracy, "perturbation": perturbation,
-            "latency_overhead": scoring.latency_overhead(np.concatenate(defended_log.latency_ms),
-                                                         np.concatenate(undefended_log.latency_ms))}
+            "latency_overhead": scoring.latency_overhead(defended_latency, undefended_latency)}
 
 
 def _row_identity(zoo: Zoo, cell: Cell, attack_label: str, defense_label: str) -> dict[str, Any]:
     return {"zoo": zoo.name, "victim": cell.victim, "victim_model": zoo.role(cell.victim),
-            "attack": attack_label, "attack_access": ATTACKS.get(cell.attack.name).access, "defense": defense_label, "budget": cell.budget, "seed": cell.seed,
+            "attack": attack_label, "attack_access": ATTACKS.get(cell.attack.name).access,
+            "defense": defense_label, "budget": cell.budget, "seed": cell.seed,
             "status": "ok", "error": ""}
 
 
 def failed_row(zoo: Zoo, task: CellTask, error: str) -> dict[str, Any]:
     """The row of a cell whose worker produced none (timeout, crash, memory)."""
     cell = task.cell
-    row = _row_identity(zoo, cell, label(ATTACKS, cell.attack), label(DEFENSES, cell.defense))
+    row = _row_identity(zoo, cell, make_attack(cell.attack.name, cell.attack.kwargs).label,
+                        make_defense(cell.defense.name, cell.defense.kwargs).label)
     row.update(status="failed", error=error, wall_s=float("nan"),
                **dict.fromkeys(METRICS, float("nan")))
     return finish_row(row, zoo, task)

@@ -102,7 +102,6 @@ class QueryLog:
     requested: list[np.ndarray] = field(default_factory=list)
     meets_spec: list[np.ndarray] = field(default_factory=list)
     purposes: list[tuple[str, int]] = field(default_factory=list)
-    latency_ms: list[np.ndarray] = field(default_factory=list)
 
     def _select(self, per_batch: list[np.ndarray], purpose: str | None) -> np.ndarray:
         chosen = [ids for ids, (p, _) in zip(per_batch, self.purposes) if purpose is None or p == purpose]
@@ -229,7 +228,6 @@ class Server:
         self.log.requested.append(self.requested(min_accuracy, max_latency))
         self.log.meets_spec.append(meets)
         self.log.purposes.append((purpose, n))
-        self.log.latency_ms.append(self._latency[served])
         answers = self.defense.postprocess(outputs, self.rng)
         return (answers, outputs) if with_raw else answers
 
