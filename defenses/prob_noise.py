@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import torch
 
-from psml_bench import ConfigError, Defense, register_defense
+from psml_bench import Allowed, Defense, register_defense
 
 
 @register_defense("prob-noise")
@@ -25,11 +23,7 @@ class ProbNoise(Defense):
     strength = "sigma"
     deterministic = False
     defaults = {"sigma": 0.05}
-
-    def __init__(self, **params: Any):
-        super().__init__(**params)
-        if not self.params["sigma"] >= 0:
-            raise ConfigError(f"defense 'prob-noise' parameter 'sigma' must be >= 0, got {self.params['sigma']!r}")
+    allowed = {"sigma": Allowed(minimum=0)}
 
     def postprocess(self, probabilities: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
         sigma = float(self.params["sigma"])

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
-from psml_bench import ConfigError, Defense, register_defense
+from psml_bench import Allowed, Defense, register_defense
 
 
 @register_defense("random-routing")
@@ -26,12 +24,7 @@ class RandomRouting(Defense):
     strength = "probability"
     deterministic = False
     defaults = {"probability": 0.5}
-
-    def __init__(self, **params: Any):
-        super().__init__(**params)
-        if not 0 <= self.params["probability"] <= 1:
-            raise ConfigError(f"defense 'random-routing' parameter 'probability' must be in [0, 1], "
-                              f"got {self.params['probability']!r}")
+    allowed = {"probability": Allowed(minimum=0, maximum=1)}
 
     def reroute(self, served: np.ndarray, candidates: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         candidates = np.asarray(candidates, dtype=bool)

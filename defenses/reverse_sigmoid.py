@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import torch
 
-from psml_bench import ConfigError, Defense, register_defense
+from psml_bench import Allowed, Defense, register_defense
 
 CLIP = 1e-6
 
@@ -35,13 +33,7 @@ class ReverseSigmoid(Defense):
 
     strength = "beta"
     defaults = {"beta": 0.7, "gamma": 0.4}
-
-    def __init__(self, **params: Any):
-        super().__init__(**params)
-        if not self.params["beta"] >= 0:
-            raise ConfigError(f"defense 'reverse-sigmoid' parameter 'beta' must be >= 0, got {self.params['beta']!r}")
-        if not self.params["gamma"] > 0:
-            raise ConfigError(f"defense 'reverse-sigmoid' parameter 'gamma' must be > 0, got {self.params['gamma']!r}")
+    allowed = {"beta": Allowed(minimum=0), "gamma": Allowed(minimum=0, exclusive_minimum=True)}
 
     def postprocess(self, probabilities: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
         beta, gamma = float(self.params["beta"]), float(self.params["gamma"])

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import numpy as np
 
-from psml_bench import ConfigError, Defense, SpecRange, register_defense
+from psml_bench import Allowed, Defense, SpecRange, register_defense
 
 DISTRIBUTIONS = ("gaussian", "laplace")
 
@@ -35,14 +34,7 @@ class SpecNoise(Defense):
     strength = "scale"
     deterministic = False
     defaults = {"scale": 0.02, "distribution": "gaussian"}
-
-    def __init__(self, **params: Any):
-        super().__init__(**params)
-        if not self.params["scale"] >= 0:
-            raise ConfigError(f"defense 'spec-noise' parameter 'scale' must be >= 0, got {self.params['scale']!r}")
-        if self.params["distribution"] not in DISTRIBUTIONS:
-            raise ConfigError(f"defense 'spec-noise' parameter 'distribution' must be one of "
-                              f"{', '.join(DISTRIBUTIONS)}, got {self.params['distribution']!r}")
+    allowed = {"scale": Allowed(minimum=0), "distribution": Allowed(choices=DISTRIBUTIONS)}
 
     def perturb_spec(self, min_accuracy: np.ndarray, max_latency_ms: np.ndarray, spec_range: SpecRange,
                      rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

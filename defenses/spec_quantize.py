@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
-from psml_bench import ConfigError, Defense, SpecRange, register_defense
+from psml_bench import Allowed, Defense, SpecRange, register_defense
 
 
 @register_defense("spec-quantize")
@@ -28,12 +26,7 @@ class SpecQuantize(Defense):
 
     strength = "step"
     defaults = {"step": 0.1}
-
-    def __init__(self, **params: Any):
-        super().__init__(**params)
-        if not 0 <= self.params["step"] <= 1:
-            raise ConfigError(f"defense 'spec-quantize' parameter 'step' must be in [0, 1], "
-                              f"got {self.params['step']!r}")
+    allowed = {"step": Allowed(minimum=0, maximum=1)}
 
     def perturb_spec(self, min_accuracy: np.ndarray, max_latency_ms: np.ndarray, spec_range: SpecRange,
                      rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

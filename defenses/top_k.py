@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import torch
 
-from psml_bench import ConfigError, Defense, register_defense
+from psml_bench import Allowed, Defense, register_defense
 
 
 @register_defense("top-k")
@@ -24,12 +22,7 @@ class TopK(Defense):
 
     strength = "k"
     defaults = {"k": 3}
-
-    def __init__(self, **params: Any):
-        super().__init__(**params)
-        k = self.params["k"]
-        if not (float(k).is_integer() and k >= 1):
-            raise ConfigError(f"defense 'top-k' parameter 'k' must be an integer >= 1, got {k!r}")
+    allowed = {"k": Allowed(minimum=1, integer=True)}
 
     def postprocess(self, probabilities: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
         k = int(self.params["k"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -17,17 +18,51 @@ if TYPE_CHECKING:
     from ._serving import Knowledge, SpecRange, Target
 
 
+@dataclass(frozen=True)
+class Allowed:
+    """The values a parameter accepts beyond its type, e.g. ``Allowed(minimum=0, maximum=1)``."""
+
+    minimum: float | None = None
+    maximum: float | None = None
+    exclusive_minimum: bool = False
+    integer: bool = False
+    choices: tuple[Any, ...] = ()
+
+    def accepts(self, value: Any) -> bool:
+        if self.choices:
+            return value in self.choices
+        # written so that NaN fails every comparison
+        if self.integer and not float(value).is_integer():
+            return False
+        if self.minimum is not None and not (value > self.minimum if self.exclusive_minimum else value >= self.minimum):
+            return False
+        return self.maximum is None or value <= self.maximum
+
+    def describe(self) -> str:
+        if self.choices:
+            return " or ".join(repr(c) for c in self.choices)
+        prefix = "an integer " if self.integer else ""
+        if self.minimum is not None and self.maximum is not None:
+            return f"{prefix}in [{self.minimum:g}, {self.maximum:g}]"
+        if self.minimum is not None:
+            return f"{prefix}{'>' if self.exclusive_minimum else '>='} {self.minimum:g}"
+        return f"{prefix}<= {self.maximum:g}" if self.maximum is not None else prefix.strip()
+
+
 class Plugin:
     """Common parts of attacks and defenses: a name, a version and typed parameters.
 
-    Subclasses declare ``defaults`` (every parameter with its default value); unknown
-    parameters, or values of the wrong type, are configuration errors.
+    Subclasses declare ``defaults`` (every parameter with its default value) and may declare
+    ``allowed`` (parameter -> :class:`Allowed`; declarations accumulate along the class
+    hierarchy). Unknown parameters, values of the wrong type and values outside what is
+    allowed are configuration errors, raised when the plugin is built.
     """
 
     kind: ClassVar[str] = "plugin"
     name: ClassVar[str] = ""
     version: ClassVar[str] = "1"
     defaults: ClassVar[dict[str, Any]] = {}
+    allowed: ClassVar[dict[str, Allowed]] = {}
 
     def __init__(self, **params: Any):
         unknown = sorted(set(params) - set(self.defaults))
@@ -44,6 +79,11 @@ class Plugin:
                 raise ConfigError(f"{self.kind} '{self.name}' parameter '{key}' must be "
                                   f"{type(default).__name__}, got {value!r}")
         self.params: dict[str, Any] = {**self.defaults, **params}
+        for cls in reversed(type(self).__mro__):
+            for key, rule in vars(cls).get("allowed", {}).items():
+                if key in self.params and not rule.accepts(self.params[key]):
+                    raise ConfigError(f"{self.kind} '{self.name}' parameter '{key}' must be {rule.describe()}, "
+                                      f"got {self.params[key]!r}")
 
     @property
     def label(self) -> str:
@@ -85,6 +125,7 @@ class Attack(Plugin, ABC):
 
     kind: ClassVar[str] = "attack"
     access: ClassVar[str] = "service"
+    allowed: ClassVar[dict[str, Allowed]] = {"labels": Allowed(choices=("soft", "hard"))}
 
     def __init__(self, **params: Any):
         super().__init__(**params)
@@ -95,9 +136,6 @@ class Attack(Plugin, ABC):
                 STRATEGIES.get(self.params["strategy"])
             except PsmlError as exc:
                 raise ConfigError(f"attack '{self.name}' parameter 'strategy': {exc}") from None
-        if self.params.get("labels", "soft") not in ("soft", "hard"):
-            raise ConfigError(f"attack '{self.name}' parameter 'labels' must be 'soft' or 'hard', "
-                              f"got {self.params['labels']!r}")
 
     @abstractmethod
     def run(self, target: Target, knowledge: Knowledge, budget: int,

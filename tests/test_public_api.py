@@ -10,7 +10,7 @@ import psml_bench
 ROOT = Path(__file__).resolve().parents[1]
 
 EXPECTED = {
-    "ATTACKS", "ActiveLearning", "Attack", "BudgetExhausted", "ConfigError", "DEFENSES", "DataError", "Defense",
+    "ATTACKS", "ActiveLearning", "Allowed", "Attack", "BudgetExhausted", "ConfigError", "DEFENSES", "DataError", "Defense",
     "InvalidQueryError", "Knowledge", "POLICIES", "PROTOCOL_VERSION", "Policy", "PsmlError", "QuerySession",
     "Registry", "STRATEGIES", "SURROGATE_DEFAULTS", "Spec", "SpecRange", "Strategy", "Surrogate", "SurrogateConfig",
     "Target", "UnknownPluginError", "__version__", "extract", "query_batched", "register_attack",

@@ -69,3 +69,17 @@ def test_entry_points_are_discovered(tmp_path, monkeypatch):
     registry = Registry("defense", DEFENSES.base, entry_point_group="psml_bench.defenses")
     entry = registry.entry("theirs")
     assert entry.plugin.__name__ == "Theirs" and entry.source == "installed: third-party 2.3"
+
+
+def test_allowed_values_are_declared_as_data():
+    from psml_bench import Allowed
+
+    unit = Allowed(minimum=0, maximum=1)
+    assert unit.accepts(0) and unit.accepts(1.0) and not unit.accepts(1.01) and not unit.accepts(float("nan"))
+    assert unit.describe() == "in [0, 1]"
+    assert Allowed(minimum=0, exclusive_minimum=True).describe() == "> 0"
+    assert not Allowed(minimum=0, exclusive_minimum=True).accepts(0.0)
+    count = Allowed(minimum=1, integer=True)
+    assert count.accepts(2) and count.accepts(2.0) and not count.accepts(2.5) and not count.accepts(0)
+    assert count.describe() == "an integer >= 1"
+    assert Allowed(choices=("soft", "hard")).describe() == "'soft' or 'hard'"
