@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from psml_bench import SURROGATE_DEFAULTS, Attack, Knowledge, Spec, SurrogateConfig, Target, extract, register_attack
+from psml_bench import (SURROGATE_DEFAULTS, Allowed, Attack, Knowledge, Spec, SurrogateConfig, Target, extract,
+                        register_attack)
 
 
 @register_attack("naive")
@@ -18,14 +19,13 @@ class Naive(Attack):
     """
 
     defaults = {**SURROGATE_DEFAULTS, "specs": "random"}
+    allowed = {"specs": Allowed(choices=("random", "fixed"))}
 
     def run(self, target: Target, knowledge: Knowledge, budget: int, rng: np.random.Generator) -> torch.nn.Module:
         config = SurrogateConfig.from_params(self.params)
         ranges = knowledge.spec_range
         if self.params["specs"] == "random":
             specs = ranges.sample(budget, rng)
-        elif self.params["specs"] == "fixed":
-            specs = Spec(sum(ranges.accuracy) / 2, sum(ranges.latency_ms) / 2)
         else:
-            raise ValueError(f"naive: specs must be 'random' or 'fixed', got {self.params['specs']!r}")
+            specs = Spec(sum(ranges.accuracy) / 2, sum(ranges.latency_ms) / 2)
         return extract(target, knowledge, specs, budget, rng, config)

@@ -19,8 +19,10 @@ from pathlib import Path
 
 import torch
 
-from psml_bench._runner import load_grid, make_executor, run_cell, run_grid
-from psml_bench._zoo import open_zoo
+from psml_bench._cell import run_cell
+from psml_bench._grid import load_grid
+from psml_bench._runner import make_executor, run_grid
+from psml_bench._zoo_build import open_zoo
 
 
 class ComputeClock:
@@ -60,7 +62,7 @@ def _attack_in_process(server, locator, knowledge, budget, rng):
 
 
 def compute_share(grid, zoo) -> dict[str, float]:
-    import psml_bench._runner as runner
+    import psml_bench._cell as runner
 
     isolated, runner.run_attack = runner.run_attack, _attack_in_process
     try:

@@ -23,9 +23,9 @@ import torch.nn.functional as F
 
 from psml_bench import Spec
 from psml_bench._extraction import QUERY_BATCH, query_batched
-from psml_bench._plugins import make_defense
+from psml_bench._registries import make_defense
 from psml_bench._serving import Server, target_for
-from psml_bench._zoo import open_zoo
+from psml_bench._zoo_build import open_zoo
 
 
 def main() -> None:

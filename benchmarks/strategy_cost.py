@@ -21,9 +21,9 @@ import torch
 
 from psml_bench import STRATEGIES, Knowledge, Spec, SurrogateConfig, extract
 from psml_bench import _scoring as scoring
-from psml_bench._plugins import make_defense
+from psml_bench._registries import make_defense
 from psml_bench._serving import Server, target_for
-from psml_bench._zoo import open_zoo
+from psml_bench._zoo_build import open_zoo
 
 
 def main() -> None:

@@ -6,20 +6,23 @@ change. Plugins (``attacks/``, ``defenses/``, ``strategies/``, ``submissions/``)
 
 from __future__ import annotations
 
+from ._cell import PROTOCOL_VERSION
 from ._errors import (BudgetExhausted, ConfigError, DataError, InvalidQueryError, PsmlError,
                       UnknownPluginError)
-from ._extraction import (STRATEGIES, SURROGATE_DEFAULTS, ActiveLearning, QuerySession, Strategy, Surrogate,
-                          SurrogateConfig, extract, query_batched, register_strategy, sample_pool, train_surrogate)
-from ._plugins import ATTACKS, DEFENSES, Allowed, Attack, Defense, register_attack, register_defense
+from ._extraction import ActiveLearning, QuerySession, Strategy, extract, query_batched, sample_pool
+from ._parameters import Allowed
+from ._plugins import Attack, Defense
+from ._registries import (ATTACKS, DEFENSES, POLICIES, STRATEGIES, register_attack, register_defense,
+                          register_strategy)
 from ._registry import Registry
-from ._serving import POLICIES, Knowledge, Policy, Spec, SpecRange, Target
-
-__version__ = "0.1.0"
-PROTOCOL_VERSION = 2
+from ._serving import Knowledge, Policy, Requests, Spec, SpecRange, Target
+from ._surrogate import SURROGATE_DEFAULTS, Surrogate, SurrogateConfig, train_surrogate
+from ._version import __version__
 
 __all__ = [
     "ATTACKS", "ActiveLearning", "Allowed", "Attack", "BudgetExhausted", "ConfigError", "DEFENSES", "DataError", "Defense",
     "InvalidQueryError", "Knowledge", "POLICIES", "PROTOCOL_VERSION", "Policy", "PsmlError", "QuerySession",
+    "Requests",
     "Registry", "STRATEGIES", "SURROGATE_DEFAULTS", "Spec", "SpecRange", "Strategy", "Surrogate", "SurrogateConfig",
     "Target", "UnknownPluginError", "__version__", "extract", "query_batched", "register_attack",
     "register_defense", "register_strategy", "sample_pool", "train_surrogate",

@@ -122,11 +122,16 @@ class SplitConfig:
 
 @dataclass(frozen=True)
 class Splits:
-    """The four benchmark splits as float tensors in [0, 1], shape (N, C, H, W)."""
+    """The four benchmark splits as float tensors in [0, 1], shape (N, C, H, W), and their labels.
+
+    ``attacker_y`` never reaches an attack: the harness uses it to score the benign clients, who
+    draw their inputs from the attacker's pool split (protocol section 4).
+    """
 
     owner_x: torch.Tensor
     owner_y: torch.Tensor
     attacker_x: torch.Tensor
+    attacker_y: torch.Tensor
     benign_x: torch.Tensor
     test_x: torch.Tensor
     test_y: torch.Tensor
@@ -449,7 +454,8 @@ def make_splits(dataset, config: SplitConfig, image: ImageConfig | None = None) 
         owner_rows, attacker_rows, benign_rows, test_rows = owner, attacker, benign, test_order
     return Splits(
         owner_x=_as_tensor(train_x[owner_rows]), owner_y=torch.from_numpy(train_y[owner_rows]),
-        attacker_x=_as_tensor(train_x[attacker_rows]), benign_x=_as_tensor(train_x[benign_rows]),
+        attacker_x=_as_tensor(train_x[attacker_rows]), attacker_y=torch.from_numpy(train_y[attacker_rows]),
+        benign_x=_as_tensor(train_x[benign_rows]),
         test_x=_as_tensor(test_x[test_rows]), test_y=torch.from_numpy(test_y[test_rows]),
         fingerprint=digest.hexdigest(),
         class_names=class_names(train),

@@ -28,8 +28,33 @@ class UnknownPluginError(PsmlError, KeyError):
 
 
 class InvalidQueryError(PsmlError, ValueError):
-    """A query has malformed inputs or a specification outside the advertised range."""
+    """A query has malformed inputs or a specification outside the advertised range, or goes past what
+    an extraction's :class:`~psml_bench.QuerySession` allows."""
 
 
 class BudgetExhausted(PsmlError):
     """A query would exceed the attacker's query budget; nothing of it was served."""
+
+
+class ManifestError(ConfigError):
+    """A submission's manifest is invalid; ``errors`` holds one line per problem."""
+
+    def __init__(self, errors: list[str]):
+        super().__init__("\n".join(errors))
+        self.errors = errors
+
+
+class DefenseError(PsmlError):
+    """A defense broke the serving contract (e.g. rerouted a query to a model outside the menu)."""
+
+
+class AttackFailed(PsmlError):
+    """The attack failed in its process; the message is the cell's error."""
+
+
+class ProtocolError(AttackFailed):
+    """The attack process broke the channel's protocol."""
+
+
+class ExecutorError(PsmlError):
+    """An executor cannot run a cell (e.g. a worker's zoo differs from the driver's)."""

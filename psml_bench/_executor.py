@@ -1,4 +1,4 @@
-"""Executors: where the cells of a grid run.
+"""Executors: where the cells of a grid run (this process, a local pool of workers, or Ray).
 
 - ``local``: a pool of worker processes on this machine (``jobs`` of them), each cell with a
   wall-clock timeout and an address-space limit; a hung or crashed worker is killed and replaced
@@ -18,53 +18,16 @@ import resource
 import time
 from abc import ABC, abstractmethod
 from collections import deque
-from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
-from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import torch
 
+from ._cell import CELL_THREADS, CellTask, execute
+from ._errors import PsmlError
+from ._isolation import prestart
+
 log = logging.getLogger(__name__)
-
-# Every cell runs on one thread, whatever the executor: float reductions then happen in the same
-# order everywhere, so a cell's numbers do not depend on how the grid was parallelised.
-CELL_THREADS = 1
-
-
-@dataclass(frozen=True)
-class CellTask:
-    """Everything a worker needs to run one cell."""
-
-    zoo_dir: str
-    profile: str | None
-    zoo_identity: str
-    grid: Any  # GridConfig
-    cell: Any  # Cell
-    key: str
-
-
-_ZOOS: dict[tuple[str, str | None], Any] = {}
-
-
-def execute(task: CellTask) -> dict[str, Any]:
-    """Run one cell in this process (a worker); return its row."""
-    from ._runner import finish_row, run_cell, zoo_identity
-    from ._zoo import Zoo
-
-    zoo = _ZOOS.get((task.zoo_dir, task.profile))
-    if zoo is None:
-        zoo = _ZOOS[(task.zoo_dir, task.profile)] = Zoo(Path(task.zoo_dir), Path(task.profile) if task.profile else None)
-    if zoo_identity(zoo) != task.zoo_identity:
-        raise RuntimeError(f"the zoo at {task.zoo_dir} on this worker differs from the driver's "
-                           "(different weights); share the zoo cache between nodes")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(CELL_THREADS)
-    try:
-        return finish_row(run_cell(zoo, task.grid, task.cell), zoo, task)
-    finally:
-        torch.set_num_threads(threads)
-
 
 OnResult = Callable[[CellTask, "dict[str, Any] | None", str], None]
 """Called once per task with (task, row, error): a row, or None and the reason it has none."""
@@ -110,9 +73,10 @@ def _exit_with_parent(parent: int) -> None:
 def _worker_main(conn: Connection, memory_mb: int | None, parent: int) -> None:
     _exit_with_parent(parent)
     torch.set_num_threads(CELL_THREADS)
+    prestart()  # the attack fork server's imports overlap this worker's start-up
     if memory_mb:
         # the limit is on what a cell may add to the address space the worker started with
-        import psml_bench._runner  # noqa: F401 - map torch, timm and friends before measuring
+        import timm  # noqa: F401 - map timm and friends before measuring
         limit = _vm_size() + memory_mb * 2**20
         resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))
     try:
@@ -203,8 +167,6 @@ class RayExecutor(Executor):
         try:
             import ray
         except ImportError:
-            from ._errors import PsmlError
-
             raise PsmlError("the ray executor needs Ray: pip install 'psml-bench[ray]'") from None
         if not ray.is_initialized():
             ray.init(address=self.address, num_cpus=None if self.address else self.num_cpus,

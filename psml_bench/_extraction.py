@@ -13,89 +13,18 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from ._errors import ConfigError
-from ._plugins import Plugin
-from ._registry import Registry
+from ._errors import InvalidQueryError
+from ._parameters import Plugin
+from ._registries import STRATEGIES
 from ._serving import Knowledge, Spec, Target
+from ._surrogate import Surrogate, SurrogateConfig, train_surrogate
 
 QUERY_BATCH = 512
-
-
-@dataclass(frozen=True)
-class SurrogateConfig:
-    """How the attacker trains its surrogate.
-
-    Attributes:
-        arch: timm architecture of the surrogate.
-        epochs: passes over the queried set (at least ``min_steps`` optimiser steps in all).
-        labels: ``"soft"`` (probability vectors) or ``"hard"`` (argmax class).
-        strategy: the registered extraction :class:`Strategy` that chooses the queries.
-    """
-
-    arch: str = "test_resnet"
-    epochs: int = 10
-    min_steps: int = 200
-    batch_size: int = 64
-    lr: float = 2e-3
-    weight_decay: float = 0.05
-    labels: str = "soft"
-    strategy: str = "random"
-
-    @classmethod
-    def from_params(cls, params: dict[str, Any]) -> SurrogateConfig:
-        """Take the surrogate fields (``surrogate`` = arch, ``epochs``, ``min_steps``, ``labels``, ``strategy``)
-        from plugin params.
-
-        Raises:
-            ConfigError: ``labels`` is not soft or hard.
-            UnknownPluginError: ``strategy`` is not registered (with "did you mean").
-        """
-        config = cls(arch=params.get("surrogate", cls.arch), epochs=int(params.get("epochs", cls.epochs)),
-                     min_steps=int(params.get("min_steps", cls.min_steps)), labels=params.get("labels", cls.labels),
-                     strategy=params.get("strategy", cls.strategy))
-        if config.labels not in ("soft", "hard"):
-            raise ConfigError(f"parameter 'labels' must be 'soft' or 'hard', got {config.labels!r}")
-        STRATEGIES.get(config.strategy)
-        return config
-
-    def steps(self, n: int) -> int:
-        """Optimiser steps :func:`train_surrogate` takes on ``n`` examples."""
-        return max(self.min_steps, self.epochs * math.ceil(n / self.batch_size))
-
-    def cheaper(self, fraction: float, n: int) -> SurrogateConfig:
-        """This config for ``fraction`` of the steps it takes on ``n`` examples (a strategy's interim surrogate)."""
-        return replace(self, epochs=0, min_steps=max(2, math.ceil(fraction * self.steps(n))))
-
-
-SURROGATE_DEFAULTS: dict[str, Any] = {"surrogate": SurrogateConfig.arch, "epochs": SurrogateConfig.epochs,
-                                      "min_steps": SurrogateConfig.min_steps, "labels": SurrogateConfig.labels,
-                                      "strategy": SurrogateConfig.strategy}
-
-
-class Surrogate(torch.nn.Module):
-    """A timm network behind a fixed input normalisation estimated from the attacker's pool."""
-
-    def __init__(self, arch: str, in_chans: int, num_classes: int, mean: torch.Tensor, std: torch.Tensor):
-        super().__init__()
-        import timm
-
-        self.net = timm.create_model(arch, pretrained=False, in_chans=in_chans, num_classes=num_classes)
-        self.register_buffer("mean", mean.view(1, -1, 1, 1).clone())
-        self.register_buffer("std", std.view(1, -1, 1, 1).clone())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net((x - self.mean) / self.std)
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Penultimate features (the input of the classifier layer), one row per input."""
-        return self.net.forward_head(self.net.forward_features((x - self.mean) / self.std), pre_logits=True)
 
 
 def sample_pool(knowledge: Knowledge, n: int, rng: np.random.Generator) -> torch.Tensor:
@@ -114,60 +43,13 @@ def query_batched(target: Target, inputs: torch.Tensor, spec: Spec | Sequence[Sp
     return torch.cat(answers)
 
 
-def train_surrogate(inputs: torch.Tensor, answers: torch.Tensor, knowledge: Knowledge, config: SurrogateConfig,
-                    rng: np.random.Generator, *, init: Surrogate | None = None) -> Surrogate:
-    """Fit a surrogate to (inputs, answers); answers are probability rows.
-
-    Args:
-        init: a surrogate to train further (in place) instead of a fresh one, e.g. a strategy's
-            interim surrogate of the previous round.
-    """
-    seed = int(rng.integers(2**31))
-    if init is not None:
-        model = init
-    else:
-        pool = knowledge.pool
-        mean = pool.mean(dim=(0, 2, 3))
-        std = pool.std(dim=(0, 2, 3)).clamp_min(1e-6)
-        with torch.random.fork_rng():
-            torch.manual_seed(seed)
-            model = Surrogate(config.arch, knowledge.input_shape[0], knowledge.num_classes, mean, std)
-    if config.labels == "hard":
-        targets = F.one_hot(answers.argmax(1), knowledge.num_classes).float()
-    elif config.labels == "soft":
-        targets = answers.float()
-    else:
-        raise ValueError(f"labels must be 'soft' or 'hard', got {config.labels!r}")
-    n = len(inputs)
-    if n < 2:  # batches of one are skipped (batch norm): nothing to train on
-        return model.eval()
-    steps = config.steps(n)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=steps, pct_start=0.15)
-    generator = torch.Generator().manual_seed(seed)
-    model.train()
-    done = 0
-    while done < steps:
-        order = torch.randperm(n, generator=generator)
-        for start in range(0, n, config.batch_size):
-            batch = order[start:start + config.batch_size]
-            if len(batch) < 2 or done == steps:
-                continue
-            log_probs = F.log_softmax(model(inputs[batch]), dim=1)
-            loss = -(targets[batch] * log_probs).sum(dim=1).mean()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            done += 1
-    return model.eval()
-
-
 class QuerySession:
     """The queries of one extraction: at most ``n_queries``, sent under the attack's spec(s) in order.
 
-    Every answer is kept (:attr:`inputs`, :attr:`answers`, in the order sent); pool inputs are
-    tracked so that none is queried twice.
+    ``n_queries`` is what the attack allots to this extraction; the budget itself is the server's
+    count (``Target.remaining_budget``), which refuses any query past it. Every answer is kept
+    (:attr:`inputs`, :attr:`answers`, in the order sent) except refused ones (NaN rows); pool
+    inputs are tracked so that none is queried twice.
 
     Args:
         spec: one spec for all queries, or a sequence with one spec per query, consumed in order.
@@ -210,11 +92,11 @@ class QuerySession:
         """Query ``inputs`` (any inputs in [0, 1], e.g. synthetic ones); return their answers.
 
         Raises:
-            ValueError: more inputs than :attr:`remaining`, or than specs left in the sequence.
+            InvalidQueryError: more inputs than :attr:`remaining`, or than specs left in the sequence.
         """
         n = len(inputs)
         if n > self.remaining:
-            raise ValueError(f"{n} queries exceed the {self.remaining} left of this extraction's {self.n_queries}")
+            raise InvalidQueryError(f"{n} queries exceed the {self.remaining} left of this extraction's {self.n_queries}")
         if n == 0:
             return torch.empty(0, self.knowledge.num_classes)
         if isinstance(self._spec, Spec):
@@ -222,10 +104,11 @@ class QuerySession:
         else:
             spec = self._spec[self.sent:self.sent + n]
             if len(spec) < n:
-                raise ValueError(f"{n} queries but only {len(spec)} specs left in the sequence")
+                raise InvalidQueryError(f"{n} queries but only {len(spec)} specs left in the sequence")
         answers = query_batched(self.target, inputs, spec)
-        self._inputs.append(inputs)
-        self._answers.append(answers)
+        answered = torch.isfinite(answers).all(dim=1)  # a refused query teaches the attacker nothing
+        self._inputs.append(inputs if bool(answered.all()) else inputs[answered])
+        self._answers.append(answers if bool(answered.all()) else answers[answered])
         self.sent += n
         return answers
 
@@ -233,11 +116,11 @@ class QuerySession:
         """Query the pool inputs at ``indices``; return their answers.
 
         Raises:
-            ValueError: an index was queried before (or appears twice).
+            InvalidQueryError: an index was queried before (or appears twice).
         """
         indices = torch.as_tensor(indices, dtype=torch.long)
         if self.queried[indices].any() or len(torch.unique(indices)) != len(indices):
-            raise ValueError("pool inputs may be queried only once")
+            raise InvalidQueryError("pool inputs may be queried only once")
         answers = self.query(self.knowledge.pool[indices])
         self.queried[indices] = True
         return answers
@@ -295,15 +178,6 @@ class ActiveLearning(Strategy):
                 with torch.no_grad():
                     candidates = candidates[self.select(surrogate, knowledge.pool[candidates], session, k)]
             session.query_pool(candidates)
-
-
-STRATEGIES: Registry[type[Strategy]] = Registry("strategy", Strategy, builtin_package="strategies",
-                                                entry_point_group="psml_bench.strategies")
-
-
-def register_strategy(name: str):
-    """Class decorator registering a built-in or third-party extraction strategy."""
-    return STRATEGIES.register(name)
 
 
 def extract(target: Target, knowledge: Knowledge, spec: Spec | Sequence[Spec], n_queries: int,

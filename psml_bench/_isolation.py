@@ -40,15 +40,19 @@ import traceback
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import safetensors.torch
 import torch
 
-from ._errors import BudgetExhausted, InvalidQueryError, PsmlError
-from ._extraction import STRATEGIES, Surrogate
+from ._errors import AttackFailed, BudgetExhausted, InvalidQueryError, ProtocolError, PsmlError
+from ._registries import ATTACKS, STRATEGIES
+from ._surrogate import Surrogate
 from ._serving import Knowledge, Server, Spec, Target
+
+if TYPE_CHECKING:
+    from ._service import Service
 
 log = logging.getLogger(__name__)
 
@@ -76,14 +80,6 @@ PREIMPORTED = (
 )
 """Modules imported in the attack process before the privilege drop (plus a manifest's ``imports``)."""
 _PRELOAD = ["psml_bench._isolation", *PREIMPORTED]
-
-
-class AttackFailed(PsmlError):
-    """The attack failed in its process; the message is the cell's error."""
-
-
-class ProtocolError(AttackFailed):
-    """The attack process broke the channel's protocol."""
 
 
 @dataclass(frozen=True)
@@ -231,14 +227,12 @@ class _MemoryFinder:
 
 
 def _load_attack_class(locator: AttackLocator, sources: dict[str, str] | None) -> type:
-    from ._plugins import ATTACKS, Attack
-
     if sources is None:
         return ATTACKS.get(locator.name)
     sys.meta_path.insert(0, _MemoryFinder(sources, locator.submission or "submission"))
     module_name, _, attr = (locator.entry or "").partition(":")
     cls = getattr(importlib.import_module(module_name), attr)
-    if not (isinstance(cls, type) and issubclass(cls, Attack)):
+    if not (isinstance(cls, type) and issubclass(cls, ATTACKS.base)):
         raise TypeError(f"entry '{locator.entry}' is not a subclass of psml_bench.Attack")
     return cls
 
@@ -266,7 +260,8 @@ def _remote_target(conn: Connection) -> Target:
                 items = [None]
             specs = ([[float(s.min_accuracy), float(s.max_latency_ms)] for s in items]
                      if all(isinstance(s, Spec) for s in items) else None)
-        return call({"op": "query", "purpose": str(purpose), "spec": specs}, {"inputs": inputs})
+        answers, refused, latency = call({"op": "query", "purpose": str(purpose), "spec": specs}, {"inputs": inputs})
+        return answers, refused, latency
 
     return Target(query, lambda: call({"op": "remaining"}))
 
@@ -384,13 +379,14 @@ def _rebuild_surrogate(header: dict[str, Any], state: dict[str, torch.Tensor], k
     return model.eval()
 
 
-def run_attack(server: Server, locator: AttackLocator, knowledge: Knowledge, budget: int,
+def run_attack(server: Server | Service, locator: AttackLocator, knowledge: Knowledge, budget: int,
                rng: np.random.Generator, *, timeout_s: float | None = None,
                drop: bool | None = None) -> Surrogate:
     """Run an attack in its own process against ``server``; return its surrogate.
 
     Args:
-        server: the service the attack queries (the budget is enforced here, in this process).
+        server: the service the attack queries (the budget is enforced here, in this process): a
+            :class:`Server`, or a cell's :class:`~psml_bench._service.Service` on its simulated clock.
         locator: which attack, with its parameters.
         knowledge: what the attacker knows; sent to the attack process.
         budget: the attack's query budget (passed to ``run``; the server enforces its own).
@@ -462,7 +458,7 @@ def run_attack(server: Server, locator: AttackLocator, knowledge: Knowledge, bud
         process.join(timeout=10)
 
 
-def _answer(server: Server, header: dict[str, Any], tensors: dict[str, torch.Tensor]) -> tuple:
+def _answer(server: Server | Service, header: dict[str, Any], tensors: dict[str, torch.Tensor]) -> tuple:
     inputs = tensors.get("inputs")
     if inputs is None:
         raise ProtocolError("ProtocolError: the attack process sent a query without inputs")
@@ -474,7 +470,7 @@ def _answer(server: Server, header: dict[str, Any], tensors: dict[str, torch.Ten
         return ("error", "BudgetExhausted", str(exc))
     except InvalidQueryError as exc:
         return ("error", "InvalidQueryError", str(exc))
-    return ("ok", answers)
+    return ("ok", (answers, server.last_refused, server.last_latency_ms))
 
 
 def prestart() -> None:
@@ -483,9 +479,3 @@ def prestart() -> None:
         from multiprocessing import forkserver
 
         forkserver.ensure_running()
-
-
-if multiprocessing.parent_process() is not None and multiprocessing.current_process().name != "psml-attack":
-    # imported in an executor's worker process (the driver and the fork server have no parent
-    # process; attack processes inherit this module already imported)
-    prestart()

@@ -18,6 +18,7 @@ import pandas as pd
 from tabulate import tabulate
 
 from ._config import write_atomic
+from ._grid import GridConfig, resolve
 
 RESULT_COLUMNS = [
     "zoo", "victim", "victim_model", "attack", "attack_access", "defense", "budget", "seed", "status",
@@ -51,17 +52,14 @@ class BlockView:
     budgets: tuple[int, ...]
 
 
-def describe_grid(grid) -> tuple[list[BlockView], dict[str, DefenseSetting]]:
-    """The grid's blocks as labels, and every defense label's family and strength."""
-    from ._plugins import make_attack, make_defense
-
+def describe_grid(grid: GridConfig) -> tuple[list[BlockView], dict[str, DefenseSetting]]:
+    """The grid's blocks as labels, and every defense label's family and strength (from the resolved plugins)."""
     settings = {}
     for spec in grid.defenses:
-        defense = make_defense(spec.name, spec.kwargs)
-        settings[defense.label] = DefenseSetting(defense.family, defense.strength,
-                                                 defense.params[defense.strength] if defense.strength else None)
-    views = [BlockView(block.name or grid.name, tuple(make_attack(a.name, a.kwargs).label for a in block.attacks),
-                       tuple(make_defense(d.name, d.kwargs).label for d in block.defenses), tuple(block.budgets))
+        defense = resolve("defense", spec)
+        settings[defense.label] = DefenseSetting(defense.family, defense.strength, defense.strength_value)
+    views = [BlockView(block.name or grid.name, tuple(resolve("attack", a).label for a in block.attacks),
+                       tuple(resolve("defense", d).label for d in block.defenses), tuple(block.budgets))
              for block in grid.parts()]
     return views, settings
 

@@ -30,19 +30,29 @@ class Registry(Generic[T]):
     """Plugins of one kind, looked up by name.
 
     Built-ins register with :meth:`register` as a decorator when their package is imported
-    (``builtin_package``: every module in it is imported on first use). Third parties register
+    (``builtin_package``: every module in it is imported on first use). ``base`` may be given as a
+    ``module:Class`` target, so that registries can be declared below the modules defining their
+    base classes (see :mod:`psml_bench._registries`). Third parties register
     through the entry-point group ``entry_point_group`` (``name = "module:Class"``), loaded on
     first use too, so a plugin never goes missing because nobody imported its module.
     """
 
-    def __init__(self, kind: str, base: type, *, builtin_package: str | None = None,
+    def __init__(self, kind: str, base: type | str, *, builtin_package: str | None = None,
                  entry_point_group: str | None = None):
         self.kind = kind
-        self.base = base
+        self._base = base
         self.builtin_package = builtin_package
         self.entry_point_group = entry_point_group
         self._entries: dict[str, Registered[T]] = {}
         self._loaded = False
+
+    @property
+    def base(self) -> type:
+        """The class every plugin of this kind subclasses (a ``module:Class`` target is imported on first use)."""
+        if isinstance(self._base, str):
+            module_name, _, attr = self._base.partition(":")
+            self._base = getattr(importlib.import_module(module_name), attr)
+        return self._base
 
     def register(self, name: str, *, source: str | None = None) -> Callable[[T], T]:
         """Class decorator: register ``cls`` under ``name``.

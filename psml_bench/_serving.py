@@ -1,9 +1,13 @@
-"""The serving system: specs, routing policies, the server, and the attacker's view of it.
+"""The serving system's request path: specs, routing policies, the defense hooks, the server, the attacker's view.
 
-One input is one request is one query. Each query's spec passes the defense's
-``perturb_spec``, the policy picks a model per query, queries are grouped by model for a
-batched forward pass, and the defense's ``postprocess`` shapes the answers. The server logs,
-hidden from attacks, which model served each query; the budget is counted per input here.
+One input is one request is one query. A batch of requests (a :class:`Requests` view: client
+ids, inputs, specs, arrival times) passes the defense's ``admit`` (refusals, blocked clients),
+then each admitted request's spec passes ``perturb_spec``, the policy picks a model per request,
+``reroute`` may move it, requests are grouped by model for a batched forward pass, and the
+defense's ``answer`` (by default its ``postprocess``) shapes the answers. The server logs, hidden
+from attacks, which model served each query; the attacker's budget is counted per input here.
+When a request's answer is computed is the business of the simulated clock
+(:mod:`psml_bench._service`).
 """
 
 from __future__ import annotations
@@ -16,8 +20,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ._errors import BudgetExhausted, InvalidQueryError
-from ._registry import Registry
+from ._errors import BudgetExhausted, DefenseError, InvalidQueryError
+from ._registries import POLICIES
 from ._zoo import MenuEntry, Zoo
 
 FORWARD_BATCH = 1024
@@ -59,9 +63,6 @@ class Policy(ABC):
         """Return (menu index per query, whether the query's spec was feasible)."""
 
 
-POLICIES: Registry[type[Policy]] = Registry("policy", Policy)
-
-
 @POLICIES.register("infaas")
 class InfaasPolicy(Policy):
     """INFaaS-style selection.
@@ -92,6 +93,51 @@ def _spec_arrays(spec: Spec | Sequence[Spec], n: int) -> tuple[np.ndarray, np.nd
         raise InvalidQueryError(f"spec must be one Spec or a sequence of {n} Specs (one per input)")
     return (np.array([s.min_accuracy for s in specs], dtype=float),
             np.array([s.max_latency_ms for s in specs], dtype=float))
+
+
+@dataclass(frozen=True)
+class Requests:
+    """What a defense sees of a batch of requests, in arrival order.
+
+    Client ids are opaque integers (shuffled per cell: nothing in an id says who is the
+    attacker); inputs are the raw inputs; the spec is the client's own. Never labels, and
+    nothing that says which data split an input came from.
+    """
+
+    clients: np.ndarray
+    inputs: torch.Tensor
+    min_accuracy: np.ndarray
+    max_latency_ms: np.ndarray
+    arrival_ms: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.clients)
+
+    def subset(self, rows: np.ndarray) -> Requests:
+        """The requests at positions ``rows``."""
+        return Requests(self.clients[rows], self.inputs[torch.from_numpy(np.asarray(rows))],
+                        self.min_accuracy[rows], self.max_latency_ms[rows], self.arrival_ms[rows])
+
+
+@dataclass(frozen=True)
+class Served:
+    """What the server did with a batch of requests (harness only).
+
+    Attributes:
+        answers: the answers, one row per request; a refused request's row is NaN.
+        raw: the served models' own outputs (before the defense's ``answer``); NaN where refused.
+        refused: per request, whether it was refused (by ``admit`` or because its client is blocked).
+        served: menu index of the model that answered (-1 where refused).
+        requested: menu index of the model the client's own spec selects with no defense.
+        meets_spec: whether the serving model meets the client's spec by its profile latency.
+    """
+
+    answers: torch.Tensor
+    raw: torch.Tensor
+    refused: np.ndarray
+    served: np.ndarray
+    requested: np.ndarray
+    meets_spec: np.ndarray
 
 
 @dataclass
@@ -144,6 +190,8 @@ class Server:
         self.log = QueryLog()
         self._accuracy = np.array([e.accuracy for e in self.menu])
         self._latency = np.array([e.latency_ms for e in self.menu])
+        self.last_refused = torch.zeros(0, dtype=torch.bool)
+        self.last_latency_ms: torch.Tensor | None = None
 
     @property
     def used(self) -> int:
@@ -183,17 +231,19 @@ class Server:
             raise InvalidQueryError(f"spec max_latency_ms {max_latency[bad_latency][0]} is outside the advertised "
                                     f"range [{l_lo}, {l_hi}]")
 
-    def route(self, min_accuracy: np.ndarray, max_latency: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def route(self, min_accuracy: np.ndarray, max_latency: np.ndarray,
+              rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Apply the defense's spec hook, the policy and the defense's reroute; return (menu index, meets spec)."""
-        noisy_accuracy, noisy_latency = self.defense.perturb_spec(min_accuracy, max_latency, self.spec_range, self.rng)
+        rng = self.rng if rng is None else rng
+        noisy_accuracy, noisy_latency = self.defense.perturb_spec(min_accuracy, max_latency, self.spec_range, rng)
         noisy_accuracy, noisy_latency = self.spec_range.clip(np.asarray(noisy_accuracy, dtype=float),
                                                              np.asarray(noisy_latency, dtype=float))
         served, _ = self.policy.select(self._accuracy, self._latency, noisy_accuracy, noisy_latency)
         candidates = (self._accuracy[None, :] >= noisy_accuracy[:, None]) & \
             (self._latency[None, :] <= noisy_latency[:, None])
-        served = np.asarray(self.defense.reroute(served, candidates, self.rng), dtype=np.int64)
+        served = np.asarray(self.defense.reroute(served, candidates, rng), dtype=np.int64)
         if served.shape != min_accuracy.shape or ((served < 0) | (served >= len(self.menu))).any():
-            raise ValueError(f"defense '{self.defense.name}' rerouted to models outside the menu")
+            raise DefenseError(f"defense '{self.defense.name}' rerouted to models outside the menu")
         # an SLO miss is judged against what the client asked for, not the perturbed spec
         meets = (self._accuracy[served] >= min_accuracy) & (self._latency[served] <= max_latency)
         return served, meets
@@ -202,12 +252,12 @@ class Server:
         """The model the policy picks for the client's own spec, with no defense."""
         return self.policy.select(self._accuracy, self._latency, min_accuracy, max_latency)[0]
 
-    @torch.no_grad()
-    def query(self, inputs, spec: Spec | Sequence[Spec], purpose: str = "extract", *, with_raw: bool = False):
-        """Answer one query per input row; return an (N, num_classes) tensor of probabilities.
+    def check(self, inputs, spec: Spec | Sequence[Spec]) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+        """Validate a client's call; return (inputs as float, min accuracy, max latency) per input.
 
-        ``with_raw`` (harness only, never on the attacker's handle) also returns the served models'
-        answers before the defense's ``postprocess``.
+        Raises:
+            InvalidQueryError: malformed inputs or a spec outside the advertised range.
+            BudgetExhausted: the call would go past the budget (nothing of it is served).
         """
         inputs = self._check_inputs(inputs)
         n = inputs.shape[0]
@@ -216,45 +266,135 @@ class Server:
         if self.budget is not None and self.used + n > self.budget:
             raise BudgetExhausted(f"query of {n} inputs exceeds the remaining budget of {self.budget - self.used} "
                                   f"(budget {self.budget}); nothing was served")
-        served, meets = self.route(min_accuracy, max_latency)
-        outputs = torch.empty(n, self.zoo.num_classes)
+        return inputs, min_accuracy, max_latency
+
+    @torch.no_grad()
+    def forward(self, inputs: torch.Tensor, served: np.ndarray) -> torch.Tensor:
+        """Each served model's softmax outputs on its rows, in batches of at most ``FORWARD_BATCH``."""
+        outputs = torch.empty(len(inputs), self.zoo.num_classes)
         for index in np.unique(served):
             rows = torch.from_numpy(np.flatnonzero(served == index))
             model = self.zoo.model(self.menu[index].id)
             batch = inputs[rows]
             outputs[rows] = torch.cat([F.softmax(model(batch[i:i + FORWARD_BATCH]), dim=1)
                                        for i in range(0, len(batch), FORWARD_BATCH)])
-        self.log.served.append(served)
-        self.log.requested.append(self.requested(min_accuracy, max_latency))
-        self.log.meets_spec.append(meets)
-        self.log.purposes.append((purpose, n))
-        answers = self.defense.postprocess(outputs, self.rng)
-        return (answers, outputs) if with_raw else answers
+        return outputs
+
+    @torch.no_grad()
+    def serve(self, requests: Requests, rng: np.random.Generator,
+              outputs: Callable[[np.ndarray, np.ndarray], torch.Tensor] | None = None) -> Served:
+        """Pass a batch of requests through the defense and the policy; return what was served.
+
+        Args:
+            requests: the requests, in arrival order.
+            rng: the defense's randomness for this batch.
+            outputs: (positions in ``requests``, menu index per position) -> the served models'
+                probabilities on those requests; default a live forward pass (:meth:`forward`).
+
+        Raises:
+            DefenseError: the defense's ``admit`` returned a malformed mask, or it rerouted outside the menu.
+        """
+        n = len(requests)
+        admitted = np.ones(n, dtype=bool)
+        if n:
+            mask = self.defense.admit(requests, rng)
+            if mask is not None:
+                mask = np.asarray(mask)
+                if mask.shape != (n,) or mask.dtype != np.bool_:
+                    raise DefenseError(f"defense '{self.defense.name}' admit() must return None or a boolean "
+                                       f"array of shape ({n},), got {mask.dtype} of shape {mask.shape}")
+                admitted &= mask
+        blocked = self.defense.blocked
+        if blocked:
+            admitted &= ~np.isin(requests.clients, np.fromiter(blocked, dtype=np.int64, count=len(blocked)))
+        rows = np.flatnonzero(admitted)
+        answers = torch.full((n, self.zoo.num_classes), float("nan"))
+        raw = answers.clone()
+        served = np.full(n, -1, dtype=np.int64)
+        meets = np.zeros(n, dtype=bool)
+        if len(rows):
+            view = requests if len(rows) == n else requests.subset(rows)
+            served[rows], meets[rows] = self.route(view.min_accuracy, view.max_latency_ms, rng)
+            produced = outputs(rows, served[rows]) if outputs else self.forward(view.inputs, served[rows])
+            raw[torch.from_numpy(rows)] = produced
+            answers[torch.from_numpy(rows)] = self.defense.answer(view, produced, rng)
+        return Served(answers, raw, ~admitted, served, self.requested(requests.min_accuracy, requests.max_latency_ms),
+                      meets)
+
+    def record(self, served: Served, purpose: str) -> None:
+        """Log a client's served batch (its size counts against the budget, refused rows included)."""
+        self.log.served.append(served.served)
+        self.log.requested.append(served.requested)
+        self.log.meets_spec.append(served.meets_spec)
+        self.log.purposes.append((purpose, len(served.served)))
+        self.last_refused = torch.from_numpy(served.refused.copy())
+
+    @torch.no_grad()
+    def query(self, inputs, spec: Spec | Sequence[Spec], purpose: str = "extract", *, with_raw: bool = False):
+        """Answer one query per input row, from one client with no clock; return (N, num_classes) probabilities.
+
+        Refused rows are NaN (see :attr:`last_refused`). ``with_raw`` (harness only, never on the
+        attacker's handle) also returns the served models' answers before the defense's ``answer``.
+        """
+        inputs, min_accuracy, max_latency = self.check(inputs, spec)
+        n = len(inputs)
+        requests = Requests(np.zeros(n, dtype=np.int64), inputs, min_accuracy, max_latency, np.zeros(n))
+        served = self.serve(requests, self.rng)
+        self.record(served, purpose)
+        return (served.answers, served.raw) if with_raw else served.answers
 
 
 class Target:
-    """The attacker's handle on a service: send queries, read the remaining budget. Nothing else."""
+    """The attacker's handle on a service: send queries, read the remaining budget. Nothing else.
 
-    __slots__ = ("_query", "_remaining")
+    :attr:`remaining_budget` is the server's own count, the one budget figure an attack needs
+    (the ``budget`` passed to ``Attack.run`` is its value before the first query). After each
+    :meth:`query`, :attr:`last_refused` says which rows the service refused (their answers are
+    NaN; they still cost budget) and, where the service shows it, :attr:`last_latency_ms` the
+    latency each row took (a timing side channel).
+    """
 
-    def __init__(self, query: Callable[..., torch.Tensor], remaining: Callable[[], int | None]):
+    __slots__ = ("_query", "_remaining", "_refused", "_latency")
+
+    def __init__(self, query: Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | torch.Tensor],
+                 remaining: Callable[[], int | None]):
+        """``query(inputs, spec, purpose)`` returns (answers, refused, latency or None), or just the answers."""
         self._query = query
         self._remaining = remaining
+        self._refused = torch.zeros(0, dtype=torch.bool)
+        self._latency: torch.Tensor | None = None
 
     def query(self, inputs: torch.Tensor, spec: Spec | Sequence[Spec], *, purpose: str = "extract") -> torch.Tensor:
         """Class probabilities for each input row, served under ``spec`` (one Spec or one per row).
 
         ``purpose`` labels the queries in the server's count (``"fingerprint"`` or ``"extract"``).
+        A refused row's answer is NaN.
 
         Raises:
             BudgetExhausted: the query would go past the budget; nothing of it was served.
             InvalidQueryError: malformed inputs or a spec outside the advertised ranges.
         """
-        return self._query(inputs, spec, purpose)
+        reply = self._query(inputs, spec, purpose)
+        if isinstance(reply, tuple):
+            answers, self._refused, self._latency = reply
+        else:  # a query callable of protocol 2: answers only
+            answers, self._latency = reply, None
+            self._refused = ~torch.isfinite(answers).all(dim=1)
+        return answers
 
     @property
     def remaining_budget(self) -> int | None:
         return self._remaining()
+
+    @property
+    def last_refused(self) -> torch.Tensor:
+        """Per row of the last query, whether the service refused it (``bool`` tensor)."""
+        return self._refused
+
+    @property
+    def last_latency_ms(self) -> torch.Tensor | None:
+        """Per row of the last query, its latency in ms, where the service shows it (else ``None``)."""
+        return self._latency
 
 
 @dataclass(frozen=True)
@@ -268,6 +408,7 @@ class Knowledge:
         pool: unlabeled inputs the attacker may query (disjoint from the zoo's training and test data).
         role: the model to steal, ``rank:k`` = the k-th most accurate model the service offers.
         menu: the per-model (accuracy, latency) menu, only in scenarios where it is public.
+        latency_visible: whether each answer comes with its observed latency (``Target.last_latency_ms``).
     """
 
     input_shape: tuple[int, ...]
@@ -276,6 +417,7 @@ class Knowledge:
     pool: torch.Tensor
     role: str
     menu: tuple[tuple[float, float], ...] | None = None
+    latency_visible: bool = False
 
     @property
     def rank(self) -> int:
@@ -283,6 +425,11 @@ class Knowledge:
         return int(self.role.split(":")[1])
 
 
-def target_for(server: Server) -> Target:
-    """The narrow attacker-facing handle on ``server``."""
-    return Target(server.query, lambda: server.remaining)
+def target_for(server) -> Target:
+    """The narrow attacker-facing handle on ``server`` (a :class:`Server` or a cell's service)."""
+
+    def query(inputs, spec, purpose):
+        answers = server.query(inputs, spec, purpose)
+        return answers, server.last_refused, server.last_latency_ms
+
+    return Target(query, lambda: server.remaining)

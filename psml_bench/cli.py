@@ -15,7 +15,8 @@ from ._errors import PsmlError
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from ._runner import load_grid, make_executor, run_grid
+    from ._grid import load_grid
+    from ._runner import make_executor, run_grid
 
     grid = load_grid(args.grid)
     profile = _profile_path(grid.zoo, args.profile, args.cache)
@@ -34,7 +35,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _profile_path(zoo: str, choice: str | None, cache: Path | None) -> Path | None:
     """``run --profile reference|cpu|cuda|PATH`` as the profile file to route on (None: the default)."""
-    from ._zoo import load_zoo_config, resolve_profile
+    from ._zoo_config import load_zoo_config
+    from ._zoo_profiles import resolve_profile
 
     if not choice:
         return None
@@ -42,7 +44,8 @@ def _profile_path(zoo: str, choice: str | None, cache: Path | None) -> Path | No
 
 
 def _cmd_zoo_build(args: argparse.Namespace) -> int:
-    from ._zoo import build_zoo, load_zoo_config
+    from ._zoo_build import build_zoo
+    from ._zoo_config import load_zoo_config
 
     config = load_zoo_config(args.name)
     directory = build_zoo(config, args.cache, progress=not args.quiet, force=args.force, data=args.data,
@@ -77,7 +80,9 @@ def _profile_table(path: Path) -> str:
 
 def _show(name: str, cache: Path | None) -> int:
     from ._leaderboard import zoo_table
-    from ._zoo import Zoo, committed_profiles, load_zoo_config, zoo_directory
+    from ._zoo import Zoo
+    from ._zoo_config import load_zoo_config, zoo_directory
+    from ._zoo_profiles import committed_profiles
 
     config = load_zoo_config(name)
     directory = zoo_directory(config, cache)
@@ -134,7 +139,8 @@ def _batch_sizes(text: str) -> list[int]:
 def _cmd_zoo_profile(args: argparse.Namespace) -> int:
     from ._config import write_atomic
     from ._profiling import dump_profile, profile_device_kind
-    from ._zoo import load_zoo_config, measured_profile_path, profile_zoo, resolve_profile
+    from ._zoo_config import load_zoo_config
+    from ._zoo_profiles import measured_profile_path, profile_zoo, resolve_profile
 
     config = load_zoo_config(args.name)
     profile = profile_zoo(args.name, args.cache, device=args.device, precision=args.precision,
@@ -150,10 +156,8 @@ def _cmd_zoo_profile(args: argparse.Namespace) -> int:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from ._extraction import STRATEGIES
-    from ._plugins import ATTACKS, DEFENSES
-    from ._serving import POLICIES
-    from ._submissions import load_submissions
+    from ._manifests import load_submissions
+    from ._registries import ATTACKS, DEFENSES, POLICIES, STRATEGIES
 
     load_submissions()
 
@@ -169,7 +173,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from ._submissions import submission_folders, submissions_dirs, validate_submission
+    from ._conformance import validate_submission
+    from ._manifests import submission_folders, submissions_dirs
 
     paths = [Path(p) for p in args.paths] or submission_folders()
     if not paths:

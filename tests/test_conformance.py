@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from psml_bench._plugins import ATTACKS, DEFENSES
-from psml_bench._submissions import attack_conformance, defense_conformance
+from psml_bench._registries import ATTACKS, DEFENSES
+from psml_bench._conformance import attack_conformance, defense_conformance
 
 BUILTIN_ATTACKS = [e.name for e in ATTACKS if e.source == "built-in"]
 BUILTIN_DEFENSES = [e.name for e in DEFENSES if e.source == "built-in"]

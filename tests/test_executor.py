@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from psml_bench._leaderboard import VOLATILE_COLUMNS
-from psml_bench._runner import load_grid, make_executor, run_grid
+from psml_bench._grid import load_grid
+from psml_bench._runner import make_executor, run_grid
 
 HOSTILE = '''
 import os

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from psml_bench._runner import Cell, PluginSpec, load_grid, run_cell
-from psml_bench._zoo import open_zoo
+from psml_bench._cell import run_cell
+from psml_bench._grid import Cell, PluginSpec, load_grid
+from psml_bench._zoo_build import open_zoo
 
 pytestmark = pytest.mark.slow
 

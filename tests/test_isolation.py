@@ -13,8 +13,9 @@ from psml_bench import Knowledge
 from psml_bench import _scoring as scoring
 from psml_bench._isolation import (AttackFailed, AttackLocator, ProtocolError, isolation_available, pack, run_attack,
                                    unpack)
-from psml_bench._plugins import ATTACKS, DEFENSES
-from psml_bench._runner import Cell, PluginSpec, load_grid, run_cell
+from psml_bench._registries import ATTACKS, DEFENSES
+from psml_bench._cell import run_cell
+from psml_bench._grid import Cell, PluginSpec, load_grid
 from psml_bench._serving import Server, target_for
 
 ROOT_ONLY = pytest.mark.skipif(not isolation_available(), reason="privilege drop needs root on POSIX")

@@ -11,7 +11,7 @@ import pytest
 
 from psml_bench._leaderboard import (RESULT_COLUMNS, defense_ranking, describe_grid, protection_table,
                                      render_markdown, results_frame, tradeoff_auc, write_leaderboard)
-from psml_bench._runner import Block, GridConfig, PluginSpec
+from psml_bench._grid import Block, GridConfig, PluginSpec
 from psml_bench._zoo import MenuEntry
 
 GOLDEN = Path(__file__).parent / "golden" / "leaderboard.md"

@@ -18,7 +18,8 @@ from psml_bench import ConfigError
 from psml_bench._config import validate
 from psml_bench._profiling import (dump_profile, environment, fit_batch_latency, load_profile, profile_model,
                                    resolve_device)
-from psml_bench._zoo import load_zoo_config, measured_profile_path, profile_zoo, resolve_profile
+from psml_bench._zoo_config import load_zoo_config
+from psml_bench._zoo_profiles import measured_profile_path, profile_zoo, resolve_profile
 from psml_bench.cli import main
 
 NO_CUDA = not torch.cuda.is_available()

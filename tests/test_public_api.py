@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 EXPECTED = {
     "ATTACKS", "ActiveLearning", "Allowed", "Attack", "BudgetExhausted", "ConfigError", "DEFENSES", "DataError", "Defense",
     "InvalidQueryError", "Knowledge", "POLICIES", "PROTOCOL_VERSION", "Policy", "PsmlError", "QuerySession",
-    "Registry", "STRATEGIES", "SURROGATE_DEFAULTS", "Spec", "SpecRange", "Strategy", "Surrogate", "SurrogateConfig",
+    "Registry", "Requests", "STRATEGIES", "SURROGATE_DEFAULTS", "Spec", "SpecRange", "Strategy", "Surrogate", "SurrogateConfig",
     "Target", "UnknownPluginError", "__version__", "extract", "query_batched", "register_attack",
     "register_defense", "register_strategy", "sample_pool", "train_surrogate",
 }
@@ -25,7 +25,7 @@ def test_public_surface_is_pinned():
 
 
 def test_protocol_version_matches_runner():
-    from psml_bench._runner import PROTOCOL_VERSION
+    from psml_bench._cell import PROTOCOL_VERSION
 
     assert psml_bench.PROTOCOL_VERSION == PROTOCOL_VERSION
 
@@ -39,4 +39,4 @@ def test_builtin_plugins_import_only_the_public_api():
 
 def test_target_is_narrow():
     public = {name for name in dir(psml_bench.Target) if not name.startswith("_")}
-    assert public == {"query", "remaining_budget"}
+    assert public == {"query", "remaining_budget", "last_refused", "last_latency_ms"}

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from psml_bench import BudgetExhausted, InvalidQueryError, Spec
-from psml_bench._plugins import make_defense
+from psml_bench._registries import make_defense
 from psml_bench._serving import Server, target_for
 
 

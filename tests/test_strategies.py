@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from psml_bench import (ATTACKS, STRATEGIES, SURROGATE_DEFAULTS, ConfigError, Knowledge, QuerySession, Spec,
                         Surrogate, SurrogateConfig, Target, UnknownPluginError, extract, query_batched, sample_pool)
 from psml_bench._isolation import AttackLocator, run_attack
-from psml_bench._plugins import make_defense
+from psml_bench._registries import make_defense
 from psml_bench._serving import Server, target_for
 
 BUDGET = 64

@@ -14,9 +14,12 @@ import numpy as np
 import pytest
 import torch
 
-from psml_bench._runner import load_grid, make_executor, run_grid
-from psml_bench._submissions import (SUBMISSIONS_ENV, ManifestError, agreement_ceiling, load_manifest,
-                                     submission_folders, surrogate_flags, validate_submission)
+from psml_bench._grid import load_grid
+from psml_bench._runner import make_executor, run_grid
+from psml_bench._conformance import validate_submission
+from psml_bench._errors import ManifestError
+from psml_bench._manifests import SUBMISSIONS_ENV, load_manifest, submission_folders
+from psml_bench._sanity import agreement_ceiling, surrogate_flags
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "submissions"

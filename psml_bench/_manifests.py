@@ -1,4 +1,4 @@
-"""Submitted plugins: manifests, registration, conformance tests and the leaderboard's sanity flags.
+"""Submitted plugins: manifests, their validation, registration and loading into the registries.
 
 A submission is a folder ``submissions/<name>/`` with a ``manifest.json`` (schema
 ``schemas/manifest.schema.json``) and the plugin's code. Valid submissions are registered under
@@ -10,9 +10,9 @@ their name with the source ``submission <folder> v<version>``:
 - a submitted **defense** runs inside the serving system, so it is imported into the harness
   (defenses are trusted code, reviewed before merge; see docs/submissions.md).
 
-``psml-bench validate`` checks the manifest and runs the conformance tests on ``fmnist-tiny``;
-``psml-bench run`` adds every valid submission to the grids its manifest names and reports (and
-skips) every invalid one.
+``psml-bench validate`` checks the manifest and runs the conformance tests on ``fmnist-tiny``
+(:mod:`psml_bench._conformance`); ``psml-bench run`` adds every valid submission to the grids its
+manifest names and reports (and skips) every invalid one.
 """
 
 from __future__ import annotations
@@ -21,24 +21,18 @@ import hashlib
 import importlib
 import json
 import logging
-import math
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import jsonschema
-import numpy as np
-import torch
 
 from ._config import schema
-from ._errors import ConfigError, PsmlError
-from ._plugins import ATTACKS, DEFENSES, Attack, Defense
-
-if TYPE_CHECKING:
-    from ._runner import Cell, GridConfig
-    from ._zoo import Zoo
+from ._errors import ConfigError, ManifestError, PsmlError
+from ._plugins import Attack, Defense
+from ._registries import ATTACKS, DEFENSES
 
 log = logging.getLogger(__name__)
 
@@ -50,14 +44,6 @@ _PY_TYPES: dict[str, Callable[[Any], bool]] = {
     "string": lambda v: isinstance(v, str),
     "boolean": lambda v: isinstance(v, bool),
 }
-
-
-class ManifestError(ConfigError):
-    """A submission's manifest is invalid; ``errors`` holds one line per problem."""
-
-    def __init__(self, errors: list[str]):
-        super().__init__("\n".join(errors))
-        self.errors = errors
 
 
 @dataclass(frozen=True)
@@ -330,204 +316,3 @@ def grid_entries(grid_name: str, directories: list[Path] | None = None
         else:
             defenses.append((manifest.name, {}))
     return attacks, defenses
-
-
-# --- sanity checks (flags on the leaderboard) ------------------------------------------------------
-
-PROBABILITY_TOLERANCE = 1e-3
-CEILING_Z = 3.0
-CEILING_SHIFT = 0.02
-UNSEEN_SAMPLES = 2000
-
-
-def are_probability_vectors(outputs: Any, num_classes: int) -> bool:
-    """Rows of finite, non-negative numbers summing to 1 (within 1e-3), one column per class."""
-    if not isinstance(outputs, torch.Tensor) or outputs.ndim != 2 or outputs.shape[1] != num_classes:
-        return False
-    outputs = outputs.double()
-    return bool(torch.isfinite(outputs).all() and (outputs >= -PROBABILITY_TOLERANCE).all()
-                and ((outputs.sum(dim=1) - 1).abs() <= PROBABILITY_TOLERANCE).all())
-
-
-def defense_flags(zoo: Zoo, grid: GridConfig, cell: Cell, probe_size: int = 64) -> list[str]:
-    """Probe the cell's defense on a fresh server: outputs are probabilities; determinism as claimed.
-
-    The probe has its own generator (``[seed, 5]``), so it changes none of the cell's numbers.
-    """
-    from ._serving import Server, Spec
-
-    defense = DEFENSES.get(cell.defense.name)(**cell.defense.kwargs)
-    server = Server(zoo, defense=defense, rng=np.random.default_rng([cell.seed, 5]), policy=grid.policy)
-    inputs = zoo.splits["benign_x"][:probe_size]
-    spec = Spec(sum(server.spec_range.accuracy) / 2, sum(server.spec_range.latency_ms) / 2)
-    first = server.query(inputs, spec, purpose="probe")
-    second = server.query(inputs, spec, purpose="probe")
-    flags = []
-    if not (are_probability_vectors(first, zoo.num_classes) and are_probability_vectors(second, zoo.num_classes)):
-        flags.append("defense outputs are not probability vectors")
-    if defense.deterministic and not (isinstance(first, torch.Tensor) and isinstance(second, torch.Tensor)
-                                      and first.shape == second.shape and torch.equal(first, second)):
-        flags.append("defense claims deterministic = True but answered identical calls differently")
-    return flags
-
-
-def agreement_ceiling(unseen_agreement: float, n_unseen: int, n_test: int) -> float:
-    """The most test-split fidelity an honest surrogate is expected to reach.
-
-    An honest surrogate never saw the test inputs, so it agrees with the victim on them about as
-    often as on other inputs it never saw from the same source (the ``benign`` split, never given
-    to attacks): the ceiling is that agreement plus ``CEILING_Z`` standard errors of the difference
-    of two proportions plus ``CEILING_SHIFT`` for the shift between the two splits.
-    """
-    p = min(max(unseen_agreement, 0.01), 0.99)
-    return unseen_agreement + CEILING_Z * math.sqrt(p * (1 - p) * (1 / n_unseen + 1 / n_test)) + CEILING_SHIFT
-
-
-_VICTIM_LABELS: dict[tuple[str, str], np.ndarray] = {}
-
-
-def surrogate_flags(zoo: Zoo, victim_id: str, surrogate: torch.nn.Module, fidelity: float) -> list[str]:
-    """Flag a surrogate that agrees with the victim on the test split more than the ceiling allows."""
-    from . import _scoring as scoring
-
-    unseen = zoo.splits["benign_x"][:UNSEEN_SAMPLES]
-    key = (str(zoo.directory), victim_id)
-    if key not in _VICTIM_LABELS:
-        with torch.no_grad():
-            victim = zoo.model(victim_id)
-            _VICTIM_LABELS[key] = torch.cat([victim(unseen[i:i + 512]).argmax(1)
-                                             for i in range(0, len(unseen), 512)]).numpy()
-    victim_labels = _VICTIM_LABELS[key]
-    agreement = scoring.fidelity(scoring.predict_labels(surrogate, unseen, zoo.num_classes), victim_labels)
-    ceiling = agreement_ceiling(agreement, len(unseen), len(zoo.splits["test_x"]))
-    if fidelity > ceiling:
-        return [f"fidelity {fidelity:.3f} above the agreement ceiling {ceiling:.3f} (agreement {agreement:.3f} on "
-                "unseen benign inputs): the surrogate may have seen test data"]
-    return []
-
-
-# --- conformance tests (psml-bench validate) -------------------------------------------------------
-
-@dataclass(frozen=True)
-class Check:
-    """One conformance check's outcome."""
-
-    name: str
-    ok: bool
-    detail: str = ""
-
-
-@dataclass
-class Validation:
-    """Everything ``psml-bench validate`` found about one submission."""
-
-    folder: Path
-    manifest_errors: list[str] = field(default_factory=list)
-    checks: list[Check] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.manifest_errors and all(c.ok for c in self.checks)
-
-
-CONFORMANCE_ZOO = "fmnist-tiny"
-CONFORMANCE_BUDGET = 120
-
-
-def _conformance_grid(attack, defense):
-    from ._runner import GridConfig
-
-    return GridConfig(name="validate", zoo=CONFORMANCE_ZOO, policy="infaas", victims=("rank:1",), attacks=(attack,),
-                      defenses=(defense,), budgets=(CONFORMANCE_BUDGET,), seeds=(0,), benign_queries=100,
-                      source="psml-bench validate")
-
-
-def validate_submission(path: Path | str, *, cache_dir: Path | None = None, run: bool = True,
-                        progress: bool = False) -> Validation:
-    """Check a submission's manifest, import it, and run the conformance tests on ``fmnist-tiny``.
-
-    An attack is imported only in the isolated attack process: the checks run one cell with it
-    against the undefended tiny zoo (it must return a surrogate within its budget, and the same
-    seed must give the same surrogate). A defense is imported here: it must instantiate at its
-    defaults and every sweep value, answer with probability vectors, keep its determinism claim,
-    and let the ``naive`` attack complete a cell.
-    """
-    from ._zoo import open_zoo
-
-    path = Path(path)
-    result = Validation(path.parent if path.name == MANIFEST else path)
-    try:
-        manifest = load_manifest(path)
-    except ManifestError as exc:
-        result.manifest_errors = list(exc.errors)
-        return result
-    try:
-        register(manifest)
-        result.checks.append(Check("registers" + (" (imports)" if manifest.kind == "defense" else ""), True))
-    except PsmlError as exc:
-        result.checks.append(Check("registers", False, str(exc)))
-        return result
-    if not run:
-        return result
-    zoo = open_zoo(CONFORMANCE_ZOO, cache_dir, progress=progress)
-    if manifest.kind == "attack":
-        result.checks += attack_conformance(zoo, manifest.name)
-    else:
-        values = [{manifest.sweep[0]: v} for v in manifest.sweep[1]] if manifest.sweep else []
-        result.checks += defense_conformance(zoo, manifest.name, values)
-    return result
-
-
-SMALL_SURROGATE = {"min_steps": 20, "epochs": 1}
-
-
-def attack_conformance(zoo: Zoo, name: str) -> list[Check]:
-    """The checks every attack passes: one cell twice against the undefended tiny zoo."""
-    from ._runner import Cell, PluginSpec, run_cell
-
-    defaults = ATTACKS.get(name).defaults
-    attack = PluginSpec(name, tuple(sorted((k, v) for k, v in SMALL_SURROGATE.items() if k in defaults)))
-    defense = PluginSpec("none", ())
-    grid = _conformance_grid(attack, defense)
-    rows = [run_cell(zoo, grid, Cell("rank:1", attack, defense, CONFORMANCE_BUDGET, 0)) for _ in range(2)]
-    first = rows[0]
-    checks = [Check("runs in the isolated attack process and returns a Surrogate", first["status"] == "ok",
-                    first["error"])]
-    if first["status"] == "ok":
-        checks.append(Check(f"stays within its budget ({CONFORMANCE_BUDGET} queries)",
-                            first["queries"] <= CONFORMANCE_BUDGET, f"{first['queries']} queries"))
-        same = all(rows[1][k] == first[k] for k in ("fidelity", "accuracy", "queries", "fingerprint_queries"))
-        checks.append(Check("same seed gives the same result", same,
-                            "" if same else f"fidelity {first['fidelity']} then {rows[1]['fidelity']}"))
-        checks.append(Check("no sanity flag", not first.get("flags"), first.get("flags", "")))
-    return checks
-
-
-def defense_conformance(zoo: Zoo, name: str, sweep: list[dict[str, Any]]) -> list[Check]:
-    """The checks every defense passes, at its defaults and every ``sweep`` setting."""
-    from ._runner import Cell, PluginSpec, run_cell
-
-    cls = DEFENSES.get(name)
-    values = [{}] + list(sweep)
-    for params in values:
-        try:
-            cls(**params)
-        except Exception as exc:  # noqa: BLE001
-            return [Check(f"instantiates with {params or 'its defaults'}", False, f"{type(exc).__name__}: {exc}")]
-    checks = [Check("instantiates at its defaults and every sweep value", True)]
-    attack = PluginSpec("naive", tuple(sorted(SMALL_SURROGATE.items())))
-    for params in values:
-        defense = PluginSpec(name, tuple(sorted(params.items())))
-        grid = _conformance_grid(attack, defense)
-        cell = Cell("rank:1", attack, defense, CONFORMANCE_BUDGET, 0)
-        label = ", ".join(f"{k}={v}" for k, v in params.items()) or "defaults"
-        try:
-            flags = defense_flags(zoo, grid, cell)
-        except Exception as exc:  # noqa: BLE001
-            checks.append(Check(f"{label}: answers queries", False, f"{type(exc).__name__}: {exc}"))
-            continue
-        checks.append(Check(f"{label}: probability vectors, determinism as claimed", not flags, "; ".join(flags)))
-        row = run_cell(zoo, grid, cell)
-        checks.append(Check(f"{label}: a naive attack completes a cell (goodput {row['goodput']:.3f})",
-                            row["status"] == "ok", row["error"]))
-    return checks

@@ -1,0 +1,123 @@
+"""Typed plugin parameters: the :class:`Plugin` base with its defaults, and the :class:`Allowed` rules."""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from ._errors import ConfigError, PsmlError
+from ._registry import Registry
+
+
+@dataclass(frozen=True)
+class Allowed:
+    """The values a parameter accepts beyond its type, e.g. ``Allowed(minimum=0, maximum=1)``."""
+
+    minimum: float | None = None
+    maximum: float | None = None
+    exclusive_minimum: bool = False
+    integer: bool = False
+    choices: tuple[Any, ...] = ()
+    registry: Registry | None = None
+
+    def check(self, value: Any) -> None:
+        """Raise if ``value`` is not allowed (a registry's error says "did you mean")."""
+        if self.registry is not None:
+            self.registry.get(value)
+        elif not self.accepts(value):
+            raise ConfigError(f"must be {self.describe()}, got {value!r}")
+
+    def accepts(self, value: Any) -> bool:
+        if self.registry is not None:
+            return value in self.registry.names()
+        if self.choices:
+            return value in self.choices
+        # written so that NaN fails every comparison
+        if self.integer and not float(value).is_integer():
+            return False
+        if self.minimum is not None and not (value > self.minimum if self.exclusive_minimum else value >= self.minimum):
+            return False
+        return self.maximum is None or value <= self.maximum
+
+    def describe(self) -> str:
+        if self.registry is not None:
+            return f"a registered {self.registry.kind}"
+        if self.choices:
+            return " or ".join(repr(c) for c in self.choices)
+        prefix = "an integer " if self.integer else ""
+        if self.minimum is not None and self.maximum is not None:
+            return f"{prefix}in [{self.minimum:g}, {self.maximum:g}]"
+        if self.minimum is not None:
+            return f"{prefix}{'>' if self.exclusive_minimum else '>='} {self.minimum:g}"
+        return f"{prefix}<= {self.maximum:g}" if self.maximum is not None else prefix.strip()
+
+
+class Plugin:
+    """Common parts of attacks and defenses: a name, a version and typed parameters.
+
+    Subclasses declare ``defaults`` (every parameter with its default value) and may declare
+    ``allowed`` (parameter -> :class:`Allowed`; declarations accumulate along the class
+    hierarchy). Unknown parameters, values of the wrong type and values outside what is
+    allowed are configuration errors, raised when the plugin is built.
+    """
+
+    kind: ClassVar[str] = "plugin"
+    name: ClassVar[str] = ""
+    version: ClassVar[str] = "1"
+    defaults: ClassVar[dict[str, Any]] = {}
+    allowed: ClassVar[dict[str, Allowed]] = {}
+
+    def __init__(self, **params: Any):
+        unknown = sorted(set(params) - set(self.defaults))
+        if unknown:
+            allowed = ", ".join(sorted(self.defaults)) or "none"
+            raise ConfigError(f"{self.kind} '{self.name}' has no parameter(s) {', '.join(unknown)}; "
+                              f"parameters: {allowed}")
+        for key, value in params.items():
+            default = self.defaults[key]
+            numeric = isinstance(default, (int, float)) and not isinstance(default, bool)
+            ok = (isinstance(value, (int, float)) and not isinstance(value, bool)) if numeric \
+                else isinstance(value, type(default))
+            if not ok:
+                raise ConfigError(f"{self.kind} '{self.name}' parameter '{key}' must be "
+                                  f"{type(default).__name__}, got {value!r}")
+        self.params: dict[str, Any] = {**self.defaults, **params}
+        for cls in reversed(type(self).__mro__):
+            for key, rule in vars(cls).get("allowed", {}).items():
+                if key in self.params:
+                    try:
+                        rule.check(self.params[key])
+                    except PsmlError as exc:
+                        separator = ":" if rule.registry is not None else ""
+                        raise ConfigError(f"{self.kind} '{self.name}' parameter '{key}'{separator} {exc}") from None
+
+    @property
+    def label(self) -> str:
+        """Name with the parameters that differ from the defaults, e.g. ``spec-noise(scale=0.05)``.
+
+        A defense's strength parameter is always shown, so a sweep reads as one.
+        """
+        strength = getattr(self, "strength", None)
+        return self._label({k: v for k, v in self.params.items() if v != self.defaults[k] or k == strength})
+
+    @property
+    def family(self) -> str:
+        """The label without the strength parameter: what a strength sweep has in common."""
+        strength = getattr(self, "strength", None)
+        return self._label({k: v for k, v in self.params.items() if v != self.defaults[k] and k != strength})
+
+    def _label(self, shown: dict[str, Any]) -> str:
+        if not shown:
+            return self.name
+        return f"{self.name}({','.join(f'{k}={v}' for k, v in sorted(shown.items()))})"
+
+    @classmethod
+    def source_hash(cls) -> str:
+        """sha256 of the source file that defines the plugin (part of every cell's cache key)."""
+        try:
+            source = inspect.getsource(inspect.getmodule(cls))
+        except (OSError, TypeError):
+            source = cls.__qualname__
+        return hashlib.sha256(source.encode()).hexdigest()

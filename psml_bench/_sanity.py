@@ -1,0 +1,85 @@
+"""Sanity flags on the leaderboard: defenses that answer no probabilities, surrogates that saw test data."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from . import _scoring as scoring
+from ._registries import DEFENSES
+from ._serving import Server, Spec
+
+if TYPE_CHECKING:
+    from ._grid import Cell, GridConfig
+    from ._zoo import Zoo
+
+
+PROBABILITY_TOLERANCE = 1e-3
+CEILING_Z = 3.0
+CEILING_SHIFT = 0.02
+UNSEEN_SAMPLES = 2000
+
+
+def are_probability_vectors(outputs: Any, num_classes: int) -> bool:
+    """Rows of finite, non-negative numbers summing to 1 (within 1e-3), one column per class."""
+    if not isinstance(outputs, torch.Tensor) or outputs.ndim != 2 or outputs.shape[1] != num_classes:
+        return False
+    outputs = outputs.double()
+    return bool(torch.isfinite(outputs).all() and (outputs >= -PROBABILITY_TOLERANCE).all()
+                and ((outputs.sum(dim=1) - 1).abs() <= PROBABILITY_TOLERANCE).all())
+
+
+def defense_flags(zoo: Zoo, grid: GridConfig, cell: Cell, probe_size: int = 64) -> list[str]:
+    """Probe the cell's defense on a fresh server: outputs are probabilities; determinism as claimed.
+
+    The probe has its own generator (``[seed, 5]``), so it changes none of the cell's numbers.
+    """
+    defense = DEFENSES.get(cell.defense.name)(**cell.defense.kwargs)
+    server = Server(zoo, defense=defense, rng=np.random.default_rng([cell.seed, 5]), policy=grid.policy)
+    inputs = zoo.splits["benign_x"][:probe_size]
+    spec = Spec(sum(server.spec_range.accuracy) / 2, sum(server.spec_range.latency_ms) / 2)
+    first = server.query(inputs, spec, purpose="probe")
+    second = server.query(inputs, spec, purpose="probe")
+    flags = []
+    if not (are_probability_vectors(first, zoo.num_classes) and are_probability_vectors(second, zoo.num_classes)):
+        flags.append("defense outputs are not probability vectors")
+    if defense.deterministic and not (isinstance(first, torch.Tensor) and isinstance(second, torch.Tensor)
+                                      and first.shape == second.shape and torch.equal(first, second)):
+        flags.append("defense claims deterministic = True but answered identical calls differently")
+    return flags
+
+
+def agreement_ceiling(unseen_agreement: float, n_unseen: int, n_test: int) -> float:
+    """The most test-split fidelity an honest surrogate is expected to reach.
+
+    An honest surrogate never saw the test inputs, so it agrees with the victim on them about as
+    often as on other inputs it never saw from the same source (the ``benign`` split, never given
+    to attacks): the ceiling is that agreement plus ``CEILING_Z`` standard errors of the difference
+    of two proportions plus ``CEILING_SHIFT`` for the shift between the two splits.
+    """
+    p = min(max(unseen_agreement, 0.01), 0.99)
+    return unseen_agreement + CEILING_Z * math.sqrt(p * (1 - p) * (1 / n_unseen + 1 / n_test)) + CEILING_SHIFT
+
+
+_VICTIM_LABELS: dict[tuple[str, str], np.ndarray] = {}
+
+
+def surrogate_flags(zoo: Zoo, victim_id: str, surrogate: torch.nn.Module, fidelity: float) -> list[str]:
+    """Flag a surrogate that agrees with the victim on the test split more than the ceiling allows."""
+    unseen = zoo.splits["benign_x"][:UNSEEN_SAMPLES]
+    key = (str(zoo.directory), victim_id)
+    if key not in _VICTIM_LABELS:
+        with torch.no_grad():
+            victim = zoo.model(victim_id)
+            _VICTIM_LABELS[key] = torch.cat([victim(unseen[i:i + 512]).argmax(1)
+                                             for i in range(0, len(unseen), 512)]).numpy()
+    victim_labels = _VICTIM_LABELS[key]
+    agreement = scoring.fidelity(scoring.predict_labels(surrogate, unseen, zoo.num_classes), victim_labels)
+    ceiling = agreement_ceiling(agreement, len(unseen), len(zoo.splits["test_x"]))
+    if fidelity > ceiling:
+        return [f"fidelity {fidelity:.3f} above the agreement ceiling {ceiling:.3f} (agreement {agreement:.3f} on "
+                "unseen benign inputs): the surrogate may have seen test data"]
+    return []

@@ -1,0 +1,154 @@
+"""The attacker's surrogate: its training config, the rules on its parameters, the network and its training."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ._errors import ConfigError
+from ._parameters import Allowed
+from ._registries import STRATEGIES
+from ._serving import Knowledge
+
+
+@dataclass(frozen=True)
+class SurrogateConfig:
+    """How the attacker trains its surrogate.
+
+    Attributes:
+        arch: timm architecture of the surrogate.
+        epochs: passes over the queried set (at least ``min_steps`` optimiser steps in all).
+        labels: ``"soft"`` (probability vectors) or ``"hard"`` (argmax class).
+        strategy: the registered extraction :class:`Strategy` that chooses the queries.
+    """
+
+    arch: str = "test_resnet"
+    epochs: int = 10
+    min_steps: int = 200
+    batch_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    labels: str = "soft"
+    strategy: str = "random"
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> SurrogateConfig:
+        """Take the surrogate fields (``surrogate`` = arch, ``epochs``, ``min_steps``, ``labels``, ``strategy``)
+        from plugin params.
+
+        Raises:
+            ConfigError: ``labels`` is not soft or hard.
+            UnknownPluginError: ``strategy`` is not registered (with "did you mean").
+        """
+        config = cls(arch=params.get("surrogate", cls.arch), epochs=int(params.get("epochs", cls.epochs)),
+                     min_steps=int(params.get("min_steps", cls.min_steps)), labels=params.get("labels", cls.labels),
+                     strategy=params.get("strategy", cls.strategy))
+        check_surrogate_params({"labels": config.labels, "strategy": config.strategy})
+        return config
+
+    def steps(self, n: int) -> int:
+        """Optimiser steps :func:`train_surrogate` takes on ``n`` examples."""
+        return max(self.min_steps, self.epochs * math.ceil(n / self.batch_size))
+
+    def cheaper(self, fraction: float, n: int) -> SurrogateConfig:
+        """This config for ``fraction`` of the steps it takes on ``n`` examples (a strategy's interim surrogate)."""
+        return replace(self, epochs=0, min_steps=max(2, math.ceil(fraction * self.steps(n))))
+
+
+SURROGATE_DEFAULTS: dict[str, Any] = {"surrogate": SurrogateConfig.arch, "epochs": SurrogateConfig.epochs,
+                                      "min_steps": SurrogateConfig.min_steps, "labels": SurrogateConfig.labels,
+                                      "strategy": SurrogateConfig.strategy}
+"""The surrogate parameters every attack that trains a surrogate declares (``{**SURROGATE_DEFAULTS, ...}``)."""
+
+SURROGATE_ALLOWED: dict[str, Allowed] = {"labels": Allowed(choices=("soft", "hard")),
+                                         "strategy": Allowed(registry=STRATEGIES)}
+"""The values the surrogate parameters accept; :class:`psml_bench.Attack` applies them to every attack."""
+
+
+def check_surrogate_params(params: dict[str, Any]) -> None:
+    """Check surrogate parameters against :data:`SURROGATE_ALLOWED`.
+
+    Raises:
+        ConfigError: a value outside what is allowed (``labels`` not soft or hard).
+        UnknownPluginError: ``strategy`` is not registered (with "did you mean").
+    """
+    for key, rule in SURROGATE_ALLOWED.items():
+        if key not in params:
+            continue
+        if rule.registry is not None:
+            rule.check(params[key])
+        elif not rule.accepts(params[key]):
+            raise ConfigError(f"parameter '{key}' must be {rule.describe()}, got {params[key]!r}")
+
+
+class Surrogate(torch.nn.Module):
+    """A timm network behind a fixed input normalisation estimated from the attacker's pool."""
+
+    def __init__(self, arch: str, in_chans: int, num_classes: int, mean: torch.Tensor, std: torch.Tensor):
+        super().__init__()
+        import timm
+
+        self.net = timm.create_model(arch, pretrained=False, in_chans=in_chans, num_classes=num_classes)
+        self.register_buffer("mean", mean.view(1, -1, 1, 1).clone())
+        self.register_buffer("std", std.view(1, -1, 1, 1).clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net((x - self.mean) / self.std)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Penultimate features (the input of the classifier layer), one row per input."""
+        return self.net.forward_head(self.net.forward_features((x - self.mean) / self.std), pre_logits=True)
+
+
+def train_surrogate(inputs: torch.Tensor, answers: torch.Tensor, knowledge: Knowledge, config: SurrogateConfig,
+                    rng: np.random.Generator, *, init: Surrogate | None = None) -> Surrogate:
+    """Fit a surrogate to (inputs, answers); answers are probability rows.
+
+    Args:
+        init: a surrogate to train further (in place) instead of a fresh one, e.g. a strategy's
+            interim surrogate of the previous round.
+    """
+    seed = int(rng.integers(2**31))
+    if init is not None:
+        model = init
+    else:
+        pool = knowledge.pool
+        mean = pool.mean(dim=(0, 2, 3))
+        std = pool.std(dim=(0, 2, 3)).clamp_min(1e-6)
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            model = Surrogate(config.arch, knowledge.input_shape[0], knowledge.num_classes, mean, std)
+    if config.labels == "hard":
+        targets = F.one_hot(answers.argmax(1), knowledge.num_classes).float()
+    elif config.labels == "soft":
+        targets = answers.float()
+    else:
+        check_surrogate_params({"labels": config.labels})
+    n = len(inputs)
+    if n < 2:  # batches of one are skipped (batch norm): nothing to train on
+        return model.eval()
+    steps = config.steps(n)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=steps, pct_start=0.15)
+    generator = torch.Generator().manual_seed(seed)
+    model.train()
+    done = 0
+    while done < steps:
+        order = torch.randperm(n, generator=generator)
+        for start in range(0, n, config.batch_size):
+            batch = order[start:start + config.batch_size]
+            if len(batch) < 2 or done == steps:
+                continue
+            log_probs = F.log_softmax(model(inputs[batch]), dim=1)
+            loss = -(targets[batch] * log_probs).sum(dim=1).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            done += 1
+    return model.eval()
