@@ -1,8 +1,9 @@
 """The cell protocol: what a cell's key hashes, how one cell runs and is scored, and the row it gives.
 
-A cell is one (zoo, victim, attack, defense, budget, seed). Its key is a content hash of all that
-determines its result (zoo identity, routing menu, plugin identities, budget, seed, benign
-workload size, :data:`PROTOCOL_VERSION`). :func:`execute` runs a :class:`CellTask` in the current
+A cell is one (zoo, victim, attack, defense, budget, seed, service load and clients). Its key is a
+content hash of all that determines its result (zoo identity, routing menu, plugin identities,
+budget, seed, service parameters, benign workload size, :data:`PROTOCOL_VERSION`). The attack runs
+against the cell's :class:`~psml_bench._service.Service`, beside its benign clients. :func:`execute` runs a :class:`CellTask` in the current
 process (an executor's worker) and returns the cell's row.
 """
 
@@ -25,20 +26,24 @@ from ._errors import AttackFailed, BudgetExhausted, ExecutorError
 from ._grid import Cell, GridConfig
 from ._isolation import AttackLocator, run_attack
 from ._manifests import load_submissions
-from ._registries import DEFENSES
 from ._sanity import defense_flags, surrogate_flags
-from ._serving import Knowledge, Server
+from ._service import Service
+from ._serving import Knowledge
 from ._version import __version__
 from ._zoo import Zoo
 
 log = logging.getLogger(__name__)
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 
 SURROGATE_METRICS = ("fidelity", "accuracy", "accuracy_norm", "kl", "l1")
-COST_METRICS = ("goodput", "benign_accuracy_drop", "perturbation", "latency_overhead")
-METRICS = SURROGATE_METRICS + ("queries", "fingerprint_queries", "victim_hit_rate", "fingerprint_accuracy") \
-    + COST_METRICS
+ATTACK_METRICS = ("queries", "fingerprint_queries", "victim_hit_rate", "fingerprint_accuracy", "detected",
+                  "queries_to_detection")
+COST_METRICS = ("goodput", "spec_goodput", "latency_p50_ms", "latency_p99_ms", "refused_benign", "dropped_benign",
+                "false_positive_clients", "benign_accuracy_drop", "perturbation", "latency_overhead",
+                "benign_requests")
+METRICS = SURROGATE_METRICS + ATTACK_METRICS + COST_METRICS
+
 
 # Every cell runs on one thread, whatever the executor: float reductions then happen in the same
 # order everywhere, so a cell's numbers do not depend on how the grid was parallelised.
@@ -66,6 +71,7 @@ def cell_key(zoo: Zoo, grid: GridConfig, cell: Cell, identity: str | None = None
         "policy": grid.policy, "victim": cell.victim,
         "attack": cell.attack_plugin.identity, "defense": cell.defense_plugin.identity,
         "budget": cell.budget, "seed": cell.seed, "benign_queries": grid.benign_queries,
+        "service": cell.service.as_dict(),
     })[:32]
 
 
@@ -100,47 +106,55 @@ class CellTask:
     provenance: dict[str, str]
 
 
-def _benign_workload(zoo: Zoo, grid: GridConfig, seed: int, defense: Any
-                     ) -> tuple[np.ndarray, np.ndarray, float, float]:
-    """Send the seeded benign workload to ``defense``'s service.
+def service_costs(zoo: Zoo, service: Service) -> dict[str, float]:
+    """What the cell's defense cost its benign clients, from every benign request of the cell.
 
-    Returns, per query, whether the served model meets the client's spec and its profile latency,
-    then the answers' top-1 accuracy and their perturbation by ``postprocess``.
+    ``goodput``: share of benign requests answered by a model meeting the client's accuracy floor
+    within the client's latency bound end to end (queueing, batching and service included);
+    ``spec_goodput``: share answered by a model meeting the spec by its routing latency alone (the
+    protocol-2 figure); ``latency_p50_ms``/``latency_p99_ms``: end-to-end latency of the answered
+    ones; ``refused_benign`` (by the defense); ``dropped_benign`` (timed out in an overloaded queue); ``false_positive_clients``: share of benign clients the defense
+    detected or blocked; ``benign_accuracy_drop``: top-1 accuracy of the answers the same requests
+    get from the undefended service minus that of the defended answers (a refused request counts
+    as wrong); ``perturbation``: mean halved L1 between each answer and the serving model's own
+    output; ``latency_overhead``: mean end-to-end latency of the answered requests over that of the
+    same requests, at the same times, routed with no defense, minus 1.
     """
-    server = Server(zoo, defense=defense, rng=np.random.default_rng([seed, 4]), policy=grid.policy)
-    accuracies = np.array([e.accuracy for e in server.menu])
-    latencies = np.array([e.latency_ms for e in server.menu])
-    specs = scoring.benign_specs(accuracies, latencies, server.spec_range, grid.benign_queries,
-                                 np.random.default_rng([seed, 3]))
-    rows = torch.arange(len(specs)) % len(zoo.splits["test_x"])
-    answers, raw = server.query(zoo.splits["test_x"][rows], specs, purpose="benign", with_raw=True)
-    labels = zoo.splits["test_y"][rows].numpy()
-    return (np.concatenate(server.log.meets_spec), latencies[server.log.served_ids()],
-            scoring.accuracy(answers.argmax(1).numpy(), labels), scoring.l1_distance(answers, raw))
-
-
-_UNDEFENDED: dict[tuple, tuple[np.ndarray, np.ndarray, float, float]] = {}
-
-
-def defense_cost(zoo: Zoo, grid: GridConfig, cell: Cell) -> dict[str, float]:
-    """What the cell's defense costs benign clients, from a fixed seeded workload.
-
-    The workload is ``benign_queries`` specs feasible without any defense, each sent with a
-    test-split input (its label is known, so answer accuracy can be measured), once to the
-    defended service and once to the undefended one. Returns ``goodput``, ``benign_accuracy_drop``
-    (top-1 accuracy of the answers, undefended minus defended), ``perturbation`` (mean halved
-    L1 between the answers and the served models' own outputs) and ``latency_overhead`` (relative
-    increase of the served models' mean profile latency).
-    """
-    meets_spec, defended_latency, defended_accuracy, perturbation = _benign_workload(
-        zoo, grid, cell.seed, cell.defense_plugin.instantiate())
-    key = (str(zoo.directory), zoo.profile_name, grid.policy, grid.benign_queries, cell.seed)
-    if key not in _UNDEFENDED:  # the same for every cell of a seed; a worker computes it once
-        _UNDEFENDED[key] = _benign_workload(zoo, grid, cell.seed, DEFENSES.get("none")())
-    _, undefended_latency, undefended_accuracy, _ = _UNDEFENDED[key]
-    return {"goodput": scoring.goodput(meets_spec),
-            "benign_accuracy_drop": undefended_accuracy - defended_accuracy, "perturbation": perturbation,
-            "latency_overhead": scoring.latency_overhead(defended_latency, undefended_latency)}
+    outcome = service.benign_outcome()
+    n = len(outcome["refused"])
+    dropped = ~outcome["refused"] & np.isinf(outcome["latency"])
+    answered = ~outcome["refused"] & ~dropped
+    accuracies = np.array([e.accuracy for e in service.benign_server.menu])
+    served = outcome["served"]
+    accurate_enough = answered & (accuracies[np.maximum(served, 0)] >= outcome["min_accuracy"])
+    in_time = answered & (outcome["latency"] <= outcome["max_latency"])
+    labels = zoo.splits["attacker_y"][torch.from_numpy(outcome["pool_row"])].numpy()
+    defended_correct = answered & (outcome["answers"].nan_to_num(-1.0).argmax(1).numpy() == labels)
+    probabilities = service.answers.probabilities
+    menu_ids = [e.id for e in service.benign_server.menu]
+    undefended = np.empty(n, dtype=np.int64)
+    for index in np.unique(outcome["requested"]):
+        rows = np.flatnonzero(outcome["requested"] == index)
+        undefended[rows] = probabilities[menu_ids[index]][torch.from_numpy(outcome["pool_row"][rows])].argmax(1).numpy()
+    latency = outcome["latency"][answered]
+    baseline = service.undefended_latency(outcome)[answered]
+    both = np.isfinite(baseline)  # requests the undefended service would have dropped have no latency to compare
+    detected = service.defense.detected
+    benign_detected = sum(int(c) in detected for c in service.benign_ids)
+    return {
+        "goodput": float(np.mean(accurate_enough & in_time)) if n else float("nan"),
+        "spec_goodput": float(np.mean(outcome["meets_spec"])) if n else float("nan"),
+        "latency_p50_ms": float(np.percentile(latency, 50)) if len(latency) else float("nan"),
+        "latency_p99_ms": float(np.percentile(latency, 99)) if len(latency) else float("nan"),
+        "refused_benign": float(np.mean(outcome["refused"])) if n else float("nan"),
+        "dropped_benign": float(np.mean(dropped)) if n else float("nan"),
+        "false_positive_clients": benign_detected / len(service.benign_ids),
+        "benign_accuracy_drop": float(np.mean(undefended == labels) - np.mean(defended_correct)) if n else float("nan"),
+        "perturbation": scoring.l1_distance(outcome["answers"][torch.from_numpy(answered)],
+                                            outcome["raw"][torch.from_numpy(answered)]) if answered.any() else 0.0,
+        "latency_overhead": float(latency[both].mean() / baseline[both].mean() - 1.0) if both.any() else float("nan"),
+        "benign_requests": float(n),
+    }
 
 
 def row_identity(zoo: Zoo, cell: Cell) -> dict[str, Any]:
@@ -148,7 +162,9 @@ def row_identity(zoo: Zoo, cell: Cell) -> dict[str, Any]:
     attack, defense = cell.attack_plugin, cell.defense_plugin
     return {"zoo": zoo.name, "victim": cell.victim, "victim_model": zoo.role(cell.victim),
             "attack": attack.label, "attack_access": attack.access, "defense": defense.label,
-            "budget": cell.budget, "seed": cell.seed, "status": "ok", "error": ""}
+            "budget": cell.budget, "seed": cell.seed, "load": cell.service.load,
+            "benign_clients": cell.service.benign_clients, "attacker_rate": cell.service.attacker_rate,
+            "latency_visible": cell.service.latency_visible, "status": "ok", "error": ""}
 
 
 def failed_row(zoo: Zoo, task: CellTask, error: str) -> dict[str, Any]:
@@ -174,31 +190,24 @@ def attack_locator(cell: Cell) -> AttackLocator:
 
 
 def run_cell(zoo: Zoo, grid: GridConfig, cell: Cell) -> dict[str, Any]:
-    """Run one cell and score it; a failing plugin gives a failed row, never an exception."""
+    """Run one cell on its service and score it; a failing plugin gives a failed row, never an exception."""
     started = time.perf_counter()
     load_submissions()  # a fresh worker process registers them too
     victim_id = zoo.role(cell.victim)
     defense = cell.defense_plugin.instantiate()
-    server = Server(zoo, defense=defense, rng=np.random.default_rng([cell.seed, 2]), budget=cell.budget,
-                    model_ids=[victim_id] if cell.attack_plugin.access == "victim" else None, policy=grid.policy)
-    knowledge = Knowledge(input_shape=zoo.input_shape, num_classes=zoo.num_classes, spec_range=server.spec_range,
-                          pool=zoo.splits["attacker_x"], role=cell.victim)
+    service = Service(zoo, defense=defense, config=cell.service, seed=cell.seed, budget=cell.budget,
+                      policy=grid.policy, benign_queries=grid.benign_queries,
+                      victim_id=victim_id if cell.attack_plugin.access == "victim" else None)
+    knowledge = Knowledge(input_shape=zoo.input_shape, num_classes=zoo.num_classes, spec_range=service.spec_range,
+                          pool=zoo.splits["attacker_x"], role=cell.victim,
+                          latency_visible=cell.service.latency_visible)
     row = row_identity(zoo, cell)
     metrics = dict.fromkeys(SURROGATE_METRICS, float("nan"))
     flags = _defense_flags(zoo, grid, cell)
     try:
-        surrogate = run_attack(server, attack_locator(cell), knowledge, cell.budget,
+        surrogate = run_attack(service, attack_locator(cell), knowledge, cell.budget,
                                np.random.default_rng([cell.seed, 1]))
-        test_x, test_y = zoo.splits["test_x"], zoo.splits["test_y"].numpy()
-        probabilities = scoring.predict_probs(surrogate, test_x, zoo.num_classes)
-        predicted = probabilities.argmax(1).numpy()
-        victim_probs = zoo.test_predictions[victim_id]
-        surrogate_accuracy = scoring.accuracy(predicted, test_y)
-        metrics = {"fidelity": scoring.fidelity(predicted, victim_probs.argmax(1).numpy()),
-                   "accuracy": surrogate_accuracy,
-                   "accuracy_norm": scoring.accuracy_norm(surrogate_accuracy, zoo.entry(victim_id).accuracy),
-                   "kl": scoring.kl_divergence(victim_probs, probabilities),
-                   "l1": scoring.l1_distance(victim_probs, probabilities)}
+        metrics = surrogate_metrics(zoo, victim_id, surrogate)
         flags += surrogate_flags(zoo, victim_id, surrogate, metrics["fidelity"])
     except AttackFailed as exc:
         row.update(status="failed", error=str(exc))
@@ -208,23 +217,41 @@ def run_cell(zoo: Zoo, grid: GridConfig, cell: Cell) -> dict[str, Any]:
         log.debug("cell failed", exc_info=True)
         row.update(status="failed", error=f"{type(exc).__name__}: {exc}")
     try:
-        costs = defense_cost(zoo, grid, cell)
+        service.finish()
+        costs = service_costs(zoo, service)
     except Exception as exc:  # noqa: BLE001 - a defense crash fails its cell, not the grid
         log.debug("benign workload failed", exc_info=True)
         costs = dict.fromkeys(COST_METRICS, float("nan"))
         if row["status"] == "ok":
             row.update(status="failed", error=f"defense failed on the benign workload: {type(exc).__name__}: {exc}")
-    victim_index = [e.id for e in server.menu].index(victim_id)
+    victim_index = [e.id for e in service.menu].index(victim_id)
+    detected_at = service.detections.get(service.attacker_id)
     row.update(metrics)
     row.update({
-        "queries": server.used, "fingerprint_queries": server.log.count("fingerprint"),
-        "victim_hit_rate": scoring.victim_hit_rate(server.log.served_ids("extract"), victim_index),
-        "fingerprint_accuracy": scoring.fingerprint_accuracy(server.log.requested_ids("extract"), victim_index),
+        "queries": service.used, "fingerprint_queries": service.log.count("fingerprint"),
+        "victim_hit_rate": scoring.victim_hit_rate(service.log.served_ids("extract"), victim_index),
+        "fingerprint_accuracy": scoring.fingerprint_accuracy(service.log.requested_ids("extract"), victim_index),
+        "detected": float(detected_at is not None),
+        "queries_to_detection": float(detected_at) if detected_at is not None else float("nan"),
         **costs,
         "flags": "; ".join(flags),
         "wall_s": round(time.perf_counter() - started, 2),
     })
     return row
+
+
+def surrogate_metrics(zoo: Zoo, victim_id: str, surrogate: torch.nn.Module) -> dict[str, float]:
+    """Fidelity, accuracy, normalised accuracy, KL and L1 of a surrogate against the victim on the test split."""
+    test_x, test_y = zoo.splits["test_x"], zoo.splits["test_y"].numpy()
+    probabilities = scoring.predict_probs(surrogate, test_x, zoo.num_classes)
+    predicted = probabilities.argmax(1).numpy()
+    victim_probs = zoo.test_predictions[victim_id]
+    surrogate_accuracy = scoring.accuracy(predicted, test_y)
+    return {"fidelity": scoring.fidelity(predicted, victim_probs.argmax(1).numpy()),
+            "accuracy": surrogate_accuracy,
+            "accuracy_norm": scoring.accuracy_norm(surrogate_accuracy, zoo.entry(victim_id).accuracy),
+            "kl": scoring.kl_divergence(victim_probs, probabilities),
+            "l1": scoring.l1_distance(victim_probs, probabilities)}
 
 
 def _defense_flags(zoo: Zoo, grid: GridConfig, cell: Cell) -> list[str]:

@@ -21,9 +21,12 @@ from ._config import write_atomic
 from ._grid import GridConfig, resolve
 
 RESULT_COLUMNS = [
-    "zoo", "victim", "victim_model", "attack", "attack_access", "defense", "budget", "seed", "status",
+    "zoo", "victim", "victim_model", "attack", "attack_access", "defense", "budget", "seed", "load",
+    "benign_clients", "attacker_rate", "latency_visible", "status",
     "fidelity", "accuracy", "accuracy_norm", "kl", "l1", "queries", "fingerprint_queries", "victim_hit_rate",
-    "fingerprint_accuracy", "goodput", "benign_accuracy_drop", "perturbation", "latency_overhead", "error",
+    "fingerprint_accuracy", "detected", "queries_to_detection", "goodput", "spec_goodput", "latency_p50_ms",
+    "latency_p99_ms", "refused_benign", "dropped_benign", "false_positive_clients", "benign_accuracy_drop", "perturbation",
+    "latency_overhead", "benign_requests", "error",
     "cell_key", "grid", "profile", "psml_bench", "git_commit", "torch", "timm", "device", "threads",
 ]
 # kept in each cell file but not in results.csv, which is byte-identical across runs of the same cells
@@ -50,6 +53,7 @@ class BlockView:
     attacks: tuple[str, ...]
     defenses: tuple[str, ...]
     budgets: tuple[int, ...]
+    loads: tuple[float, ...] = ()
 
 
 def describe_grid(grid: GridConfig) -> tuple[list[BlockView], dict[str, DefenseSetting]]:
@@ -59,7 +63,8 @@ def describe_grid(grid: GridConfig) -> tuple[list[BlockView], dict[str, DefenseS
         defense = resolve("defense", spec)
         settings[defense.label] = DefenseSetting(defense.family, defense.strength, defense.strength_value)
     views = [BlockView(block.name or grid.name, tuple(resolve("attack", a).label for a in block.attacks),
-                       tuple(resolve("defense", d).label for d in block.defenses), tuple(block.budgets))
+                       tuple(resolve("defense", d).label for d in block.defenses), tuple(block.budgets),
+                       tuple(dict.fromkeys(s.load for s in block.services)))
              for block in grid.parts()]
     return views, settings
 
@@ -112,8 +117,16 @@ ATTACK_COLUMNS = (("fidelity", "fidelity"), ("accuracy", "accuracy"), ("KL", "kl
 
 
 def _block_rows(frame: pd.DataFrame, block: BlockView) -> pd.DataFrame:
-    return frame[frame["attack"].isin(block.attacks) & frame["defense"].isin(block.defenses)
+    rows = frame[frame["attack"].isin(block.attacks) & frame["defense"].isin(block.defenses)
                  & frame["budget"].astype(int).isin(block.budgets)]
+    if block.loads and "load" in rows and (rows["load"] != "").all():
+        rows = rows[rows["load"].astype(float).isin(block.loads)]
+    return rows
+
+
+def _loads(frame: pd.DataFrame) -> list:
+    """The service loads in ``frame`` (``[""]`` for rows without one)."""
+    return sorted(set(frame["load"])) if "load" in frame else [""]
 
 
 def attack_ranking(frame: pd.DataFrame, block: BlockView) -> str:
@@ -122,12 +135,14 @@ def attack_ranking(frame: pd.DataFrame, block: BlockView) -> str:
     part = _block_rows(frame, block)
     for defense in block.defenses:
         for budget in block.budgets:
-            group = part[(part["defense"] == defense) & (part["budget"].astype(int) == budget)]
-            ranked = sorted(group.groupby("attack", sort=False), key=lambda item: -np.nan_to_num(
-                _mean(item[1], "fidelity"), nan=-1.0))
-            for rank, (attack, cells) in enumerate(ranked, 1):
-                rows.append([defense, budget, rank, attack] + [_cell(cells, m) for _, m in ATTACK_COLUMNS])
-    return tabulate(rows, headers=["defense", "budget", "rank", "attack", *(h for h, _ in ATTACK_COLUMNS)],
+            for load in _loads(part):
+                group = part[(part["defense"] == defense) & (part["budget"].astype(int) == budget)
+                             & (part["load"] == load)]
+                ranked = sorted(group.groupby("attack", sort=False), key=lambda item: -np.nan_to_num(
+                    _mean(item[1], "fidelity"), nan=-1.0))
+                for rank, (attack, cells) in enumerate(ranked, 1):
+                    rows.append([defense, budget, load, rank, attack] + [_cell(cells, m) for _, m in ATTACK_COLUMNS])
+    return tabulate(rows, headers=["defense", "budget", "load", "rank", "attack", *(h for h, _ in ATTACK_COLUMNS)],
                     tablefmt="github")
 
 
@@ -140,7 +155,7 @@ def protection_table(frame: pd.DataFrame, settings: dict[str, DefenseSetting]) -
     """
     service = frame[(frame["attack_access"] == "service") & (frame["status"] == "ok")]
     out = []
-    for (victim, budget), group in service.groupby(["victim", "budget"], sort=False):
+    for (victim, budget, load), group in service.groupby(["victim", "budget", "load"], sort=False):
         base = group[group["defense"] == NO_DEFENSE]
         if base.empty or (group["defense"] == NO_DEFENSE).all():
             continue
@@ -153,8 +168,9 @@ def protection_table(frame: pd.DataFrame, settings: dict[str, DefenseSetting]) -
             strongest = max(attacks, key=lambda a: fidelity[a])
             setting = settings.get(defense, DefenseSetting(defense, None, None))
             costs = frame[(frame["defense"] == defense) & (frame["victim"] == victim)
-                          & (frame["budget"] == budget) & (frame["status"] == "ok")]
-            out.append({"victim": victim, "budget": int(budget), "defense": defense, "family": setting.family,
+                          & (frame["budget"] == budget) & (frame["load"] == load) & (frame["status"] == "ok")]
+            out.append({"victim": victim, "budget": int(budget), "load": load, "defense": defense,
+                        "family": setting.family,
                         "strength": setting.strength or "", "value": setting.value,
                         "goodput": _mean(costs, "goodput"), "benign_accuracy_drop": _mean(costs, "benign_accuracy_drop"),
                         "perturbation": _mean(costs, "perturbation"), "latency_overhead": _mean(costs, "latency_overhead"),
@@ -185,13 +201,14 @@ def tradeoff_auc(points: Sequence[tuple[float, float]], floor: float = GOODPUT_F
 def defense_ranking(table: pd.DataFrame) -> pd.DataFrame:
     """Defense families per (victim, budget), ranked by best protection at goodput >= 0.8, then AUC."""
     out = []
-    for (victim, budget, family), group in table[table["defense"] != NO_DEFENSE].groupby(
-            ["victim", "budget", "family"], sort=False):
+    for (victim, budget, load, family), group in table[table["defense"] != NO_DEFENSE].groupby(
+            ["victim", "budget", "load", "family"], sort=False):
         usable = group[group["goodput"] >= GOODPUT_FLOOR]
         best = usable.loc[usable["protection"].idxmax()] if len(usable) else None
         pick = lambda column: best[column] if best is not None else math.nan  # noqa: E731
         costs_goodput = (group["goodput"] < 1.0).any()
-        out.append({"victim": victim, "budget": budget, "family": family, "protection": pick("protection"),
+        out.append({"victim": victim, "budget": budget, "load": load, "family": family,
+                    "protection": pick("protection"),
                     "at": best["defense"] if best is not None else "—", "goodput": pick("goodput"),
                     "benign_accuracy_drop": pick("benign_accuracy_drop"), "perturbation": pick("perturbation"),
                     "latency_overhead": pick("latency_overhead"),
@@ -203,8 +220,8 @@ def defense_ranking(table: pd.DataFrame) -> pd.DataFrame:
         return ranked
     ranked["_order"] = ranked["protection"].fillna(-math.inf)
     ranked["_auc"] = ranked["auc"].fillna(-math.inf)
-    return ranked.sort_values(["victim", "budget", "_order", "_auc"], ascending=[True, True, False, False],
-                              kind="stable").drop(columns=["_order", "_auc"])
+    return ranked.sort_values(["victim", "budget", "load", "_order", "_auc"],
+                              ascending=[True, True, True, False, False], kind="stable").drop(columns=["_order", "_auc"])
 
 
 def _f(value: float, digits: int = 3) -> str:
@@ -254,17 +271,18 @@ def _defense_sections(table: pd.DataFrame) -> list[str]:
              "AUC: mean protection over goodput in [0.8, 1] along the family's protection-versus-goodput curve "
              "(docs/protocol.md); — for a family that never costs goodput (its cost is in the other columns).", ""]
     if not ranked.empty:
-        lines += [tabulate([[r["budget"], i + 1, r["family"], _f(r["protection"]), r["at"], _f(r["goodput"]),
-                             _f(r["auc"]), _f(r["benign_accuracy_drop"]), _f(r["perturbation"]),
-                             _f(r["latency_overhead"])] for i, (_, r) in enumerate(ranked.iterrows())],
-                           headers=["budget", "rank", "defense", "protection", "at setting", "goodput", "AUC",
+        rank = ranked.groupby(["budget", "load"], sort=False).cumcount() + 1
+        lines += [tabulate([[r["budget"], r["load"], rank[i], r["family"], _f(r["protection"]), r["at"],
+                             _f(r["goodput"]), _f(r["auc"]), _f(r["benign_accuracy_drop"]), _f(r["perturbation"]),
+                             _f(r["latency_overhead"])] for i, r in ranked.iterrows()],
+                           headers=["budget", "load", "rank", "defense", "protection", "at setting", "goodput", "AUC",
                                     "benign acc. drop", "perturbation", "latency overhead"],
                            tablefmt="github", disable_numparse=True), ""]
     lines += ["### Every defense setting", "", tabulate(
-        [[r["budget"], r["defense"], _f(r["goodput"]), _f(r["benign_accuracy_drop"]), _f(r["perturbation"]),
+        [[r["budget"], r["load"], r["defense"], _f(r["goodput"]), _f(r["benign_accuracy_drop"]), _f(r["perturbation"]),
           _f(r["latency_overhead"]), r["strongest_attack"], _f(r["fidelity"]), _f(r["protection"])]
          for _, r in table.iterrows()],
-        headers=["budget", "defense", "goodput", "benign acc. drop", "perturbation", "latency overhead",
+        headers=["budget", "load", "defense", "goodput", "benign acc. drop", "perturbation", "latency overhead",
                  "strongest attack", "its fidelity", "protection"], tablefmt="github", disable_numparse=True), ""]
     return lines
 

@@ -86,19 +86,20 @@ def budget_figure(frame: pd.DataFrame, path: Path) -> bool:
 
 
 def tradeoff_figure(table: pd.DataFrame, path: Path) -> bool:
-    """Protection against each defense family's cost, per (victim, budget): goodput (defenses that
+    """Protection against each defense family's cost, per (victim, budget, load): goodput (defenses that
     cost goodput), output perturbation (defenses that change the answers) and latency (the rest)."""
     if table.empty:
         return False
     defended = table[table["defense"] != "none"]
-    panels = list(dict.fromkeys(zip(defended["victim"], defended["budget"])))
+    panels = list(dict.fromkeys(zip(defended["victim"], defended["budget"], defended["load"])))
     if not panels:
         return False
     plt = _pyplot()
     figure, axes = plt.subplots(len(panels), 3, figsize=(19, 4.5 * len(panels)), squeeze=False)
     colours = {family: f"C{i % 10}" for i, family in enumerate(sorted(set(defended["family"])))}
-    for row, (victim, budget) in zip(axes, panels):
-        part = defended[(defended["victim"] == victim) & (defended["budget"] == budget)]
+    for row, (victim, budget, load) in zip(axes, panels):
+        part = defended[(defended["victim"] == victim) & (defended["budget"] == budget) & (defended["load"] == load)]
+        where = f"victim {victim}, budget {budget}" + (f", load {load}" if load != "" else "")
         for family, group in part.groupby("family", sort=True):
             if (group["goodput"] < 1.0).any():
                 group = group.sort_values("goodput", ascending=False)
@@ -118,11 +119,11 @@ def tradeoff_figure(table: pd.DataFrame, path: Path) -> bool:
         row[0].axvline(0.8, color="0.5", linestyle="--", linewidth=1)
         row[0].set_xlabel("goodput")
         row[0].invert_xaxis()
-        row[0].set_title(f"victim {victim}, budget {budget}: defenses that cost goodput")
+        row[0].set_title(f"{where}: defenses that cost goodput")
         row[1].set_xlabel("output perturbation (mean halved L1 on benign answers)")
-        row[1].set_title(f"victim {victim}, budget {budget}: defenses on the answers")
-        row[2].set_xlabel("latency overhead (mean served profile latency, relative)")
-        row[2].set_title(f"victim {victim}, budget {budget}: defenses that cost only latency")
+        row[1].set_title(f"{where}: defenses on the answers")
+        row[2].set_xlabel("latency overhead (mean end-to-end latency of benign requests, relative)")
+        row[2].set_title(f"{where}: defenses that cost only latency")
         for axis in row:
             axis.axhline(0.0, color="0.5", linewidth=0.5)
             axis.set_ylabel("protection (fidelity drop of the strongest attack)")

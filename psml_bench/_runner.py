@@ -22,6 +22,7 @@ from ._errors import ConfigError
 from ._executor import Executor, InlineExecutor, LocalExecutor, RayExecutor
 from ._grid import GridConfig
 from ._leaderboard import write_leaderboard
+from ._service import PoolAnswers
 from ._zoo_build import open_zoo
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,8 @@ def run_grid(grid: GridConfig, out_dir: Path, *, cache_dir: Path | None = None, 
         bar.set_postfix(cached=cached, failed=counts["failed"])
         bar.update()
 
+    if tasks:
+        PoolAnswers.of(zoo)  # every model's answers on the pool, computed once here rather than in each worker
     executor.map(tasks, on_result)
     bar.close()
     ordered = sorted(rows.values(), key=_row_order)

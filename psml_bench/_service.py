@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from numbers import Real
 from pathlib import Path
 from typing import Sequence
@@ -54,6 +54,8 @@ class ServiceConfig:
         latency_visible: whether the attacker sees each answer's latency (a timing side channel).
         max_batch: the most requests a model's worker serves in one batch.
         max_wait_ms: how long a worker waits for a batch to fill (0: serve what is queued at once).
+        timeout: a request still queued this many times the advertised maximum latency after it
+            arrived is dropped (answered as refused): the overload protection of a real server.
     """
 
     load: float = 0.5
@@ -62,6 +64,7 @@ class ServiceConfig:
     latency_visible: bool = False
     max_batch: int = 8
     max_wait_ms: float = 0.0
+    timeout: float = 10.0
 
     def __post_init__(self) -> None:
         def number(value: object) -> bool:
@@ -78,15 +81,19 @@ class ServiceConfig:
                               f"got {self.attacker_rate!r}")
         if not isinstance(self.latency_visible, bool):
             raise ConfigError(f"latency_visible must be true or false, got {self.latency_visible!r}")
+        if not (number(self.timeout) and math.isfinite(self.timeout) and self.timeout > 0):
+            raise ConfigError(f"timeout must be a finite number > 0 (a multiple of the advertised maximum latency), "
+                              f"got {self.timeout!r}")
         BatchingConfig(self.max_batch, self.max_wait_ms)
 
-    @property
-    def batching(self) -> BatchingConfig:
-        return BatchingConfig(self.max_batch, self.max_wait_ms)
+    def batching(self, max_latency_ms: float) -> BatchingConfig:
+        """The workers' batching, for a service whose advertised maximum latency is ``max_latency_ms``."""
+        return BatchingConfig(self.max_batch, self.max_wait_ms, self.timeout * max_latency_ms)
 
     def as_dict(self) -> dict[str, object]:
         return {"load": self.load, "benign_clients": self.benign_clients, "attacker_rate": self.attacker_rate,
-                "latency_visible": self.latency_visible, "max_batch": self.max_batch, "max_wait_ms": self.max_wait_ms}
+                "latency_visible": self.latency_visible, "max_batch": self.max_batch, "max_wait_ms": self.max_wait_ms,
+                "timeout": self.timeout}
 
 
 def service_times(zoo: Zoo) -> tuple[np.ndarray, np.ndarray]:
@@ -261,11 +268,11 @@ class Service:
         self.answers = PoolAnswers.of(zoo)
         self.benign = _BenignStream(rate, self.benign_ids, len(zoo.splits["attacker_x"]), self.benign_server, seed)
         self.attacker_pace_ms = config.benign_clients / (config.attacker_rate * rate)
-        self.simulator = BatchingSimulator(intercept, slope, config.batching)
+        self.batching = config.batching(self.benign_server.spec_range.latency_ms[1])
+        self.simulator = BatchingSimulator(intercept, slope, self.batching)
         self.clock = 0.0
         self._benign: list[tuple[slice, Served, np.ndarray]] = []
         self._attacker_requests: list[tuple[np.ndarray, np.ndarray]] = []  # (arrival, requested full-menu index)
-        self._attacker_sim_ids: list[np.ndarray] = []
         self.detections: dict[int, int] = {}  # client -> its requests sent when first detected
         self._sent: dict[int, int] = {}
         self.last_refused = torch.zeros(0, dtype=torch.bool)
@@ -315,18 +322,30 @@ class Service:
         requests = Requests(np.full(n, self.attacker_id, dtype=np.int64), inputs, min_accuracy, max_latency,
                             np.full(n, now))
         served = self.server.serve(requests, self.server.rng)  # a live forward pass, as without benign traffic
-        self.server.record(served, purpose)
         self._note_detections(requests)
         answered = np.flatnonzero(~served.refused)
-        self._attacker_requests.append((np.full(n, now), self.menu_index[served.requested]))
-        latency = torch.full((n,), float("nan"))
+        # the call's rows reach the model queues at the attacker's pace, from now on
+        arrivals = now + np.arange(n) * self.attacker_pace_ms
+        self._attacker_requests.append((arrivals, self.menu_index[served.requested]))
+        latency = torch.full((n,), float("nan"), dtype=torch.float64)
         done = now
         if len(answered):
-            sim_ids = self.simulator.add(np.full(len(answered), now), self.menu_index[served.served[answered]])
-            self._attacker_sim_ids.append(sim_ids)
+            sim_ids = self.simulator.add(arrivals[answered], self.menu_index[served.served[answered]])
             completion = self._complete(sim_ids)
-            latency[torch.from_numpy(answered)] = torch.from_numpy(completion - now)
-            done = float(completion.max())
+            finished = np.isfinite(completion)
+            latency[torch.from_numpy(answered[finished])] = torch.from_numpy((completion - arrivals[answered])[finished])
+            # the call is over when its last row came back or was dropped (a drop is decided when
+            # its worker would have dispatched it)
+            decided = max(self.simulator._queues[int(m)].dispatched_at for m in np.unique(self.simulator._model[sim_ids]))
+            done = max(float(completion[finished].max()) if finished.any() else now,
+                       float(np.nextafter(decided, math.inf)))  # strictly after: a batch at t takes arrivals at t
+            if not finished.all():  # dropped by an overloaded worker: answered as refused
+                lost = answered[~finished]
+                refused, served_ids, answers = served.refused.copy(), served.served.copy(), served.answers.clone()
+                refused[lost], served_ids[lost] = True, -1
+                answers[torch.from_numpy(lost)] = float("nan")
+                served = replace(served, refused=refused, served=served_ids, answers=answers)
+        self.server.record(served, purpose)
         self.clock = max(now + n * self.attacker_pace_ms, done)
         self.last_refused = torch.from_numpy(served.refused.copy())
         self.last_latency_ms = latency if self.config.latency_visible else None
@@ -409,7 +428,7 @@ class Service:
         attacker = [(t, m) for t, m in self._attacker_requests]
         times = np.concatenate([outcome["arrival"]] + [t for t, _ in attacker])
         models = np.concatenate([outcome["requested"]] + [m for _, m in attacker]).astype(np.int64)
-        simulator = BatchingSimulator(self.intercept, self.slope, self.config.batching)
+        simulator = BatchingSimulator(self.intercept, self.slope, self.batching)
         simulator.add(times, models)
         simulator.finish()
         return simulator.completion_ms[:len(outcome["arrival"])] - outcome["arrival"]

@@ -14,7 +14,11 @@ the first), ``a`` is the arrival of the oldest waiting request and ``f`` the arr
 oldest waiting request (the moment the queue reaches B requests; ``+inf`` while fewer than B have
 been added). The batch is the oldest waiting requests with arrival ``<= d``, at most B of them.
 So the worker waits for the batch to fill, but dispatches no later than W after the oldest request
-arrived, or as soon as it is free if that is later. With ``B = 1`` this is a FIFO single server.
+arrived, or as soon as it is free if that is later. With a ``timeout_ms`` T, a request that would
+be dispatched later than T after its arrival is dropped instead (its completion is ``inf``; it
+takes no service time) and the rule is applied again to the next one: the overload protection of
+real servers (Triton's queue timeout, Clockwork's dropping of requests that can no longer meet
+their SLO), which also keeps an overloaded simulation finite. With ``B = 1`` this is a FIFO single server.
 A batch of ``b`` on model ``m`` takes ``intercept_ms[m] + slope_ms[m] * b`` and every request in it
 completes at ``d`` plus that; a request's latency is its completion minus its arrival.
 
@@ -48,8 +52,12 @@ class BatchingConfig:
 
     max_batch: int = 8
     max_wait_ms: float = 2.0
+    timeout_ms: float | None = None
 
     def __post_init__(self) -> None:
+        if self.timeout_ms is not None and (isinstance(self.timeout_ms, bool) or not isinstance(self.timeout_ms, Real)
+                                            or not self.timeout_ms > 0):
+            raise ConfigError(f"BatchingConfig.timeout_ms must be None or a number > 0, got {self.timeout_ms!r}")
         if isinstance(self.max_batch, bool) or not isinstance(self.max_batch, Integral) or self.max_batch < 1:
             raise ConfigError(f"BatchingConfig.max_batch must be an integer >= 1, got {self.max_batch!r}")
         if (isinstance(self.max_wait_ms, bool) or not isinstance(self.max_wait_ms, Real)
@@ -120,6 +128,11 @@ class BatchingSimulator:
     def completion_ms(self) -> np.ndarray:
         """Completion time per request id; NaN while not yet served (a copy)."""
         return self._completion[:self._count].copy()
+
+    @property
+    def dropped(self) -> np.ndarray:
+        """Per request id, whether it was dropped (waited past ``timeout_ms``)."""
+        return np.isinf(self._completion[:self._count])
 
     @property
     def batch_size(self) -> np.ndarray:
@@ -246,6 +259,7 @@ class BatchingSimulator:
         start, sizes, completions = head, [], []
         dispatch = -math.inf
         # The hot loop runs once per batch on Python floats: numpy scalars would cost more here.
+        timeout = self.config.timeout_ms
         while head < stop:
             dispatch = times[head] + max_wait
             filled = head + max_batch - 1
@@ -253,19 +267,26 @@ class BatchingSimulator:
                 dispatch = times[filled]
             if free_at > dispatch:
                 dispatch = free_at
+            if timeout is not None and dispatch - times[head] > timeout:
+                sizes.append(0)
+                completions.append(math.inf)
+                head += 1
+                continue
             end = bisect_right(times, dispatch, head, min(head + max_batch, count))
             free_at = dispatch + intercept + slope * (end - head)
             sizes.append(end - head)
             completions.append(free_at)
             head = end
         served = np.array(queue.ids[start:head], dtype=np.int64)
-        self._completion[served] = np.repeat(completions, sizes)
-        self._batch[served] = np.repeat(sizes, sizes)
+        per_request = np.maximum(sizes, 1)  # a dropped request is a batch of none, one entry wide
+        self._completion[served] = np.repeat(completions, per_request)
+        self._batch[served] = np.repeat(sizes, per_request)
         queue.head, queue.free_at, queue.dispatched_at = head, free_at, dispatch
         self._committed = max(self._committed, free_at)
 
     def _next_batch(self, queue: _Queue) -> tuple[float, int]:
-        """(dispatch time, end position) of ``queue``'s next batch, by the module's batching rule."""
+        """(dispatch time, end position) of ``queue``'s next batch, by the module's batching rule (the
+        time at which its oldest request is dropped instead, if it timed out)."""
         times, head, count = queue.times, queue.head, len(queue.times)
         max_batch = self.config.max_batch
         dispatch = times[head] + float(self.config.max_wait_ms)

@@ -60,7 +60,7 @@ def rows():
         out.append({
             "zoo": "toy", "victim": cell.victim, "victim_model": "slow" if cell.victim == "rank:1" else "fast",
             "attack": attack, "attack_access": "victim" if attack == "oracle" else "service", "defense": defense,
-            "budget": cell.budget, "seed": cell.seed, "status": "failed" if failed else "ok",
+            "budget": cell.budget, "seed": cell.seed, "load": cell.service.load, "status": "failed" if failed else "ok",
             "error": "RuntimeError: boom" if failed else "",
             "fidelity": 0.7 + cell.budget / 1000 + 0.01 * cell.seed - FIDELITY_DROP[defense] - hard,
             "accuracy": 0.7 + 0.02 * cell.seed, "accuracy_norm": 0.8, "kl": 0.2, "l1": 0.1,

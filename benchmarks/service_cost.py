@@ -1,0 +1,85 @@
+"""What Service v2 costs a cell: the attack against the multi-tenant service at a load versus the
+protocol-2 cell (the attack against a lone server, then the benign workload forwarded live twice).
+
+    python benchmarks/service_cost.py [--zoo fmnist] [--budget 1000] [--load 0.95] [--repeats 3]
+
+Both sides run the same attack (``psml``, isolated in its process as in every cell) with the same
+seed and defense (``spec-noise``). "v2" is the protocol-2 cell: the attack against a
+``Server`` with no clock, then ``benign_queries`` test inputs sent through a defended and an
+undefended server. "v3" is ``run_cell``: the attack on the cell's ``Service`` with the benign
+clients at ``--load``, the benign stream answered from the pool answers cached per zoo. Prints
+the median wall time of each and the ratio v3 / v2 (goal: at most about 1.05). Run it alone:
+timings are noisy when another heavy job shares the cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from psml_bench._cell import CELL_THREADS, attack_locator, run_cell
+from psml_bench._grid import Cell, GridConfig, PluginSpec
+from psml_bench._isolation import run_attack
+from psml_bench._registries import make_defense
+from psml_bench._scoring import benign_specs
+from psml_bench._service import PoolAnswers, ServiceConfig
+from psml_bench._serving import Knowledge, Server
+from psml_bench._zoo_build import open_zoo
+
+
+def protocol2_cell(zoo, grid: GridConfig, cell: Cell) -> None:
+    """The protocol-2 cell's work: the attack on a lone server, then the benign workload twice."""
+    defense = cell.defense_plugin.instantiate()
+    server = Server(zoo, defense=defense, rng=np.random.default_rng([cell.seed, 2]), budget=cell.budget)
+    knowledge = Knowledge(zoo.input_shape, zoo.num_classes, server.spec_range, zoo.splits["attacker_x"], cell.victim)
+    surrogate = run_attack(server, attack_locator(cell), knowledge, cell.budget, np.random.default_rng([cell.seed, 1]))
+    with torch.no_grad():
+        surrogate(zoo.splits["test_x"])
+    for benign_defense in (cell.defense_plugin.instantiate(), make_defense("none")):
+        benign = Server(zoo, defense=benign_defense, rng=np.random.default_rng([cell.seed, 4]))
+        specs = benign_specs(benign._accuracy, benign._latency, benign.spec_range, grid.benign_queries,
+                             np.random.default_rng([cell.seed, 3]))
+        rows = torch.arange(len(specs)) % len(zoo.splits["test_x"])
+        benign.query(zoo.splits["test_x"][rows], specs, purpose="benign")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--zoo", default="fmnist")
+    parser.add_argument("--budget", type=int, default=1000)
+    parser.add_argument("--load", type=float, default=0.95)
+    parser.add_argument("--benign-queries", type=int, default=2000)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    torch.set_num_threads(CELL_THREADS)
+    zoo = open_zoo(args.zoo, progress=False)
+    PoolAnswers.of(zoo)  # computed once per zoo (at the first run), not per cell
+    attack, defense = PluginSpec("psml"), PluginSpec("spec-noise", (("scale", 0.05),))
+    grid = GridConfig("bench", args.zoo, "infaas", ("rank:2",), (attack,), (defense,), (args.budget,), (0,),
+                      args.benign_queries, "benchmark")
+    cell = Cell("rank:2", attack, defense, args.budget, 0, ServiceConfig(load=args.load))
+    times: dict[str, list[float]] = {"v2": [], "v3": []}
+    benign = 0.0
+    for _ in range(args.repeats):
+        for name in ("v2", "v3"):
+            started = time.perf_counter()
+            if name == "v2":
+                protocol2_cell(zoo, grid, cell)
+            else:
+                row = run_cell(zoo, grid, cell)
+                assert row["status"] == "ok", row["error"]
+                benign = row["benign_requests"]
+            times[name].append(time.perf_counter() - started)
+    v2, v3 = statistics.median(times["v2"]), statistics.median(times["v3"])
+    print(json.dumps({"zoo": args.zoo, "budget": args.budget, "load": args.load, "benign_requests_v3": benign,
+                      "v2_median_s": round(v2, 2), "v3_median_s": round(v3, 2), "ratio_v3_over_v2": round(v3 / v2, 3),
+                      "runs": {k: [round(t, 2) for t in v] for k, v in times.items()}}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
