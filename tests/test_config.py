@@ -25,7 +25,8 @@ def test_shipped_configs_load():
     assert len(config.models) == 3 and config.directory_name.startswith("fmnist-tiny-")
     grid = load_grid("default")
     assert len(grid.seeds) >= 3 and len(grid.cells()) == len(set(grid.cells()))
-    assert [b.name for b in grid.blocks] == ["budgets", "strategies", "spec-defenses", "output-defenses"]
+    assert [b.name for b in grid.blocks] == ["budgets", "strategies", "spec-defenses", "output-defenses", "load"]
+    assert [s.load for s in grid.blocks[-1].services] == [0.5, 0.8, 0.95]
     assert [d.kwargs for d in grid.defenses if d.name == "spec-noise"] == [
         {"scale": 0.02}, {"scale": 0.05}, {"scale": 0.1}, {"scale": 0.2},
         {"distribution": "laplace", "scale": 0.05}, {"distribution": "laplace", "scale": 0.1}]
