@@ -33,6 +33,9 @@ RESULT_COLUMNS = [
 VOLATILE_COLUMNS = ("wall_s",)
 COUNT_METRICS = ("queries", "fingerprint_queries")
 GOODPUT_FLOOR = 0.8
+# a setting whose goodput is within this of the undefended service's costs no goodput (under load,
+# a defense that does not touch routing still differs by the noise of one benign stream)
+GOODPUT_TOLERANCE = 0.005
 NO_DEFENSE = "none"
 
 
@@ -169,24 +172,34 @@ def protection_table(frame: pd.DataFrame, settings: dict[str, DefenseSetting]) -
             setting = settings.get(defense, DefenseSetting(defense, None, None))
             costs = frame[(frame["defense"] == defense) & (frame["victim"] == victim)
                           & (frame["budget"] == budget) & (frame["load"] == load) & (frame["status"] == "ok")]
+            undefended = frame[(frame["defense"] == NO_DEFENSE) & (frame["victim"] == victim)
+                               & (frame["budget"] == budget) & (frame["load"] == load) & (frame["status"] == "ok")]
+            start = _mean(undefended, "goodput")
+            start = 1.0 if math.isnan(start) else start
             out.append({"victim": victim, "budget": int(budget), "load": load, "defense": defense,
                         "family": setting.family,
                         "strength": setting.strength or "", "value": setting.value,
-                        "goodput": _mean(costs, "goodput"), "benign_accuracy_drop": _mean(costs, "benign_accuracy_drop"),
+                        "goodput": _mean(costs, "goodput"), "undefended_goodput": start,
+                        "costs_goodput": bool(_mean(costs, "goodput") < start - GOODPUT_TOLERANCE),
+                        "benign_accuracy_drop": _mean(costs, "benign_accuracy_drop"),
                         "perturbation": _mean(costs, "perturbation"), "latency_overhead": _mean(costs, "latency_overhead"),
                         "strongest_attack": strongest, "fidelity": fidelity[strongest],
                         "protection": baseline - fidelity[strongest]})
     return pd.DataFrame(out)
 
 
-def tradeoff_auc(points: Sequence[tuple[float, float]], floor: float = GOODPUT_FLOOR) -> float:
-    """Mean protection over goodput in [floor, 1] along a defense's protection-versus-goodput curve.
+def tradeoff_auc(points: Sequence[tuple[float, float]], floor: float = GOODPUT_FLOOR, start: float = 1.0) -> float:
+    """Mean protection over goodput in [floor, start] along a defense's protection-versus-goodput curve.
 
-    The curve starts at the undefended service (goodput 1, protection 0) and joins the settings
-    in order of falling goodput; where it stops above ``floor`` the rest counts as no protection.
+    The curve starts at the undefended service (goodput ``start``: 1 without load, less under load,
+    where queueing alone misses some latency bounds; protection 0) and joins the settings in order
+    of falling goodput; where it stops above ``floor`` the rest counts as no protection. NaN when
+    the undefended service itself is at or below the floor.
     """
-    curve = [(1.0, 0.0)] + sorted(((g, p) for g, p in points if not math.isnan(g) and not math.isnan(p)),
-                                  key=lambda gp: -gp[0])
+    if not start > floor:
+        return math.nan
+    curve = [(start, 0.0)] + sorted(((g, p) for g, p in points if not math.isnan(g) and not math.isnan(p)),
+                                    key=lambda gp: -gp[0])
     area = 0.0
     for (g1, p1), (g2, p2) in zip(curve, curve[1:]):
         if g1 <= floor:
@@ -195,7 +208,7 @@ def tradeoff_auc(points: Sequence[tuple[float, float]], floor: float = GOODPUT_F
             p2 = p1 + (p2 - p1) * (g1 - floor) / (g1 - g2)
             g2 = floor
         area += (g1 - g2) * (p1 + p2) / 2
-    return area / (1.0 - floor)
+    return area / (start - floor)
 
 
 def defense_ranking(table: pd.DataFrame) -> pd.DataFrame:
@@ -206,14 +219,16 @@ def defense_ranking(table: pd.DataFrame) -> pd.DataFrame:
         usable = group[group["goodput"] >= GOODPUT_FLOOR]
         best = usable.loc[usable["protection"].idxmax()] if len(usable) else None
         pick = lambda column: best[column] if best is not None else math.nan  # noqa: E731
-        costs_goodput = (group["goodput"] < 1.0).any()
+        start = float(group["undefended_goodput"].iloc[0])
+        costs_goodput = bool(group["costs_goodput"].any())
         out.append({"victim": victim, "budget": budget, "load": load, "family": family,
                     "protection": pick("protection"),
                     "at": best["defense"] if best is not None else "—", "goodput": pick("goodput"),
                     "benign_accuracy_drop": pick("benign_accuracy_drop"), "perturbation": pick("perturbation"),
                     "latency_overhead": pick("latency_overhead"),
                     # a family that never costs goodput has no curve to integrate
-                    "auc": tradeoff_auc(list(zip(group["goodput"], group["protection"]))) if costs_goodput else math.nan,
+                    "auc": tradeoff_auc(list(zip(group["goodput"], group["protection"])), start=start)
+                    if costs_goodput else math.nan,
                     "settings": len(group)})
     ranked = pd.DataFrame(out)
     if ranked.empty:

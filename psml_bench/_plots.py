@@ -100,13 +100,15 @@ def tradeoff_figure(table: pd.DataFrame, path: Path) -> bool:
     for row, (victim, budget, load) in zip(axes, panels):
         part = defended[(defended["victim"] == victim) & (defended["budget"] == budget) & (defended["load"] == load)]
         where = f"victim {victim}, budget {budget}" + (f", load {load}" if load != "" else "")
+        start = float(part["undefended_goodput"].iloc[0]) if len(part) else 1.0
         for family, group in part.groupby("family", sort=True):
-            if (group["goodput"] < 1.0).any():
+            costs_goodput = bool(group["costs_goodput"].any())
+            if costs_goodput:
                 group = group.sort_values("goodput", ascending=False)
-                row[0].plot(np.concatenate([[1.0], group["goodput"].to_numpy(float)]),
+                row[0].plot(np.concatenate([[start], group["goodput"].to_numpy(float)]),
                             np.concatenate([[0.0], group["protection"].to_numpy(float)]),
                             marker="o", color=colours[family], label=family)
-            if (group["goodput"] >= 1.0).all() and (group["perturbation"] == 0.0).all():
+            if not costs_goodput and (group["perturbation"] == 0.0).all():
                 group = group.sort_values("latency_overhead")
                 row[2].plot(np.concatenate([[0.0], group["latency_overhead"].to_numpy(float)]),
                             np.concatenate([[0.0], group["protection"].to_numpy(float)]),
