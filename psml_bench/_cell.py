@@ -113,8 +113,8 @@ def service_costs(zoo: Zoo, service: Service) -> dict[str, float]:
     within the client's latency bound end to end (queueing, batching and service included);
     ``spec_goodput``: share answered by a model meeting the spec by its routing latency alone (the
     protocol-2 figure); ``latency_p50_ms``/``latency_p99_ms``: end-to-end latency of the answered
-    ones; ``refused_benign`` (by the defense); ``dropped_benign`` (timed out in an overloaded queue); ``false_positive_clients``: share of benign clients the defense
-    detected or blocked; ``benign_accuracy_drop``: top-1 accuracy of the answers the same requests
+    ones; ``refused_benign`` (by the defense); ``dropped_benign`` (timed out in an overloaded queue);
+    ``false_positive_clients``: share of benign clients the defense detected or blocked; ``benign_accuracy_drop``: top-1 accuracy of the answers the same requests
     get from the undefended service minus that of the defended answers (a refused request counts
     as wrong); ``perturbation``: mean halved L1 between each answer and the serving model's own
     output; ``latency_overhead``: mean end-to-end latency of the answered requests over that of the
@@ -130,29 +130,25 @@ def service_costs(zoo: Zoo, service: Service) -> dict[str, float]:
     in_time = answered & (outcome["latency"] <= outcome["max_latency"])
     labels = zoo.splits["attacker_y"][torch.from_numpy(outcome["pool_row"])].numpy()
     defended_correct = answered & (outcome["answers"].nan_to_num(-1.0).argmax(1).numpy() == labels)
-    probabilities = service.answers.probabilities
-    menu_ids = [e.id for e in service.benign_server.menu]
-    undefended = np.empty(n, dtype=np.int64)
-    for index in np.unique(outcome["requested"]):
-        rows = np.flatnonzero(outcome["requested"] == index)
-        undefended[rows] = probabilities[menu_ids[index]][torch.from_numpy(outcome["pool_row"][rows])].argmax(1).numpy()
+    undefended = service.pool_answers(outcome["pool_row"], outcome["requested"]).argmax(1).numpy()
     latency = outcome["latency"][answered]
     baseline = service.undefended_latency(outcome)[answered]
     both = np.isfinite(baseline)  # requests the undefended service would have dropped have no latency to compare
     detected = service.defense.detected
     benign_detected = sum(int(c) in detected for c in service.benign_ids)
     return {
-        "goodput": float(np.mean(accurate_enough & in_time)) if n else float("nan"),
+        "goodput": scoring.goodput(accurate_enough & in_time) if n else float("nan"),
         "spec_goodput": float(np.mean(outcome["meets_spec"])) if n else float("nan"),
         "latency_p50_ms": float(np.percentile(latency, 50)) if len(latency) else float("nan"),
         "latency_p99_ms": float(np.percentile(latency, 99)) if len(latency) else float("nan"),
         "refused_benign": float(np.mean(outcome["refused"])) if n else float("nan"),
         "dropped_benign": float(np.mean(dropped)) if n else float("nan"),
         "false_positive_clients": benign_detected / len(service.benign_ids),
-        "benign_accuracy_drop": float(np.mean(undefended == labels) - np.mean(defended_correct)) if n else float("nan"),
+        "benign_accuracy_drop": scoring.accuracy(undefended, labels) - float(np.mean(defended_correct)) if n
+        else float("nan"),
         "perturbation": scoring.l1_distance(outcome["answers"][torch.from_numpy(answered)],
                                             outcome["raw"][torch.from_numpy(answered)]) if answered.any() else 0.0,
-        "latency_overhead": float(latency[both].mean() / baseline[both].mean() - 1.0) if both.any() else float("nan"),
+        "latency_overhead": scoring.latency_overhead(latency[both], baseline[both]) if both.any() else float("nan"),
         "benign_requests": float(n),
     }
 

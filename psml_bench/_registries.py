@@ -40,11 +40,6 @@ def register_strategy(name: str):
     return STRATEGIES.register(name)
 
 
-def make_attack(name: str, params: dict[str, Any] | None = None) -> Attack:
-    """Instantiate a registered attack with parameters."""
-    return ATTACKS.get(name)(**(params or {}))
-
-
 def make_defense(name: str, params: dict[str, Any] | None = None) -> Defense:
     """Instantiate a registered defense with parameters."""
     return DEFENSES.get(name)(**(params or {}))

@@ -16,7 +16,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from ._cell import CellTask, cell_key, failed_row, provenance, row_identity, zoo_identity
+from ._cell import CellTask, cell_key, failed_row, provenance, zoo_identity
 from ._config import write_atomic
 from ._errors import ConfigError
 from ._executor import Executor, InlineExecutor, LocalExecutor, RayExecutor
@@ -77,9 +77,7 @@ def run_grid(grid: GridConfig, out_dir: Path, *, cache_dir: Path | None = None, 
             try:
                 row = json.loads(path.read_text())
                 if not (retry_failed and row.get("status") != "ok"):
-                    # the labels are the resolved plugins' (identical for an identical key)
-                    rows[key] = {**row, **{k: v for k, v in row_identity(zoo, cell).items()
-                                           if k not in ("status", "error")}}
+                    rows[key] = row
                     continue
             except json.JSONDecodeError:
                 log.warning("ignoring unreadable cell file %s", path)

@@ -114,14 +114,13 @@ def service_times(zoo: Zoo) -> tuple[np.ndarray, np.ndarray]:
     intercept, slope = [], []
     for entry in zoo.menu:
         fit = fits.get(entry.id)
-        if fit is None:
+        a, s = (max(float(fit["intercept_ms"]), 0.0), max(float(fit["slope_ms"]), 0.0)) if fit else (0.0, 0.0)
+        if a + s > 0:
+            intercept.append(a * entry.latency_ms / (a + s))
+            slope.append(s * entry.latency_ms / (a + s))
+        else:
             intercept.append(0.0)
             slope.append(entry.latency_ms)
-            continue
-        a, s = max(float(fit["intercept_ms"]), 0.0), max(float(fit["slope_ms"]), 0.0)
-        scale = entry.latency_ms / (a + s) if a + s > 0 else 0.0
-        intercept.append(a * scale if a + s > 0 else 0.0)
-        slope.append(s * scale if a + s > 0 else entry.latency_ms)
     return np.array(intercept), np.array(slope)
 
 
@@ -219,6 +218,12 @@ class _BenignStream:
         self.min_accuracy = np.concatenate([self.min_accuracy, [s.min_accuracy for s in specs]])
         self.max_latency = np.concatenate([self.max_latency, [s.max_latency_ms for s in specs]])
 
+    def time_of(self, index: int) -> float:
+        """Arrival time of the stream's request ``index`` (0-based), generated if need be."""
+        while len(self.times) <= index:
+            self._extend()
+        return float(self.times[index])
+
     def next_time(self) -> float:
         """Arrival time of the next request not yet routed."""
         while self.routed >= len(self.times):
@@ -300,19 +305,15 @@ class Service:
     def menu(self):
         return self.server.menu
 
-    def _pool_outputs(self, pool_rows: np.ndarray):
-        """The served models' answers to benign requests whose inputs are the pool's ``pool_rows``."""
+    def pool_answers(self, pool_rows: np.ndarray, served: np.ndarray) -> torch.Tensor:
+        """The answers of the models at menu indices ``served`` to the pool inputs at ``pool_rows``."""
         menu = self.benign_server.menu
-
-        def outputs(positions: np.ndarray, served: np.ndarray) -> torch.Tensor:
-            result = torch.empty(len(served), self.zoo.num_classes)
-            for index in np.unique(served):
-                chosen = np.flatnonzero(served == index)
-                result[torch.from_numpy(chosen)] = self.answers.probabilities[menu[index].id][
-                    torch.from_numpy(pool_rows[positions[chosen]])]
-            return result
-
-        return outputs
+        result = torch.empty(len(served), self.zoo.num_classes)
+        for index in np.unique(served):
+            chosen = np.flatnonzero(served == index)
+            result[torch.from_numpy(chosen)] = self.answers.probabilities[menu[index].id][
+                torch.from_numpy(pool_rows[chosen])]
+        return result
 
     def query(self, inputs, spec: Spec | Sequence[Spec], purpose: str = "extract") -> torch.Tensor:
         """One attacker call: arrives now on the clock, is served, and moves the clock past its answers."""
@@ -336,7 +337,7 @@ class Service:
             latency[torch.from_numpy(answered[finished])] = torch.from_numpy((completion - arrivals[answered])[finished])
             # the call is over when its last row came back or was dropped (a drop is decided when
             # its worker would have dispatched it)
-            decided = max(self.simulator._queues[int(m)].dispatched_at for m in np.unique(self.simulator._model[sim_ids]))
+            decided = max(self.simulator.last_dispatch_ms(int(m)) for m in np.unique(self.simulator.model_of(sim_ids)))
             done = max(float(completion[finished].max()) if finished.any() else now,
                        float(np.nextafter(decided, math.inf)))  # strictly after: a batch at t takes arrivals at t
             if not finished.all():  # dropped by an overloaded worker: answered as refused
@@ -354,11 +355,12 @@ class Service:
     def _complete(self, ids: np.ndarray) -> np.ndarray:
         """Step the workers holding ``ids`` batch by batch, in time order, routing benign arrivals first."""
         simulator = self.simulator
-        models = sorted({int(m) for m in simulator._model[ids]})
+        models = simulator.model_of(ids)
         while True:
-            open_models = [m for m in models if np.isnan(simulator._completion[ids[simulator._model[ids] == m]]).any()]
+            completion = simulator.completion_of(ids)
+            open_models = sorted({int(m) for m in models[np.isnan(completion)]})
             if not open_models:
-                return simulator._completion[ids].copy()
+                return completion
             model = min(open_models, key=simulator.next_dispatch_ms)
             dispatch = simulator.next_dispatch_ms(model)
             if self.benign.next_time() <= dispatch:
@@ -377,7 +379,8 @@ class Service:
         rows = stream.pool_row[taken]
         requests = Requests(stream.client[taken], self.zoo.splits["attacker_x"][torch.from_numpy(rows)],
                             stream.min_accuracy[taken], stream.max_latency[taken], stream.times[taken])
-        served = self.benign_server.serve(requests, self.benign_server.rng, self._pool_outputs(rows))
+        served = self.benign_server.serve(requests, self.benign_server.rng,
+                                          lambda positions, models: self.pool_answers(rows[positions], models))
         self._note_detections(requests)
         answered = np.flatnonzero(~served.refused)
         sim_ids = np.full(len(rows), -1, dtype=np.int64)
@@ -395,9 +398,7 @@ class Service:
     def finish(self) -> None:
         """Send the rest of the benign stream (at least ``benign_queries`` requests, and until the
         attacker's last answer), then serve everything still queued."""
-        while len(self.benign.times) < self.benign_queries:
-            self.benign._extend()
-        self._route_benign(max(self.clock, float(self.benign.times[self.benign_queries - 1])))
+        self._route_benign(max(self.clock, self.benign.time_of(self.benign_queries - 1)))
         self.simulator.finish()
 
     # --- metrics -----------------------------------------------------------------------------------
@@ -410,7 +411,7 @@ class Service:
         served = [s for _, s, _ in self._benign]
         sim_ids = np.concatenate([i for _, _, i in self._benign]) if taken else np.empty(0, dtype=np.int64)
         completion = np.full(len(sim_ids), np.nan)
-        completion[sim_ids >= 0] = self.simulator._completion[sim_ids[sim_ids >= 0]]
+        completion[sim_ids >= 0] = self.simulator.completion_of(sim_ids[sim_ids >= 0])
         return {
             "client": stream.client[index], "pool_row": stream.pool_row[index], "arrival": stream.times[index],
             "min_accuracy": stream.min_accuracy[index], "max_latency": stream.max_latency[index],
@@ -425,9 +426,8 @@ class Service:
 
     def undefended_latency(self, outcome: dict[str, np.ndarray]) -> np.ndarray:
         """Per benign request, its latency had the same requests, at the same times, been routed with no defense."""
-        attacker = [(t, m) for t, m in self._attacker_requests]
-        times = np.concatenate([outcome["arrival"]] + [t for t, _ in attacker])
-        models = np.concatenate([outcome["requested"]] + [m for _, m in attacker]).astype(np.int64)
+        times = np.concatenate([outcome["arrival"]] + [t for t, _ in self._attacker_requests])
+        models = np.concatenate([outcome["requested"]] + [m for _, m in self._attacker_requests]).astype(np.int64)
         simulator = BatchingSimulator(self.intercept, self.slope, self.batching)
         simulator.add(times, models)
         simulator.finish()

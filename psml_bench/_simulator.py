@@ -195,6 +195,18 @@ class BatchingSimulator:
                 self._advance(int(self._model[request]), position + 1)
         return self._completion[flat].reshape(ids.shape)
 
+    def completion_of(self, ids: np.ndarray) -> np.ndarray:
+        """Completion time of requests ``ids`` as simulated so far (NaN: not yet served; ``inf``: dropped)."""
+        return self._completion[ids].copy()
+
+    def model_of(self, ids: np.ndarray) -> np.ndarray:
+        """Model index of requests ``ids``."""
+        return self._model[ids].copy()
+
+    def last_dispatch_ms(self, model: int) -> float:
+        """When ``model`` last dispatched a batch or dropped a request (``-inf``: never)."""
+        return self._queues[model].dispatched_at
+
     def pending(self, model: int) -> int:
         """Requests queued on ``model`` and not yet dispatched."""
         queue = self._queues[model]
