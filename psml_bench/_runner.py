@@ -106,4 +106,6 @@ def run_grid(grid: GridConfig, out_dir: Path, *, cache_dir: Path | None = None, 
 
 
 def _row_order(row: dict[str, Any]) -> tuple:
-    return (row["zoo"], row["victim"], row["attack"], row["defense"], int(row["budget"]), int(row["seed"]))
+    """Rows by cell, whatever was cached: cells differing only in their service sort by it."""
+    return (row["zoo"], row["victim"], row["attack"], row["defense"], int(row["budget"]), float(row["load"]),
+            int(row["benign_clients"]), float(row["attacker_rate"]), bool(row["latency_visible"]), int(row["seed"]))
