@@ -198,12 +198,14 @@ def run_cell(zoo: Zoo, grid: GridConfig, cell: Cell) -> dict[str, Any]:
                           pool=zoo.splits["attacker_x"], role=cell.victim,
                           latency_visible=cell.service.latency_visible)
     row = row_identity(zoo, cell)
+    row["surrogate_recipe"] = ""  # the recipe of train_surrogate that produced the returned weights, if any
     metrics = dict.fromkeys(SURROGATE_METRICS, float("nan"))
     flags = _defense_flags(zoo, grid, cell)
     try:
         surrogate = run_attack(service, attack_locator(cell), knowledge, cell.budget,
                                np.random.default_rng([cell.seed, 1]))
         metrics = surrogate_metrics(zoo, victim_id, surrogate)
+        row["surrogate_recipe"] = surrogate.recipe
         flags += surrogate_flags(zoo, victim_id, surrogate, metrics["fidelity"])
     except AttackFailed as exc:
         row.update(status="failed", error=str(exc))

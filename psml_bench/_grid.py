@@ -20,6 +20,12 @@ from ._manifests import grid_entries, load_submissions
 from ._registries import ATTACKS, DEFENSES, POLICIES, STRATEGIES
 from ._registry import Registry
 from ._service import ServiceConfig
+from ._surrogate import SURROGATE_DEFAULTS
+
+RECIPE_FIELDS = ("surrogate", "epochs", "min_steps")
+"""The surrogate parameters a block's training recipe fixes (an attack still declares soft or hard labels)."""
+DEFAULT_RECIPE: tuple[tuple[str, Any], ...] = tuple((k, SURROGATE_DEFAULTS[k]) for k in RECIPE_FIELDS)
+MAX_ACCURACY_DROP = 0.01
 
 
 @dataclass(frozen=True)
@@ -126,6 +132,7 @@ class Block:
     budgets: tuple[int, ...]
     seeds: tuple[int, ...]
     services: tuple[ServiceConfig, ...] = (ServiceConfig(),)
+    recipe: tuple[tuple[str, Any], ...] = DEFAULT_RECIPE
 
     def cells(self) -> list[Cell]:
         return [Cell(v, a, d, b, s, c) for v, a, d, b, c, s in itertools.product(
@@ -137,6 +144,8 @@ class GridConfig:
     """A validated grid: the union of its blocks' cells, or the cross product of its lists.
 
     With ``blocks`` the top-level lists are the union of the blocks' lists (for display).
+    ``max_accuracy_drop`` and the blocks' ``recipe`` say how the leaderboard ranks, not what a cell
+    computes: neither is part of a cell key.
     """
 
     name: str
@@ -150,6 +159,7 @@ class GridConfig:
     benign_queries: int
     source: str
     blocks: tuple[Block, ...] = ()
+    max_accuracy_drop: float = MAX_ACCURACY_DROP
 
     def parts(self) -> tuple[Block, ...]:
         """The grid's blocks; a grid built without them is one block of its lists (default service)."""
@@ -195,7 +205,7 @@ def load_grid(name_or_path: str | Path) -> GridConfig:
         name=raw["name"], zoo=raw["zoo"], policy=policy, victims=union("victims"),
         attacks=union("attacks"), defenses=union("defenses"), budgets=union("budgets"),
         seeds=tuple(raw["seeds"]), benign_queries=raw.get("benign_queries", 1000), source=str(path),
-        blocks=blocks,
+        blocks=blocks, max_accuracy_drop=float(raw.get("max_accuracy_drop", MAX_ACCURACY_DROP)),
     )
 
 
@@ -212,6 +222,12 @@ def _services(grid_level: dict[str, Any], block_level: dict[str, Any], source: s
         except PsmlError as exc:
             raise ConfigError(f"{source}: field '{where}service': {exc}") from None
     return tuple(dict.fromkeys(configs))
+
+
+def _recipe(grid_level: dict[str, Any], block_level: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+    """The block's training recipe: the surrogate defaults, overridden by the grid's ``recipe``, then the block's."""
+    recipe = {**dict(DEFAULT_RECIPE), **grid_level, **block_level}
+    return tuple((k, recipe[k]) for k in RECIPE_FIELDS)
 
 
 def _blocks(raw: dict[str, Any], source: str) -> tuple[Block, ...]:
@@ -243,5 +259,7 @@ def _blocks(raw: dict[str, Any], source: str) -> tuple[Block, ...]:
                              where)
         blocks.append(Block(entry["name"], tuple(entry.get("victims", raw.get("victims"))),
                             tuple(dict.fromkeys(attacks)), tuple(dict.fromkeys(defenses)),
-                            tuple(entry.get("budgets", raw.get("budgets"))), tuple(raw["seeds"]), services))
+                            tuple(entry.get("budgets", raw.get("budgets"))),
+                            tuple(entry.get("seeds", raw["seeds"]) if "blocks" in raw else raw["seeds"]), services,
+                            _recipe(raw.get("recipe", {}), entry.get("recipe", {}) if "blocks" in raw else {})))
     return tuple(blocks)

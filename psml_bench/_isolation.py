@@ -48,7 +48,7 @@ import torch
 
 from ._errors import AttackFailed, BudgetExhausted, InvalidQueryError, ProtocolError, PsmlError
 from ._registries import ATTACKS, STRATEGIES
-from ._surrogate import Surrogate
+from ._surrogate import Surrogate, trained_recipe
 from ._serving import Knowledge, Server, Spec, Target
 
 if TYPE_CHECKING:
@@ -305,7 +305,7 @@ def _attack_main(conn: Connection) -> None:
         arch = surrogate.net.pretrained_cfg.get("architecture") if hasattr(surrogate.net, "pretrained_cfg") else None
         if not isinstance(arch, str):
             raise TypeError("the returned Surrogate's network does not name its timm architecture")
-        message = pack({"op": "done", "arch": arch}, dict(surrogate.state_dict()))
+        message = pack({"op": "done", "arch": arch, "recipe": trained_recipe(surrogate)}, dict(surrogate.state_dict()))
     except BaseException as exc:  # noqa: BLE001 - everything the plugin does wrong is reported
         message = pack({"op": "failed", "type": type(exc).__name__, "message": str(exc),
                         "traceback": traceback.format_exc()[-4000:]})
@@ -376,6 +376,8 @@ def _rebuild_surrogate(header: dict[str, Any], state: dict[str, torch.Tensor], k
         model.load_state_dict(state, strict=True)
     except Exception as exc:  # noqa: BLE001
         raise AttackFailed(f"TypeError: the attack's surrogate ({arch}) could not be rebuilt: {exc}") from None
+    recipe = header.get("recipe")
+    model.recipe = recipe if isinstance(recipe, str) else ""  # checked against the weights in the attack process
     return model.eval()
 
 

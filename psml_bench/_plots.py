@@ -86,20 +86,21 @@ def budget_figure(frame: pd.DataFrame, path: Path) -> bool:
 
 
 def tradeoff_figure(table: pd.DataFrame, path: Path) -> bool:
-    """Protection against each defense family's cost, per (victim, budget, load): goodput (defenses that
+    """Protection against each defense family's cost, per (victim, block, budget, load): goodput (defenses that
     cost goodput), output perturbation (defenses that change the answers) and latency (the rest)."""
     if table.empty:
         return False
     defended = table[table["defense"] != "none"]
-    panels = list(dict.fromkeys(zip(defended["victim"], defended["budget"], defended["load"])))
+    panels = list(dict.fromkeys(zip(defended["victim"], defended["block"], defended["budget"], defended["load"])))
     if not panels:
         return False
     plt = _pyplot()
     figure, axes = plt.subplots(len(panels), 3, figsize=(19, 4.5 * len(panels)), squeeze=False)
     colours = {family: f"C{i % 10}" for i, family in enumerate(sorted(set(defended["family"])))}
-    for row, (victim, budget, load) in zip(axes, panels):
-        part = defended[(defended["victim"] == victim) & (defended["budget"] == budget) & (defended["load"] == load)]
-        where = f"victim {victim}, budget {budget}" + (f", load {load}" if load != "" else "")
+    for row, (victim, block, budget, load) in zip(axes, panels):
+        part = defended[(defended["victim"] == victim) & (defended["block"] == block) & (defended["budget"] == budget)
+                        & (defended["load"] == load)]
+        where = f"victim {victim}, block {block}, budget {budget}" + (f", load {load}" if load != "" else "")
         start = float(part["undefended_goodput"].iloc[0]) if len(part) else 1.0
         for family, group in part.groupby("family", sort=True):
             costs_goodput = bool(group["costs_goodput"].any())

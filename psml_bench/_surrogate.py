@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import numpy as np
@@ -55,6 +56,14 @@ class SurrogateConfig:
         """Optimiser steps :func:`train_surrogate` takes on ``n`` examples."""
         return max(self.min_steps, self.epochs * math.ceil(n / self.batch_size))
 
+    def recipe(self) -> str:
+        """The training recipe as one string: architecture, epochs and least steps, and any optimiser setting
+        that differs from the defaults (what the leaderboard compares with a block's recipe)."""
+        default = SurrogateConfig()
+        extra = [f"{f.name}={getattr(self, f.name)}" for f in fields(self)
+                 if f.name in ("batch_size", "lr", "weight_decay") and getattr(self, f.name) != getattr(default, f.name)]
+        return ", ".join([self.arch, f"epochs={self.epochs}", f"min_steps={self.min_steps}", *extra])
+
     def cheaper(self, fraction: float, n: int) -> SurrogateConfig:
         """This config for ``fraction`` of the steps it takes on ``n`` examples (a strategy's interim surrogate)."""
         return replace(self, epochs=0, min_steps=max(2, math.ceil(fraction * self.steps(n))))
@@ -86,8 +95,24 @@ def check_surrogate_params(params: dict[str, Any]) -> None:
             raise ConfigError(f"parameter '{key}' must be {rule.describe()}, got {params[key]!r}")
 
 
+def weights_digest(model: torch.nn.Module) -> str:
+    """sha256 of a model's weights and buffers (to tell whether it changed since it was trained)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
 class Surrogate(torch.nn.Module):
-    """A timm network behind a fixed input normalisation estimated from the attacker's pool."""
+    """A timm network behind a fixed input normalisation estimated from the attacker's pool.
+
+    ``recipe`` is the training recipe (:meth:`SurrogateConfig.recipe`) of the last :func:`train_surrogate`
+    call that produced these weights, and ``digest`` their hash then; both empty for an untrained one.
+    """
+
+    recipe: str = ""
+    digest: str = ""
 
     def __init__(self, arch: str, in_chans: int, num_classes: int, mean: torch.Tensor, std: torch.Tensor):
         super().__init__()
@@ -131,7 +156,7 @@ def train_surrogate(inputs: torch.Tensor, answers: torch.Tensor, knowledge: Know
         check_surrogate_params({"labels": config.labels})
     n = len(inputs)
     if n < 2:  # batches of one are skipped (batch norm): nothing to train on
-        return model.eval()
+        return _trained(model.eval(), config)
     steps = config.steps(n)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=steps, pct_start=0.15)
@@ -151,4 +176,15 @@ def train_surrogate(inputs: torch.Tensor, answers: torch.Tensor, knowledge: Know
             optimizer.step()
             schedule.step()
             done += 1
-    return model.eval()
+    return _trained(model.eval(), config)
+
+
+def _trained(model: Surrogate, config: SurrogateConfig) -> Surrogate:
+    model.recipe, model.digest = config.recipe(), weights_digest(model)
+    return model
+
+
+def trained_recipe(model: Surrogate) -> str:
+    """The recipe ``model`` was trained with by :func:`train_surrogate`; '' if its weights changed since
+    (or it never was): the harness then cannot say how it was trained."""
+    return model.recipe if model.recipe and weights_digest(model) == model.digest else ""

@@ -79,7 +79,7 @@ def _profile_table(path: Path) -> str:
 
 
 def _show(name: str, cache: Path | None) -> int:
-    from ._leaderboard import zoo_table
+    from ._leaderboard import markdown_table, zoo_table
     from ._zoo import Zoo
     from ._zoo_config import load_zoo_config, zoo_directory
     from ._zoo_profiles import committed_profiles
@@ -89,7 +89,7 @@ def _show(name: str, cache: Path | None) -> int:
     if (directory / "card.json").is_file():
         zoo = Zoo(directory)
         print(f"zoo {zoo.name} ({directory})\n{config.description}\n")
-        print(zoo_table(zoo))
+        print(markdown_table(zoo_table(zoo)))
         print(f"\nadvertised specs: accuracy in {list(zoo.accuracy_range)}, latency in {list(zoo.latency_range_ms)} ms;"
               f" splits {zoo.card['splits']}")
     else:

@@ -27,6 +27,12 @@ def test_shipped_configs_load():
     assert len(grid.seeds) >= 3 and len(grid.cells()) == len(set(grid.cells()))
     assert [b.name for b in grid.blocks] == ["budgets", "strategies", "spec-defenses", "output-defenses", "load"]
     assert [s.load for s in grid.blocks[-1].services] == [0.5, 0.8, 0.95]
+    # more seeds where three left the intervals overlapping; every block trains with the default recipe
+    assert [b.seeds for b in grid.blocks] == [(0, 1, 2)] * 3 + [(0, 1, 2, 3, 4), (0, 1, 2)]
+    assert {b.recipe for b in grid.blocks} == {(("surrogate", "test_resnet"), ("epochs", 10), ("min_steps", 200))}
+    assert grid.max_accuracy_drop == 0.01
+    assert {b.recipe for b in load_grid("tiny").blocks} == {(("surrogate", "test_resnet"), ("epochs", 5),
+                                                            ("min_steps", 40))}
     assert [d.kwargs for d in grid.defenses if d.name == "spec-noise"] == [
         {"scale": 0.02}, {"scale": 0.05}, {"scale": 0.1}, {"scale": 0.2},
         {"distribution": "laplace", "scale": 0.05}, {"distribution": "laplace", "scale": 0.1}]

@@ -67,7 +67,12 @@ def test_tiny_grid_completes_with_every_cell(tiny_run):
         assert int(row["queries"]) <= int(row["budget"])
     page = (out / "README.md").read_text()
     assert "## Zoo `fmnist-tiny`" in page and "### Attacks ranked per defense: block `defenses`" in page
-    assert "### Defenses ranked by protection at goodput >= 0.8" in page and "spec-noise(scale=0.05)" in page
+    assert "### Defenses ranked: block `defenses`" in page and "spec-noise(scale=0.05)" in page
+    assert (out / "index.html").read_text().startswith("<!DOCTYPE html>")
+    # the built-ins declare the grid's recipe and their surrogates were verified to be trained with it
+    built_in = [r for r in table if r["attack"].split("(")[0] in ("oracle", "naive", "psml", "psml-adaptive")]
+    assert {r["surrogate_recipe"] for r in built_in} == {"test_resnet, epochs=5, min_steps=40"}
+    assert "| fixed recipe |" in page
     assert {p.name for p in out.glob("*.png")} == {"zoo_frontier.png", "fidelity_vs_budget.png",
                                                    "protection_vs_goodput.png"}
 

@@ -9,9 +9,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from psml_bench._leaderboard import (RESULT_COLUMNS, defense_ranking, describe_grid, protection_table,
-                                     render_markdown, results_frame, tradeoff_auc, write_leaderboard)
 from psml_bench._grid import Block, GridConfig, PluginSpec
+from psml_bench._intervals import Estimate, paired_difference, shared_ranks, t_interval
+from psml_bench._leaderboard import RESULT_COLUMNS, render_markdown, results_frame, write_leaderboard
+from psml_bench._ranking import (FIXED, OWN, attack_ranking, defense_ranking, describe_grid, protection_table,
+                                 tradeoff_auc)
 from psml_bench._zoo import MenuEntry
 
 GOLDEN = Path(__file__).parent / "golden" / "leaderboard.md"
@@ -46,6 +48,7 @@ def toy_grid() -> GridConfig:
 
 FIDELITY_DROP = {"none": 0.0, "spec-noise(scale=0.05)": 0.02, "spec-noise(scale=0.1)": 0.1}
 GOODPUT = {"none": 1.0, "spec-noise(scale=0.05)": 0.9, "spec-noise(scale=0.1)": 0.7}
+ACCURACY_DROP = {"none": 0.0, "spec-noise(scale=0.05)": 0.0, "spec-noise(scale=0.1)": 0.6}
 
 
 def rows():
@@ -66,8 +69,11 @@ def rows():
             "accuracy": 0.7 + 0.02 * cell.seed, "accuracy_norm": 0.8, "kl": 0.2, "l1": 0.1,
             "queries": cell.budget, "fingerprint_queries": 40 + cell.seed if attack != "oracle" else 0,
             "victim_hit_rate": 1.0 if attack == "oracle" else 0.9, "fingerprint_accuracy": 1.0,
-            "goodput": GOODPUT[defense], "benign_accuracy_drop": 0.0, "perturbation": 0.0, "latency_overhead": 0.01,
+            "goodput": GOODPUT[defense], "benign_accuracy_drop": ACCURACY_DROP[defense], "perturbation": 0.0,
+            "latency_overhead": 0.01, "cell_key": f"k{len(out)}",
         })
+        if cell.seed == 1:
+            out[-1]["flags"] = ""  # seed 0's cells predate the sanity checks: their flags were never computed
     return out
 
 
@@ -88,15 +94,67 @@ def test_defense_settings_read_family_and_strength():
     assert settings["none"].strength is None
 
 
+def protection(frame=None, max_accuracy_drop=0.01):
+    blocks, settings = describe_grid(toy_grid())
+    return protection_table(results_frame(rows()) if frame is None else frame, blocks, settings, max_accuracy_drop)
+
+
 def test_protection_is_the_drop_of_the_strongest_service_attack():
-    _, settings = describe_grid(toy_grid())
-    table = protection_table(results_frame(rows()), settings)
+    table = protection()
     row = table[(table["victim"] == "rank:1") & (table["defense"] == "spec-noise(scale=0.1)")].iloc[0]
     # psml (soft) is the strongest: mean fidelity over seeds 0.7 + 0.1 + 0.005 - 0.1; oracle is not a service attack
-    assert row["strongest_attack"] == "psml"
+    assert row["strongest_attack"] == "psml" and row["block"] == "defenses"
     assert row["fidelity"] == pytest.approx(0.705)
     assert row["protection"] == pytest.approx(0.1)
     assert row["goodput"] == pytest.approx(0.7)
+    # the same drop on both seeds: a paired difference with no spread, so an interval of width 0
+    assert row["protection_estimate"].n == 2 and row["protection_estimate"].half_width == pytest.approx(0.0)
+    # too much benign accuracy lost: ineligible (with the reason) and flagged as degenerate
+    assert row["ineligible"] == "goodput 0.700 < 0.8; benign acc. drop 0.600 > 0.01"
+    assert "benign accuracy drop 0.600 > 0.5" in row["flags"] and "flags not computed" in row["flags"]
+    # the budgets block has no defense: no protection rows come from it
+    assert set(table["block"]) == {"defenses"}
+
+
+def test_t_interval_and_paired_difference():
+    estimate = t_interval([0.8, 0.82, 0.84])
+    # t(0.975, 2) = 4.303; s = 0.02; half-width 4.303 * 0.02 / sqrt(3)
+    assert estimate.mean == pytest.approx(0.82) and estimate.half_width == pytest.approx(4.3027 * 0.02 / 3 ** 0.5,
+                                                                                          rel=1e-4)
+    assert t_interval([0.5]).format() == "0.500" and t_interval([]).format() == "—"
+    difference = paired_difference({0: 0.9, 1: 0.8, 2: 0.7}, {0: 0.85, 1: 0.75, 2: 0.65, 3: 0.0})
+    assert difference.mean == pytest.approx(0.05) and difference.half_width == pytest.approx(0.0) and difference.n == 3
+
+
+def test_overlapping_intervals_share_a_rank():
+    ranks = shared_ranks([Estimate(0.07, 0.02, 3), Estimate(0.05, 0.02, 3), Estimate(0.01, 0.005, 3),
+                          Estimate(float("nan"), float("nan"), 0)])
+    assert ranks == ["=1", "=1", "3", "—"]
+    assert shared_ranks([Estimate(0.2, float("nan"), 1), Estimate(0.1, float("nan"), 1)]) == ["1", "2"]
+
+
+def test_an_attack_above_the_oracle_by_more_than_its_interval_is_flagged():
+    data = rows()
+    for row in data:
+        if row["attack"] == "psml" and row["defense"] == "none" and row["budget"] == 100:
+            row["fidelity"] += 0.05 + 0.001 * row["seed"]
+    blocks, _ = describe_grid(toy_grid())
+    ranking = attack_ranking(results_frame(data), blocks[0])
+    psml = [e for e in ranking if e["attack"] == "psml" and e["budget"] == 100 and e["victim"] == "rank:1"][0]
+    assert any(flag.startswith("beats oracle by 0.051") for flag in psml["flags"])
+    oracle = [e for e in ranking if e["attack"] == "oracle" and e["budget"] == 100 and e["victim"] == "rank:1"][0]
+    assert not any(flag.startswith("beats oracle") for flag in oracle["flags"])
+
+
+def test_tracks_follow_the_recipe_the_surrogate_was_trained_with():
+    data = rows()
+    for row in data:
+        if row["attack"] == "psml(labels=hard)":
+            row["surrogate_recipe"] = "test_resnet, epochs=10, min_steps=40"
+    blocks, _ = describe_grid(toy_grid())
+    ranking = attack_ranking(results_frame(data), blocks[1])
+    tracks = {e["attack"]: (e["track"], e["rank"]) for e in ranking if e["defense"] == "none"}
+    assert tracks["psml"] == (FIXED, "1") and tracks["psml(labels=hard)"] == (OWN, "own")
 
 
 def test_tradeoff_auc_integrates_protection_over_goodput_above_the_floor():
@@ -108,14 +166,19 @@ def test_tradeoff_auc_integrates_protection_over_goodput_above_the_floor():
     assert tradeoff_auc([(1.0, 0.3)]) == 0.0
 
 
-def test_defenses_rank_by_protection_at_goodput_at_least_0_8():
-    _, settings = describe_grid(toy_grid())
-    table = protection_table(results_frame(rows()), settings)
-    ranked = defense_ranking(table)
+def test_defenses_rank_by_protection_of_their_eligible_settings():
+    ranked = defense_ranking(protection())
     best = ranked[(ranked["victim"] == "rank:1")].iloc[0]
     # scale 0.1 protects more but its goodput 0.7 is below the floor: scale 0.05 counts
     assert best["at"] == "spec-noise(scale=0.05)" and best["protection"] == pytest.approx(0.02)
+    assert best["rank"] == "1" and best["eligible"] == "1 of 2"
     assert not math.isnan(best["auc"])
+
+
+def test_the_accuracy_constraint_is_a_grid_parameter():
+    table = protection(max_accuracy_drop=0.7)
+    row = table[(table["victim"] == "rank:1") & (table["defense"] == "spec-noise(scale=0.1)")].iloc[0]
+    assert row["ineligible"] == "goodput 0.700 < 0.8"
 
 
 def test_results_csv_has_the_protocol_columns_first_and_figures_are_written(tmp_path):
@@ -124,6 +187,7 @@ def test_results_csv_has_the_protocol_columns_first_and_figures_are_written(tmp_
     assert list(frame.columns[: len(RESULT_COLUMNS)]) == RESULT_COLUMNS
     assert len(frame) == len(rows()) and set(frame["status"]) == {"ok", "failed"}
     figures = sorted(p.name for p in tmp_path.glob("*.png"))
+    assert (tmp_path / "index.html").read_text().startswith("<!DOCTYPE html>")
     assert figures == ["fidelity_vs_budget.png", "protection_vs_goodput.png", "zoo_frontier.png"]
     assert all((tmp_path / f).read_bytes().startswith(b"\x89PNG") for f in figures)
     assert all(f"]({f})" in (tmp_path / "README.md").read_text() for f in figures)
