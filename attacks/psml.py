@@ -14,6 +14,11 @@ The PSML attack (arXiv 2307.01292) without knowing the menu:
    accurate: rank:1), pick the target role's region and send every remaining query with the
    spec at its centre, the point deepest inside it.
 
+The fingerprint's cost adapts to the budget: when ``candidates + grid`` exceeds
+``fingerprint_share`` of the budget, both shrink by the same factor (at least 4 candidates and 6
+levels) and the bisection stops earlier (``tolerance`` divided by that factor), so a small budget
+keeps most of its queries for extraction. Budgets of 400 and more (at the defaults) are unaffected.
+
 Each observation repeats the probe ``repeats`` times and keeps the most frequent answer, so
 a randomised service can be fingerprinted at proportional cost. All fingerprint queries are
 sent with ``purpose="fingerprint"`` and counted by the server.
@@ -40,6 +45,7 @@ sent with ``purpose="fingerprint"`` and counted by the server.
 from __future__ import annotations
 
 import logging
+import math
 from collections import Counter
 
 import numpy as np
@@ -125,21 +131,32 @@ class Psml(Attack):
     """Fingerprinting (sweep + bisection of the accuracy floor), then extraction through the found spec."""
 
     defaults = {**SURROGATE_DEFAULTS, "grid": 24, "tolerance": 0.002, "repeats": 1, "candidates": 16,
-                "adaptive": False, "trials": 16, "requery": False}
+                "adaptive": False, "trials": 16, "requery": False, "fingerprint_share": 0.1}
+
+    def sweep_plan(self, budget: int) -> tuple[int, int, float]:
+        """Probe candidates, sweep levels and bisection tolerance for ``budget``: the parameters, scaled down
+        (tolerance up) when probe and sweep alone would take more than ``fingerprint_share`` of the budget."""
+        candidates, levels = int(self.params["candidates"]), int(self.params["grid"])
+        tolerance = float(self.params["tolerance"])
+        scale = float(self.params["fingerprint_share"]) * budget / (candidates + levels)
+        if scale >= 1:
+            return candidates, levels, tolerance
+        return max(4, math.ceil(candidates * scale)), max(6, math.ceil(levels * scale)), tolerance / max(scale, 0.1)
 
     def fingerprint(self, target: Target, knowledge: Knowledge, budget: int, rng: np.random.Generator) -> Spec:
         """Find the spec deepest inside the target role's region (adaptive: the one reaching it most often)."""
         (a_lo, a_hi), (_, l_hi) = knowledge.spec_range.accuracy, knowledge.spec_range.latency_ms
-        candidates = knowledge.pool[sample_pool(knowledge, self.params["candidates"], rng)]
+        n_candidates, n_levels, tolerance = self.sweep_plan(budget)
+        candidates = knowledge.pool[sample_pool(knowledge, n_candidates, rng)]
         answers = target.query(candidates, Spec(a_lo, l_hi), purpose="fingerprint")
         entropy = -(answers * answers.clamp_min(1e-12).log()).sum(dim=1)
         probe = candidates[int(entropy.argmax())].unsqueeze(0)
         fingerprinter = _Fingerprinter(target, probe, l_hi, int(self.params["repeats"]))
-        levels = np.linspace(a_lo, a_hi, int(self.params["grid"]))
+        levels = np.linspace(a_lo, a_hi, n_levels)
         models = [fingerprinter.observe(level) for level in levels]
         for i in range(len(levels) - 1):
             if models[i] != models[i + 1]:
-                fingerprinter.bisect(levels[i], models[i], levels[i + 1], models[i + 1], self.params["tolerance"])
+                fingerprinter.bisect(levels[i], models[i], levels[i + 1], models[i + 1], tolerance)
         regions = rank_regions(fingerprinter.observations, a_lo, a_hi)
         rank = knowledge.rank
         if rank > len(regions):

@@ -77,6 +77,16 @@ def test_tiny_grid_completes_with_every_cell(tiny_run):
                                                    "protection_vs_goodput.png"}
 
 
+def test_psml_fingerprint_cost_adapts_to_the_budget():
+    from psml_bench import ATTACKS
+
+    psml = ATTACKS.get("psml")()
+    assert psml.sweep_plan(1000) == (16, 24, 0.002) and psml.sweep_plan(400) == (16, 24, 0.002)
+    candidates, levels, tolerance = psml.sweep_plan(250)  # 10% of 250 is 25 of the 40 probe and sweep queries
+    assert (candidates, levels) == (10, 15) and tolerance == pytest.approx(0.002 / 0.625)
+    assert psml.sweep_plan(10) == (4, 6, pytest.approx(0.02))
+
+
 def test_attacks_behave_as_specified_without_defense(tiny_run, tiny_zoo):
     summary, _ = tiny_run
     for row in rows_by(summary, defense="none"):
@@ -87,6 +97,9 @@ def test_attacks_behave_as_specified_without_defense(tiny_run, tiny_zoo):
             # fingerprinting finds the victim's region: every extraction query reaches it
             assert 0 < row["fingerprint_queries"] < row["budget"] / 2
             assert row["victim_hit_rate"] == 1.0 and row["fingerprint_accuracy"] == 1.0
+    psml = {r["budget"]: r["fingerprint_queries"] for r in rows_by(summary, attack="psml(", defense="none",
+                                                                   victim="rank:2")}
+    assert psml[200] < psml[400]  # at 200 the sweep is scaled down to 10% of the budget
     naive_middle = rows_by(summary, attack="naive", defense="none", victim="rank:2")
     assert all(r["victim_hit_rate"] < 0.8 for r in naive_middle)
 
