@@ -122,17 +122,18 @@ def tradeoff_figure(table: pd.DataFrame, path: Path) -> bool:
         row[0].axvline(0.8, color="0.5", linestyle="--", linewidth=1)
         row[0].set_xlabel("goodput")
         row[0].invert_xaxis()
-        row[0].set_title(f"{where}: defenses that cost goodput")
+        row[0].set_title(f"{where}:\ndefenses that cost goodput")
         row[1].set_xlabel("output perturbation (mean halved L1 on benign answers)")
-        row[1].set_title(f"{where}: defenses on the answers")
+        row[1].set_title(f"{where}:\ndefenses on the answers")
         row[2].set_xlabel("latency overhead (mean end-to-end latency of benign requests, relative)")
-        row[2].set_title(f"{where}: defenses that cost only latency")
+        row[2].set_title(f"{where}:\ndefenses that cost only latency")
         for axis in row:
             axis.axhline(0.0, color="0.5", linewidth=0.5)
             axis.set_ylabel("protection (fidelity drop of the strongest attack)")
             axis.grid(alpha=0.3)
             if axis.get_legend_handles_labels()[0]:
                 axis.legend(fontsize=7)
+    figure.tight_layout()  # two-line panel titles must not run into the row above
     _save(figure, path)
     plt.close(figure)
     return True
