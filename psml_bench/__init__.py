@@ -10,6 +10,7 @@ from ._cell import PROTOCOL_VERSION
 from ._errors import (BudgetExhausted, ConfigError, DataError, InvalidQueryError, PsmlError,
                       UnknownPluginError)
 from ._extraction import ActiveLearning, QuerySession, Strategy, extract, query_batched, sample_pool
+from ._http_target import HttpTarget
 from ._parameters import Allowed
 from ._plugins import Attack, Defense
 from ._registries import (ATTACKS, DEFENSES, POLICIES, STRATEGIES, register_attack, register_defense,
@@ -21,7 +22,7 @@ from ._version import __version__
 
 __all__ = [
     "ATTACKS", "ActiveLearning", "Allowed", "Attack", "BudgetExhausted", "ConfigError", "DEFENSES", "DataError", "Defense",
-    "InvalidQueryError", "Knowledge", "POLICIES", "PROTOCOL_VERSION", "Policy", "PsmlError", "QuerySession",
+    "HttpTarget", "InvalidQueryError", "Knowledge", "POLICIES", "PROTOCOL_VERSION", "Policy", "PsmlError", "QuerySession",
     "Requests",
     "Registry", "STRATEGIES", "SURROGATE_DEFAULTS", "Spec", "SpecRange", "Strategy", "Surrogate", "SurrogateConfig",
     "Target", "UnknownPluginError", "__version__", "extract", "query_batched", "register_attack",

@@ -23,7 +23,7 @@ import torch
 from . import _scoring as scoring
 from ._config import content_hash
 from ._errors import AttackFailed, BudgetExhausted, ExecutorError
-from ._grid import Cell, GridConfig
+from ._grid import Cell, GridConfig, ResolvedPlugin
 from ._isolation import AttackLocator, run_attack
 from ._manifests import load_submissions
 from ._sanity import defense_flags, surrogate_flags
@@ -175,14 +175,14 @@ def finish_row(row: dict[str, Any], zoo: Zoo, task: CellTask) -> dict[str, Any]:
     return {**row, "cell_key": task.key, "profile": zoo.profile_name, "grid": task.grid.name, **task.provenance}
 
 
-def attack_locator(cell: Cell) -> AttackLocator:
-    """Where the attack process finds the cell's attack: a registry name or a submission folder."""
-    cls = cell.attack_plugin.cls
+def attack_locator(plugin: ResolvedPlugin) -> AttackLocator:
+    """Where the attack process finds a resolved attack: a registry name or a submission folder."""
+    cls = plugin.cls
     folder = getattr(cls, "submission_folder", None)
     if folder is not None:
-        return AttackLocator(cell.attack.name, tuple(sorted({**cls.defaults, **cell.attack.kwargs}.items())),
+        return AttackLocator(plugin.spec.name, tuple(sorted({**cls.defaults, **plugin.spec.kwargs}.items())),
                              submission=str(folder), entry=cls.submission_entry, imports=cls.submission_imports)
-    return AttackLocator(cell.attack.name, cell.attack.params)
+    return AttackLocator(plugin.spec.name, plugin.spec.params)
 
 
 def run_cell(zoo: Zoo, grid: GridConfig, cell: Cell) -> dict[str, Any]:
@@ -202,7 +202,7 @@ def run_cell(zoo: Zoo, grid: GridConfig, cell: Cell) -> dict[str, Any]:
     metrics = dict.fromkeys(SURROGATE_METRICS, float("nan"))
     flags = _defense_flags(zoo, grid, cell)
     try:
-        surrogate = run_attack(service, attack_locator(cell), knowledge, cell.budget,
+        surrogate = run_attack(service, attack_locator(cell.attack_plugin), knowledge, cell.budget,
                                np.random.default_rng([cell.seed, 1]))
         metrics = surrogate_metrics(zoo, victim_id, surrogate)
         row["surrogate_recipe"] = surrogate.recipe

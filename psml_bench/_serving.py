@@ -280,16 +280,12 @@ class Server:
                                        for i in range(0, len(batch), FORWARD_BATCH)])
         return outputs
 
-    @torch.no_grad()
-    def serve(self, requests: Requests, rng: np.random.Generator,
-              outputs: Callable[[np.ndarray, np.ndarray], torch.Tensor] | None = None) -> Served:
-        """Pass a batch of requests through the defense and the policy; return what was served.
+    def plan(self, requests: Requests, rng: np.random.Generator) -> Served:
+        """Admit and route a batch of requests (the defense's ``admit``, spec and reroute hooks).
 
-        Args:
-            requests: the requests, in arrival order.
-            rng: the defense's randomness for this batch.
-            outputs: (positions in ``requests``, menu index per position) -> the served models'
-                probabilities on those requests; default a live forward pass (:meth:`forward`).
+        Returns what will be served, with every answer still NaN: :meth:`fill` adds the answers
+        of the admitted rows. :meth:`serve` does both; a live server awaits its batched forward
+        passes in between.
 
         Raises:
             DefenseError: the defense's ``admit`` returned a malformed mask, or it rerouted outside the menu.
@@ -309,17 +305,45 @@ class Server:
             admitted &= ~np.isin(requests.clients, np.fromiter(blocked, dtype=np.int64, count=len(blocked)))
         rows = np.flatnonzero(admitted)
         answers = torch.full((n, self.zoo.num_classes), float("nan"))
-        raw = answers.clone()
         served = np.full(n, -1, dtype=np.int64)
         meets = np.zeros(n, dtype=bool)
         if len(rows):
             view = requests if len(rows) == n else requests.subset(rows)
             served[rows], meets[rows] = self.route(view.min_accuracy, view.max_latency_ms, rng)
-            produced = outputs(rows, served[rows]) if outputs else self.forward(view.inputs, served[rows])
-            raw[torch.from_numpy(rows)] = produced
-            answers[torch.from_numpy(rows)] = self.defense.answer(view, produced, rng)
-        return Served(answers, raw, ~admitted, served, self.requested(requests.min_accuracy, requests.max_latency_ms),
-                      meets)
+        return Served(answers, answers.clone(), ~admitted, served,
+                      self.requested(requests.min_accuracy, requests.max_latency_ms), meets)
+
+    @torch.no_grad()
+    def fill(self, requests: Requests, served: Served, produced: torch.Tensor, rng: np.random.Generator) -> None:
+        """Write the admitted rows' answers into ``served``: the models' ``produced`` outputs
+        (one row per admitted request, in order) through the defense's ``answer``."""
+        rows = np.flatnonzero(~served.refused)
+        if len(rows):
+            view = requests if len(rows) == len(requests) else requests.subset(rows)
+            served.raw[torch.from_numpy(rows)] = produced
+            served.answers[torch.from_numpy(rows)] = self.defense.answer(view, produced, rng)
+
+    @torch.no_grad()
+    def serve(self, requests: Requests, rng: np.random.Generator,
+              outputs: Callable[[np.ndarray, np.ndarray], torch.Tensor] | None = None) -> Served:
+        """Pass a batch of requests through the defense and the policy; return what was served.
+
+        Args:
+            requests: the requests, in arrival order.
+            rng: the defense's randomness for this batch.
+            outputs: (positions in ``requests``, menu index per position) -> the served models'
+                probabilities on those requests; default a live forward pass (:meth:`forward`).
+
+        Raises:
+            DefenseError: the defense's ``admit`` returned a malformed mask, or it rerouted outside the menu.
+        """
+        served = self.plan(requests, rng)
+        rows = np.flatnonzero(~served.refused)
+        if len(rows):
+            inputs = requests.inputs if len(rows) == len(requests) else requests.inputs[torch.from_numpy(rows)]
+            produced = outputs(rows, served.served[rows]) if outputs else self.forward(inputs, served.served[rows])
+            self.fill(requests, served, produced, rng)
+        return served
 
     def record(self, served: Served, purpose: str) -> None:
         """Log a client's served batch (its size counts against the budget, refused rows included)."""

@@ -196,6 +196,68 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import torch
+
+    from ._grid import resolve
+    from ._http_app import HttpLimits, bind, serve_forever
+    from ._live_service import BatchingLimits, LiveService, default_keys, load_keys
+    from ._manifests import load_submissions
+    from ._remote_attack import parse_plugin
+    from ._zoo_build import open_zoo
+
+    load_submissions()
+    defense = resolve("defense", parse_plugin(args.defense))
+    keys = load_keys(args.keys) if args.keys else default_keys()
+    limits = BatchingLimits(args.max_batch, args.max_wait_ms)
+    if args.max_body_mb <= 0 or args.threads < 1:
+        raise PsmlError("--max-body-mb must be > 0 and --threads >= 1")
+    zoo = open_zoo(args.zoo, args.cache, build=False, progress=False,
+                   profile=_profile_path(args.zoo, args.profile, args.cache))
+    sock = bind(args.host, args.port)
+    torch.set_num_threads(args.threads)
+    service = LiveService(zoo, defense=defense.instantiate(), keys=keys, limits=limits, seed=args.seed)
+    host, port = sock.getsockname()[:2]
+    print(f"psml-bench serve: zoo {zoo.name}, defense {defense.label}, on http://{host}:{port}", file=sys.stderr,
+          flush=True)
+    if not args.keys:
+        print(f"psml-bench serve: no --keys: API key {next(iter(keys))} (operator, unlimited)", file=sys.stderr,
+              flush=True)
+    serve_forever(service, sock, HttpLimits(int(args.max_body_mb * 2**20)))
+    print("psml-bench serve: stopped", file=sys.stderr, flush=True)
+    return 0
+
+
+def _cmd_attack(args: argparse.Namespace) -> int:
+    from ._remote_attack import attack_endpoint, load_pool
+    from ._zoo_build import open_zoo
+
+    zoo = open_zoo(args.zoo, args.cache, build=False, progress=False) if args.zoo else None
+    pool = load_pool(Path(args.pool)) if args.pool else None
+    result = attack_endpoint(args.target, args.key, args.attack, out_dir=Path(args.out), budget=args.budget,
+                             role=args.role, zoo=zoo, pool=pool, seed=args.seed, timeout_s=args.timeout or None)
+    summary = result.summary
+    scores = (f"; fidelity {summary['fidelity']:.4f}, accuracy {summary['accuracy']:.4f} against "
+              f"{summary['victim_model']}") if "fidelity" in summary else ""
+    print(f"attack {summary['attack']}: {summary['queries']} queries in {summary['wall_s']}s{scores}; surrogate "
+          f"{result.surrogate_path}, summary {result.summary_path}")
+    return 0
+
+
+def _cmd_load(args: argparse.Namespace) -> int:
+    from ._loadgen import run_load
+    from ._zoo_build import open_zoo
+
+    zoo = open_zoo(args.zoo, args.cache, build=False, progress=False)
+    report = run_load(args.target, args.key, zoo, qps=args.qps, duration_s=args.duration,
+                      latency_bound_ms=args.latency_bound_ms, seed=args.seed, threads=args.threads,
+                      log_dir=Path(args.log_dir) if args.log_dir else None)
+    print(tabulate([[k, v] for k, v in report.as_dict().items()], headers=["load", "value"], tablefmt="github"))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report.as_dict(), indent=2) + "\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="psml-bench", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
@@ -260,6 +322,52 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--manifest-only", action="store_true",
                           help="check the manifests (and import defenses) without running the conformance tests")
     validate.set_defaults(func=_cmd_validate)
+
+    serve = commands.add_parser("serve", help="serve a zoo over HTTP behind the policy and a defense (docs/serving.md)")
+    serve.add_argument("zoo", metavar="ZOO", help="a built zoo (name or config path)")
+    serve.add_argument("--defense", default="none", metavar="NAME[:k=v,...]", help="defense (default none)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free port)")
+    serve.add_argument("--keys", default=None, metavar="FILE",
+                       help="JSON object of API key: budget (default: one fresh operator key, printed)")
+    serve.add_argument("--profile", default=None, metavar="reference|cpu|cuda|PATH",
+                       help="latency profile to route on (default: the reference profile, as in cells)")
+    serve.add_argument("--max-batch", type=int, default=256, help="most inputs per forward batch (default 256)")
+    serve.add_argument("--max-wait-ms", type=float, default=2.0,
+                       help="how long a model's worker waits for its batch to fill (default 2)")
+    serve.add_argument("--max-body-mb", type=float, default=64.0, help="largest query body in MiB (default 64)")
+    serve.add_argument("--threads", type=int, default=1, help="torch threads per forward pass (default 1)")
+    serve.add_argument("--seed", type=int, default=0, help="seeds the defense and the clients' ids (default 0)")
+    serve.set_defaults(func=_cmd_serve)
+
+    attack = commands.add_parser("attack", help="run an attack against a live endpoint (psml-bench serve or yours)")
+    attack.add_argument("--target", required=True, metavar="URL", help="the endpoint's base URL")
+    attack.add_argument("--key", required=True, help="the attacker's API key")
+    attack.add_argument("--attack", required=True, metavar="NAME[:k=v,...]", help="a registered or submitted attack")
+    attack.add_argument("--budget", type=int, default=None,
+                        help="most queries to send (default: the key's remaining budget)")
+    attack.add_argument("--role", default="rank:1", help="the model to steal, rank:k (default rank:1)")
+    attack.add_argument("--out", default="attack-out", help="where the surrogate and summary go (default attack-out/)")
+    attack.add_argument("--zoo", default=None, help="the zoo the endpoint serves: the pool, and local scoring")
+    attack.add_argument("--pool", default=None, metavar="FILE",
+                        help="the attacker's unlabelled inputs (.npy or safetensors; default: the zoo's attacker split)")
+    attack.add_argument("--seed", type=int, default=0, help="seeds the attack (default 0)")
+    attack.add_argument("--timeout", type=float, default=3600.0, help="attack wall-clock limit in s (default 3600)")
+    attack.set_defaults(func=_cmd_attack)
+
+    load = commands.add_parser("load", help="benign load on a live endpoint with MLPerf LoadGen's server scenario")
+    load.add_argument("--target", required=True, metavar="URL", help="the endpoint's base URL")
+    load.add_argument("--key", required=True, help="an operator API key")
+    load.add_argument("--zoo", required=True, help="the zoo the endpoint serves (benign inputs and specs)")
+    load.add_argument("--qps", type=float, required=True, help="target queries per second (Poisson arrivals)")
+    load.add_argument("--duration", type=float, required=True, help="minimum duration in seconds")
+    load.add_argument("--latency-bound-ms", type=float, default=None,
+                      help="LoadGen's p99 latency bound (default: the advertised maximum latency)")
+    load.add_argument("--threads", type=int, default=32, help="client threads (default 32)")
+    load.add_argument("--seed", type=int, default=0, help="seeds the inputs and specs (default 0)")
+    load.add_argument("--log-dir", default=None, help="keep LoadGen's logs here")
+    load.add_argument("--json", default=None, metavar="FILE", help="also write the report as JSON")
+    load.set_defaults(func=_cmd_load)
     return parser
 
 
