@@ -78,10 +78,14 @@ class HttpClient:
         return Knowledge(input_shape=shape, num_classes=int(info["num_classes"]), spec_range=spec_range,
                          pool=pool, role=role, latency_visible=bool(info.get("latency_visible", False)))
 
+    def budget(self) -> dict[str, Any]:
+        """The service's ``GET /v1/budget`` for this key."""
+        return self._call("GET", "/v1/budget").json()
+
     @property
     def remaining(self) -> int | None:
         """The key's remaining budget at the server, capped by this client's own ``limit``."""
-        server = self._call("GET", "/v1/budget").json()["remaining"]
+        server = self.budget()["remaining"]
         own = None if self.limit is None else self.limit - self.sent
         return own if server is None else server if own is None else min(server, own)
 

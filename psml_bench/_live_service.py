@@ -204,9 +204,11 @@ class LiveService:
                 "spec_range": {"accuracy": list(spec_range.accuracy), "latency_ms": list(spec_range.latency_ms)},
                 "latency_visible": True, "max_batch": self.limits.max_batch, "max_wait_ms": self.limits.max_wait_ms}
 
-    def budget(self, key: str) -> dict[str, int | None]:
+    def budget(self, key: str) -> dict[str, int | bool | None]:
+        """The key's budget, queries used and remaining, and whether it is the operator's."""
         server = self.servers[key]
-        return {"budget": server.budget, "used": server.used, "remaining": server.remaining}
+        return {"budget": server.budget, "used": server.used, "remaining": server.remaining,
+                "operator": self.keys[key].operator}
 
     async def start(self) -> None:
         """Load every model and start one worker per model."""

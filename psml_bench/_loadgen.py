@@ -37,7 +37,7 @@ SAMPLES = 1024
 
 @dataclass(frozen=True)
 class LoadReport:
-    """What one LoadGen run measured."""
+    """What one LoadGen run measured (``verdict`` and ``unmet``, the constraints it found unmet, are LoadGen's)."""
 
     target_qps: float
     duration_s: float
@@ -51,6 +51,7 @@ class LoadReport:
     achieved_qps: float
     valid: bool
     verdict: str
+    unmet: str
     loadgen_p99_ms: float
 
     def as_dict(self) -> dict[str, Any]:
@@ -130,8 +131,12 @@ def run_load(url: str, key: str, zoo: Zoo, *, qps: float, duration_s: float, lat
     probe = HttpClient(url, key)
     try:
         info = probe.describe()
+        operator = probe.budget().get("operator", False)
     finally:
         probe.close()
+    if not operator:
+        raise ConfigError("load needs an operator key (goodput needs the accuracy of the model that served each "
+                          "request; see docs/serving.md, keys file)")
     if info.get("zoo") != zoo.name:
         raise ConfigError(f"the endpoint serves zoo '{info.get('zoo')}', not '{zoo.name}'")
     spec_range = SpecRange(tuple(info["spec_range"]["accuracy"]), tuple(info["spec_range"]["latency_ms"]))
@@ -182,6 +187,8 @@ def run_load(url: str, key: str, zoo: Zoo, *, qps: float, duration_s: float, lat
             benign.close()
         summary = (out / "mlperf_log_summary.txt").read_text()
     verdict = _summary_value(summary, "Result is") or "UNKNOWN"
+    unmet = [m.group(1).strip() for m in re.finditer(r"^\s*(.+?)\s*satisfied\s*:\s*NO\s*$", summary,
+                                                      flags=re.MULTILINE | re.IGNORECASE)]
     p99 = _summary_value(summary, "99.00 percentile latency (ns)")
     good = np.array([r[0] and r[1] <= bound_ms for r in results], dtype=bool)
     latency = np.array([r[1] for r in results if r[2]], dtype=float)
@@ -193,7 +200,7 @@ def run_load(url: str, key: str, zoo: Zoo, *, qps: float, duration_s: float, lat
         latency_p50_ms=float(np.percentile(latency, 50)) if len(latency) else float("nan"),
         latency_p99_ms=float(np.percentile(latency, 99)) if len(latency) else float("nan"),
         achieved_qps=len(results) / elapsed if elapsed > 0 else float("nan"),
-        valid=verdict == "VALID", verdict=verdict,
+        valid=verdict == "VALID", verdict=verdict, unmet=", ".join(unmet),
         loadgen_p99_ms=float(p99) / 1e6 if p99 and p99.replace(".", "").isdigit() else float("nan"))
 
 

@@ -125,7 +125,20 @@ def test_isolated_attack_through_http_gives_the_in_process_surrogate(live, tiny_
     assert np.array_equal(labels[0], labels[1])
     assert used[0] == used[1] == budget
     assert httpx.get(f"{url}/v1/budget", headers={"X-API-Key": "attacker"}, timeout=10).json() == \
-        {"budget": budget, "used": budget, "remaining": 0}
+        {"budget": budget, "used": budget, "remaining": 0, "operator": False}
+
+
+def test_attack_command_writes_a_surrogate_and_a_scored_summary(live, tiny_zoo, tmp_path):
+    from psml_bench._remote_attack import attack_endpoint
+
+    _, url, _ = live
+    result = attack_endpoint(url, "free", "naive:epochs=1,min_steps=5", out_dir=tmp_path, budget=30,
+                             role="rank:1", zoo=tiny_zoo, timeout_s=300)
+    summary = json.loads(result.summary_path.read_text())
+    assert summary["queries"] == 30 and summary["victim_model"] == tiny_zoo.role("rank:1")
+    assert 0 <= summary["fidelity"] <= 1 and 0 <= summary["accuracy"] <= 1
+    state = safetensors.torch.load_file(str(result.surrogate_path))
+    assert "mean" in state and len(state) > 2
 
 
 def test_budget_is_never_exceeded_under_concurrent_clients(live, tiny_zoo):
