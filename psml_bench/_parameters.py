@@ -115,9 +115,24 @@ class Plugin:
 
     @classmethod
     def source_hash(cls) -> str:
-        """sha256 of the source file that defines the plugin (part of every cell's cache key)."""
-        try:
-            source = inspect.getsource(inspect.getmodule(cls))
-        except (OSError, TypeError):
-            source = cls.__qualname__
-        return hashlib.sha256(source.encode()).hexdigest()
+        """sha256 of the plugin's own source (part of every cell's cache key).
+
+        That is the plugin's module and every module outside psml_bench defining a class of its MRO, so a plugin
+        subclassing another plugin changes its key when its parent's file changes. A plugin in one
+        module hashes exactly that module's source.
+        """
+        sources: list[str] = []
+        for klass in cls.__mro__:
+            module = inspect.getmodule(klass)
+            if klass is not cls and (not issubclass(klass, Plugin) or module is None
+                                     or module.__name__.split(".")[0] == "psml_bench"):
+                continue
+            try:
+                source = inspect.getsource(module)
+            except (OSError, TypeError):
+                source = klass.__qualname__
+            if source not in sources:
+                sources.append(source)
+        if len(sources) == 1:
+            return hashlib.sha256(sources[0].encode()).hexdigest()
+        return hashlib.sha256("".join(hashlib.sha256(s.encode()).hexdigest() for s in sources).encode()).hexdigest()
