@@ -76,6 +76,25 @@ class HttpLimits:
     max_body_bytes: int = 64 * 2**20
 
 
+class _CountQueries:
+    """Counts ``/v1/query`` answers by status code (plain ASGI: cheaper than an HTTP middleware)."""
+
+    def __init__(self, app, metrics: Metrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or scope["path"] != "/v1/query":
+            await self.app(scope, receive, send)
+            return
+
+        async def counted(message) -> None:
+            if message["type"] == "http.response.start":
+                self.metrics.requests.labels(str(message["status"])).inc()
+            await send(message)
+
+        await self.app(scope, receive, counted)
+
+
 def _one_line(message: str) -> str:
     return " ".join(str(message).split())[:500]
 
@@ -108,12 +127,7 @@ def create_app(service: LiveService, metrics: Metrics, limits: HttpLimits = Http
         where = ".".join(str(p) for p in first.get("loc", ()))
         return error(422, f"{where}: {first.get('msg', 'invalid request')}")
 
-    @app.middleware("http")
-    async def count(request: Request, call_next):
-        response = await call_next(request)
-        if request.url.path == "/v1/query":
-            metrics.requests.labels(str(response.status_code)).inc()
-        return response
+    app.add_middleware(_CountQueries, metrics=metrics)
 
     def client_key(request: Request) -> str:
         key = request.headers.get(KEY_HEADER)

@@ -6,8 +6,9 @@ instance and one defense generator, so the defense sees every client under its o
 query is checked, admitted and routed (and counted against the key's budget) in one step with no
 ``await`` in between, so concurrent queries on one key can never overspend it; the admitted rows
 then wait in their model's queue. One worker per model takes what is queued, waiting up to
-``max_wait_ms`` for a batch of up to ``max_batch`` inputs, and runs the forward pass in a thread
-of its own; the defense's ``answer`` runs when the rows come back.
+``max_wait_ms`` for a batch of up to ``max_batch`` inputs, and runs the forward pass on a pool
+of ``forward_threads`` threads shared by all models; the defense's ``answer`` runs when the rows
+come back.
 """
 
 from __future__ import annotations
@@ -74,16 +75,21 @@ def default_keys() -> dict[str, ApiKey]:
 
 @dataclass(frozen=True)
 class BatchingLimits:
-    """A live worker's batching: at most ``max_batch`` inputs, waiting at most ``max_wait_ms`` for them."""
+    """The workers' batching: at most ``max_batch`` inputs, waiting at most ``max_wait_ms`` for them; forward
+    passes of all models share ``forward_threads`` threads (more than the cores only adds contention)."""
 
     max_batch: int = 256
     max_wait_ms: float = 2.0
+    forward_threads: int = 1
 
     def __post_init__(self) -> None:
         if isinstance(self.max_batch, bool) or not isinstance(self.max_batch, int) or self.max_batch < 1:
             raise ConfigError(f"max_batch must be an integer >= 1, got {self.max_batch!r}")
         if not (isinstance(self.max_wait_ms, (int, float)) and 0 <= self.max_wait_ms < 10_000):
             raise ConfigError(f"max_wait_ms must be a number in [0, 10000), got {self.max_wait_ms!r}")
+        if isinstance(self.forward_threads, bool) or not isinstance(self.forward_threads, int) or \
+                self.forward_threads < 1:
+            raise ConfigError(f"forward_threads must be an integer >= 1, got {self.forward_threads!r}")
 
 
 class _Item:
@@ -94,15 +100,16 @@ class _Item:
 
 
 class ModelWorker:
-    """One model's queue and worker: dynamic batching on the real clock, forward passes in a thread."""
+    """One model's queue and worker: dynamic batching on the real clock, forward passes on ``executor``'s threads."""
 
-    def __init__(self, server: Server, index: int, limits: BatchingLimits, metrics: Any = None):
+    def __init__(self, server: Server, index: int, limits: BatchingLimits, executor: ThreadPoolExecutor,
+                 metrics: Any = None):
         self.server, self.index, self.limits, self.metrics = server, index, limits, metrics
         self.model_id = server.menu[index].id
         self._items: deque[_Item] = deque()
         self._queued = 0
         self._ready = asyncio.Event()
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"psml-{self.model_id}")
+        self._thread = executor
 
     def submit(self, inputs: torch.Tensor) -> list[asyncio.Future]:
         """Queue ``inputs`` (in pieces of at most ``max_batch``); one future per piece, its (outputs, done time)."""
@@ -158,9 +165,6 @@ class ModelWorker:
                     item.future.set_result((outputs[offset:offset + len(item.inputs)], done))
                 offset += len(item.inputs)
 
-    def close(self) -> None:
-        self._thread.shutdown(wait=False, cancel_futures=True)
-
 
 @dataclass(frozen=True)
 class Answer:
@@ -214,15 +218,16 @@ class LiveService:
         """Load every model and start one worker per model."""
         for entry in self.server.menu:
             self.zoo.model(entry.id)
-        self.workers = [ModelWorker(self.server, i, self.limits, self.metrics) for i in range(len(self.server.menu))]
+        self._executor = ThreadPoolExecutor(max_workers=self.limits.forward_threads, thread_name_prefix="psml-forward")
+        self.workers = [ModelWorker(self.server, i, self.limits, self._executor, self.metrics)
+                        for i in range(len(self.server.menu))]
         self._tasks = [asyncio.create_task(worker.run()) for worker in self.workers]
 
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        for worker in self.workers:
-            worker.close()
+        self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def query(self, key: str, inputs: Any, spec: Spec | Sequence[Spec], purpose: str = "extract") -> Answer:
         """Answer one client's query.

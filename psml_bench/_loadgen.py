@@ -106,7 +106,7 @@ def _summary_value(text: str, label: str) -> str | None:
 
 
 def run_load(url: str, key: str, zoo: Zoo, *, qps: float, duration_s: float, latency_bound_ms: float | None = None,
-             seed: int = 0, threads: int = 32, log_dir: Path | None = None) -> LoadReport:
+             seed: int = 0, threads: int = 8, log_dir: Path | None = None) -> LoadReport:
     """Drive benign traffic at ``qps`` for ``duration_s`` with LoadGen's server scenario; report what happened.
 
     Args:

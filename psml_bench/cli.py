@@ -209,7 +209,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     load_submissions()
     defense = resolve("defense", parse_plugin(args.defense))
     keys = load_keys(args.keys) if args.keys else default_keys()
-    limits = BatchingLimits(args.max_batch, args.max_wait_ms)
+    limits = BatchingLimits(args.max_batch, args.max_wait_ms, args.forward_threads)
     if args.max_body_mb <= 0 or args.threads < 1:
         raise PsmlError("--max-body-mb must be > 0 and --threads >= 1")
     zoo = open_zoo(args.zoo, args.cache, build=False, progress=False,
@@ -256,6 +256,12 @@ def _cmd_load(args: argparse.Namespace) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(report.as_dict(), indent=2) + "\n")
     return 0
+
+
+def _endpoint_arguments(parser: argparse.ArgumentParser, key_help: str) -> None:
+    """``--target URL --key KEY``: a live endpoint and the client's key."""
+    parser.add_argument("--target", required=True, metavar="URL", help="the endpoint's base URL")
+    parser.add_argument("--key", required=True, help=key_help)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -337,12 +343,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="how long a model's worker waits for its batch to fill (default 2)")
     serve.add_argument("--max-body-mb", type=float, default=64.0, help="largest query body in MiB (default 64)")
     serve.add_argument("--threads", type=int, default=1, help="torch threads per forward pass (default 1)")
+    serve.add_argument("--forward-threads", type=int, default=1,
+                       help="forward passes run at once, all models together (default 1)")
     serve.add_argument("--seed", type=int, default=0, help="seeds the defense and the clients' ids (default 0)")
     serve.set_defaults(func=_cmd_serve)
 
     attack = commands.add_parser("attack", help="run an attack against a live endpoint (psml-bench serve or yours)")
-    attack.add_argument("--target", required=True, metavar="URL", help="the endpoint's base URL")
-    attack.add_argument("--key", required=True, help="the attacker's API key")
+    _endpoint_arguments(attack, "the attacker's API key")
     attack.add_argument("--attack", required=True, metavar="NAME[:k=v,...]", help="a registered or submitted attack")
     attack.add_argument("--budget", type=int, default=None,
                         help="most queries to send (default: the key's remaining budget)")
@@ -356,14 +363,13 @@ def build_parser() -> argparse.ArgumentParser:
     attack.set_defaults(func=_cmd_attack)
 
     load = commands.add_parser("load", help="benign load on a live endpoint with MLPerf LoadGen's server scenario")
-    load.add_argument("--target", required=True, metavar="URL", help="the endpoint's base URL")
-    load.add_argument("--key", required=True, help="an operator API key")
+    _endpoint_arguments(load, "an operator API key")
     load.add_argument("--zoo", required=True, help="the zoo the endpoint serves (benign inputs and specs)")
     load.add_argument("--qps", type=float, required=True, help="target queries per second (Poisson arrivals)")
     load.add_argument("--duration", type=float, required=True, help="minimum duration in seconds")
     load.add_argument("--latency-bound-ms", type=float, default=None,
                       help="LoadGen's p99 latency bound (default: the advertised maximum latency)")
-    load.add_argument("--threads", type=int, default=32, help="client threads (default 32)")
+    load.add_argument("--threads", type=int, default=8, help="client threads (default 8)")
     load.add_argument("--seed", type=int, default=0, help="seeds the inputs and specs (default 0)")
     load.add_argument("--log-dir", default=None, help="keep LoadGen's logs here")
     load.add_argument("--json", default=None, metavar="FILE", help="also write the report as JSON")
