@@ -73,7 +73,7 @@ def _exit_with_parent(parent: int) -> None:
 def _worker_main(conn: Connection, memory_mb: int | None, parent: int) -> None:
     _exit_with_parent(parent)
     torch.set_num_threads(CELL_THREADS)
-    prestart()  # the attack fork server's imports overlap this worker's start-up
+    prestart()  # the attack sandbox's imports overlap this worker's start-up
     if memory_mb:
         # the limit is on what a cell may add to the address space the worker started with
         import timm  # noqa: F401 - map timm and friends before measuring

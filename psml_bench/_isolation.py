@@ -1,14 +1,13 @@
-"""The attack process: every attack runs in a process of its own, behind a query channel.
+"""The attack process: every attack runs in a process of its own, in the sandbox, behind a query channel.
 
-The cell worker (which holds the zoo, the server, its hidden log and the test labels) starts one
-*attack process* per cell from a clean fork server that has imported only code (torch, timm,
-psml_bench, the built-in plugins), never a zoo. The attack process receives the attack's
-locator, its parameters, the :class:`Knowledge`, the budget and the seeded generator; then, where
-the OS allows (running as root on POSIX), it drops to an unprivileged uid/gid (65534, "nobody")
-*before* it imports a submitted plugin, so it cannot read the zoo cache (zoo directories are
-0700) nor signal, trace or read the memory of the worker.
+The cell worker (which holds the zoo, the server, its hidden log and the test labels) has each attack
+process forked by its sandbox's zygote (:mod:`psml_bench._sandbox`: bubblewrap, fresh namespaces per
+cell, a filesystem with the Python installation and the harness's packages only). The attack
+process receives, over its channel, the attack's locator, the source of any plugin code the
+sandbox cannot see (a submission's ``.py`` files, read by the worker), its parameters, the
+:class:`Knowledge`, the budget, the seeded generator and its memory limit; nothing else reaches it.
 
-The channel is a ``multiprocessing`` pipe:
+The channel is a socket pair:
 
 - attack -> worker: raw bytes, a JSON header plus a safetensors blob, parsed without ``pickle``
   (unpickling bytes from the attack process would let it run code in the worker). At most
@@ -19,35 +18,36 @@ The channel is a ``multiprocessing`` pipe:
 :meth:`Server.query`, which counts and enforces the budget; :class:`BudgetExhausted` and
 :class:`InvalidQueryError` come back and are raised again with the same class and message.
 When the attack returns, its surrogate (a :class:`Surrogate`) comes back as architecture name
-plus weights and is rebuilt by the worker from timm, so scoring runs trusted code only.
+plus weights and is rebuilt by the worker from timm, so scoring runs trusted code only. Every
+failure reason a cell records is the harness's own sentence; what the attack says is quoted,
+truncated and stripped of control characters.
 """
 
 from __future__ import annotations
 
-import ctypes
 import importlib
+import importlib.util
 import json
 import logging
-import multiprocessing
 import os
 import pickle
 import resource
-import signal
 import sys
-import threading
 import time
 import traceback
 from dataclasses import dataclass
-from multiprocessing.connection import Connection, wait
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import safetensors.torch
+import timm
 import torch
 
 from ._errors import AttackFailed, BudgetExhausted, InvalidQueryError, ProtocolError, PsmlError
-from ._registries import ATTACKS, STRATEGIES
+from ._registries import ATTACKS
+from ._sandbox import Sandbox, sandbox_problem, visible
 from ._surrogate import Surrogate, trained_recipe
 from ._serving import Knowledge, Server, Spec, Target
 
@@ -56,9 +56,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-UNPRIVILEGED_ID = 65534
-"""uid and gid of the attack process when the harness runs as root ("nobody" on Debian)."""
-
 ATTACK_THREADS = 1
 """Torch threads in the attack process (the same as a cell, so numbers do not depend on isolation)."""
 
@@ -66,20 +63,23 @@ FORWARDED_ERRORS: dict[str, type[PsmlError]] = {"BudgetExhausted": BudgetExhaust
                                                 "InvalidQueryError": InvalidQueryError}
 """Server errors re-raised in the attack process with the same class and message."""
 
+MAX_ERROR_CHARS = 300
+"""Longest quotation of an attack's own words (its exception message) in a cell's error."""
+EXIT_GRACE_S = 5.0
+"""How long the attack process may take to exit after its result before its sandbox is ended."""
+
 _MESSAGE_SLACK = 64 * 2**20
 PREIMPORTED = (
-    # what the built-ins import lazily while they run, and what plugins commonly use: after the
-    # privilege drop the Python installation may be unreadable (e.g. under /root), so an attack
-    # can import only what is loaded already (or readable by uid 65534)
+    # what the built-ins import lazily while they run, and what plugins commonly use: imported once
+    # in the zygote, so an attack process starts with them loaded (a fork, not an import)
     "abc", "bisect", "collections", "concurrent.futures", "contextlib", "copy", "dataclasses", "enum",
     "functools", "gc", "glob", "hashlib", "heapq", "itertools", "json", "logging", "math", "operator", "pathlib",
     "random", "re", "statistics", "string", "tempfile", "textwrap", "time", "typing", "warnings",
     "numpy.ctypeslib", "numpy.fft", "numpy.linalg", "numpy.ma", "numpy.random",
     "torch.distributions", "torch.nn.functional", "torch.optim", "torch.optim.lr_scheduler", "torch.utils.data",
-    "torch.utils.serialization", "safetensors.torch", "timm", "psml_bench", "attacks", "defenses",
+    "torch.utils.serialization", "safetensors.torch", "timm", "psml_bench", "attacks", "defenses", "strategies",
 )
-"""Modules imported in the attack process before the privilege drop (plus a manifest's ``imports``)."""
-_PRELOAD = ["psml_bench._isolation", *PREIMPORTED]
+"""Modules the sandbox's zygote imports once, before it forks any attack process."""
 
 
 @dataclass(frozen=True)
@@ -87,13 +87,13 @@ class AttackLocator:
     """How the attack process finds the attack class.
 
     Attributes:
-        name: the registry name (built-in, entry point or ``module:Class``), imported in the attack
-            process before it drops privileges (the harness imported the same code already).
+        name: the registry name (built-in, entry point or ``module:Class``); a ``module:Class`` the
+            sandbox cannot see has its source sent with the cell, like a submission's.
         params: the plugin's parameters.
-        submission: a submission folder; its Python files are read while privileged and imported
-            from memory only after the drop.
+        submission: a submission folder; the worker reads its ``.py`` files and sends them, and the
+            attack process imports them from memory (the folder itself is not in the sandbox).
         entry: ``module:Class`` inside the submission folder.
-        imports: installed modules the submission needs, imported before the drop.
+        imports: installed modules the submission needs, imported before the attack is built.
     """
 
     name: str
@@ -130,61 +130,8 @@ def unpack(data: bytes) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
 
 # --- the attack process ---------------------------------------------------------------------------
 
-def _libc() -> Any:
-    try:
-        return ctypes.CDLL(None, use_errno=True)
-    except OSError:  # pragma: no cover - not on Linux
-        return None
-
-
-def drop_privileges(uid: int = UNPRIVILEGED_ID, gid: int = UNPRIVILEGED_ID) -> bool:
-    """Switch this process to ``uid``/``gid`` with no supplementary groups, for good.
-
-    Only possible as root on POSIX; returns whether privileges were dropped. Afterwards the
-    process is made non-dumpable (others with the same uid cannot trace it or read its memory)
-    and is killed when its parent dies.
-    """
-    if os.name != "posix" or os.geteuid() != 0:
-        return False
-    os.setgroups([])
-    os.setresgid(gid, gid, gid)
-    os.setresuid(uid, uid, uid)
-    try:
-        os.setuid(0)
-    except PermissionError:
-        pass
-    else:  # pragma: no cover - the kernel refused to drop
-        raise RuntimeError("could not drop root privileges")
-    libc = _libc()
-    if libc is not None and sys.platform.startswith("linux"):
-        libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)
-    os.umask(0o077)
-    os.chdir("/")
-    return True
-
-
-_PR_SET_PDEATHSIG, _PR_SET_DUMPABLE = 1, 4
-
-
-def _exit_with_parent() -> None:
-    """End this process when its parent (the fork server, which ends with the worker) is gone."""
-    parent = os.getppid()
-    libc = _libc()
-    if libc is not None and sys.platform.startswith("linux"):
-        libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)  # a uid change clears it: set it after
-    if os.getppid() != parent:
-        os._exit(0)
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(1.0)
-        os._exit(0)
-
-    threading.Thread(target=watch, daemon=True, name="psml-parent-watch").start()
-
-
 def _read_sources(folder: Path) -> dict[str, str]:
-    """Module name -> source of every ``.py`` file under ``folder`` (read while privileged)."""
+    """Module name -> source of every ``.py`` file under ``folder`` (read by the worker)."""
     sources = {}
     for path in sorted(folder.rglob("*.py")):
         relative = path.relative_to(folder).with_suffix("")
@@ -200,7 +147,7 @@ def _read_sources(folder: Path) -> dict[str, str]:
 
 
 class _MemoryFinder:
-    """Imports a submission's modules from sources read before the privilege drop."""
+    """Imports a submission's modules from sources the worker sent."""
 
     def __init__(self, sources: dict[str, str], origin: str):
         self.sources = sources
@@ -226,10 +173,28 @@ class _MemoryFinder:
         exec(code, module.__dict__)  # noqa: S102 - this is the sandboxed plugin import
 
 
+def plugin_sources(locator: AttackLocator) -> dict[str, str] | None:
+    """The plugin code the attack process imports from memory: a submission's files, or a
+    ``module:Class`` module the sandbox cannot see (read here, by the worker); None for the rest."""
+    if locator.submission:
+        return _read_sources(Path(locator.submission))
+    if ":" not in locator.name:
+        return None
+    top = locator.name.partition(":")[0].split(".")[0]
+    spec = importlib.util.find_spec(top)
+    if spec is None or not spec.origin or not os.path.isfile(spec.origin) or visible(spec.origin):
+        return None
+    if spec.submodule_search_locations:
+        package = {f"{top}.{name}": source for name, source in _read_sources(Path(spec.origin).parent).items()}
+        return package | {f"{top}/__init__": Path(spec.origin).read_text()}
+    return {top: Path(spec.origin).read_text()}
+
+
 def _load_attack_class(locator: AttackLocator, sources: dict[str, str] | None) -> type:
-    if sources is None:
+    if sources:
+        sys.meta_path.insert(0, _MemoryFinder(sources, locator.submission or "plugin"))
+    if locator.submission is None:
         return ATTACKS.get(locator.name)
-    sys.meta_path.insert(0, _MemoryFinder(sources, locator.submission or "submission"))
     module_name, _, attr = (locator.entry or "").partition(":")
     cls = getattr(importlib.import_module(module_name), attr)
     if not (isinstance(cls, type) and issubclass(cls, ATTACKS.base)):
@@ -266,8 +231,8 @@ def _remote_target(conn: Connection) -> Target:
     return Target(query, lambda: call({"op": "remaining"}))
 
 
-def _attack_main(conn: Connection) -> None:
-    """Entry point of the attack process."""
+def attack_main(conn: Connection) -> None:
+    """Entry point of the attack process (forked by the sandbox's zygote)."""
     torch.set_num_threads(ATTACK_THREADS)
     try:
         setup = pickle.loads(conn.recv_bytes())  # from the worker: trusted
@@ -277,24 +242,10 @@ def _attack_main(conn: Connection) -> None:
     try:
         soft, hard = setup["memory_limit"]
         if soft != resource.RLIM_INFINITY:
-            # the worker's own limit (its start-up footprint plus the cell's allowance); the fork
-            # server may have started before the worker set it
             resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
-        sys.path[:] = setup["sys_path"]
-        for module in (*PREIMPORTED, *locator.imports):
-            try:
-                importlib.import_module(module)
-            except ImportError:
-                if module in locator.imports:
-                    raise
-        sources = _read_sources(Path(locator.submission)) if locator.submission else None
-        cls = _load_attack_class(locator, None) if sources is None else None
-        STRATEGIES.names()  # imports the built-in extraction strategies while their files are readable
-        if setup["drop_privileges"]:
-            drop_privileges()
-        _exit_with_parent()
-        if cls is None:
-            cls = _load_attack_class(locator, sources)
+        for module in locator.imports:
+            importlib.import_module(module)
+        cls = _load_attack_class(locator, setup["sources"])
         attack = cls(**dict(locator.params))
         surrogate = attack.run(_remote_target(conn), setup["knowledge"], setup["budget"], setup["rng"])
         if not isinstance(surrogate, torch.nn.Module):
@@ -307,7 +258,7 @@ def _attack_main(conn: Connection) -> None:
             raise TypeError("the returned Surrogate's network does not name its timm architecture")
         message = pack({"op": "done", "arch": arch, "recipe": trained_recipe(surrogate)}, dict(surrogate.state_dict()))
     except BaseException as exc:  # noqa: BLE001 - everything the plugin does wrong is reported
-        message = pack({"op": "failed", "type": type(exc).__name__, "message": str(exc),
+        message = pack({"op": "failed", "type": type(exc).__name__, "message": str(exc)[:4 * MAX_ERROR_CHARS],
                         "traceback": traceback.format_exc()[-4000:]})
     try:
         conn.send_bytes(message)
@@ -317,43 +268,37 @@ def _attack_main(conn: Connection) -> None:
 
 # --- the worker's side ----------------------------------------------------------------------------
 
-_CONTEXT: Any = None
+_SANDBOXES: dict[tuple[int, bool], Sandbox] = {}
 
 
-def _context() -> Any:
-    """A fork server that has imported code only: attack processes fork from it cheaply."""
-    global _CONTEXT
-    if _CONTEXT is None:
-        if "forkserver" in multiprocessing.get_all_start_methods():
-            _CONTEXT = multiprocessing.get_context("forkserver")
-            _CONTEXT.set_forkserver_preload(_PRELOAD)
-        else:  # pragma: no cover - Windows
-            _CONTEXT = multiprocessing.get_context("spawn")
-    return _CONTEXT
+def _trusted(locator: AttackLocator) -> bool:
+    """Built-in attacks may run unsandboxed where bubblewrap cannot; nothing else may."""
+    return locator.submission is None and ATTACKS.entry(locator.name).source == "built-in"
 
 
-def _start(process: Any) -> None:
-    """Start ``process``, also from a daemonic executor worker.
-
-    multiprocessing refuses children of daemonic processes because it would not be able to clean
-    them up at exit; an attack process is cleaned up by the worker (kill on every exit path) and by
-    the kernel (parent-death signal), so the flag is lifted for the start only.
-    """
-    config = multiprocessing.current_process()._config  # noqa: SLF001 - no public API for this
-    daemon = config.get("daemon")
-    config["daemon"] = False
-    try:
-        process.start()
-    finally:
-        if daemon is not None:
-            config["daemon"] = daemon
-        else:
-            config.pop("daemon", None)
+def _sandbox(locator: AttackLocator) -> Sandbox:
+    """This process's sandbox (started on first use); raise :class:`AttackFailed` if the attack may not run here."""
+    problem = sandbox_problem()
+    if problem and not _trusted(locator):
+        raise AttackFailed(f"refused to run attack '{locator.name}' unsandboxed: {problem}")
+    key = (os.getpid(), not problem)
+    if key not in _SANDBOXES:
+        if problem:
+            log.warning("%s; running built-in attacks without it", problem)
+        _SANDBOXES[key] = Sandbox(jailed=not problem, preload=PREIMPORTED, target="psml_bench._isolation:attack_main")
+    return _SANDBOXES[key]
 
 
-def isolation_available() -> bool:
-    """Whether attack processes drop to an unprivileged uid here (root on POSIX)."""
-    return os.name == "posix" and os.geteuid() == 0
+def sandbox_available() -> bool:
+    """Whether attacks run in the bubblewrap sandbox here."""
+    return not sandbox_problem()
+
+
+def sanitise(text: str, limit: int = MAX_ERROR_CHARS) -> str:
+    """``text`` on one line, without control or escape characters, at most ``limit`` characters."""
+    cleaned = "".join(c if c.isprintable() else " " for c in str(text)[:limit * 4])
+    cleaned = " ".join(cleaned.split())
+    return cleaned if len(cleaned) <= limit else cleaned[:limit - 1] + "…"
 
 
 def _spec_from_header(value: Any) -> Spec | list[Spec | None]:
@@ -368,14 +313,17 @@ def _spec_from_header(value: Any) -> Spec | list[Spec | None]:
 def _rebuild_surrogate(header: dict[str, Any], state: dict[str, torch.Tensor], knowledge: Knowledge) -> Surrogate:
     arch = header.get("arch")
     if not isinstance(arch, str) or "mean" not in state or "std" not in state:
-        raise AttackFailed("TypeError: the attack returned a surrogate without an architecture or normalisation")
+        raise AttackFailed("the attack returned a surrogate without an architecture or normalisation")
+    if not timm.is_model(arch):
+        raise AttackFailed(f"the attack's surrogate names '{sanitise(arch, 80)}', which is not a timm architecture "
+                           "(surrogates are built locally; hub names are refused)")
     try:
         with torch.random.fork_rng():
             model = Surrogate(arch, knowledge.input_shape[0], knowledge.num_classes, state["mean"].flatten(),
                               state["std"].flatten())
         model.load_state_dict(state, strict=True)
     except Exception as exc:  # noqa: BLE001
-        raise AttackFailed(f"TypeError: the attack's surrogate ({arch}) could not be rebuilt: {exc}") from None
+        raise AttackFailed(f"the attack's surrogate ({arch}) could not be rebuilt: {sanitise(exc)}") from None
     recipe = header.get("recipe")
     model.recipe = recipe if isinstance(recipe, str) else ""  # checked against the weights in the attack process
     return model.eval()
@@ -383,8 +331,8 @@ def _rebuild_surrogate(header: dict[str, Any], state: dict[str, torch.Tensor], k
 
 def run_attack(server: Server | Service, locator: AttackLocator, knowledge: Knowledge, budget: int,
                rng: np.random.Generator, *, timeout_s: float | None = None,
-               drop: bool | None = None) -> Surrogate:
-    """Run an attack in its own process against ``server``; return its surrogate.
+               memory_mb: int | None = None) -> Surrogate:
+    """Run an attack in its own sandboxed process against ``server``; return its surrogate.
 
     Args:
         server: the service the attack queries (the budget is enforced here, in this process): a
@@ -394,45 +342,39 @@ def run_attack(server: Server | Service, locator: AttackLocator, knowledge: Know
         budget: the attack's query budget (passed to ``run``; the server enforces its own).
         rng: the attack's generator, sent with its state.
         timeout_s: wall-clock limit of the attack process (``None``: the executor's cell timeout).
-        drop: drop to uid/gid 65534 (default: whenever running as root).
+        memory_mb: address-space limit of the attack process (``None``: this process's own limit).
 
     Raises:
         AttackFailed: the attack raised, died, timed out, broke the protocol or returned no
-            usable surrogate; the message is the cell's error.
+            usable surrogate; the message is the cell's error, in the harness's words.
         Exception: whatever the server (policy, defense) raised while answering.
     """
-    context = _context()
-    parent_end, child_end = context.Pipe()
-    process = context.Process(target=_attack_main, args=(child_end,), daemon=True, name="psml-attack")
-    _start(process)
-    child_end.close()
+    sandbox = _sandbox(locator)
+    conn = sandbox.fork()
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     input_bytes = int(np.prod(knowledge.input_shape)) * 8
     max_message = _MESSAGE_SLACK + input_bytes * max(budget, 1)
+    limit = resource.getrlimit(resource.RLIMIT_AS)
+    if memory_mb:
+        limit = (memory_mb * 2**20, memory_mb * 2**20)
+    overrun = ""  # the server's own words when it refused the last query for the budget
+    finished = False
     try:
-        parent_end.send_bytes(pickle.dumps({
-            "locator": locator, "knowledge": knowledge, "budget": budget, "rng": rng,
-            "sys_path": [os.path.abspath(p) if p else os.getcwd() for p in sys.path],
-            "memory_limit": resource.getrlimit(resource.RLIMIT_AS),
-            "drop_privileges": isolation_available() if drop is None else drop,
+        conn.send_bytes(pickle.dumps({
+            "locator": locator, "sources": plugin_sources(locator), "knowledge": knowledge, "budget": budget,
+            "rng": rng, "memory_limit": limit,
         }, protocol=pickle.HIGHEST_PROTOCOL))
         while True:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 raise AttackFailed(f"timed out after {timeout_s:g}s")
-            ready = wait([parent_end, process.sentinel], timeout=remaining)
-            if not ready:
+            if not conn.poll(remaining):
                 continue
-            if parent_end not in ready and not parent_end.poll():
-                process.join(timeout=5)
-                raise AttackFailed(f"worker died (exit code {process.exitcode}): the attack process ended without "
-                                   "a result (crashed, killed for memory, or exited)")
             try:
-                data = parent_end.recv_bytes(max_message)
+                data = conn.recv_bytes(max_message)
             except EOFError:
-                process.join(timeout=5)
-                raise AttackFailed(f"worker died (exit code {process.exitcode}): the attack process closed its "
-                                   "channel without a result") from None
+                raise AttackFailed("the attack process ended without a result (crashed, killed for memory, or "
+                                   "exited)") from None
             except OSError as exc:
                 raise ProtocolError(f"ProtocolError: the attack process sent a message over {max_message} bytes "
                                     f"({exc})") from None
@@ -440,24 +382,38 @@ def run_attack(server: Server | Service, locator: AttackLocator, knowledge: Know
             op = header.get("op")
             if op == "query":
                 reply = _answer(server, header, tensors)
-                parent_end.send_bytes(pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL))
+                overrun = reply[2] if reply[:2] == ("error", "BudgetExhausted") else ""
+                conn.send_bytes(pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL))
             elif op == "remaining":
-                parent_end.send_bytes(pickle.dumps(("ok", server.remaining)))
+                conn.send_bytes(pickle.dumps(("ok", server.remaining)))
             elif op == "done":
+                finished = True
                 return _rebuild_surrogate(header, tensors, knowledge)
             elif op == "failed":
-                kind, message = str(header.get("type", "Error")), str(header.get("message", ""))
-                log.debug("attack process failed:\n%s", header.get("traceback", ""))
-                if kind == "BudgetExhausted":
-                    raise AttackFailed(f"budget overrun: {message}")
-                raise AttackFailed(f"{kind}: {message}")
+                finished = True
+                kind, message = sanitise(header.get("type", "Error"), 60), sanitise(header.get("message", ""))
+                log.debug("attack process failed:\n%s", sanitise(header.get("traceback", ""), 4000))
+                if overrun:  # the server refused its last query: the harness's record, not the attack's word
+                    raise AttackFailed(f"budget overrun: {overrun}")
+                raise AttackFailed(f"the attack raised {kind}: {message}")
             else:
-                raise ProtocolError(f"ProtocolError: the attack process sent an unknown message {str(op)[:40]!r}")
+                raise ProtocolError(f"ProtocolError: the attack process sent an unknown message "
+                                    f"{sanitise(op, 40)!r}")
     finally:
-        parent_end.close()
-        if process.is_alive():
-            process.kill()
-        process.join(timeout=10)
+        if not (finished and _exited(conn)):
+            sandbox.stop()  # ends the attack process and everything it started
+        conn.close()
+
+
+def _exited(conn: Connection) -> bool:
+    """Whether the attack process closed its channel (exited) within :data:`EXIT_GRACE_S`, saying nothing more."""
+    try:
+        if not conn.poll(EXIT_GRACE_S):
+            return False
+        conn.recv_bytes(64)
+    except (EOFError, OSError):
+        return True
+    return False
 
 
 def _answer(server: Server | Service, header: dict[str, Any], tensors: dict[str, torch.Tensor]) -> tuple:
@@ -475,9 +431,8 @@ def _answer(server: Server | Service, header: dict[str, Any], tensors: dict[str,
     return ("ok", (answers, server.last_refused, server.last_latency_ms))
 
 
-def prestart() -> None:
-    """Start the attack fork server now; its imports then overlap the worker's own start-up."""
-    if _context().get_start_method() == "forkserver":
-        from multiprocessing import forkserver
-
-        forkserver.ensure_running()
+def prestart(locator: AttackLocator | None = None) -> None:
+    """Start this process's sandbox now, so its zygote's imports overlap the worker's own start-up."""
+    sandbox = _sandbox(locator or AttackLocator("naive"))
+    if not sandbox.alive():
+        sandbox.start()

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install psml-bench and the offline Fashion-MNIST data on a fresh machine.
+# Install psml-bench, bubblewrap (the attack sandbox) and the offline Fashion-MNIST data on a fresh machine.
 #   scripts/install.sh          the package (editable) and the dataset
 #   scripts/install.sh --test   the same plus the test extra (pytest, selenium) and Debian's chromium and
 #                               chromium-driver (the headless browser that checks the leaderboard web page)
@@ -9,11 +9,24 @@ cd "$(dirname "$0")/.."
 extra=""
 [[ "${1:-}" == "--test" ]] && extra="[test]"
 
+sudo=""
+[[ "$(id -u)" != 0 ]] && command -v sudo >/dev/null 2>&1 && sudo="sudo"
+
+# bubblewrap: the sandbox every attack process runs in (docs/submissions.md)
+if ! command -v bwrap >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null 2>&1; then
+    echo "installing bubblewrap (Debian package bubblewrap), the attack sandbox"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq bubblewrap >/dev/null
+  else
+    echo "no apt-get here: install bubblewrap (bwrap) with your package manager; without it only built-in" \
+         "attacks run, unsandboxed" >&2
+  fi
+fi
+
 data_dir="${PSML_BENCH_FMNIST_DIR:-/usr/share/datasets/fashion-mnist}"
 if [[ ! -e "$data_dir/train-images-idx3-ubyte.gz" && ! -e "$data_dir/train-images-idx3-ubyte" ]]; then
   if command -v apt-get >/dev/null 2>&1; then
-    sudo=""
-    [[ "$(id -u)" != 0 ]] && command -v sudo >/dev/null 2>&1 && sudo="sudo"
     echo "installing Fashion-MNIST (Debian package dataset-fashion-mnist)"
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq dataset-fashion-mnist >/dev/null

@@ -1,0 +1,212 @@
+"""Hostile submissions, each a small plugin: what the sandbox denies an attack, and what it cannot forge."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from psml_bench import Knowledge
+from psml_bench._isolation import AttackFailed, AttackLocator, run_attack, sandbox_available
+from psml_bench._registries import ATTACKS, DEFENSES
+from psml_bench._serving import Server
+
+pytestmark = pytest.mark.skipif(not sandbox_available(), reason="the sandbox needs bubblewrap and user namespaces")
+
+ROOT = Path(__file__).resolve().parents[1]
+HOOK = "__editable__.psml_bench-0.1.0.finder.__path_hook__"
+
+PLUGIN = '''
+import ctypes
+import os
+import socket
+import sys
+import time
+
+from psml_bench import Attack, Spec, SurrogateConfig, query_batched, train_surrogate
+
+DENIED = {denied!r}
+DRIVER_CWD = {driver_cwd!r}
+MARKER = {marker!r}
+HOOK = {hook!r}
+
+
+def outcome(action):
+    try:
+        action()
+        return "allowed"
+    except OSError as exc:
+        return type(exc).__name__
+
+
+class Looks(Attack):
+    """Tries every file the harness keeps from attacks, the network, the environment and its descriptors."""
+
+    def run(self, target, knowledge, budget, rng):
+        outcomes = {{outcome(lambda: os.listdir(path) if os.path.isdir(path) else open(path, 'rb').read(1))
+                    for path in DENIED}}
+        seen = [f"files: {{sorted(outcomes)}}"]
+        seen.append(f"network: {{outcome(lambda: socket.create_connection(('1.1.1.1', 53), timeout=2))}}")
+        seen.append(f"loopback: {{outcome(lambda: socket.create_connection(('127.0.0.1', 22), timeout=2))}}")
+        seen.append(f"environment: {{sorted(os.environ)}}")
+        seen.append(f"descriptors: {{len(os.listdir('/proc/self/fd'))}}")
+        seen.append(f"cwd: {{os.getcwd()}}")
+        raise RuntimeError("; ".join(seen))
+
+
+class PlantsAPathHook(Attack):
+    """Plants the editable install's relative sys.path entry, with a module, where the driver would find it."""
+
+    def run(self, target, knowledge, budget, rng):
+        seen = []
+        for base in (os.getcwd(), DRIVER_CWD, "/tmp"):
+            def plant():
+                os.makedirs(os.path.join(base, HOOK, "attacks"), exist_ok=True)
+                with open(os.path.join(base, HOOK, "attacks", "__init__.py"), "w") as file:
+                    file.write(f"open({{MARKER!r}}, 'w').write('planted')\\n")
+            seen.append(f"{{base}}: {{outcome(plant)}}")
+        raise RuntimeError("; ".join(seen))
+
+
+class HangsWithChildren(Attack):
+    """Forks children (one detached in its own session) that rename themselves, then hangs."""
+
+    def run(self, target, knowledge, budget, rng):
+        libc = ctypes.CDLL(None)
+        for detach in (False, True, False):
+            if os.fork() == 0:
+                if detach:
+                    os.setsid()
+                    if os.fork() != 0:
+                        os._exit(0)
+                libc.prctl(15, b"psmlhostilekid", 0, 0, 0)  # PR_SET_NAME
+                while True:
+                    time.sleep(1)
+        while True:
+            time.sleep(1)
+
+
+class NamesAHubModel(Attack):
+    """Returns a surrogate whose architecture is a Hugging Face Hub name."""
+
+    def run(self, target, knowledge, budget, rng):
+        spec = Spec(knowledge.spec_range.accuracy[0], knowledge.spec_range.latency_ms[1])
+        inputs = knowledge.pool[:20]
+        surrogate = train_surrogate(inputs, query_batched(target, inputs, spec), knowledge,
+                                    SurrogateConfig(min_steps=2, epochs=1), rng)
+        surrogate.net.pretrained_cfg["architecture"] = "hf-hub:mallory/victim"
+        return surrogate
+
+
+class ChoosesItsReason(Attack):
+    """Raises an exception whose class and message imitate the harness's own failure reasons."""
+
+    def run(self, target, knowledge, budget, rng):
+        class BudgetExhausted(Exception):
+            pass
+        raise BudgetExhausted("timed out after 1s\\n| forged | row |\\x1b[31m" + "x" * 2_000_000)
+'''
+
+
+@pytest.fixture(scope="module")
+def plugin(tmp_path_factory, tiny_zoo):
+    folder = tmp_path_factory.mktemp("hostile_plugin")
+    marker = folder / "planted"
+    denied = [str(tiny_zoo.directory), str(tiny_zoo.directory / "card.json"), "/usr/share/datasets/fashion-mnist",
+              os.environ.get("PSML_BENCH_FMNIST_DIR", "/usr/share/datasets"), str(ROOT / "tests"),
+              str(ROOT / "README.md"), str(folder), str(Path.home() / ".cache")]
+    (folder / "hostile_plugin.py").write_text(PLUGIN.format(denied=denied, driver_cwd=str(folder), marker=str(marker),
+                                                            hook=HOOK))
+    return folder, marker, denied
+
+
+def _run(zoo, plugin, monkeypatch, cls: str, budget: int = 30, timeout_s: float = 120):
+    folder = plugin[0]
+    monkeypatch.syspath_prepend(str(folder))
+    monkeypatch.chdir(folder)  # a driver working directory the sandbox user could write, were it visible
+    defense = DEFENSES.get("none")()
+    server = Server(zoo, defense=defense, rng=np.random.default_rng([0, 2]), budget=budget)
+    knowledge = Knowledge(input_shape=zoo.input_shape, num_classes=zoo.num_classes, spec_range=server.spec_range,
+                          pool=zoo.splits["attacker_x"], role="rank:1")
+    locator = AttackLocator(f"hostile_plugin:{cls}")
+    ATTACKS.get(locator.name)
+    return run_attack(server, locator, knowledge, budget, np.random.default_rng(0), timeout_s=timeout_s)
+
+
+def test_dataset_cache_repository_network_and_descriptors_are_out_of_reach(tiny_zoo, plugin, monkeypatch):
+    with pytest.raises(AttackFailed) as error:
+        _run(tiny_zoo, plugin, monkeypatch, "Looks")
+    message = str(error.value)
+    assert "files: ['FileNotFoundError']" in message, message  # none of them exists in the sandbox
+    assert "network: OSError" in message and "loopback: OSError" in message, message  # no interface is up
+    assert "PSML" not in message and "'HOME', 'LANG', 'PATH'" in message, message  # a cleared environment
+    assert "descriptors: 5" in message, message  # stdin, stdout, stderr, the channel, the listing itself
+    assert "cwd: /" in message
+
+
+def test_a_planted_path_hook_never_runs(tiny_zoo, plugin, monkeypatch):
+    folder, marker, _ = plugin
+    with pytest.raises(AttackFailed) as error:
+        _run(tiny_zoo, plugin, monkeypatch, "PlantsAPathHook")
+    message = str(error.value)
+    assert message.startswith("the attack raised RuntimeError: /: OSError;"), message  # its cwd is read-only
+    assert "/tmp: allowed" in message, message  # its private /tmp (the driver's folder here is under /tmp too)
+    assert not (folder / HOOK).exists() and not marker.exists()
+    # the next attack process starts from the same zygote: nothing planted reaches it
+    with pytest.raises(AttackFailed, match="the attack raised RuntimeError"):
+        _run(tiny_zoo, plugin, monkeypatch, "PlantsAPathHook")
+    assert not marker.exists()
+
+
+def _kids() -> list[int]:
+    found = []
+    for pid in os.listdir("/proc"):
+        try:
+            if pid.isdigit() and Path(f"/proc/{pid}/comm").read_text().strip() == "psmlhostilekid":
+                found.append(int(pid))
+        except OSError:
+            pass
+    return found
+
+
+def test_a_hanging_attack_and_all_its_children_end_with_its_timeout(tiny_zoo, plugin, monkeypatch):
+    started = time.monotonic()
+    with pytest.raises(AttackFailed, match=r"^timed out after 4s$"):
+        _run(tiny_zoo, plugin, monkeypatch, "HangsWithChildren", timeout_s=4)
+    deadline = time.monotonic() + 5
+    while _kids() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _kids() == [] and time.monotonic() - started < 4 + 15
+
+
+def test_surrogate_architectures_resolve_locally_and_failure_reasons_are_the_harness(tiny_zoo, plugin, monkeypatch):
+    with pytest.raises(AttackFailed, match="names 'hf-hub:mallory/victim', which is not a timm architecture"):
+        _run(tiny_zoo, plugin, monkeypatch, "NamesAHubModel")
+    with pytest.raises(AttackFailed) as error:
+        _run(tiny_zoo, plugin, monkeypatch, "ChoosesItsReason")
+    message = str(error.value)
+    assert message.startswith("the attack raised BudgetExhausted: timed out after 1s | forged | row |"), message
+    assert len(message) < 400 and "\n" not in message and "\x1b" not in message
+
+
+def test_a_hanging_pipeline_ends(tiny_zoo, plugin, cache_dir, tmp_path):
+    """`psml-bench run ... | cat` ends soon after the cell timeout, with every child of the attack gone."""
+    grid = tmp_path / "grid.toml"
+    grid.write_text('name = "g"\nzoo = "fmnist-tiny"\nvictims = ["rank:1"]\nbudgets = [20]\nseeds = [0]\n'
+                    'benign_queries = 20\n[[attacks]]\nname = "hostile_plugin:HangsWithChildren"\n'
+                    '[[defenses]]\nname = "none"\n')
+    env = {**os.environ, "PSML_BENCH_CACHE": str(cache_dir),
+           "PYTHONPATH": os.pathsep.join([str(plugin[0]), os.environ.get("PYTHONPATH", "")])}
+    command = (f"{sys.executable} -m psml_bench.cli -q run --grid {grid} --out {tmp_path / 'lb'} --jobs 1 "
+               f"--timeout 5 | cat")
+    started = time.monotonic()
+    result = subprocess.run(["bash", "-c", command], capture_output=True, text=True, env=env, timeout=120,
+                            cwd=tmp_path)
+    assert "1 failed" in result.stdout, (result.stdout, result.stderr)
+    assert _kids() == []
+    assert time.monotonic() - started < 60  # start-up (zoo, worker, sandbox) plus the 5 s timeout
