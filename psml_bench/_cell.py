@@ -185,8 +185,12 @@ def attack_locator(plugin: ResolvedPlugin) -> AttackLocator:
     return AttackLocator(plugin.spec.name, plugin.spec.params)
 
 
-def run_cell(zoo: Zoo, grid: GridConfig, cell: Cell) -> dict[str, Any]:
-    """Run one cell on its service and score it; a failing plugin gives a failed row, never an exception."""
+def run_cell(zoo: Zoo, grid: GridConfig, cell: Cell, *, timeout_s: float | None = None,
+             memory_mb: int | None = None) -> dict[str, Any]:
+    """Run one cell on its service and score it; a failing plugin gives a failed row, never an exception.
+
+    ``timeout_s`` and ``memory_mb`` limit the attack process (default: the executor's limits on the worker).
+    """
     started = time.perf_counter()
     load_submissions()  # a fresh worker process registers them too
     victim_id = zoo.role(cell.victim)
@@ -203,7 +207,7 @@ def run_cell(zoo: Zoo, grid: GridConfig, cell: Cell) -> dict[str, Any]:
     flags = _defense_flags(zoo, grid, cell)
     try:
         surrogate = run_attack(service, attack_locator(cell.attack_plugin), knowledge, cell.budget,
-                               np.random.default_rng([cell.seed, 1]))
+                               np.random.default_rng([cell.seed, 1]), timeout_s=timeout_s, memory_mb=memory_mb)
         metrics = surrogate_metrics(zoo, victim_id, surrogate)
         row["surrogate_recipe"] = surrogate.recipe
         flags += surrogate_flags(zoo, victim_id, surrogate, metrics["fidelity"])

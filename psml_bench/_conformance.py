@@ -40,6 +40,10 @@ class Validation:
 
 CONFORMANCE_ZOO = "fmnist-tiny"
 CONFORMANCE_BUDGET = 120
+VALIDATE_TIMEOUT_S = 600.0
+"""Wall-clock limit of each attack process ``validate`` runs (its sandbox ends with every child at the limit)."""
+VALIDATE_MEMORY_MB = 4096
+"""Address-space limit of each attack process ``validate`` runs."""
 
 
 def _conformance_grid(attack, defense):
@@ -91,7 +95,8 @@ def attack_conformance(zoo: Zoo, name: str) -> list[Check]:
     attack = PluginSpec(name, tuple(sorted((k, v) for k, v in SMALL_SURROGATE.items() if k in defaults)))
     defense = PluginSpec("none", ())
     grid = _conformance_grid(attack, defense)
-    rows = [run_cell(zoo, grid, Cell("rank:1", attack, defense, CONFORMANCE_BUDGET, 0)) for _ in range(2)]
+    rows = [run_cell(zoo, grid, Cell("rank:1", attack, defense, CONFORMANCE_BUDGET, 0), timeout_s=VALIDATE_TIMEOUT_S,
+                     memory_mb=VALIDATE_MEMORY_MB) for _ in range(2)]
     first = rows[0]
     checks = [Check("runs in the isolated attack process and returns a Surrogate", first["status"] == "ok",
                     first["error"])]
@@ -127,7 +132,7 @@ def defense_conformance(zoo: Zoo, name: str, sweep: list[dict[str, Any]]) -> lis
             checks.append(Check(f"{label}: answers queries", False, f"{type(exc).__name__}: {exc}"))
             continue
         checks.append(Check(f"{label}: probability vectors, determinism as claimed", not flags, "; ".join(flags)))
-        row = run_cell(zoo, grid, cell)
+        row = run_cell(zoo, grid, cell, timeout_s=VALIDATE_TIMEOUT_S, memory_mb=VALIDATE_MEMORY_MB)
         checks.append(Check(f"{label}: a naive attack completes a cell (goodput {row['goodput']:.3f})",
                             row["status"] == "ok", row["error"]))
     return checks

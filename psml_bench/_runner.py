@@ -1,7 +1,9 @@
 """The run loop: the cells of a grid not yet in the result cache, run by an executor, then the leaderboard.
 
-Each finished cell is written at once, atomically, to ``<out>/cells/<key>.json`` by the driver;
-a later run with the same key reuses it (see :mod:`psml_bench._cell` for what a key hashes).
+Each finished cell is written at once, atomically, to ``<out>/cells/<key>.json`` by the driver,
+sealed with the sha256 of its row (``content_sha256``); a later run with the same key reuses it if
+the seal holds, and recomputes it, with a warning, if not (see :mod:`psml_bench._cell` for what a
+key hashes). The driver creates the output directory, writable by it alone, before any attack runs.
 """
 
 from __future__ import annotations
@@ -17,10 +19,11 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from ._cell import CellTask, cell_key, failed_row, provenance, zoo_identity
-from ._config import write_atomic
+from ._config import content_hash, write_atomic
 from ._errors import ConfigError
 from ._executor import Executor, InlineExecutor, LocalExecutor, RayExecutor
 from ._grid import GridConfig
+from ._isolation import sanitise
 from ._leaderboard import write_leaderboard
 from ._service import PoolAnswers
 from ._zoo_build import open_zoo
@@ -65,6 +68,7 @@ def run_grid(grid: GridConfig, out_dir: Path, *, cache_dir: Path | None = None, 
     for victim in grid.victims:
         zoo.role(victim)  # a bad role fails before any work
     cells_dir = out_dir / "cells"
+    prepare_out_dir(out_dir)
     rows: dict[str, dict[str, Any]] = {}
     tasks = []
     profile_arg = str(profile) if profile else None
@@ -74,13 +78,10 @@ def run_grid(grid: GridConfig, out_dir: Path, *, cache_dir: Path | None = None, 
         key = cell_key(zoo, grid, cell, identity)
         path = cells_dir / f"{key}.json"
         if path.is_file():
-            try:
-                row = json.loads(path.read_text())
-                if not (retry_failed and row.get("status") != "ok"):
-                    rows[key] = row
-                    continue
-            except json.JSONDecodeError:
-                log.warning("ignoring unreadable cell file %s", path)
+            row = read_cell(path)
+            if row is not None and not (retry_failed and row.get("status") != "ok"):
+                rows[key] = row
+                continue
         tasks.append(CellTask(str(zoo.directory), profile_arg, identity, grid, cell, key, run_provenance))
     cached = len(rows)
     bar = tqdm(total=len(tasks), desc=f"grid {grid.name}", disable=not progress, unit="cell")
@@ -88,9 +89,9 @@ def run_grid(grid: GridConfig, out_dir: Path, *, cache_dir: Path | None = None, 
     bar.set_postfix(cached=cached, failed=0)
 
     def on_result(task: CellTask, row: dict[str, Any] | None, error: str) -> None:
-        row = row if row is not None else failed_row(zoo, task, error)
-        write_atomic(cells_dir / f"{task.key}.json", json.dumps(row, indent=1, sort_keys=True) + "\n")
-        rows[task.key] = row
+        row = row if row is not None else failed_row(zoo, task, sanitise(error, MAX_ERROR_CHARS))
+        row["error"] = sanitise(row.get("error", ""), MAX_ERROR_CHARS)
+        rows[task.key] = write_cell(cells_dir / f"{task.key}.json", row)
         counts["failed"] += row["status"] != "ok"
         bar.set_postfix(cached=cached, failed=counts["failed"])
         bar.update()
@@ -103,6 +104,51 @@ def run_grid(grid: GridConfig, out_dir: Path, *, cache_dir: Path | None = None, 
     write_leaderboard(ordered, zoo, grid, out_dir)
     failed = sum(r["status"] != "ok" for r in ordered)
     return RunSummary(ordered, cached, len(tasks), failed, time.perf_counter() - started, out_dir)
+
+
+MAX_ERROR_CHARS = 500
+"""Longest error a cell row keeps (one line, no control characters)."""
+SEAL = "content_sha256"
+"""The field of a cell file holding the sha256 of the rest of it."""
+
+
+def prepare_out_dir(out_dir: Path) -> None:
+    """Create ``out_dir`` and its ``cells/`` for this user alone to write; refuse a symlink or another owner's."""
+    for directory in (out_dir, out_dir / "cells"):
+        if directory.is_symlink():
+            raise ConfigError(f"output directory {directory} is a symbolic link; refusing to write through it")
+        directory.mkdir(mode=0o755, parents=True, exist_ok=True)
+        info = directory.lstat()
+        if info.st_uid != os.geteuid():
+            raise ConfigError(f"output directory {directory} belongs to uid {info.st_uid}, not to this user; "
+                              "refusing to write results into it")
+        if info.st_mode & 0o022:
+            directory.chmod(info.st_mode & 0o755)  # nobody else may add or replace a cell file
+
+
+def write_cell(path: Path, row: dict[str, Any]) -> dict[str, Any]:
+    """Write ``row`` atomically, sealed with its content hash; return it as a later run will read it."""
+    stored = json.loads(json.dumps(row, sort_keys=True))
+    stored.pop(SEAL, None)
+    write_atomic(path, json.dumps({**stored, SEAL: content_hash(stored)}, indent=1, sort_keys=True) + "\n")
+    return stored
+
+
+def read_cell(path: Path) -> dict[str, Any] | None:
+    """A stored row whose seal holds; None (with a warning: it is recomputed) for an unreadable or altered file."""
+    try:
+        row = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        log.warning("ignoring unreadable cell file %s; recomputing it", path)
+        return None
+    seal = row.pop(SEAL, None) if isinstance(row, dict) else None
+    if seal is None:
+        log.warning("cell file %s has no content hash (written before sealing, or altered); recomputing it", path)
+        return None
+    if seal != content_hash(row):
+        log.warning("cell file %s was altered (its content hash does not match); recomputing it", path)
+        return None
+    return row
 
 
 def _row_order(row: dict[str, Any]) -> tuple:

@@ -43,6 +43,8 @@ SANDBOX_ID = 65534
 """uid and gid of every process in the sandbox ("nobody")."""
 TMPFS_SIZE = "512m"
 """Size limit of an attack process's private ``/tmp`` and ``/dev/shm`` each."""
+START_TIMEOUT_S = 300.0
+"""How long a zygote may take to import its preloads."""
 SYSTEM_TREES = ("/usr/lib", "/usr/lib64", "/usr/lib32", "/usr/local/lib", "/etc/ld.so.cache", "/etc/ld.so.conf",
                 "/etc/ld.so.conf.d")
 _LINKS = ("/lib", "/lib64", "/lib32")
@@ -169,6 +171,7 @@ class Sandbox:
         self.target = target
         self.process: subprocess.Popen | None = None
         self.control: socket.socket | None = None
+        self.ready = False
 
     def start(self) -> None:
         parent, child = socket.socketpair()
@@ -188,12 +191,28 @@ class Sandbox:
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
+    def _wait_ready(self) -> None:
+        """Wait for the zygote's imports (so that an attack's time limit does not count them)."""
+        self.control.settimeout(START_TIMEOUT_S)
+        try:
+            if self.control.recv(1) != b"r":
+                raise OSError("the zygote ended before it was ready")
+        except OSError as exc:
+            self.stop()
+            raise SandboxUnavailable(f"the attack sandbox did not start ({exc})") from None
+        finally:
+            if self.control is not None:
+                self.control.settimeout(None)
+        self.ready = True
+
     def fork(self) -> Connection:
         """A new attack process; returns the worker's end of its channel."""
         for attempt in (0, 1):
             if not self.alive():
                 self.stop()
                 self.start()
+            if not self.ready:
+                self._wait_ready()
             ours, theirs = socket.socketpair()
             try:
                 socket.send_fds(self.control, [b"f"], [theirs.fileno()])
@@ -210,6 +229,7 @@ class Sandbox:
 
     def stop(self) -> None:
         """End the zygote and, with it, every process in the sandbox."""
+        self.ready = False
         if self.control is not None:
             self.control.close()
             self.control = None
@@ -237,6 +257,7 @@ def zygote(fd: int, target: Callable[[Connection], None], preload: tuple[str, ..
     _libc().prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)  # attack processes cannot trace it or read its memory
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # forked children are reaped by the kernel
     control = socket.socket(fileno=fd)
+    control.sendall(b"r")
     while True:
         try:
             message, fds, _, _ = socket.recv_fds(control, 16, 1)

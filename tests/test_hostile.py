@@ -194,6 +194,7 @@ def test_surrogate_architectures_resolve_locally_and_failure_reasons_are_the_har
     assert len(message) < 400 and "\n" not in message and "\x1b" not in message
 
 
+@pytest.mark.slow  # 20 s: a driver, a worker and its sandbox start for one cell
 def test_a_hanging_pipeline_ends(tiny_zoo, plugin, cache_dir, tmp_path):
     """`psml-bench run ... | cat` ends soon after the cell timeout, with every child of the attack gone."""
     grid = tmp_path / "grid.toml"
@@ -210,3 +211,95 @@ def test_a_hanging_pipeline_ends(tiny_zoo, plugin, cache_dir, tmp_path):
     assert "1 failed" in result.stdout, (result.stdout, result.stderr)
     assert _kids() == []
     assert time.monotonic() - started < 60  # start-up (zoo, worker, sandbox) plus the 5 s timeout
+
+
+def _one_cell_grid(tmp_path: Path):
+    from psml_bench._grid import load_grid
+
+    path = tmp_path / "one.toml"
+    path.write_text('name = "one"\nzoo = "fmnist-tiny"\nvictims = ["rank:1"]\nbudgets = [30]\nseeds = [0]\n'
+                    'benign_queries = 20\n[[attacks]]\nname = "naive"\nparams = { min_steps = 5, epochs = 1 }\n'
+                    '[[defenses]]\nname = "none"\n')
+    return load_grid(path)
+
+
+def test_a_tampered_cell_is_detected_and_recomputed(tiny_zoo, cache_dir, tmp_path, caplog):
+    from psml_bench._runner import make_executor, run_grid
+
+    grid, out = _one_cell_grid(tmp_path), tmp_path / "lb"
+    first = run_grid(grid, out, cache_dir=cache_dir, executor=make_executor("inline"), progress=False)
+    (path,) = (out / "cells").glob("*.json")
+    honest = first.rows[0]["fidelity"]
+    path.write_text(path.read_text().replace(f'"fidelity": {honest}', '"fidelity": 0.999'))
+    assert '"fidelity": 0.999' in path.read_text()
+    second = run_grid(grid, out, cache_dir=cache_dir, executor=make_executor("inline"), progress=False)
+    assert second.computed == 1 and second.rows[0]["fidelity"] == honest
+    assert "was altered" in caplog.text
+    third = run_grid(grid, out, cache_dir=cache_dir, executor=make_executor("inline"), progress=False)
+    assert third.cached == 1 and third.rows[0] == second.rows[0]
+
+
+def test_the_out_directory_cannot_be_squatted_or_symlinked(tmp_path):
+    from psml_bench._errors import ConfigError
+    from psml_bench._runner import prepare_out_dir
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "linked").symlink_to(elsewhere)
+    with pytest.raises(ConfigError, match="is a symbolic link"):
+        prepare_out_dir(tmp_path / "linked")
+    (tmp_path / "open" / "cells").mkdir(parents=True)
+    for directory in (tmp_path / "open", tmp_path / "open" / "cells"):
+        directory.chmod(0o777)
+    prepare_out_dir(tmp_path / "open")
+    assert all((d.stat().st_mode & 0o777) == 0o755 for d in (tmp_path / "open", tmp_path / "open" / "cells"))
+    (tmp_path / "open" / "cells").rmdir()
+    (tmp_path / "open" / "cells").symlink_to(elsewhere)
+    with pytest.raises(ConfigError, match="is a symbolic link"):
+        prepare_out_dir(tmp_path / "open")
+    if os.geteuid() == 0:
+        (tmp_path / "squatted").mkdir()
+        os.chown(tmp_path / "squatted", 65534, 65534)
+        with pytest.raises(ConfigError, match="belongs to uid 65534"):
+            prepare_out_dir(tmp_path / "squatted")
+
+
+VALIDATED = '''
+import time
+
+import numpy as np
+
+from psml_bench import Attack
+
+
+class Hostile(Attack):
+    def run(self, target, knowledge, budget, rng):
+        if "{mode}" == "hangs":
+            while True:
+                time.sleep(1)
+        reserved = np.empty(30 * 2**30, dtype=np.uint8)  # a 30 GiB reservation
+        return reserved
+'''
+
+
+@pytest.mark.parametrize("mode, reason", [("hangs", "timed out after 4s"), ("reserves", "MemoryError")])
+def test_validate_limits_time_and_memory(tiny_zoo, cache_dir, tmp_path, monkeypatch, mode, reason):
+    import json
+
+    from psml_bench import _conformance
+
+    name = f"validated-{mode}"
+    folder = tmp_path / name
+    folder.mkdir()
+    (folder / "manifest.json").write_text(json.dumps({
+        "name": name, "kind": "attack", "entry": f"{name.replace('-', '_')}:Hostile", "version": "1",
+        "authors": ["Mallory"], "description": "A hostile attack for the tests.", "license": "MIT",
+        "parameters": {}, "grids": ["none"]}))
+    (folder / f"{name.replace('-', '_')}.py").write_text(VALIDATED.format(mode=mode))
+    monkeypatch.setattr(_conformance, "VALIDATE_TIMEOUT_S", 4.0)
+    started = time.monotonic()
+    result = _conformance.validate_submission(folder, cache_dir=cache_dir)
+    assert not result.ok
+    failed = [c for c in result.checks if not c.ok]
+    assert failed and reason in failed[0].detail, result.checks
+    assert time.monotonic() - started < 60
