@@ -11,6 +11,7 @@ from ._errors import ManifestError, PsmlError
 from ._grid import Cell, GridConfig, PluginSpec
 from ._manifests import MANIFEST, load_manifest, register
 from ._registries import ATTACKS, DEFENSES
+from ._service import ServiceConfig
 from ._sanity import defense_flags
 from ._zoo import Zoo
 from ._zoo_build import open_zoo
@@ -95,8 +96,9 @@ def attack_conformance(zoo: Zoo, name: str) -> list[Check]:
     attack = PluginSpec(name, tuple(sorted((k, v) for k, v in SMALL_SURROGATE.items() if k in defaults)))
     defense = PluginSpec("none", ())
     grid = _conformance_grid(attack, defense)
-    rows = [run_cell(zoo, grid, Cell("rank:1", attack, defense, CONFORMANCE_BUDGET, 0), timeout_s=VALIDATE_TIMEOUT_S,
-                     memory_mb=VALIDATE_MEMORY_MB) for _ in range(2)]
+    service = ServiceConfig(latency_visible=ATTACKS.get(name).requires_latency)
+    rows = [run_cell(zoo, grid, Cell("rank:1", attack, defense, CONFORMANCE_BUDGET, 0, service),
+                     timeout_s=VALIDATE_TIMEOUT_S, memory_mb=VALIDATE_MEMORY_MB) for _ in range(2)]
     first = rows[0]
     checks = [Check("runs in the isolated attack process and returns a Surrogate", first["status"] == "ok",
                     first["error"])]

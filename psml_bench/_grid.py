@@ -257,6 +257,10 @@ def _blocks(raw: dict[str, Any], source: str) -> tuple[Block, ...]:
             defenses += tuple(PluginSpec(n, tuple(sorted(p.items()))) for n, p in submitted_defenses if n not in named)
         services = _services(raw.get("service", {}), entry.get("service", {}) if "blocks" in raw else {}, source,
                              where)
+        for attack in attacks:
+            if resolve("attack", attack).cls.requires_latency and not all(s.latency_visible for s in services):
+                raise ConfigError(f"{source}: field '{where}service.latency_visible': attack '{attack.name}' needs "
+                                  "the service to show latencies; set latency_visible = true")
         blocks.append(Block(entry["name"], tuple(entry.get("victims", raw.get("victims"))),
                             tuple(dict.fromkeys(attacks)), tuple(dict.fromkeys(defenses)),
                             tuple(entry.get("budgets", raw.get("budgets"))),

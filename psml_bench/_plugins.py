@@ -20,11 +20,14 @@ class Attack(Plugin, ABC):
 
     ``access`` says what the harness connects ``target`` to: ``"service"`` (the zoo behind
     the serving policy and the defense) or ``"victim"`` (a service that hosts the victim
-    alone: the single-model setting, an upper bound).
+    alone: the single-model setting, an upper bound). ``requires_latency``: the attack needs the
+    service to show each answer's latency (``latency_visible = true``); a grid that runs it on a
+    service that does not is refused when it loads.
     """
 
     kind: ClassVar[str] = "attack"
     access: ClassVar[str] = "service"
+    requires_latency: ClassVar[bool] = False
     # the surrogate parameters' rules, for every attack that declares them: a grid with a misspelt
     # strategy or label mode fails when it loads, not per cell
     allowed: ClassVar[dict[str, Allowed]] = dict(SURROGATE_ALLOWED)

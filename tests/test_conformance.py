@@ -12,9 +12,9 @@ BUILTIN_DEFENSES = [e.name for e in DEFENSES if e.source == "built-in"]
 
 
 def test_every_builtin_is_covered():
-    assert {"oracle", "naive", "psml", "psml-adaptive"} <= set(BUILTIN_ATTACKS)
+    assert {"oracle", "naive", "psml", "psml-adaptive", "psml-timing", "psml-stealth"} <= set(BUILTIN_ATTACKS)
     assert {"none", "spec-noise", "spec-quantize", "random-routing", "label-only", "top-k", "reverse-sigmoid",
-            "prob-noise"} <= set(BUILTIN_DEFENSES)
+            "prob-noise", "prada", "adaptive-misinformation", "prediction-poisoning"} <= set(BUILTIN_DEFENSES)
 
 
 @pytest.mark.parametrize("name", BUILTIN_ATTACKS)
