@@ -123,10 +123,12 @@ def defense_tables(table: pd.DataFrame) -> tuple[Table, Table]:
                        _f(r["latency_overhead"]), r["eligible"]] for _, r in ranked.iterrows()],
                      [list(r["cell_keys"]) for _, r in ranked.iterrows()])
     settings = Table(["budget", "load", "defense", "eligible", "goodput", "benign acc. drop", "perturbation",
-                      "latency overhead", "strongest attack", "its fidelity", "protection", "flags"],
+                      "latency overhead", "false-positive clients", "refused benign", "strongest attack",
+                      "its fidelity", "protection", "flags"],
                      [[str(r["budget"]), str(r["load"]), r["defense"], "yes" if not r["ineligible"] else
                        f"no: {r['ineligible']}", _f(r["goodput"]), _f(r["benign_accuracy_drop"]), _f(r["perturbation"]),
-                       _f(r["latency_overhead"]), r["strongest_attack"], r["fidelity_estimate"].format(),
+                       _f(r["latency_overhead"]), _f(r["false_positive_clients"]), _f(r["refused_benign"]),
+                       r["strongest_attack"], r["fidelity_estimate"].format(),
                        r["protection_estimate"].format(), "; ".join(r["flags"]) or "—"] for _, r in table.iterrows()],
                      [list(r["cell_keys"]) for _, r in table.iterrows()])
     return families, settings

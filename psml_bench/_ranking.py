@@ -221,7 +221,8 @@ def protection_table(frame: pd.DataFrame, blocks: Sequence[BlockView], settings:
                        "protection_estimate": protection,
                        "cell_keys": [k for k in costs.get("cell_key", []) if isinstance(k, str) and k],
                        **{m: estimate(costs, m).mean for m in ("goodput", "benign_accuracy_drop", "perturbation",
-                                                              "latency_overhead")}}
+                                                              "latency_overhead", "false_positive_clients",
+                                                              "refused_benign")}}
                 row["costs_goodput"] = bool(row["goodput"] < start - GOODPUT_TOLERANCE)
                 row["ineligible"] = ineligibility(row, max_accuracy_drop)
                 row["flags"] = setting_flags(row) + cell_flags(costs)
