@@ -46,9 +46,10 @@ class Jacobian(Strategy):
         surrogate = None
         # each round adds as many inputs as there are: ``rounds`` rounds fill the queries, more
         # only when the pool was smaller than the seed set
-        while session.remaining > 0 and session.sent > 0:
+        # only answered queries are kept (a defense may refuse some): step from those
+        while session.remaining > 0 and len(session.inputs) > 0:
             surrogate = train_surrogate(session.inputs, session.answers, knowledge, interim, rng, init=surrogate)
-            k = min(session.sent, session.remaining)
-            chosen = torch.from_numpy(np.sort(rng.choice(session.sent, size=k, replace=False)))
+            k = min(len(session.inputs), session.remaining)
+            chosen = torch.from_numpy(np.sort(rng.choice(len(session.inputs), size=k, replace=False)))
             inputs, answers = session.inputs[chosen], session.answers[chosen]
             session.query(jacobian_step(surrogate, inputs, answers.argmax(dim=1), float(self.params["step"])))
