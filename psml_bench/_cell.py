@@ -181,15 +181,18 @@ def attack_locator(plugin: ResolvedPlugin) -> AttackLocator:
     folder = getattr(cls, "submission_folder", None)
     if folder is not None:
         return AttackLocator(plugin.spec.name, tuple(sorted({**cls.defaults, **plugin.spec.kwargs}.items())),
-                             submission=str(folder), entry=cls.submission_entry, imports=cls.submission_imports)
+                             submission=str(folder), entry=cls.submission_entry, imports=cls.submission_imports,
+                             declared=tuple(sorted(cls.defaults.items())), version=cls.version)
     return AttackLocator(plugin.spec.name, plugin.spec.params)
 
 
 def run_cell(zoo: Zoo, grid: GridConfig, cell: Cell, *, timeout_s: float | None = None,
-             memory_mb: int | None = None) -> dict[str, Any]:
+             memory_mb: int | None = None, global_seed: int | None = None, transcript: Any = None) -> dict[str, Any]:
     """Run one cell on its service and score it; a failing plugin gives a failed row, never an exception.
 
     ``timeout_s`` and ``memory_mb`` limit the attack process (default: the executor's limits on the worker).
+    ``global_seed`` and ``transcript`` are for conformance tests (see :func:`run_attack`): reseed
+    the attack process's global generators; hash every query and answer.
     """
     started = time.perf_counter()
     load_submissions()  # a fresh worker process registers them too
@@ -207,7 +210,8 @@ def run_cell(zoo: Zoo, grid: GridConfig, cell: Cell, *, timeout_s: float | None 
     flags = _defense_flags(zoo, grid, cell)
     try:
         surrogate = run_attack(service, attack_locator(cell.attack_plugin), knowledge, cell.budget,
-                               np.random.default_rng([cell.seed, 1]), timeout_s=timeout_s, memory_mb=memory_mb)
+                               np.random.default_rng([cell.seed, 1]), timeout_s=timeout_s, memory_mb=memory_mb,
+                               global_seed=global_seed, transcript=transcript)
         metrics = surrogate_metrics(zoo, victim_id, surrogate)
         row["surrogate_recipe"] = surrogate.recipe
         flags += surrogate_flags(zoo, victim_id, surrogate, metrics["fidelity"])

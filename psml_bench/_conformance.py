@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -9,7 +11,7 @@ from typing import Any
 from ._cell import run_cell
 from ._errors import ManifestError, PsmlError
 from ._grid import Cell, GridConfig, PluginSpec
-from ._manifests import MANIFEST, load_manifest, register
+from ._manifests import MANIFEST, load_manifest, name_clashes, register
 from ._registries import ATTACKS, DEFENSES
 from ._service import ServiceConfig
 from ._sanity import defense_flags
@@ -40,39 +42,57 @@ class Validation:
 
 
 CONFORMANCE_ZOO = "fmnist-tiny"
-CONFORMANCE_BUDGET = 120
+CONFORMANCE_BUDGET = 200
+"""Queries per conformance cell: enough for a fingerprinting attack to fingerprint the tiny zoo and
+still extract (on rank:2 psml spends 46 queries fingerprinting, psml-adaptive 73)."""
 VALIDATE_TIMEOUT_S = 600.0
 """Wall-clock limit of each attack process ``validate`` runs (its sandbox ends with every child at the limit)."""
 VALIDATE_MEMORY_MB = 4096
 """Address-space limit of each attack process ``validate`` runs."""
+GLOBAL_SEEDS = (11, 12)
+"""The two runs of an attack reseed the attack process's global generators (``random``, numpy's
+and torch's) differently: an attack whose result depends on global random state gives two results."""
+SAME_SURROGATE = ("queries", "fingerprint_queries", "victim_hit_rate", "fingerprint_accuracy", "fidelity",
+                  "accuracy", "kl", "l1")
+"""Row fields that must agree between two runs with the same seed: the same queries reach the same
+models, and the surrogates give the same probabilities on the test split (KL and L1 to the victim)."""
 
 
-def _conformance_grid(attack, defense):
-    return GridConfig(name="validate", zoo=CONFORMANCE_ZOO, policy="infaas", victims=("rank:1",), attacks=(attack,),
-                      defenses=(defense,), budgets=(CONFORMANCE_BUDGET,), seeds=(0,), benign_queries=100,
-                      source="psml-bench validate")
+def _conformance_grid(attack, defense, victims=("rank:1",)):
+    return GridConfig(name="validate", zoo=CONFORMANCE_ZOO, policy="infaas", victims=tuple(victims),
+                      attacks=(attack,), defenses=(defense,), budgets=(CONFORMANCE_BUDGET,), seeds=(0,),
+                      benign_queries=100, source="psml-bench validate")
 
 
 def validate_submission(path: Path | str, *, cache_dir: Path | None = None, run: bool = True,
                         progress: bool = False) -> Validation:
-    """Check a submission's manifest, import it, and run the conformance tests on ``fmnist-tiny``.
+    """Check the submission at ``path``, import it, and run the conformance tests on ``fmnist-tiny``.
 
-    An attack is imported only in the isolated attack process: the checks run one cell with it
-    against the undefended tiny zoo (it must return a surrogate within its budget, and the same
-    seed must give the same surrogate). A defense is imported here: it must instantiate at its
-    defaults and every sweep value, answer with probability vectors, keep its determinism claim,
-    and let the ``naive`` attack complete a cell.
+    Every manifest problem is reported at once, with any clash of its name with another
+    submission folder (of ``$PSML_BENCH_SUBMISSIONS`` or ``submissions/``) or a built-in. An
+    attack is imported only in the isolated attack process: it runs against the undefended tiny
+    zoo for every victim role, twice per role (see :func:`attack_conformance`). A defense is
+    imported here: it must agree with its manifest, instantiate at its defaults and every sweep
+    value, answer with probability vectors, keep its determinism claim, and let the ``naive``
+    attack complete a cell.
     """
     path = Path(path)
-    result = Validation(path.parent if path.name == MANIFEST else path)
+    folder = path.parent if path.name == MANIFEST else path
+    result = Validation(folder)
+    manifest = None
     try:
-        manifest = load_manifest(path)
+        manifest = load_manifest(folder)
     except ManifestError as exc:
         result.manifest_errors = list(exc.errors)
+    result.manifest_errors += name_clashes(folder)
+    if manifest is None or result.manifest_errors:
         return result
     try:
         register(manifest)
         result.checks.append(Check("registers" + (" (imports)" if manifest.kind == "defense" else ""), True))
+    except ManifestError as exc:
+        result.manifest_errors = list(exc.errors)
+        return result
     except PsmlError as exc:
         result.checks.append(Check("registers", False, str(exc)))
         return result
@@ -90,26 +110,54 @@ def validate_submission(path: Path | str, *, cache_dir: Path | None = None, run:
 SMALL_SURROGATE = {"min_steps": 20, "epochs": 1}
 
 
-def attack_conformance(zoo: Zoo, name: str) -> list[Check]:
-    """The checks every attack passes: one cell twice against the undefended tiny zoo."""
+def victim_roles(zoo: Zoo) -> list[str]:
+    """Every victim role of ``zoo``: ``rank:1`` to ``rank:k`` for its k frontier models."""
+    return [f"rank:{k}" for k in range(1, len(zoo.frontier) + 1)]
+
+
+def attack_conformance(zoo: Zoo, name: str, victims: list[str] | None = None) -> list[Check]:
+    """The checks every attack passes: for each victim role (default :func:`victim_roles`), one cell
+    against the undefended tiny zoo, run twice with the same seed and differently seeded global
+    generators. Each run must return a surrogate within the budget and raise no sanity flag; the
+    two runs must send the same queries, get the same answers (a hash of every query and answer)
+    and agree on every field of :data:`SAME_SURROGATE`. The first role whose run fails
+    ends the checks."""
     defaults = ATTACKS.get(name).defaults
     attack = PluginSpec(name, tuple(sorted((k, v) for k, v in SMALL_SURROGATE.items() if k in defaults)))
     defense = PluginSpec("none", ())
-    grid = _conformance_grid(attack, defense)
     service = ServiceConfig(latency_visible=ATTACKS.get(name).requires_latency)
-    rows = [run_cell(zoo, grid, Cell("rank:1", attack, defense, CONFORMANCE_BUDGET, 0, service),
-                     timeout_s=VALIDATE_TIMEOUT_S, memory_mb=VALIDATE_MEMORY_MB) for _ in range(2)]
-    first = rows[0]
-    checks = [Check("runs in the isolated attack process and returns a Surrogate", first["status"] == "ok",
-                    first["error"])]
-    if first["status"] == "ok":
-        checks.append(Check(f"stays within its budget ({CONFORMANCE_BUDGET} queries)",
-                            first["queries"] <= CONFORMANCE_BUDGET, f"{first['queries']} queries"))
-        same = all(rows[1][k] == first[k] for k in ("fidelity", "accuracy", "queries", "fingerprint_queries"))
-        checks.append(Check("same seed gives the same result", same,
-                            "" if same else f"fidelity {first['fidelity']} then {rows[1]['fidelity']}"))
-        checks.append(Check("no sanity flag", not first.get("flags"), first.get("flags", "")))
+    checks = []
+    for victim in victims or victim_roles(zoo):
+        grid = _conformance_grid(attack, defense, (victim,))
+        cell = Cell(victim, attack, defense, CONFORMANCE_BUDGET, 0, service)
+        transcripts = [hashlib.sha256(), hashlib.sha256()]
+        first = run_cell(zoo, grid, cell, global_seed=GLOBAL_SEEDS[0], transcript=transcripts[0],
+                         timeout_s=VALIDATE_TIMEOUT_S, memory_mb=VALIDATE_MEMORY_MB)
+        second = first
+        if first["status"] == "ok":
+            second = run_cell(zoo, grid, cell, global_seed=GLOBAL_SEEDS[1], transcript=transcripts[1],
+                              timeout_s=VALIDATE_TIMEOUT_S, memory_mb=VALIDATE_MEMORY_MB)
+        failed = next((row for row in (first, second) if row["status"] != "ok"), None)
+        checks.append(Check(f"{victim}: runs in the isolated attack process and returns a Surrogate",
+                            failed is None, failed["error"] if failed else ""))
+        if failed is not None:
+            break  # the other roles would fail the same way
+        checks.append(Check(f"{victim}: stays within its budget ({CONFORMANCE_BUDGET} queries)",
+                            first["queries"] <= CONFORMANCE_BUDGET,
+                            f"{first['queries']} queries, {first['fingerprint_queries']} to fingerprint"))
+        differ = [f"{k} {first[k]} then {second[k]}" for k in SAME_SURROGATE if not _same(first[k], second[k])]
+        if transcripts[0].digest() != transcripts[1].digest():
+            differ.insert(0, "the two runs sent different queries or got different answers")
+        checks.append(Check(f"{victim}: same seed gives the same queries and the same surrogate", not differ,
+                            "; ".join(differ) + (" (does it draw from global random state, e.g. np.random.* or "
+                                                 "torch.rand* without a generator? use the rng argument)"
+                                                 if differ else "")))
+        checks.append(Check(f"{victim}: no sanity flag", not first.get("flags"), first.get("flags", "")))
     return checks
+
+
+def _same(a: Any, b: Any) -> bool:
+    return a == b or (isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b))
 
 
 def defense_conformance(zoo: Zoo, name: str, sweep: list[dict[str, Any]]) -> list[Check]:

@@ -31,6 +31,7 @@ import json
 import logging
 import os
 import pickle
+import random
 import resource
 import sys
 import time
@@ -45,7 +46,8 @@ import safetensors.torch
 import timm
 import torch
 
-from ._errors import AttackFailed, BudgetExhausted, InvalidQueryError, ProtocolError, PsmlError
+from ._errors import AttackFailed, BudgetExhausted, ConfigError, InvalidQueryError, ProtocolError, PsmlError
+from ._parameters import declaration_mismatches
 from ._registries import ATTACKS
 from ._sandbox import Sandbox, sandbox_problem, visible
 from ._surrogate import Surrogate, trained_recipe
@@ -94,6 +96,7 @@ class AttackLocator:
             attack process imports them from memory (the folder itself is not in the sandbox).
         entry: ``module:Class`` inside the submission folder.
         imports: installed modules the submission needs, imported before the attack is built.
+        declared: the manifest's (parameter, default) pairs and ``version``, which the class must match.
     """
 
     name: str
@@ -101,6 +104,8 @@ class AttackLocator:
     submission: str | None = None
     entry: str | None = None
     imports: tuple[str, ...] = ()
+    declared: tuple[tuple[str, Any], ...] = ()
+    version: str = ""
 
 
 # --- message encoding ---------------------------------------------------------------------------
@@ -199,6 +204,9 @@ def _load_attack_class(locator: AttackLocator, sources: dict[str, str] | None) -
     cls = getattr(importlib.import_module(module_name), attr)
     if not (isinstance(cls, type) and issubclass(cls, ATTACKS.base)):
         raise TypeError(f"entry '{locator.entry}' is not a subclass of psml_bench.Attack")
+    problems = declaration_mismatches(cls, dict(locator.declared), locator.version)
+    if problems:
+        raise ConfigError(f"{locator.submission}/manifest.json disagrees with class {attr}: {'; '.join(problems)}")
     return cls
 
 
@@ -247,6 +255,10 @@ def attack_main(conn: Connection) -> None:
             importlib.import_module(module)
         cls = _load_attack_class(locator, setup["sources"])
         attack = cls(**dict(locator.params))
+        if setup.get("global_seed") is not None:
+            random.seed(setup["global_seed"])
+            np.random.seed(setup["global_seed"])
+            torch.manual_seed(setup["global_seed"])
         surrogate = attack.run(_remote_target(conn), setup["knowledge"], setup["budget"], setup["rng"])
         if not isinstance(surrogate, torch.nn.Module):
             raise TypeError(f"attack returned {type(surrogate).__name__}, not a torch.nn.Module")
@@ -331,7 +343,8 @@ def _rebuild_surrogate(header: dict[str, Any], state: dict[str, torch.Tensor], k
 
 def run_attack(server: Server | Service, locator: AttackLocator, knowledge: Knowledge, budget: int,
                rng: np.random.Generator, *, timeout_s: float | None = None,
-               memory_mb: int | None = None) -> Surrogate:
+               memory_mb: int | None = None, global_seed: int | None = None,
+               transcript: Any = None) -> Surrogate:
     """Run an attack in its own sandboxed process against ``server``; return its surrogate.
 
     Args:
@@ -343,6 +356,8 @@ def run_attack(server: Server | Service, locator: AttackLocator, knowledge: Know
         rng: the attack's generator, sent with its state.
         timeout_s: wall-clock limit of the attack process (``None``: the executor's cell timeout).
         memory_mb: address-space limit of the attack process (``None``: this process's own limit).
+        global_seed: reseed the attack process's global generators (``random``, numpy's, torch's).
+        transcript: a ``hashlib`` hash updated with every query (inputs, spec, purpose) and answer, in order.
 
     Raises:
         AttackFailed: the attack raised, died, timed out, broke the protocol or returned no
@@ -362,7 +377,7 @@ def run_attack(server: Server | Service, locator: AttackLocator, knowledge: Know
     try:
         conn.send_bytes(pickle.dumps({
             "locator": locator, "sources": plugin_sources(locator), "knowledge": knowledge, "budget": budget,
-            "rng": rng, "memory_limit": limit,
+            "rng": rng, "memory_limit": limit, "global_seed": global_seed,
         }, protocol=pickle.HIGHEST_PROTOCOL))
         while True:
             remaining = None if deadline is None else deadline - time.monotonic()
@@ -383,6 +398,11 @@ def run_attack(server: Server | Service, locator: AttackLocator, knowledge: Know
             if op == "query":
                 reply = _answer(server, header, tensors)
                 overrun = reply[2] if reply[:2] == ("error", "BudgetExhausted") else ""
+                if transcript is not None:  # the spec and purpose, then the inputs and the answers
+                    for part in ([header.get("spec"), header.get("purpose")], tensors.get("inputs"),
+                                 reply[1][0] if reply[0] == "ok" else reply):
+                        transcript.update(part.contiguous().numpy().tobytes() if isinstance(part, torch.Tensor)
+                                          else json.dumps(part, default=str).encode())
                 conn.send_bytes(pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL))
             elif op == "remaining":
                 conn.send_bytes(pickle.dumps(("ok", server.remaining)))

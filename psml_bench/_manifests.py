@@ -17,8 +17,11 @@ manifest names and reports (and skips) every invalid one.
 
 from __future__ import annotations
 
+import ast
+import difflib
 import hashlib
 import importlib
+import importlib.util
 import json
 import logging
 import os
@@ -30,9 +33,10 @@ from typing import Any, Callable
 import jsonschema
 
 from ._config import schema
-from ._errors import ConfigError, ManifestError, PsmlError
+from ._errors import ManifestError, PsmlError
+from ._parameters import Allowed, declaration_mismatches
 from ._plugins import Attack, Defense
-from ._registries import ATTACKS, DEFENSES
+from ._registries import ATTACKS, DEFENSES, STRATEGIES
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +58,16 @@ class Parameter:
     type: str
     default: Any
     description: str = ""
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple[Any, ...] = ()
+
+    @property
+    def rule(self) -> Allowed | None:
+        """The manifest's ``minimum``/``maximum``/``choices`` as the plugin's :class:`Allowed` rule (None: no rule)."""
+        if self.minimum is None and self.maximum is None and not self.choices:
+            return None
+        return Allowed(minimum=self.minimum, maximum=self.maximum, choices=self.choices)
 
 
 @dataclass(frozen=True)
@@ -76,6 +90,11 @@ class Manifest:
     @property
     def defaults(self) -> dict[str, Any]:
         return {p.name: p.default for p in self.parameters}
+
+    @property
+    def allowed(self) -> dict[str, Allowed]:
+        """The parameters' rules declared in the manifest."""
+        return {p.name: p.rule for p in self.parameters if p.rule is not None}
 
     @property
     def module(self) -> str:
@@ -109,9 +128,10 @@ def submission_folders(directories: list[Path] | None = None) -> list[Path]:
     return folders
 
 
-def _field_errors(raw: Any, source: str) -> list[str]:
+def _field_errors(raw: Any, source: str) -> tuple[list[str], set[str]]:
+    """Schema problems, one line each, and the top-level fields they concern."""
     validator = jsonschema.Draft202012Validator(schema("manifest"))
-    errors = []
+    errors, fields = [], set()
     for error in sorted(validator.iter_errors(raw), key=lambda e: [str(p) for p in e.absolute_path]):
         path = ".".join(str(p) for p in error.absolute_path)
         if error.validator == "required":
@@ -123,52 +143,123 @@ def _field_errors(raw: Any, source: str) -> list[str]:
             for extra in sorted(set(error.instance) - set(known)):
                 errors.append(f"{source}: field '{f'{path}.' if path else ''}{extra}': is not a manifest field; "
                               f"expected one of {', '.join(known)}")
+                fields.add(path.split(".")[0] if path else extra)
             continue
         else:
             message = error.message
             if error.validator == "pattern":
                 message = f"{error.instance!r} does not match the expected pattern {error.validator_value}"
+        fields.add(path.split(".")[0])
         errors.append(f"{source}: field '{path or '(top level)'}': {message}")
+    return errors, fields
+
+
+def _rule_errors(name: str, parameter: dict[str, Any], values: list[tuple[str, Any]]) -> list[str]:
+    """Problems of one parameter's ``minimum``/``maximum``/``choices`` and of ``values`` under them."""
+    kind, errors = parameter["type"], []
+    bounded = "minimum" in parameter or "maximum" in parameter
+    if bounded and kind not in ("integer", "number"):
+        errors.append(f"field 'parameters.{name}': minimum and maximum apply to integer and number parameters, "
+                      f"not {kind}")
+        return errors
+    for index, choice in enumerate(parameter.get("choices", [])):
+        if not _PY_TYPES[kind](choice):
+            errors.append(f"field 'parameters.{name}.choices.{index}': expected a {kind}, got {choice!r}")
+    if parameter.get("minimum", -float("inf")) > parameter.get("maximum", float("inf")):
+        errors.append(f"field 'parameters.{name}': minimum {parameter['minimum']} exceeds maximum {parameter['maximum']}")
+    if errors:
+        return errors
+    rule = Parameter(name, kind, parameter["default"], minimum=parameter.get("minimum"),
+                     maximum=parameter.get("maximum"), choices=tuple(parameter.get("choices", ()))).rule
+    for where, value in values:
+        if rule is not None and _PY_TYPES[kind](value) and not rule.accepts(value):
+            errors.append(f"field '{where}': {value!r} is not allowed; the parameter must be {rule.describe()}")
     return errors
 
 
-def _semantic_errors(raw: dict[str, Any], folder: Path, source: str) -> list[str]:
-    errors = []
-    if raw["name"] != folder.name:
-        errors.append(f"{source}: field 'name': expected the folder's name '{folder.name}', got '{raw['name']}'")
-    for name, parameter in raw["parameters"].items():
-        if not _PY_TYPES[parameter["type"]](parameter["default"]):
-            errors.append(f"{source}: field 'parameters.{name}.default': expected a {parameter['type']}, "
-                          f"got {parameter['default']!r}")
-    if raw.get("imports") and raw["kind"] != "attack":
-        errors.append(f"{source}: field 'imports': only an attack declares imports (a defense imports normally)")
-    top_modules = {p.stem for p in folder.iterdir() if p.suffix == ".py" or (p / "__init__.py").is_file()}
-    for index, module in enumerate(raw.get("imports", [])):
-        if module.split(".")[0] in top_modules:
-            errors.append(f"{source}: field 'imports.{index}': expected an installed module, got '{module}', "
-                          "which is the submission's own")
-    sweep = raw.get("sweep")
-    if sweep is not None:
-        if raw["kind"] != "defense":
-            errors.append(f"{source}: field 'sweep': only a defense declares a sweep parameter")
-        elif sweep["parameter"] not in raw["parameters"]:
-            errors.append(f"{source}: field 'sweep.parameter': expected one of the declared parameters "
-                          f"({', '.join(sorted(raw['parameters'])) or 'none'}), got '{sweep['parameter']}'")
-        else:
-            kind = raw["parameters"][sweep["parameter"]]["type"]
-            for index, value in enumerate(sweep["values"]):
-                if not _PY_TYPES[kind](value):
-                    errors.append(f"{source}: field 'sweep.values.{index}': expected a {kind}, got {value!r}")
-    module = raw["entry"].partition(":")[0].split(".")
+def entry_errors(folder: Path, entry: str) -> list[str]:
+    """Problems of ``module:Class`` found without running the submission's code: the module file
+    exists, parses, and defines ``Class`` at its top level."""
+    module_name, _, attr = entry.partition(":")
+    module = module_name.split(".")
     candidates = [folder.joinpath(*module).with_suffix(".py"), folder.joinpath(*module, "__init__.py")]
-    if not any(c.is_file() for c in candidates):
-        errors.append(f"{source}: field 'entry': expected module '{'.'.join(module)}' as "
-                      f"{candidates[0].relative_to(folder)} in {folder}, found no such file")
+    found = next((c for c in candidates if c.is_file()), None)
+    if found is None:
+        return [f"field 'entry': expected module '{module_name}' as {candidates[0].relative_to(folder)} in "
+                f"{folder}, found no such file"]
+    try:
+        tree = ast.parse(found.read_text(), filename=str(found))
+    except SyntaxError as exc:
+        return [f"field 'entry': {found.relative_to(folder)} line {exc.lineno}: SyntaxError: {exc.msg}"]
+    names, star = set(), False
+    for node in tree.body:
+        if isinstance(node, (ast.ClassDef, ast.FunctionDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names.update(t.id for t in targets if isinstance(t, ast.Name))
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            star = star or any(alias.name == "*" for alias in node.names)
+            names.update((alias.asname or alias.name).split(".")[0] for alias in node.names)
+    if attr in names or star:
+        return []
+    classes = sorted(n.name for n in tree.body if isinstance(n, ast.ClassDef))
+    close = difflib.get_close_matches(attr, classes, n=1)
+    hint = f"did you mean '{module_name}:{close[0]}'? " if close else ""
+    return [f"field 'entry': {found.relative_to(folder)} defines no class '{attr}'; {hint}"
+            f"classes there: {', '.join(classes) or 'none'}"]
+
+
+def _semantic_errors(raw: dict[str, Any], folder: Path, bad: set[str]) -> list[str]:
+    """Problems the schema cannot see, for the fields that passed it (``bad``: fields that did not)."""
+    errors = []
+    kind = raw.get("kind") if "kind" not in bad else None
+    if "name" not in bad and raw["name"] != folder.name:
+        errors.append(f"field 'name': expected the folder's name '{folder.name}', got '{raw['name']}'")
+    parameters = raw["parameters"] if "parameters" not in bad else {}
+    sweep = raw.get("sweep") if "sweep" not in bad else None
+    for name, parameter in parameters.items():
+        if not _PY_TYPES[parameter["type"]](parameter["default"]):
+            errors.append(f"field 'parameters.{name}.default': expected a {parameter['type']}, "
+                          f"got {parameter['default']!r}")
+        values = [(f"parameters.{name}.default", parameter["default"])]
+        if sweep is not None and sweep["parameter"] == name:
+            values += [(f"sweep.values.{i}", v) for i, v in enumerate(sweep["values"])]
+        errors += _rule_errors(name, parameter, values)
+    if "imports" not in bad:
+        if raw.get("imports") and kind is not None and kind != "attack":
+            errors.append("field 'imports': only an attack declares imports (a defense imports normally)")
+        top_modules = {p.stem for p in folder.iterdir() if p.suffix == ".py" or (p / "__init__.py").is_file()}
+        for index, module in enumerate(raw.get("imports", [])):
+            if module.split(".")[0] in top_modules:
+                errors.append(f"field 'imports.{index}': expected an installed module, got '{module}', "
+                              "which is the submission's own")
+    if sweep is not None:
+        if kind is not None and kind != "defense":
+            errors.append("field 'sweep': only a defense declares a sweep parameter")
+        elif "parameters" in bad:
+            pass
+        elif sweep["parameter"] not in parameters:
+            close = difflib.get_close_matches(sweep["parameter"], parameters, n=1)
+            errors.append(f"field 'sweep.parameter': expected one of the declared parameters "
+                          f"({', '.join(sorted(parameters)) or 'none'}), got '{sweep['parameter']}'"
+                          + (f"; did you mean '{close[0]}'?" if close else ""))
+        else:
+            kind_of = parameters[sweep["parameter"]]["type"]
+            for index, value in enumerate(sweep["values"]):
+                if not _PY_TYPES[kind_of](value):
+                    errors.append(f"field 'sweep.values.{index}': expected a {kind_of}, got {value!r}")
+    if "entry" not in bad:
+        errors += entry_errors(folder, raw["entry"])
     return errors
 
 
 def load_manifest(path: Path | str) -> Manifest:
     """Read and validate a submission's manifest (``path``: the folder or its manifest.json).
+
+    Every problem is found in one pass: the schema's, then the checks of the fields that passed
+    it (types of defaults, rules, sweep, imports, the entry module and class, read without
+    running it).
 
     Raises:
         ManifestError: one line per problem, each naming the field and what is expected.
@@ -183,16 +274,17 @@ def load_manifest(path: Path | str) -> Manifest:
         raise ManifestError([f"{source}: no such file (a submission folder needs a {MANIFEST})"]) from None
     except json.JSONDecodeError as exc:
         raise ManifestError([f"{source}: invalid JSON: {exc}"]) from None
-    errors = _field_errors(raw, source)
-    if not errors:
-        errors = _semantic_errors(raw, folder.resolve(), source)
+    errors, bad = _field_errors(raw, source)
+    if isinstance(raw, dict) and "" not in bad:
+        errors += [f"{source}: {e}" for e in _semantic_errors(raw, folder.resolve(), bad)]
     if errors:
         raise ManifestError(errors)
     sweep = raw.get("sweep")
     return Manifest(
         folder=folder.resolve(), name=raw["name"], kind=raw["kind"], entry=raw["entry"], version=raw["version"],
         authors=tuple(raw["authors"]), description=raw["description"], license=raw["license"],
-        parameters=tuple(Parameter(n, p["type"], p["default"], p.get("description", ""))
+        parameters=tuple(Parameter(n, p["type"], p["default"], p.get("description", ""), p.get("minimum"),
+                                   p.get("maximum"), tuple(p.get("choices", ())))
                          for n, p in raw["parameters"].items()),
         sweep=(sweep["parameter"], tuple(sweep["values"])) if sweep else None,
         grids=tuple(raw.get("grids", ["default"])), imports=tuple(raw.get("imports", [])),
@@ -216,49 +308,120 @@ def _attack_stand_in(manifest: Manifest) -> type[Attack]:
     digest = folder_hash(manifest.folder)
     return type(f"Submitted_{manifest.name.replace('-', '_')}", (Attack,), {
         "__doc__": manifest.description, "__module__": __name__, "run": run, "version": manifest.version,
-        "defaults": manifest.defaults, "submission_folder": str(manifest.folder),
+        "defaults": manifest.defaults, "allowed": manifest.allowed, "submission_folder": str(manifest.folder),
         "submission_entry": manifest.entry, "submission_imports": manifest.imports,
         "source_hash": classmethod(lambda cls: digest),
     })
 
 
-def _import_defense(manifest: Manifest) -> type[Defense]:
-    """Import a submitted defense from its folder (defenses run inside the server: trusted code)."""
+def _package_name(manifest: Manifest) -> str:
+    """The private package a submission's modules are imported under: one per folder, so two
+    submissions with a module of the same name (or one named like an installed module) never collide."""
+    digest = hashlib.sha256(str(manifest.folder).encode()).hexdigest()[:10]
+    return f"psml_submission_{manifest.name.replace('-', '_')}_{digest}"
+
+
+def import_entry(manifest: Manifest) -> type:
+    """Import a submission's entry class in this process, as ``<private package>.<module>``.
+
+    Raises:
+        ManifestError: the module cannot be imported or lacks the class.
+    """
+    package = _package_name(manifest)
+    if package not in sys.modules:
+        spec = importlib.util.spec_from_loader(package, None, is_package=True)
+        spec.submodule_search_locations = [str(manifest.folder)]
+        sys.modules[package] = importlib.util.module_from_spec(spec)
     module_name, _, attr = manifest.entry.partition(":")
-    top = module_name.split(".")[0]
-    loaded = sys.modules.get(top)
-    if loaded is not None and not str(getattr(loaded, "__file__", "") or "").startswith(str(manifest.folder)):
-        raise ConfigError(f"{manifest.folder / MANIFEST}: field 'entry': module '{top}' collides with an already "
-                          "imported module; give the submission's module a unique name")
-    sys.path.insert(0, str(manifest.folder))
     try:
-        cls = getattr(importlib.import_module(module_name), attr)
+        return getattr(importlib.import_module(f"{package}.{module_name}"), attr)
     except Exception as exc:  # noqa: BLE001 - any import failure invalidates the submission
-        raise ConfigError(f"{manifest.folder / MANIFEST}: field 'entry': cannot import '{manifest.entry}': "
-                          f"{type(exc).__name__}: {exc}") from None
-    finally:
-        sys.path.remove(str(manifest.folder))
+        raise ManifestError([f"{manifest.folder / MANIFEST}: field 'entry': cannot import '{manifest.entry}': "
+                             f"{type(exc).__name__}: {exc}"]) from None
+
+
+def _import_defense(manifest: Manifest) -> type[Defense]:
+    """Import a submitted defense (defenses run inside the server: trusted code) and check it
+    against its manifest: every problem at once."""
+    source = manifest.folder / MANIFEST
+    cls = import_entry(manifest)
     if not (isinstance(cls, type) and issubclass(cls, Defense)):
-        raise ConfigError(f"{manifest.folder / MANIFEST}: field 'entry': expected a subclass of "
-                          f"psml_bench.Defense, got {cls!r}")
-    if dict(cls.defaults) != manifest.defaults:
-        raise ConfigError(f"{manifest.folder / MANIFEST}: field 'parameters': expected the class's defaults "
-                          f"{dict(cls.defaults)}, got {manifest.defaults}")
+        raise ManifestError([f"{source}: field 'entry': expected a subclass of psml_bench.Defense, got {cls!r}"])
+    problems = [f"{source}: {p}" for p in declaration_mismatches(cls, manifest.defaults, manifest.version)]
     if manifest.sweep and cls.strength != manifest.sweep[0]:
-        raise ConfigError(f"{manifest.folder / MANIFEST}: field 'sweep.parameter': expected the class's strength "
-                          f"parameter '{cls.strength}', got '{manifest.sweep[0]}'")
+        problems.append(f"{source}: field 'sweep.parameter': expected the class's strength parameter "
+                        f"'{cls.strength}', got '{manifest.sweep[0]}'")
+    if problems:
+        raise ManifestError(problems)
     digest = folder_hash(manifest.folder)
     cls.version = manifest.version
+    cls.allowed = {**vars(cls).get("allowed", {}), **manifest.allowed}
     cls.source_hash = classmethod(lambda c: digest)
     return cls
 
 
+_REGISTRIES = {"attack": ATTACKS, "defense": DEFENSES, "strategy": STRATEGIES}
+
+
+def _raw_name(folder: Path) -> str | None:
+    try:
+        name = json.loads((folder / MANIFEST).read_text()).get("name")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return name if isinstance(name, str) else None
+
+
+def name_clashes(folder: Path, directories: list[Path] | None = None) -> list[str]:
+    """Problems of the submission at ``folder`` taking a name that is not free: the name of another
+    submission folder of ``directories`` (default :func:`submissions_dirs`), or of a built-in,
+    installed or ``module:Class`` plugin of any kind. Each names both places."""
+    folder = folder.resolve()
+    name = _raw_name(folder)
+    if name is None:
+        return []
+    source = folder / MANIFEST
+    problems = []
+    for other in submission_folders(directories):
+        if other.resolve() != folder and _raw_name(other) == name:
+            problems.append(f"{source}: field 'name': '{name}' is also the name of the submission in {other}; "
+                            "a submission's name must be unique")
+    for kind, registry in _REGISTRIES.items():
+        entry = registry.find(name)
+        if entry is not None and getattr(entry.plugin, "submission_folder", None) is None \
+                and not entry.source.startswith("submission "):
+            problems.append(f"{source}: field 'name': '{name}' is also the name of the {entry.source} {kind} "
+                            f"({_where(entry.plugin)}); choose another name")
+    return problems
+
+
+def _where(cls: type) -> str:
+    module = sys.modules.get(cls.__module__)
+    return str(getattr(module, "__file__", None) or cls.__module__)
+
+
 def register(manifest: Manifest) -> None:
-    """Register a valid submission in the attack or defense registry."""
+    """Register a valid submission in the attack or defense registry.
+
+    Raises:
+        ManifestError: its name is taken by a submission in another folder or by a built-in, or (a
+            defense) it cannot be imported or disagrees with its manifest.
+    """
+    registry = _REGISTRIES[manifest.kind]
+    existing = registry.find(manifest.name)
+    if existing is not None:
+        folder = getattr(existing.plugin, "submission_folder", None)
+        if folder is None:
+            raise ManifestError([f"{manifest.folder / MANIFEST}: field 'name': '{manifest.name}' is also the name of "
+                                 f"the {existing.source} {manifest.kind} ({_where(existing.plugin)})"])
+        if Path(folder) != manifest.folder:
+            raise ManifestError([f"{manifest.folder / MANIFEST}: field 'name': '{manifest.name}' is also the name of "
+                                 f"the submission in {folder}; a submission's name must be unique"])
     if manifest.kind == "attack":
-        ATTACKS.add(manifest.name, _attack_stand_in(manifest), source=manifest.source)
+        cls = _attack_stand_in(manifest)
     else:
-        DEFENSES.add(manifest.name, _import_defense(manifest), source=manifest.source)
+        cls = _import_defense(manifest)
+        cls.submission_folder = str(manifest.folder)
+    registry.add(manifest.name, cls, source=manifest.source)
 
 
 @dataclass(frozen=True)
@@ -307,7 +470,11 @@ def grid_entries(grid_name: str, directories: list[Path] | None = None
     attacks, defenses = [], []
     for loaded in load_submissions(directories):
         manifest = loaded.manifest
-        if not loaded.ok or not manifest.joins(grid_name):
+        if not loaded.ok:
+            continue
+        if not manifest.joins(grid_name):
+            log.warning("submission %s left out of grid '%s': its manifest's 'grids' lists %s (add '%s' or '*' to "
+                        "join)", manifest.name, grid_name, ", ".join(manifest.grids), grid_name)
             continue
         if manifest.kind == "attack":
             attacks.append((manifest.name, {}))

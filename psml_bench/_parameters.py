@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import inspect
 from dataclasses import dataclass
@@ -73,7 +74,9 @@ class Plugin:
         unknown = sorted(set(params) - set(self.defaults))
         if unknown:
             allowed = ", ".join(sorted(self.defaults)) or "none"
-            raise ConfigError(f"{self.kind} '{self.name}' has no parameter(s) {', '.join(unknown)}; "
+            close = [m for name in unknown for m in difflib.get_close_matches(name, self.defaults, n=1)]
+            hint = f" did you mean {', '.join(repr(m) for m in close)}?" if close else ""
+            raise ConfigError(f"{self.kind} '{self.name}' has no parameter(s) {', '.join(unknown)};{hint} "
                               f"parameters: {allowed}")
         for key, value in params.items():
             default = self.defaults[key]
@@ -136,3 +139,34 @@ class Plugin:
         if len(sources) == 1:
             return hashlib.sha256(sources[0].encode()).hexdigest()
         return hashlib.sha256("".join(hashlib.sha256(s.encode()).hexdigest() for s in sources).encode()).hexdigest()
+
+
+def declares_version(cls: type) -> bool:
+    """Whether a plugin class (or a base class below :class:`Plugin`'s subclasses in psml_bench) sets ``version``."""
+    return any("version" in vars(c) for c in cls.__mro__ if not c.__module__.startswith("psml_bench"))
+
+
+def declaration_mismatches(cls: type, parameters: dict[str, Any], version: str) -> list[str]:
+    """How a manifest's ``parameters`` (name -> default) and ``version`` disagree with the plugin class.
+
+    Every parameter of the class's ``defaults`` must be declared with the same default, no other
+    may be declared, and a class that sets its own ``version`` must set the manifest's.
+    """
+    defaults = dict(getattr(cls, "defaults", {}))
+    problems = []
+    missing = sorted(set(defaults) - set(parameters))
+    phantom = sorted(set(parameters) - set(defaults))
+    if missing:
+        problems.append(f"field 'parameters': the class's parameter(s) {', '.join(missing)} are not declared "
+                        f"(class defaults: {', '.join(f'{k}={defaults[k]!r}' for k in missing)})")
+    if phantom:
+        problems.append(f"field 'parameters': {', '.join(phantom)} declared but not in the class's defaults "
+                        f"({', '.join(sorted(defaults)) or 'none'})")
+    for name in sorted(set(defaults) & set(parameters)):
+        if defaults[name] != parameters[name] or isinstance(defaults[name], bool) != isinstance(parameters[name], bool):
+            problems.append(f"field 'parameters.{name}.default': the class's default is {defaults[name]!r}, "
+                            f"the manifest's {parameters[name]!r}; declare one value")
+    if declares_version(cls) and str(cls.version) != version:
+        problems.append(f"field 'version': the class sets version {cls.version!r}, the manifest {version!r}; "
+                        "declare one (or drop the class's)")
+    return problems

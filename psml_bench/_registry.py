@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import ast
 import difflib
 import importlib
 import logging
 import pkgutil
+import sys
 from dataclasses import dataclass
 from importlib import metadata
+from pathlib import Path
 from typing import Callable, Generic, Iterator, TypeVar
 
 from ._errors import PsmlError, UnknownPluginError
@@ -111,16 +114,33 @@ class Registry(Generic[T]):
         """
         return self.entry(name).plugin
 
+    def find(self, name: str) -> Registered[T] | None:
+        """The entry registered under ``name`` (built-ins and entry points loaded first), or None."""
+        self._load()
+        return self._entries.get(name)
+
     def entry(self, name: str) -> Registered[T]:
+        """The entry registered under ``name`` (see :meth:`get`)."""
         self._load()
         if name not in self._entries and ":" in name:
             self._import_target(name)
         if name not in self._entries:
-            close = difflib.get_close_matches(name, self._entries, n=1)
-            hint = f" did you mean '{close[0]}'?" if close else ""
-            raise UnknownPluginError(
-                f"unknown {self.kind} '{name}';{hint} available: {', '.join(sorted(self._entries))}")
+            raise UnknownPluginError(f"unknown {self.kind} '{name}';{self._hint(name)} "
+                                     f"available: {', '.join(sorted(self._entries))}")
         return self._entries[name]
+
+    def _hint(self, name: str) -> str:
+        """How to name what ``name`` probably means: a close registered name, the registered name of a
+        class called ``name``, or the ``module:Class`` target of a class in a module nobody imported."""
+        for entry in self._entries.values():
+            if entry.plugin.__name__ == name:
+                return f" class {name} is registered as '{entry.name}'; name it so."
+        for module, cls in _defined_here(name):
+            on_path = "" if any(Path(p or ".").resolve() == Path.cwd() for p in sys.path) else \
+                " with this folder on PYTHONPATH"
+            return f" {module}.py here defines {cls}, which nobody imported; name it '{module}:{cls}'{on_path}."
+        close = difflib.get_close_matches(name, self._entries, n=1)
+        return f" did you mean '{close[0]}'?" if close else ""
 
     def _import_target(self, target: str) -> None:
         """Register a lazy ``module:Class`` target under that name (plugins under development)."""
@@ -137,3 +157,20 @@ class Registry(Generic[T]):
 
     def names(self) -> list[str]:
         return [entry.name for entry in self]
+
+
+def _defined_here(name: str) -> Iterator[tuple[str, str]]:
+    """(module, class) for each class in the current directory's ``.py`` files that is called
+    ``name`` or registered under it by a decorator (``@register_attack("name")``); read, not imported."""
+    for path in sorted(Path.cwd().glob("*.py")):
+        try:
+            tree = ast.parse(path.read_text())
+        except (OSError, SyntaxError, UnicodeDecodeError, ValueError):
+            continue
+        for node in tree.body:
+            if not isinstance(node, ast.ClassDef):
+                continue
+            registered = [d.args[0].value for d in node.decorator_list if isinstance(d, ast.Call) and d.args
+                          and isinstance(d.args[0], ast.Constant)]
+            if node.name == name or name in registered:
+                yield path.stem, node.name

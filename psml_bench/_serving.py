@@ -321,7 +321,13 @@ class Server:
         if len(rows):
             view = requests if len(rows) == len(requests) else requests.subset(rows)
             served.raw[torch.from_numpy(rows)] = produced
-            served.answers[torch.from_numpy(rows)] = self.defense.answer(view, produced, rng)
+            shaped = self.defense.answer(view, produced, rng)
+            if not isinstance(shaped, torch.Tensor):
+                hint = " (convert it with torch.from_numpy)" if isinstance(shaped, np.ndarray) else ""
+                raise DefenseError(f"defense '{self.defense.name}' answer()/postprocess() must return a torch.Tensor "
+                                   f"of shape ({len(rows)}, {self.zoo.num_classes}), got {type(shaped).__module__}."
+                                   f"{type(shaped).__name__}{hint}")
+            served.answers[torch.from_numpy(rows)] = shaped
 
     @torch.no_grad()
     def serve(self, requests: Requests, rng: np.random.Generator,
@@ -335,7 +341,8 @@ class Server:
                 probabilities on those requests; default a live forward pass (:meth:`forward`).
 
         Raises:
-            DefenseError: the defense's ``admit`` returned a malformed mask, or it rerouted outside the menu.
+            DefenseError: the defense's ``admit`` returned a malformed mask, it rerouted outside the menu,
+                or its ``answer`` returned no tensor.
         """
         served = self.plan(requests, rng)
         rows = np.flatnonzero(~served.refused)
