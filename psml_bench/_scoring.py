@@ -1,4 +1,4 @@
-"""Per-cell metrics (DESIGN.md section 6): small pure functions over arrays.
+"""Per-cell metrics (docs/protocol.md, section 7): small pure functions over arrays.
 
 Every metric is a fraction in [0, 1] except ``kl`` (nats, >= 0) and ``latency_overhead``
 (a relative change, which may exceed 1).

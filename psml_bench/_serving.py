@@ -430,7 +430,7 @@ class Target:
 
 @dataclass(frozen=True)
 class Knowledge:
-    """Everything the attacker knows besides the target handle (DESIGN.md section 2).
+    """Everything the attacker knows besides the target handle (docs/protocol.md, section 2).
 
     Attributes:
         input_shape: shape of one input (C, H, W); inputs are floats in [0, 1].
