@@ -13,7 +13,7 @@ import logging
 import platform
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from ._errors import AttackFailed, BudgetExhausted, ExecutorError
 from ._grid import Cell, GridConfig, ResolvedPlugin
 from ._isolation import AttackLocator, run_attack
 from ._manifests import load_submissions
+from ._registries import STRATEGIES
 from ._sanity import defense_flags, surrogate_flags
 from ._service import Service
 from ._serving import Knowledge
@@ -176,14 +177,25 @@ def finish_row(row: dict[str, Any], zoo: Zoo, task: CellTask) -> dict[str, Any]:
 
 
 def attack_locator(plugin: ResolvedPlugin) -> AttackLocator:
-    """Where the attack process finds a resolved attack: a registry name or a submission folder."""
+    """Where the attack process finds a resolved attack: a registry name or a submission folder,
+    with the submitted strategy its ``strategy`` parameter names, if it names one."""
     cls = plugin.cls
+    strategy_name = {**cls.defaults, **plugin.spec.kwargs}.get("strategy")
+    strategy = STRATEGIES.find(strategy_name) if isinstance(strategy_name, str) else None
+    strategy_locator = _submitted(strategy_name, strategy.plugin) if strategy is not None else None
+    if getattr(cls, "submission_folder", None) is not None:
+        return replace(_submitted(plugin.spec.name, cls, plugin.spec.kwargs), strategy=strategy_locator)
+    return AttackLocator(plugin.spec.name, plugin.spec.params, strategy=strategy_locator)
+
+
+def _submitted(name: str, cls: type, params: dict[str, Any] | None = None) -> AttackLocator | None:
+    """The locator of a submitted attack or strategy (a registry stand-in); None for any other class."""
     folder = getattr(cls, "submission_folder", None)
-    if folder is not None:
-        return AttackLocator(plugin.spec.name, tuple(sorted({**cls.defaults, **plugin.spec.kwargs}.items())),
-                             submission=str(folder), entry=cls.submission_entry, imports=cls.submission_imports,
-                             declared=tuple(sorted(cls.defaults.items())), version=cls.version)
-    return AttackLocator(plugin.spec.name, plugin.spec.params)
+    if folder is None:
+        return None
+    return AttackLocator(name, tuple(sorted({**cls.defaults, **(params or {})}.items())), submission=str(folder),
+                         entry=cls.submission_entry, imports=cls.submission_imports,
+                         declared=tuple(sorted(cls.defaults.items())), version=cls.version)
 
 
 def run_cell(zoo: Zoo, grid: GridConfig, cell: Cell, *, timeout_s: float | None = None,

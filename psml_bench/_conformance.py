@@ -71,7 +71,8 @@ def validate_submission(path: Path | str, *, cache_dir: Path | None = None, run:
     Every manifest problem is reported at once, with any clash of its name with another
     submission folder (of ``$PSML_BENCH_SUBMISSIONS`` or ``submissions/``) or a built-in. An
     attack is imported only in the isolated attack process: it runs against the undefended tiny
-    zoo for every victim role, twice per role (see :func:`attack_conformance`). A defense is
+    zoo for every victim role, twice per role (see :func:`attack_conformance`); a strategy passes
+    the same checks as the ``strategy`` of the built-in ``naive`` attack. A defense is
     imported here: it must agree with its manifest, instantiate at its defaults and every sweep
     value, answer with probability vectors, keep its determinism claim, and let the ``naive``
     attack complete a cell.
@@ -101,6 +102,8 @@ def validate_submission(path: Path | str, *, cache_dir: Path | None = None, run:
     zoo = open_zoo(CONFORMANCE_ZOO, cache_dir, progress=progress)
     if manifest.kind == "attack":
         result.checks += attack_conformance(zoo, manifest.name)
+    elif manifest.kind == "strategy":
+        result.checks += attack_conformance(zoo, STRATEGY_HOST, params={"strategy": manifest.name})
     else:
         values = [{manifest.sweep[0]: v} for v in manifest.sweep[1]] if manifest.sweep else []
         result.checks += defense_conformance(zoo, manifest.name, values)
@@ -108,6 +111,9 @@ def validate_submission(path: Path | str, *, cache_dir: Path | None = None, run:
 
 
 SMALL_SURROGATE = {"min_steps": 20, "epochs": 1}
+STRATEGY_HOST = "naive"
+"""The built-in attack a submitted strategy is validated in (as its ``strategy`` parameter): every
+query it sends is the strategy's."""
 
 
 def victim_roles(zoo: Zoo) -> list[str]:
@@ -115,15 +121,17 @@ def victim_roles(zoo: Zoo) -> list[str]:
     return [f"rank:{k}" for k in range(1, len(zoo.frontier) + 1)]
 
 
-def attack_conformance(zoo: Zoo, name: str, victims: list[str] | None = None) -> list[Check]:
+def attack_conformance(zoo: Zoo, name: str, victims: list[str] | None = None,
+                       params: dict[str, Any] | None = None) -> list[Check]:
     """The checks every attack passes: for each victim role (default :func:`victim_roles`), one cell
     against the undefended tiny zoo, run twice with the same seed and differently seeded global
     generators. Each run must return a surrogate within the budget and raise no sanity flag; the
     two runs must send the same queries, get the same answers (a hash of every query and answer)
     and agree on every field of :data:`SAME_SURROGATE`. The first role whose run fails
-    ends the checks."""
+    ends the checks. ``params``: the attack's parameters besides a small surrogate (e.g. a strategy)."""
     defaults = ATTACKS.get(name).defaults
-    attack = PluginSpec(name, tuple(sorted((k, v) for k, v in SMALL_SURROGATE.items() if k in defaults)))
+    small = {k: v for k, v in SMALL_SURROGATE.items() if k in defaults}
+    attack = PluginSpec(name, tuple(sorted({**small, **(params or {})}.items())))
     defense = PluginSpec("none", ())
     service = ServiceConfig(latency_visible=ATTACKS.get(name).requires_latency)
     checks = []

@@ -48,7 +48,7 @@ import torch
 
 from ._errors import AttackFailed, BudgetExhausted, ConfigError, InvalidQueryError, ProtocolError, PsmlError
 from ._parameters import declaration_mismatches
-from ._registries import ATTACKS
+from ._registries import ATTACKS, STRATEGIES
 from ._sandbox import Sandbox, sandbox_problem, visible
 from ._surrogate import Surrogate, trained_recipe
 from ._serving import Knowledge, Server, Spec, Target
@@ -97,6 +97,10 @@ class AttackLocator:
         entry: ``module:Class`` inside the submission folder.
         imports: installed modules the submission needs, imported before the attack is built.
         declared: the manifest's (parameter, default) pairs and ``version``, which the class must match.
+        strategy: the submitted extraction strategy the attack's ``strategy`` parameter names (its
+            name, folder, entry, imports, declared parameters and version), or None: its files are
+            sent like a submitted attack's and it is registered in the attack process before the
+            attack is built.
     """
 
     name: str
@@ -106,6 +110,12 @@ class AttackLocator:
     imports: tuple[str, ...] = ()
     declared: tuple[tuple[str, Any], ...] = ()
     version: str = ""
+    strategy: AttackLocator | None = None
+
+
+STRATEGY_PACKAGE = "psml_submitted_strategy"
+"""The package a submitted strategy's modules are imported under in the attack process, apart
+from the attack's own modules."""
 
 
 # --- message encoding ---------------------------------------------------------------------------
@@ -180,7 +190,17 @@ class _MemoryFinder:
 
 def plugin_sources(locator: AttackLocator) -> dict[str, str] | None:
     """The plugin code the attack process imports from memory: a submission's files, or a
-    ``module:Class`` module the sandbox cannot see (read here, by the worker); None for the rest."""
+    ``module:Class`` module the sandbox cannot see (read here, by the worker), and a submitted
+    strategy's files under :data:`STRATEGY_PACKAGE`; None when there is none."""
+    sources = _attack_sources(locator)
+    if locator.strategy is None:
+        return sources
+    strategy = {f"{STRATEGY_PACKAGE}.{name}": source
+                for name, source in _read_sources(Path(locator.strategy.submission)).items()}
+    return (sources or {}) | strategy | {f"{STRATEGY_PACKAGE}/__init__": ""}
+
+
+def _attack_sources(locator: AttackLocator) -> dict[str, str] | None:
     if locator.submission:
         return _read_sources(Path(locator.submission))
     if ":" not in locator.name:
@@ -198,12 +218,20 @@ def plugin_sources(locator: AttackLocator) -> dict[str, str] | None:
 def _load_attack_class(locator: AttackLocator, sources: dict[str, str] | None) -> type:
     if sources:
         sys.meta_path.insert(0, _MemoryFinder(sources, locator.submission or "plugin"))
+    if locator.strategy is not None:
+        strategy = _submitted_class(locator.strategy, STRATEGY_PACKAGE + ".", STRATEGIES.base)
+        STRATEGIES.add(locator.strategy.name, strategy, source=f"submission {locator.strategy.submission}")
     if locator.submission is None:
         return ATTACKS.get(locator.name)
+    return _submitted_class(locator, "", ATTACKS.base)
+
+
+def _submitted_class(locator: AttackLocator, package: str, base: type) -> type:
+    """A submission's entry class, imported from memory, checked against its manifest."""
     module_name, _, attr = (locator.entry or "").partition(":")
-    cls = getattr(importlib.import_module(module_name), attr)
-    if not (isinstance(cls, type) and issubclass(cls, ATTACKS.base)):
-        raise TypeError(f"entry '{locator.entry}' is not a subclass of psml_bench.Attack")
+    cls = getattr(importlib.import_module(package + module_name), attr)
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        raise TypeError(f"entry '{locator.entry}' of {locator.submission} is not a subclass of psml_bench.{base.__name__}")
     problems = declaration_mismatches(cls, dict(locator.declared), locator.version)
     if problems:
         raise ConfigError(f"{locator.submission}/manifest.json disagrees with class {attr}: {'; '.join(problems)}")
@@ -251,7 +279,7 @@ def attack_main(conn: Connection) -> None:
         soft, hard = setup["memory_limit"]
         if soft != resource.RLIM_INFINITY:
             resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
-        for module in locator.imports:
+        for module in locator.imports + (locator.strategy.imports if locator.strategy else ()):
             importlib.import_module(module)
         cls = _load_attack_class(locator, setup["sources"])
         attack = cls(**dict(locator.params))
@@ -285,7 +313,8 @@ _SANDBOXES: dict[tuple[int, bool], Sandbox] = {}
 
 def _trusted(locator: AttackLocator) -> bool:
     """Built-in attacks may run unsandboxed where bubblewrap cannot; nothing else may."""
-    return locator.submission is None and ATTACKS.entry(locator.name).source == "built-in"
+    return (locator.submission is None and locator.strategy is None
+            and ATTACKS.entry(locator.name).source == "built-in")
 
 
 def _sandbox(locator: AttackLocator) -> Sandbox:

@@ -7,6 +7,9 @@ their name with the source ``submission <folder> v<version>``:
 - a submitted **attack** is never imported by the harness: it is registered as a stand-in class
   built from the manifest (parameters, version, description) and its code is imported only in
   the isolated attack process (:mod:`psml_bench._isolation`);
+- a submitted **strategy** (an extraction :class:`Strategy`) runs inside the attack process, so it
+  is handled like an attack: a stand-in in the harness, its code imported only in the isolated
+  attack process of any attack whose ``strategy`` parameter names it;
 - a submitted **defense** runs inside the serving system, so it is imported into the harness
   (defenses are trusted code, reviewed before merge; see docs/submissions.md).
 
@@ -35,7 +38,7 @@ import jsonschema
 from ._config import schema
 from ._errors import ManifestError, PsmlError
 from ._parameters import Allowed, declaration_mismatches
-from ._plugins import Attack, Defense
+from ._plugins import Defense
 from ._registries import ATTACKS, DEFENSES, STRATEGIES
 
 log = logging.getLogger(__name__)
@@ -227,8 +230,8 @@ def _semantic_errors(raw: dict[str, Any], folder: Path, bad: set[str]) -> list[s
             values += [(f"sweep.values.{i}", v) for i, v in enumerate(sweep["values"])]
         errors += _rule_errors(name, parameter, values)
     if "imports" not in bad:
-        if raw.get("imports") and kind is not None and kind != "attack":
-            errors.append("field 'imports': only an attack declares imports (a defense imports normally)")
+        if raw.get("imports") and kind == "defense":
+            errors.append("field 'imports': only an attack or a strategy declares imports (a defense imports normally)")
         top_modules = {p.stem for p in folder.iterdir() if p.suffix == ".py" or (p / "__init__.py").is_file()}
         for index, module in enumerate(raw.get("imports", [])):
             if module.split(".")[0] in top_modules:
@@ -299,15 +302,17 @@ def folder_hash(folder: Path) -> str:
     return digest.hexdigest()
 
 
-def _attack_stand_in(manifest: Manifest) -> type[Attack]:
-    """The harness's view of a submitted attack: parameters and identity, no code of the submission."""
+def _stand_in(manifest: Manifest) -> type:
+    """The harness's view of a submitted attack or strategy: parameters and identity, no code of the
+    submission (which runs only in the isolated attack process)."""
+    base, method = {"attack": (ATTACKS.base, "run"), "strategy": (STRATEGIES.base, "collect")}[manifest.kind]
 
-    def run(self, target, knowledge, budget, rng):
-        raise PsmlError(f"attack '{manifest.name}' is a submission: it runs only in the isolated attack process")
+    def refuse(self, *args, **kwargs):
+        raise PsmlError(f"{manifest.kind} '{manifest.name}' is a submission: it runs only in the isolated attack process")
 
     digest = folder_hash(manifest.folder)
-    return type(f"Submitted_{manifest.name.replace('-', '_')}", (Attack,), {
-        "__doc__": manifest.description, "__module__": __name__, "run": run, "version": manifest.version,
+    return type(f"Submitted_{manifest.name.replace('-', '_')}", (base,), {
+        "__doc__": manifest.description, "__module__": __name__, method: refuse, "version": manifest.version,
         "defaults": manifest.defaults, "allowed": manifest.allowed, "submission_folder": str(manifest.folder),
         "submission_entry": manifest.entry, "submission_imports": manifest.imports,
         "source_hash": classmethod(lambda cls: digest),
@@ -400,7 +405,7 @@ def _where(cls: type) -> str:
 
 
 def register(manifest: Manifest) -> None:
-    """Register a valid submission in the attack or defense registry.
+    """Register a valid submission in the attack, defense or strategy registry.
 
     Raises:
         ManifestError: its name is taken by a submission in another folder or by a built-in, or (a
@@ -416,8 +421,8 @@ def register(manifest: Manifest) -> None:
         if Path(folder) != manifest.folder:
             raise ManifestError([f"{manifest.folder / MANIFEST}: field 'name': '{manifest.name}' is also the name of "
                                  f"the submission in {folder}; a submission's name must be unique"])
-    if manifest.kind == "attack":
-        cls = _attack_stand_in(manifest)
+    if manifest.kind in ("attack", "strategy"):
+        cls = _stand_in(manifest)
     else:
         cls = _import_defense(manifest)
         cls.submission_folder = str(manifest.folder)
@@ -470,7 +475,7 @@ def grid_entries(grid_name: str, directories: list[Path] | None = None
     attacks, defenses = [], []
     for loaded in load_submissions(directories):
         manifest = loaded.manifest
-        if not loaded.ok:
+        if not loaded.ok or manifest.kind == "strategy":  # a strategy joins through an attack's parameter
             continue
         if not manifest.joins(grid_name):
             log.warning("submission %s left out of grid '%s': its manifest's 'grids' lists %s (add '%s' or '*' to "

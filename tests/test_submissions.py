@@ -61,7 +61,7 @@ def test_the_worked_examples_are_one_attack_and_one_defense():
 
 MALFORMED = [
     ("missing field", lambda m: m.pop("kind"), "'kind'", "is required"),
-    ("bad kind", lambda m: m.update(kind="attak"), "'kind'", "'attak' is not one of ['attack', 'defense']"),
+    ("bad kind", lambda m: m.update(kind="attak"), "'kind'", "'attak' is not one of ['attack', 'defense', 'strategy']"),
     ("bad entry", lambda m: m.update(entry="demo_defense.Demo"), "'entry'", "does not match"),
     ("bad version", lambda m: m.update(version="v1"), "'version'", "does not match"),
     ("no authors", lambda m: m.update(authors=[]), "'authors'", "should be non-empty"),
