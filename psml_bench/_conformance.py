@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ._cell import run_cell
-from ._errors import ManifestError, PsmlError
+from ._errors import DefenseError, ManifestError, PsmlError
 from ._grid import Cell, GridConfig, PluginSpec
 from ._manifests import MANIFEST, load_manifest, name_clashes, register
 from ._registries import ATTACKS, DEFENSES
@@ -52,6 +52,9 @@ VALIDATE_MEMORY_MB = 4096
 GLOBAL_SEEDS = (11, 12)
 """The two runs of an attack reseed the attack process's global generators (``random``, numpy's
 and torch's) differently: an attack whose result depends on global random state gives two results."""
+DETERMINISM_CALLS = 10
+"""Identical calls the defense probe of ``validate`` makes (a leaderboard cell's probe makes two): a
+defense that claims determinism must answer every one like the first."""
 SAME_SURROGATE = ("queries", "fingerprint_queries", "victim_hit_rate", "fingerprint_accuracy", "fidelity",
                   "accuracy", "kl", "l1")
 """Row fields that must agree between two runs with the same seed: the same queries reach the same
@@ -185,11 +188,13 @@ def defense_conformance(zoo: Zoo, name: str, sweep: list[dict[str, Any]]) -> lis
         cell = Cell("rank:1", attack, defense, CONFORMANCE_BUDGET, 0)
         label = ", ".join(f"{k}={v}" for k, v in params.items()) or "defaults"
         try:
-            flags = defense_flags(zoo, grid, cell)
+            flags = defense_flags(zoo, grid, cell, calls=DETERMINISM_CALLS)
         except Exception as exc:  # noqa: BLE001
-            checks.append(Check(f"{label}: answers queries", False, f"{type(exc).__name__}: {exc}"))
+            detail = str(exc) if isinstance(exc, DefenseError) else f"{type(exc).__name__}: {exc}"
+            checks.append(Check(f"{label}: answers queries", False, detail))
             continue
-        checks.append(Check(f"{label}: probability vectors, determinism as claimed", not flags, "; ".join(flags)))
+        checks.append(Check(f"{label}: probability vectors, determinism as claimed over {DETERMINISM_CALLS} calls",
+                            not flags, "; ".join(flags)))
         row = run_cell(zoo, grid, cell, timeout_s=VALIDATE_TIMEOUT_S, memory_mb=VALIDATE_MEMORY_MB)
         checks.append(Check(f"{label}: a naive attack completes a cell (goodput {row['goodput']:.3f})",
                             row["status"] == "ok", row["error"]))

@@ -32,8 +32,9 @@ def are_probability_vectors(outputs: Any, num_classes: int) -> bool:
                 and ((outputs.sum(dim=1) - 1).abs() <= PROBABILITY_TOLERANCE).all())
 
 
-def defense_flags(zoo: Zoo, grid: GridConfig, cell: Cell, probe_size: int = 64) -> list[str]:
-    """Probe the cell's defense on a fresh server: outputs are probabilities; determinism as claimed.
+def defense_flags(zoo: Zoo, grid: GridConfig, cell: Cell, probe_size: int = 64, calls: int = 2) -> list[str]:
+    """Probe the cell's defense on a fresh server with ``calls`` identical calls: the first two
+    answer probability vectors; determinism as claimed (every call answered like the first).
 
     The probe has its own generator (``[seed, 5]``), so it changes none of the cell's numbers.
     """
@@ -41,14 +42,15 @@ def defense_flags(zoo: Zoo, grid: GridConfig, cell: Cell, probe_size: int = 64) 
     server = Server(zoo, defense=defense, rng=np.random.default_rng([cell.seed, 5]), policy=grid.policy)
     inputs = zoo.splits["benign_x"][:probe_size]
     spec = Spec(sum(server.spec_range.accuracy) / 2, sum(server.spec_range.latency_ms) / 2)
-    first = server.query(inputs, spec, purpose="probe")
-    second = server.query(inputs, spec, purpose="probe")
+    answers = [server.query(inputs, spec, purpose="probe") for _ in range(calls)]
     flags = []
-    if not (are_probability_vectors(first, zoo.num_classes) and are_probability_vectors(second, zoo.num_classes)):
+    # only the first two calls must be answered: a stateful defense may refuse (NaN rows) a client that repeats itself
+    if not all(are_probability_vectors(a, zoo.num_classes) for a in answers[:2]):
         flags.append("defense outputs are not probability vectors")
-    if defense.deterministic and not (isinstance(first, torch.Tensor) and isinstance(second, torch.Tensor)
-                                      and first.shape == second.shape and torch.equal(first, second)):
-        flags.append("defense claims deterministic = True but answered identical calls differently")
+    differ = next((i for i, a in enumerate(answers) if not torch.equal(a, answers[0])), None)
+    if defense.deterministic and differ is not None:
+        flags.append("defense claims deterministic = True but answered identical calls differently"
+                     + (f" (call {differ + 1} of {calls} differed from the first)" if calls > 2 else ""))
     return flags
 
 

@@ -235,9 +235,13 @@ class Server:
               rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Apply the defense's spec hook, the policy and the defense's reroute; return (menu index, meets spec)."""
         rng = self.rng if rng is None else rng
-        noisy_accuracy, noisy_latency = self.defense.perturb_spec(min_accuracy, max_latency, self.spec_range, rng)
-        noisy_accuracy, noisy_latency = self.spec_range.clip(np.asarray(noisy_accuracy, dtype=float),
-                                                             np.asarray(noisy_latency, dtype=float))
+        noisy_accuracy, noisy_latency = (np.asarray(a, dtype=float) for a in self.defense.perturb_spec(
+            min_accuracy, max_latency, self.spec_range, rng))
+        if noisy_accuracy.shape != min_accuracy.shape or noisy_latency.shape != min_accuracy.shape:
+            raise DefenseError(f"defense '{self.defense.name}' perturb_spec() must return two arrays of shape "
+                               f"{min_accuracy.shape}, one spec per request, got shapes {noisy_accuracy.shape} "
+                               f"and {noisy_latency.shape}")
+        noisy_accuracy, noisy_latency = self.spec_range.clip(noisy_accuracy, noisy_latency)
         served, _ = self.policy.select(self._accuracy, self._latency, noisy_accuracy, noisy_latency)
         candidates = (self._accuracy[None, :] >= noisy_accuracy[:, None]) & \
             (self._latency[None, :] <= noisy_latency[:, None])
@@ -288,7 +292,8 @@ class Server:
         passes in between.
 
         Raises:
-            DefenseError: the defense's ``admit`` returned a malformed mask, or it rerouted outside the menu.
+            DefenseError: the defense's ``admit`` returned a malformed mask, its ``perturb_spec`` specs of
+                the wrong shape, or it rerouted outside the menu.
         """
         n = len(requests)
         admitted = np.ones(n, dtype=bool)
@@ -322,11 +327,12 @@ class Server:
             view = requests if len(rows) == len(requests) else requests.subset(rows)
             served.raw[torch.from_numpy(rows)] = produced
             shaped = self.defense.answer(view, produced, rng)
-            if not isinstance(shaped, torch.Tensor):
+            if not isinstance(shaped, torch.Tensor) or shaped.shape != produced.shape:
                 hint = " (convert it with torch.from_numpy)" if isinstance(shaped, np.ndarray) else ""
+                got = (f"shape {tuple(shaped.shape)}, one row per answered query" if isinstance(shaped, torch.Tensor)
+                       else f"{type(shaped).__module__}.{type(shaped).__name__}{hint}")
                 raise DefenseError(f"defense '{self.defense.name}' answer()/postprocess() must return a torch.Tensor "
-                                   f"of shape ({len(rows)}, {self.zoo.num_classes}), got {type(shaped).__module__}."
-                                   f"{type(shaped).__name__}{hint}")
+                                   f"of shape ({len(rows)}, {self.zoo.num_classes}), got {got}")
             served.answers[torch.from_numpy(rows)] = shaped
 
     @torch.no_grad()
@@ -341,8 +347,9 @@ class Server:
                 probabilities on those requests; default a live forward pass (:meth:`forward`).
 
         Raises:
-            DefenseError: the defense's ``admit`` returned a malformed mask, it rerouted outside the menu,
-                or its ``answer`` returned no tensor.
+            DefenseError: the defense's ``admit`` returned a malformed mask, its ``perturb_spec`` specs of
+                the wrong shape, it rerouted outside the menu, or its ``answer`` returned no tensor of
+                one row per answered query.
         """
         served = self.plan(requests, rng)
         rows = np.flatnonzero(~served.refused)
