@@ -234,3 +234,24 @@ def test_a_numpy_answer_from_postprocess_says_a_tensor_is_expected(tiny_zoo):
     with pytest.raises(DefenseError, match=r"must return a torch.Tensor of shape \(4, 10\), got numpy.ndarray "
                                            r"\(convert it with torch.from_numpy\)"):
         server.query(tiny_zoo.splits["benign_x"][:4], spec)
+
+
+def test_a_folder_with_data_files_or_above_the_size_cap_is_rejected_listing_them(tmp_path, cache_dir):
+    from psml_bench._conformance import folder_problems
+
+    folder = _copy_example(tmp_path)
+    (folder / "__pycache__").mkdir(exist_ok=True)
+    (folder / "__pycache__" / "cached.pyc").write_bytes(b"\0" * 2**21)  # Python's own cache does not count
+    (folder / "NOTES.md").write_text("notes\n")
+    assert folder_problems(folder) == []
+    (folder / "pool.npy").write_bytes(b"\0" * 100)
+    (folder / "weights").mkdir()
+    (folder / "weights" / "victim.pt").write_bytes(b"\0" * 100)
+    (folder / "link.py").symlink_to(folder / "NOTES.md")
+    (folder / "padding.txt").write_text("x" * 2**20)
+    result = validate_submission(folder, cache_dir=cache_dir)  # a manifest error: nothing is run
+    assert not result.ok and not result.checks
+    data, size = result.manifest_errors[-2:]  # after the copy's name clash with submissions/
+    assert data == (f"{folder}: data files are not accepted (a submission carries only manifest.json and .py, .toml, "
+                    f".md, .txt files, no symbolic links): link.py, pool.npy, weights/victim.pt")
+    assert size.startswith(f"{folder}: the folder holds 1.0 MiB, above the 1 MiB cap; largest: padding.txt (1.00 MiB), ")
