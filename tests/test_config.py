@@ -25,10 +25,13 @@ def test_shipped_configs_load():
     assert len(config.models) == 3 and config.directory_name.startswith("fmnist-tiny-")
     grid = load_grid("default")
     assert len(grid.seeds) >= 3 and len(grid.cells()) == len(set(grid.cells()))
-    assert [b.name for b in grid.blocks] == ["budgets", "strategies", "spec-defenses", "output-defenses", "load"]
-    assert [s.load for s in grid.blocks[-1].services] == [0.5, 0.8, 0.95]
+    assert [b.name for b in grid.blocks] == ["budgets", "strategies", "spec-defenses", "output-defenses", "load",
+                                             "stateful-defenses"]
+    load, stateful = grid.blocks[-2:]
+    assert [s.load for s in load.services] == [0.5, 0.8, 0.95]
+    assert [s.latency_visible for s in stateful.services] == [True]  # psml-timing needs to see latencies
     # more seeds where three left the intervals overlapping; every block trains with the default recipe
-    assert [b.seeds for b in grid.blocks] == [(0, 1, 2)] * 3 + [(0, 1, 2, 3, 4), (0, 1, 2)]
+    assert [b.seeds for b in grid.blocks] == [(0, 1, 2)] * 3 + [(0, 1, 2, 3, 4), (0, 1, 2), (0, 1, 2)]
     assert {b.recipe for b in grid.blocks} == {(("surrogate", "test_resnet"), ("epochs", 10), ("min_steps", 200))}
     assert grid.max_accuracy_drop == 0.01
     assert {b.recipe for b in load_grid("tiny").blocks} == {(("surrogate", "test_resnet"), ("epochs", 5),
