@@ -478,8 +478,8 @@ def grid_entries(grid_name: str, directories: list[Path] | None = None
         if not loaded.ok or manifest.kind == "strategy":  # a strategy joins through an attack's parameter
             continue
         if not manifest.joins(grid_name):
-            log.warning("submission %s left out of grid '%s': its manifest's 'grids' lists %s (add '%s' or '*' to "
-                        "join)", manifest.name, grid_name, ", ".join(manifest.grids), grid_name)
+            log.info("submission %s left out of grid '%s': its manifest's 'grids' lists %s (add '%s' or '*' to "
+                     "join)", manifest.name, grid_name, ", ".join(manifest.grids), grid_name)
             continue
         if manifest.kind == "attack":
             attacks.append((manifest.name, {}))
