@@ -58,3 +58,10 @@ class ProtocolError(AttackFailed):
 
 class ExecutorError(PsmlError):
     """An executor cannot run a cell (e.g. a worker's zoo differs from the driver's)."""
+
+
+def sanitise(text: str, limit: int) -> str:
+    """``text`` on one line, without control or escape characters, at most ``limit`` characters."""
+    cleaned = "".join(c if c.isprintable() else " " for c in str(text)[:limit * 4])
+    cleaned = " ".join(cleaned.split())
+    return cleaned if len(cleaned) <= limit else cleaned[:limit - 1] + "…"

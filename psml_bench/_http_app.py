@@ -21,7 +21,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
-from ._errors import BudgetExhausted, InvalidQueryError, PsmlError
+from ._errors import BudgetExhausted, InvalidQueryError, PsmlError, sanitise
 from ._http_wire import SAFETENSORS, EncodingError, decode_query, encode_answers
 from ._live_service import LiveService
 
@@ -95,10 +95,6 @@ class _CountQueries:
         await self.app(scope, receive, counted)
 
 
-def _one_line(message: str) -> str:
-    return " ".join(str(message).split())[:500]
-
-
 def create_app(service: LiveService, metrics: Metrics, limits: HttpLimits = HttpLimits()):
     """The FastAPI app serving ``service``."""
 
@@ -115,7 +111,7 @@ def create_app(service: LiveService, metrics: Metrics, limits: HttpLimits = Http
                   lifespan=lifespan)
 
     def error(status: int, message: str) -> JSONResponse:
-        return JSONResponse({"error": _one_line(message)}, status_code=status)
+        return JSONResponse({"error": sanitise(message, 500)}, status_code=status)
 
     @app.exception_handler(HTTPException)
     async def http_error(_request, exc: HTTPException):

@@ -46,7 +46,8 @@ import safetensors.torch
 import timm
 import torch
 
-from ._errors import AttackFailed, BudgetExhausted, ConfigError, InvalidQueryError, ProtocolError, PsmlError
+from ._errors import (AttackFailed, BudgetExhausted, ConfigError, InvalidQueryError, ProtocolError, PsmlError,
+                      sanitise)
 from ._parameters import declaration_mismatches
 from ._registries import ATTACKS, STRATEGIES
 from ._sandbox import Sandbox, sandbox_problem, visible
@@ -335,13 +336,6 @@ def sandbox_available() -> bool:
     return not sandbox_problem()
 
 
-def sanitise(text: str, limit: int = MAX_ERROR_CHARS) -> str:
-    """``text`` on one line, without control or escape characters, at most ``limit`` characters."""
-    cleaned = "".join(c if c.isprintable() else " " for c in str(text)[:limit * 4])
-    cleaned = " ".join(cleaned.split())
-    return cleaned if len(cleaned) <= limit else cleaned[:limit - 1] + "…"
-
-
 def _spec_from_header(value: Any) -> Spec | list[Spec | None]:
     if (isinstance(value, list) and len(value) == 2 and all(isinstance(v, (int, float)) for v in value)):
         return Spec(float(value[0]), float(value[1]))
@@ -364,7 +358,7 @@ def _rebuild_surrogate(header: dict[str, Any], state: dict[str, torch.Tensor], k
                               state["std"].flatten())
         model.load_state_dict(state, strict=True)
     except Exception as exc:  # noqa: BLE001
-        raise AttackFailed(f"the attack's surrogate ({arch}) could not be rebuilt: {sanitise(exc)}") from None
+        raise AttackFailed(f"the attack's surrogate ({arch}) could not be rebuilt: {sanitise(exc, MAX_ERROR_CHARS)}") from None
     recipe = header.get("recipe")
     model.recipe = recipe if isinstance(recipe, str) else ""  # checked against the weights in the attack process
     return model.eval()
@@ -440,7 +434,7 @@ def run_attack(server: Server | Service, locator: AttackLocator, knowledge: Know
                 return _rebuild_surrogate(header, tensors, knowledge)
             elif op == "failed":
                 finished = True
-                kind, message = sanitise(header.get("type", "Error"), 60), sanitise(header.get("message", ""))
+                kind, message = sanitise(header.get("type", "Error"), 60), sanitise(header.get("message", ""), MAX_ERROR_CHARS)
                 log.debug("attack process failed:\n%s", sanitise(header.get("traceback", ""), 4000))
                 if overrun:  # the server refused its last query: the harness's record, not the attack's word
                     raise AttackFailed(f"budget overrun: {overrun}")

@@ -20,10 +20,9 @@ from tqdm.auto import tqdm
 
 from ._cell import CellTask, cell_key, failed_row, provenance, zoo_identity
 from ._config import content_hash, write_atomic
-from ._errors import ConfigError
+from ._errors import ConfigError, sanitise
 from ._executor import Executor, InlineExecutor, LocalExecutor, RayExecutor
 from ._grid import GridConfig
-from ._isolation import sanitise
 from ._leaderboard import write_leaderboard
 from ._service import PoolAnswers
 from ._zoo_build import open_zoo
