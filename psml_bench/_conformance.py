@@ -88,7 +88,7 @@ def validate_submission(path: Path | str, *, cache_dir: Path | None = None, run:
         manifest = load_manifest(folder)
     except ManifestError as exc:
         result.manifest_errors = list(exc.errors)
-    result.manifest_errors += name_clashes(folder) + folder_problems(folder)
+    result.manifest_errors += name_clashes(folder)
     if manifest is None or result.manifest_errors:
         return result
     try:
@@ -111,32 +111,6 @@ def validate_submission(path: Path | str, *, cache_dir: Path | None = None, run:
         values = [{manifest.sweep[0]: v} for v in manifest.sweep[1]] if manifest.sweep else []
         result.checks += defense_conformance(zoo, manifest.name, values)
     return result
-
-
-FOLDER_CAP_BYTES = 2**20
-"""Most bytes a submission folder may hold (``__pycache__`` aside): code and its text, not data."""
-CODE_SUFFIXES = (".py", ".toml", ".md", ".txt")
-"""The files a submission folder may carry besides its manifest; anything else counts as data."""
-
-
-def folder_problems(folder: Path) -> list[str]:
-    """The submission folder's size above :data:`FOLDER_CAP_BYTES` and its data files (any file but
-    the manifest with a suffix outside :data:`CODE_SUFFIXES`, or a symbolic link), one line each."""
-    files = sorted(f for f in folder.rglob("*") if "__pycache__" not in f.relative_to(folder).parts
-                   and (f.is_symlink() or f.is_file()))
-    data = [str(f.relative_to(folder)) for f in files
-            if f.is_symlink() or (f.suffix not in CODE_SUFFIXES and f != folder / MANIFEST)]
-    problems = []
-    if data:
-        problems.append(f"{folder}: data files are not accepted (a submission carries only {MANIFEST} and "
-                        f"{', '.join(CODE_SUFFIXES)} files, no symbolic links): {', '.join(data)}")
-    sizes = {str(f.relative_to(folder)): f.stat().st_size for f in files if not f.is_symlink()}
-    if sum(sizes.values()) > FOLDER_CAP_BYTES:
-        largest = sorted(sizes, key=sizes.get, reverse=True)[:5]
-        problems.append(f"{folder}: the folder holds {sum(sizes.values()) / 2**20:.1f} MiB, above the "
-                        f"{FOLDER_CAP_BYTES // 2**20} MiB cap; largest: "
-                        + ", ".join(f"{name} ({sizes[name] / 2**20:.2f} MiB)" for name in largest))
-    return problems
 
 
 SMALL_SURROGATE = {"min_steps": 20, "epochs": 1}

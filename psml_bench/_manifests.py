@@ -40,11 +40,10 @@ from ._errors import ManifestError, PsmlError
 from ._parameters import Allowed, declaration_mismatches
 from ._plugins import Defense
 from ._registries import ATTACKS, DEFENSES, STRATEGIES
+from ._submission_folders import MANIFEST, folder_hash, folder_problems, submission_folders, submissions_dirs
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
-SUBMISSIONS_ENV = "PSML_BENCH_SUBMISSIONS"
 _PY_TYPES: dict[str, Callable[[Any], bool]] = {
     "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
     "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
@@ -109,26 +108,6 @@ class Manifest:
 
     def joins(self, grid_name: str) -> bool:
         return "*" in self.grids or grid_name in self.grids
-
-
-def submissions_dirs() -> list[Path]:
-    """``$PSML_BENCH_SUBMISSIONS`` (directories separated by ``os.pathsep``), else the checkout's
-    ``submissions/`` if it exists."""
-    explicit = os.environ.get(SUBMISSIONS_ENV)
-    if explicit:
-        return [Path(p) for p in explicit.split(os.pathsep) if p]
-    checkout = Path(__file__).resolve().parents[1] / "submissions"
-    return [checkout] if checkout.is_dir() else []
-
-
-def submission_folders(directories: list[Path] | None = None) -> list[Path]:
-    """Every submission folder (a subfolder not starting with ``.`` or ``_``) of ``directories``
-    (default :func:`submissions_dirs`)."""
-    folders = []
-    for directory in directories if directories is not None else submissions_dirs():
-        if directory.is_dir():
-            folders += sorted(p for p in directory.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
-    return folders
 
 
 def _field_errors(raw: Any, source: str) -> tuple[list[str], set[str]]:
@@ -262,7 +241,8 @@ def load_manifest(path: Path | str) -> Manifest:
 
     Every problem is found in one pass: the schema's, then the checks of the fields that passed
     it (types of defaults, rules, sweep, imports, the entry module and class, read without
-    running it).
+    running it), then the folder's data files and size (:func:`folder_problems`), so a grid skips
+    such a folder as ``validate`` rejects it.
 
     Raises:
         ManifestError: one line per problem, each naming the field and what is expected.
@@ -280,6 +260,7 @@ def load_manifest(path: Path | str) -> Manifest:
     errors, bad = _field_errors(raw, source)
     if isinstance(raw, dict) and "" not in bad:
         errors += [f"{source}: {e}" for e in _semantic_errors(raw, folder.resolve(), bad)]
+    errors += folder_problems(folder)
     if errors:
         raise ManifestError(errors)
     sweep = raw.get("sweep")
@@ -292,14 +273,6 @@ def load_manifest(path: Path | str) -> Manifest:
         sweep=(sweep["parameter"], tuple(sweep["values"])) if sweep else None,
         grids=tuple(raw.get("grids", ["default"])), imports=tuple(raw.get("imports", [])),
     )
-
-
-def folder_hash(folder: Path) -> str:
-    """sha256 over the relative paths and contents of every file of a submission folder."""
-    digest = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
-        digest.update(str(path.relative_to(folder)).encode() + b"\0" + path.read_bytes() + b"\0")
-    return digest.hexdigest()
 
 
 def _stand_in(manifest: Manifest) -> type:

@@ -174,7 +174,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     from ._conformance import validate_submission
-    from ._manifests import submission_folders, submissions_dirs
+    from ._submission_folders import submission_folders, submissions_dirs
 
     paths = [Path(p) for p in args.paths] or submission_folders()
     if not paths:

@@ -14,7 +14,8 @@ from psml_bench._cell import attack_locator
 from psml_bench._conformance import attack_conformance, validate_submission
 from psml_bench._grid import PluginSpec, resolve
 from psml_bench._isolation import STRATEGY_PACKAGE, plugin_sources
-from psml_bench._manifests import folder_hash, grid_entries, load_manifest, register
+from psml_bench._manifests import grid_entries, load_manifest, register
+from psml_bench._submission_folders import folder_hash
 
 from test_submissions import cli
 

@@ -18,7 +18,8 @@ from psml_bench._grid import load_grid
 from psml_bench._runner import make_executor, run_grid
 from psml_bench._conformance import validate_submission
 from psml_bench._errors import ManifestError
-from psml_bench._manifests import SUBMISSIONS_ENV, load_manifest, submission_folders
+from psml_bench._manifests import load_manifest
+from psml_bench._submission_folders import SUBMISSIONS_ENV, submission_folders
 from psml_bench._sanity import agreement_ceiling, surrogate_flags
 
 ROOT = Path(__file__).resolve().parents[1]

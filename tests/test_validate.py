@@ -15,7 +15,8 @@ from psml_bench import ATTACKS, DEFENSES, Allowed, ConfigError, Defense, Spec
 from psml_bench._conformance import attack_conformance, validate_submission
 from psml_bench._errors import DefenseError, ManifestError
 from psml_bench._grid import load_grid
-from psml_bench._manifests import SUBMISSIONS_ENV, load_manifest, load_submissions, register
+from psml_bench._manifests import load_manifest, load_submissions, register
+from psml_bench._submission_folders import SUBMISSIONS_ENV
 from psml_bench._serving import Server
 
 from test_submissions import EXAMPLES, GOOD, DEMO, cli, write_submission
@@ -236,8 +237,8 @@ def test_a_numpy_answer_from_postprocess_says_a_tensor_is_expected(tiny_zoo):
         server.query(tiny_zoo.splits["benign_x"][:4], spec)
 
 
-def test_a_folder_with_data_files_or_above_the_size_cap_is_rejected_listing_them(tmp_path, cache_dir):
-    from psml_bench._conformance import folder_problems
+def test_a_folder_with_data_files_or_above_the_size_cap_is_rejected_listing_them(tmp_path, cache_dir, caplog):
+    from psml_bench._submission_folders import folder_problems
 
     folder = _copy_example(tmp_path)
     (folder / "__pycache__").mkdir(exist_ok=True)
@@ -251,7 +252,11 @@ def test_a_folder_with_data_files_or_above_the_size_cap_is_rejected_listing_them
     (folder / "padding.txt").write_text("x" * 2**20)
     result = validate_submission(folder, cache_dir=cache_dir)  # a manifest error: nothing is run
     assert not result.ok and not result.checks
-    data, size = result.manifest_errors[-2:]  # after the copy's name clash with submissions/
+    data, size = [e for e in result.manifest_errors if e.startswith(f"{folder}: ")]  # beside the copy's name clash
     assert data == (f"{folder}: data files are not accepted (a submission carries only manifest.json and .py, .toml, "
                     f".md, .txt files, no symbolic links): link.py, pool.npy, weights/victim.pt")
     assert size.startswith(f"{folder}: the folder holds 1.0 MiB, above the 1 MiB cap; largest: padding.txt (1.00 MiB), ")
+    with caplog.at_level(logging.WARNING):  # a grid loading the folder skips it, saying the same
+        loaded = load_submissions([tmp_path])
+    assert [r.ok for r in loaded] == [False] and loaded[0].errors == (data, size)
+    assert f"submission {folder.name} skipped: {data}" in caplog.text
