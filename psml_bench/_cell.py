@@ -10,7 +10,6 @@ process (an executor's worker) and returns the cell's row.
 from __future__ import annotations
 
 import logging
-import platform
 import subprocess
 import time
 from dataclasses import dataclass, replace
@@ -22,6 +21,7 @@ import torch
 
 from . import _scoring as scoring
 from ._config import content_hash
+from ._device import device_label, key_part, make_deterministic
 from ._errors import AttackFailed, BudgetExhausted, ExecutorError
 from ._grid import Cell, GridConfig, ResolvedPlugin
 from ._isolation import AttackLocator, run_attack
@@ -65,15 +65,23 @@ def zoo_identity(zoo: Zoo) -> str:
     })
 
 
-def cell_key(zoo: Zoo, grid: GridConfig, cell: Cell, identity: str | None = None) -> str:
-    """Content hash of everything that determines the cell's result (``identity``: the zoo's, if known)."""
-    return content_hash({
+def cell_key(zoo: Zoo, grid: GridConfig, cell: Cell, identity: str | None = None,
+             device: torch.device | str = "cpu") -> str:
+    """Content hash of everything that determines the cell's result (``identity``: the zoo's, if known).
+
+    A cell on another device than the CPU has its device type in the key (its floats round
+    differently); a CPU cell's key has no device, as before devices were an option.
+    """
+    hashed = {
         "protocol": PROTOCOL_VERSION, "zoo": identity or zoo_identity(zoo), "menu": [e.__dict__ for e in zoo.menu],
         "policy": grid.policy, "victim": cell.victim,
         "attack": cell.attack_plugin.identity, "defense": cell.defense_plugin.identity,
         "budget": cell.budget, "seed": cell.seed, "benign_queries": grid.benign_queries,
         "service": cell.service.as_dict(),
-    })[:32]
+    }
+    if key_part(device) is not None:
+        hashed["device"] = key_part(device)
+    return content_hash(hashed)[:32]
 
 
 def _git_commit() -> str:
@@ -85,13 +93,12 @@ def _git_commit() -> str:
         return ""
 
 
-def provenance() -> dict[str, str]:
+def provenance(device: torch.device | str = "cpu") -> dict[str, str]:
     """Versions and machine that produce a run's results (computed once per run, by the driver)."""
     import timm
 
     return {"psml_bench": __version__, "git_commit": _git_commit(), "torch": torch.__version__,
-            "timm": timm.__version__, "device": f"cpu ({platform.machine()})",
-            "threads": str(CELL_THREADS)}
+            "timm": timm.__version__, "device": device_label(device), "threads": str(CELL_THREADS)}
 
 
 @dataclass(frozen=True)
@@ -105,6 +112,7 @@ class CellTask:
     cell: Cell
     key: str
     provenance: dict[str, str]
+    device: str = "cpu"
 
 
 def service_costs(zoo: Zoo, service: Service) -> dict[str, float]:
@@ -199,23 +207,27 @@ def _submitted(name: str, cls: type, params: dict[str, Any] | None = None) -> At
 
 
 def run_cell(zoo: Zoo, grid: GridConfig, cell: Cell, *, timeout_s: float | None = None,
-             memory_mb: int | None = None, global_seed: int | None = None, transcript: Any = None) -> dict[str, Any]:
+             memory_mb: int | None = None, global_seed: int | None = None, transcript: Any = None,
+             device: torch.device | str = "cpu") -> dict[str, Any]:
     """Run one cell on its service and score it; a failing plugin gives a failed row, never an exception.
 
+    ``device``: where the service's forward passes, the surrogate's training and its scoring run.
     ``timeout_s`` and ``memory_mb`` limit the attack process (default: the executor's limits on the worker).
     ``global_seed`` and ``transcript`` are for conformance tests (see :func:`run_attack`): reseed
     the attack process's global generators; hash every query and answer.
     """
     started = time.perf_counter()
+    device = torch.device(device)
+    make_deterministic(device)
     load_submissions()  # a fresh worker process registers them too
     victim_id = zoo.role(cell.victim)
     defense = cell.defense_plugin.instantiate()
     service = Service(zoo, defense=defense, config=cell.service, seed=cell.seed, budget=cell.budget,
                       policy=grid.policy, benign_queries=grid.benign_queries,
-                      victim_id=victim_id if cell.attack_plugin.access == "victim" else None)
+                      victim_id=victim_id if cell.attack_plugin.access == "victim" else None, device=device)
     knowledge = Knowledge(input_shape=zoo.input_shape, num_classes=zoo.num_classes, spec_range=service.spec_range,
                           pool=zoo.splits["attacker_x"], role=cell.victim,
-                          latency_visible=cell.service.latency_visible)
+                          latency_visible=cell.service.latency_visible, device=device.type)
     row = row_identity(zoo, cell)
     row["surrogate_recipe"] = ""  # the recipe of train_surrogate that produced the returned weights, if any
     metrics = dict.fromkeys(SURROGATE_METRICS, float("nan"))
@@ -224,9 +236,9 @@ def run_cell(zoo: Zoo, grid: GridConfig, cell: Cell, *, timeout_s: float | None 
         surrogate = run_attack(service, attack_locator(cell.attack_plugin), knowledge, cell.budget,
                                np.random.default_rng([cell.seed, 1]), timeout_s=timeout_s, memory_mb=memory_mb,
                                global_seed=global_seed, transcript=transcript)
-        metrics = surrogate_metrics(zoo, victim_id, surrogate)
+        metrics = surrogate_metrics(zoo, victim_id, surrogate, device)
         row["surrogate_recipe"] = surrogate.recipe
-        flags += surrogate_flags(zoo, victim_id, surrogate, metrics["fidelity"])
+        flags += surrogate_flags(zoo, victim_id, surrogate, metrics["fidelity"], device)
     except AttackFailed as exc:
         row.update(status="failed", error=str(exc))
     except BudgetExhausted as exc:
@@ -258,10 +270,12 @@ def run_cell(zoo: Zoo, grid: GridConfig, cell: Cell, *, timeout_s: float | None 
     return row
 
 
-def surrogate_metrics(zoo: Zoo, victim_id: str, surrogate: torch.nn.Module) -> dict[str, float]:
-    """Fidelity, accuracy, normalised accuracy, KL and L1 of a surrogate against the victim on the test split."""
+def surrogate_metrics(zoo: Zoo, victim_id: str, surrogate: torch.nn.Module,
+                      device: torch.device | str = "cpu") -> dict[str, float]:
+    """Fidelity, accuracy, normalised accuracy, KL and L1 of a surrogate against the victim on the test split
+    (the surrogate's predictions computed on ``device``)."""
     test_x, test_y = zoo.splits["test_x"], zoo.splits["test_y"].numpy()
-    probabilities = scoring.predict_probs(surrogate, test_x, zoo.num_classes)
+    probabilities = scoring.predict_probs(surrogate, test_x, zoo.num_classes, device=device)
     predicted = probabilities.argmax(1).numpy()
     victim_probs = zoo.test_predictions[victim_id]
     surrogate_accuracy = scoring.accuracy(predicted, test_y)
@@ -301,6 +315,6 @@ def execute(task: CellTask) -> dict[str, Any]:
     threads = torch.get_num_threads()
     torch.set_num_threads(CELL_THREADS)
     try:
-        return finish_row(run_cell(zoo, task.grid, task.cell), zoo, task)
+        return finish_row(run_cell(zoo, task.grid, task.cell, device=task.device), zoo, task)
     finally:
         torch.set_num_threads(threads)

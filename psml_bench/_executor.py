@@ -70,11 +70,11 @@ def _exit_with_parent(parent: int) -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
-def _worker_main(conn: Connection, memory_mb: int | None, parent: int) -> None:
+def _worker_main(conn: Connection, memory_mb: int | None, parent: int, gpu: bool = False) -> None:
     _exit_with_parent(parent)
     torch.set_num_threads(CELL_THREADS)
-    prestart()  # the attack sandbox's imports overlap this worker's start-up
-    if memory_mb:
+    prestart(gpu=gpu)  # the attack sandbox's imports overlap this worker's start-up
+    if memory_mb and not gpu:  # CUDA maps more address space than any such limit would allow
         # the limit is on what a cell may add to the address space the worker started with
         import timm  # noqa: F401 - map timm and friends before measuring
         limit = _vm_size() + memory_mb * 2**20
@@ -94,18 +94,24 @@ def _worker_main(conn: Connection, memory_mb: int | None, parent: int) -> None:
 
 
 class LocalExecutor(Executor):
-    """A pool of ``jobs`` spawned worker processes with a per-cell timeout and memory limit."""
+    """A pool of ``jobs`` spawned worker processes with a per-cell timeout and memory limit.
 
-    def __init__(self, jobs: int, timeout_s: float | None = None, memory_mb: int | None = None):
+    With ``gpu`` (cells on a CUDA device) the workers' attack sandboxes hold the GPUs, and the
+    memory limit is not applied: CUDA maps more address space than any such limit would allow.
+    """
+
+    def __init__(self, jobs: int, timeout_s: float | None = None, memory_mb: int | None = None, gpu: bool = False):
         self.jobs = max(1, jobs)
         self.timeout_s = timeout_s
         self.memory_mb = memory_mb
+        self.gpu = gpu
         # spawn, not fork: forking a process that has started torch's thread pools is unsafe
         self._context = multiprocessing.get_context("spawn")
 
     def _start(self) -> tuple[Any, Connection]:
         parent, child = self._context.Pipe()
-        process = self._context.Process(target=_worker_main, args=(child, self.memory_mb, os.getpid()), daemon=True)
+        process = self._context.Process(target=_worker_main, args=(child, self.memory_mb, os.getpid(), self.gpu),
+                                         daemon=True)
         process.start()
         child.close()
         return process, parent

@@ -309,7 +309,7 @@ def attack_main(conn: Connection) -> None:
 
 # --- the worker's side ----------------------------------------------------------------------------
 
-_SANDBOXES: dict[tuple[int, bool], Sandbox] = {}
+_SANDBOXES: dict[tuple[int, bool, bool], Sandbox] = {}
 
 
 def _trusted(locator: AttackLocator) -> bool:
@@ -318,16 +318,18 @@ def _trusted(locator: AttackLocator) -> bool:
             and ATTACKS.entry(locator.name).source == "built-in")
 
 
-def _sandbox(locator: AttackLocator) -> Sandbox:
-    """This process's sandbox (started on first use); raise :class:`AttackFailed` if the attack may not run here."""
+def _sandbox(locator: AttackLocator, gpu: bool = False) -> Sandbox:
+    """This process's sandbox (started on first use; with the GPUs' device files if ``gpu``); raise
+    :class:`AttackFailed` if the attack may not run here."""
     problem = sandbox_problem()
     if problem and not _trusted(locator):
         raise AttackFailed(f"refused to run attack '{locator.name}' unsandboxed: {problem}")
-    key = (os.getpid(), not problem)
+    key = (os.getpid(), not problem, gpu)
     if key not in _SANDBOXES:
         if problem:
             log.warning("%s; running built-in attacks without it", problem)
-        _SANDBOXES[key] = Sandbox(jailed=not problem, preload=PREIMPORTED, target="psml_bench._isolation:attack_main")
+        _SANDBOXES[key] = Sandbox(jailed=not problem, preload=PREIMPORTED, target="psml_bench._isolation:attack_main",
+                                  gpu=gpu)
     return _SANDBOXES[key]
 
 
@@ -387,7 +389,7 @@ def run_attack(server: Server | Service, locator: AttackLocator, knowledge: Know
             usable surrogate; the message is the cell's error, in the harness's words.
         Exception: whatever the server (policy, defense) raised while answering.
     """
-    sandbox = _sandbox(locator)
+    sandbox = _sandbox(locator, gpu=knowledge.device != "cpu")
     conn = sandbox.fork()
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     input_bytes = int(np.prod(knowledge.input_shape)) * 8
@@ -474,8 +476,8 @@ def _answer(server: Server | Service, header: dict[str, Any], tensors: dict[str,
     return ("ok", (answers, server.last_refused, server.last_latency_ms))
 
 
-def prestart(locator: AttackLocator | None = None) -> None:
+def prestart(locator: AttackLocator | None = None, gpu: bool = False) -> None:
     """Start this process's sandbox now, so its zygote's imports overlap the worker's own start-up."""
-    sandbox = _sandbox(locator or AttackLocator("naive"))
+    sandbox = _sandbox(locator or AttackLocator("naive"), gpu)
     if not sandbox.alive():
         sandbox.start()

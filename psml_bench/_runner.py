@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from tqdm.auto import tqdm
 
 from ._cell import CellTask, cell_key, failed_row, provenance, zoo_identity
@@ -41,13 +42,17 @@ class RunSummary:
 
 
 def make_executor(name: str, *, jobs: int = 0, timeout_s: float | None = None, memory_mb: int | None = None,
-                  address: str | None = None) -> Executor:
-    """An executor by name: ``local`` (process pool), ``ray`` or ``inline`` (this process, for debugging)."""
+                  address: str | None = None, device: torch.device | str = "cpu") -> Executor:
+    """An executor by name: ``local`` (process pool), ``ray`` or ``inline`` (this process, for debugging),
+    for cells on ``device``."""
     if jobs <= 0:
         jobs = os.cpu_count() or 1
     if name == "local":
-        return LocalExecutor(jobs, timeout_s, memory_mb)
+        return LocalExecutor(jobs, timeout_s, memory_mb, gpu=torch.device(device).type == "cuda")
     if name == "ray":
+        if torch.device(device).type != "cpu":
+            raise ConfigError("the ray executor runs cells on the CPU only (its tasks hold no GPU); use "
+                              "--executor local or inline with --device cuda")
         return RayExecutor(address, timeout_s, num_cpus=jobs)
     if name == "inline":
         return InlineExecutor()
@@ -55,14 +60,18 @@ def make_executor(name: str, *, jobs: int = 0, timeout_s: float | None = None, m
 
 
 def run_grid(grid: GridConfig, out_dir: Path, *, cache_dir: Path | None = None, executor: Executor | None = None,
-             progress: bool = True, profile: Path | None = None, retry_failed: bool = False) -> RunSummary:
+             progress: bool = True, profile: Path | None = None, retry_failed: bool = False,
+             device: torch.device | str = "cpu") -> RunSummary:
     """Run every cell of ``grid`` not already in ``out_dir/cells``; return all rows of the grid.
 
     Each finished cell is written at once (atomically) by this process, so an interrupted run
     keeps every cell that finished. ``retry_failed`` recomputes cells whose stored row failed.
+    ``device``: where the cells' forward passes, surrogate training and scoring run (part of the
+    key of any cell not on the CPU).
     """
     started = time.perf_counter()
-    executor = executor or make_executor("local")
+    device = torch.device(device)
+    executor = executor or make_executor("local", device=device)
     zoo = open_zoo(grid.zoo, cache_dir, progress=progress, profile=profile)
     for victim in grid.victims:
         zoo.role(victim)  # a bad role fails before any work
@@ -72,16 +81,17 @@ def run_grid(grid: GridConfig, out_dir: Path, *, cache_dir: Path | None = None, 
     tasks = []
     profile_arg = str(profile) if profile else None
     identity = zoo_identity(zoo)
-    run_provenance = provenance()
+    run_provenance = provenance(device)
     for cell in grid.cells():
-        key = cell_key(zoo, grid, cell, identity)
+        key = cell_key(zoo, grid, cell, identity, device)
         path = cells_dir / f"{key}.json"
         if path.is_file():
             row = read_cell(path)
             if row is not None and not (retry_failed and row.get("status") != "ok"):
                 rows[key] = row
                 continue
-        tasks.append(CellTask(str(zoo.directory), profile_arg, identity, grid, cell, key, run_provenance))
+        tasks.append(CellTask(str(zoo.directory), profile_arg, identity, grid, cell, key, run_provenance,
+                              str(device)))
     cached = len(rows)
     bar = tqdm(total=len(tasks), desc=f"grid {grid.name}", disable=not progress, unit="cell")
     counts = {"failed": 0}
@@ -95,7 +105,7 @@ def run_grid(grid: GridConfig, out_dir: Path, *, cache_dir: Path | None = None, 
         bar.set_postfix(cached=cached, failed=counts["failed"])
         bar.update()
 
-    if tasks:
+    if tasks and device.type == "cpu":
         PoolAnswers.of(zoo)  # every model's answers on the pool, computed once here rather than in each worker
     executor.map(tasks, on_result)
     bar.close()

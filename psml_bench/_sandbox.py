@@ -13,6 +13,9 @@ process enters fresh user, PID, mount, IPC and network namespaces (it is PID 1 o
 child it starts ends with it), mounts a private ``/tmp`` and ``/dev/shm``, drops every capability,
 and talks to its worker over a socket pair passed to it, nothing else.
 
+A run on a GPU (``psml-bench run --device cuda``) gives its workers' jails the host's NVIDIA device
+files and a read-only ``/sys`` as well, so that the attack process can train its surrogate there.
+
 Where bubblewrap is missing or cannot create namespaces, only built-in attacks run, in an
 unsandboxed zygote (with a warning); any other attack is refused with one message.
 """
@@ -116,8 +119,18 @@ def hidden_paths() -> list[str]:
     return [str(Path(p).resolve()) for p in candidates if p and Path(p).is_dir()]
 
 
-def bwrap_command(executable: str, argv: list[str]) -> list[str]:
-    """The bubblewrap command line that runs ``executable argv`` in the jail."""
+def gpu_binds(dev: Path = Path("/dev")) -> list[str]:
+    """bubblewrap arguments that give the jail the host's NVIDIA device files under ``dev`` (read-write:
+    CUDA opens them so) and, read-only, the ``/sys`` its driver library inspects; none without a GPU."""
+    devices = sorted(str(p) for p in dev.glob("nvidia*"))
+    if not devices:
+        return []
+    binds = [arg for device in devices for arg in ("--dev-bind", device, device)]
+    return binds + ["--ro-bind-try", "/sys", "/sys"]
+
+
+def bwrap_command(executable: str, argv: list[str], gpu: bool = False) -> list[str]:
+    """The bubblewrap command line that runs ``executable argv`` in the jail (with the GPUs if ``gpu``)."""
     bwrap = shutil.which("bwrap")
     if bwrap is None:
         raise SandboxUnavailable("the attack sandbox needs bubblewrap, and 'bwrap' is not on PATH (Debian package "
@@ -140,7 +153,8 @@ def bwrap_command(executable: str, argv: list[str]) -> list[str]:
     for path in hidden_paths():
         if any(_inside(path, tree) and path != tree for tree in bound):
             command += ["--tmpfs", path]
-    command += ["--dev", "/dev", "--proc", "/proc", "--size", str(2**20), "--tmpfs", "/tmp", "--remount-ro", "/dev", "--remount-ro", "/",
+    command += ["--dev", "/dev", *(gpu_binds() if gpu else []), "--proc", "/proc", "--size", str(2**20),
+                "--tmpfs", "/tmp", "--remount-ro", "/dev", "--remount-ro", "/",
                 "--uid", str(SANDBOX_ID), "--gid", str(SANDBOX_ID), "--chdir", "/", executable, *argv]
     return command
 
@@ -165,8 +179,9 @@ def sandbox_problem() -> str:
 class Sandbox:
     """One zygote (jailed, or plain for built-ins where bubblewrap cannot run) that forks attack processes."""
 
-    def __init__(self, jailed: bool, preload: tuple[str, ...], target: str):
+    def __init__(self, jailed: bool, preload: tuple[str, ...], target: str, gpu: bool = False):
         self.jailed = jailed
+        self.gpu = gpu
         self.preload = preload
         self.target = target
         self.process: subprocess.Popen | None = None
@@ -181,7 +196,7 @@ class Sandbox:
                 f"zygote({child.fileno()}, {function}, {self.preload!r}, {self.jailed!r})")
         executable = str(Path(sys.executable).resolve())
         argv = ["-I", "-S", "-c", boot]
-        command = bwrap_command(executable, argv) if self.jailed else [executable, *argv]
+        command = bwrap_command(executable, argv, self.gpu) if self.jailed else [executable, *argv]
         self.process = subprocess.Popen(command, pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL,
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd="/",
                                         env={} if self.jailed else {"PATH": "/usr/bin:/bin"})

@@ -69,8 +69,10 @@ def agreement_ceiling(unseen_agreement: float, n_unseen: int, n_test: int) -> fl
 _VICTIM_LABELS: dict[tuple[str, str], np.ndarray] = {}
 
 
-def surrogate_flags(zoo: Zoo, victim_id: str, surrogate: torch.nn.Module, fidelity: float) -> list[str]:
-    """Flag a surrogate that agrees with the victim on the test split more than the ceiling allows."""
+def surrogate_flags(zoo: Zoo, victim_id: str, surrogate: torch.nn.Module, fidelity: float,
+                    device: torch.device | str = "cpu") -> list[str]:
+    """Flag a surrogate that agrees with the victim on the test split more than the ceiling allows
+    (its predictions computed on ``device``; the victim's are the CPU's, once per process)."""
     unseen = zoo.splits["benign_x"][:UNSEEN_SAMPLES]
     key = (str(zoo.directory), victim_id)
     if key not in _VICTIM_LABELS:
@@ -79,7 +81,7 @@ def surrogate_flags(zoo: Zoo, victim_id: str, surrogate: torch.nn.Module, fideli
             _VICTIM_LABELS[key] = torch.cat([victim(unseen[i:i + 512]).argmax(1)
                                              for i in range(0, len(unseen), 512)]).numpy()
     victim_labels = _VICTIM_LABELS[key]
-    agreement = scoring.fidelity(scoring.predict_labels(surrogate, unseen, zoo.num_classes), victim_labels)
+    agreement = scoring.fidelity(scoring.predict_labels(surrogate, unseen, zoo.num_classes, device=device), victim_labels)
     ceiling = agreement_ceiling(agreement, len(unseen), len(zoo.splits["test_x"]))
     if fidelity > ceiling:
         return [f"fidelity {fidelity:.3f} above the agreement ceiling {ceiling:.3f} (agreement {agreement:.3f} on "

@@ -84,19 +84,27 @@ def benign_specs(accuracies: np.ndarray, latencies: np.ndarray, spec_range: Spec
 
 
 @torch.no_grad()
-def predict_probs(model: torch.nn.Module, inputs: torch.Tensor, num_classes: int, batch_size: int = 1024) -> torch.Tensor:
-    """Softmax of a surrogate's scores; checks it returns one finite score row per input."""
+def predict_probs(model: torch.nn.Module, inputs: torch.Tensor, num_classes: int, batch_size: int = 1024,
+                  device: torch.device | str = "cpu") -> torch.Tensor:
+    """Softmax of a surrogate's scores, computed on ``device``, returned on the CPU; checks it
+    returns one finite score row per input. A surrogate moved to another device is moved back."""
     model.eval()
+    home = next(model.parameters(), torch.empty(0)).device
+    model.to(device)
     outputs = []
-    for start in range(0, len(inputs), batch_size):
-        out = model(inputs[start:start + batch_size])
-        if not isinstance(out, torch.Tensor) or out.shape != (len(inputs[start:start + batch_size]), num_classes):
-            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise ValueError(f"surrogate must return (N, {num_classes}) scores, returned {shape}")
-        outputs.append(torch.softmax(out.float(), dim=1))
+    try:
+        for start in range(0, len(inputs), batch_size):
+            out = model(inputs[start:start + batch_size].to(device))
+            if not isinstance(out, torch.Tensor) or out.shape != (len(inputs[start:start + batch_size]), num_classes):
+                shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+                raise ValueError(f"surrogate must return (N, {num_classes}) scores, returned {shape}")
+            outputs.append(torch.softmax(out.float(), dim=1).cpu())
+    finally:
+        model.to(home)
     return torch.cat(outputs)
 
 
-def predict_labels(model: torch.nn.Module, inputs: torch.Tensor, num_classes: int, batch_size: int = 1024) -> np.ndarray:
-    """Argmax predictions of a surrogate; checks it returns one score row per input."""
-    return predict_probs(model, inputs, num_classes, batch_size).argmax(dim=1).numpy()
+def predict_labels(model: torch.nn.Module, inputs: torch.Tensor, num_classes: int, batch_size: int = 1024,
+                   device: torch.device | str = "cpu") -> np.ndarray:
+    """Argmax predictions of a surrogate (computed on ``device``); checks it returns one score row per input."""
+    return predict_probs(model, inputs, num_classes, batch_size, device).argmax(dim=1).numpy()

@@ -153,29 +153,29 @@ class PoolAnswers:
     batches; a live pass over other batch compositions differs by float rounding only (at most
     3.2e-7 on the fmnist zoo, no argmax changed; ``tests/test_service.py``), so the attacker's own
     queries keep their live forward pass, exactly as without benign traffic.
+
+    On a GPU they are computed there, once per process, and kept in memory only: a GPU's rounding
+    is its own, so the file holds the CPU's answers alone.
     """
 
-    _OPEN: dict[str, PoolAnswers] = {}
+    _OPEN: dict[tuple[str, str], PoolAnswers] = {}
 
-    def __init__(self, zoo: Zoo):
+    def __init__(self, zoo: Zoo, device: torch.device | str = "cpu"):
+        device = torch.device(device)
         path = zoo.directory / POOL_ANSWERS
         ids = [e.id for e in zoo.menu]
-        stored = load_file(str(path)) if path.is_file() else {}
+        stored = load_file(str(path)) if path.is_file() and device.type == "cpu" else {}
         if set(stored) != set(ids):
-            stored = {model_id: self.compute(zoo, model_id) for model_id in ids}
-            try:  # atomically: two workers may compute it at once
-                tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-                save_file({k: v.contiguous() for k, v in stored.items()}, str(tmp))
-                os.replace(tmp, path)
-            except OSError:  # a read-only zoo cache: keep them in memory
-                pass
+            stored = {model_id: self.compute(zoo, model_id, device) for model_id in ids}
+            if device.type == "cpu":
+                _save_atomically(path, stored)
         self.probabilities = stored
 
     @staticmethod
     @torch.no_grad()
-    def compute(zoo: Zoo, model_id: str) -> torch.Tensor:
-        """``model_id``'s answers on the whole pool, as a cell's one thread computes them."""
-        server = Server(zoo, defense=None, rng=np.random.default_rng(0), model_ids=[model_id])
+    def compute(zoo: Zoo, model_id: str, device: torch.device | str = "cpu") -> torch.Tensor:
+        """``model_id``'s answers on the whole pool, as a cell's one thread computes them on ``device``."""
+        server = Server(zoo, defense=None, rng=np.random.default_rng(0), model_ids=[model_id], device=device)
         pool = zoo.splits["attacker_x"]
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
@@ -185,12 +185,23 @@ class PoolAnswers:
             torch.set_num_threads(threads)
 
     @classmethod
-    def of(cls, zoo: Zoo) -> PoolAnswers:
-        """The zoo's pool answers (loaded or computed once per process)."""
-        key = str(zoo.directory)
+    def of(cls, zoo: Zoo, device: torch.device | str = "cpu") -> PoolAnswers:
+        """The zoo's pool answers on ``device`` (loaded or computed once per process)."""
+        key = (str(zoo.directory), torch.device(device).type)
         if key not in cls._OPEN:
-            cls._OPEN[key] = cls(zoo)
+            cls._OPEN[key] = cls(zoo, device)
         return cls._OPEN[key]
+
+
+def _save_atomically(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """Write ``tensors`` to ``path`` through a rename (two workers may write it at once); keep quiet
+    about a read-only zoo cache (the caller keeps them in memory)."""
+    try:
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
+        os.replace(tmp, path)
+    except OSError:
+        pass
 
 
 class _BenignStream:
@@ -254,14 +265,16 @@ class Service:
             least as long as the attacker does.
         victim_id: for an attack with ``access = "victim"``, the one model its queries reach (it
             still shares that model's worker with the benign clients).
+        device: where the models' forward passes run.
     """
 
     def __init__(self, zoo: Zoo, *, defense, config: ServiceConfig, seed: int, budget: int, policy: str = "infaas",
-                 benign_queries: int = 1000, victim_id: str | None = None):
+                 benign_queries: int = 1000, victim_id: str | None = None, device: torch.device | str = "cpu"):
         self.zoo, self.config, self.benign_queries = zoo, config, benign_queries
-        self.benign_server = Server(zoo, defense=defense, rng=np.random.default_rng([seed, 4]), policy=policy)
+        self.benign_server = Server(zoo, defense=defense, rng=np.random.default_rng([seed, 4]), policy=policy,
+                                    device=device)
         self.server = Server(zoo, defense=defense, rng=np.random.default_rng([seed, 2]), budget=budget,
-                             model_ids=[victim_id] if victim_id else None, policy=policy)
+                             model_ids=[victim_id] if victim_id else None, policy=policy, device=device)
         self.defense = defense
         self.menu_index = np.array([[e.id for e in self.benign_server.menu].index(e.id) for e in self.server.menu])
         intercept, slope = service_times(zoo)
@@ -270,7 +283,7 @@ class Service:
         rate = config.load * self.capacity_per_ms
         ids = np.random.default_rng([seed, 7]).choice(2**31 - 1, size=config.benign_clients + 1, replace=False)
         self.attacker_id, self.benign_ids = int(ids[0]), ids[1:].astype(np.int64)
-        self.answers = PoolAnswers.of(zoo)
+        self.answers = PoolAnswers.of(zoo, device)
         self.benign = _BenignStream(rate, self.benign_ids, len(zoo.splits["attacker_x"]), self.benign_server, seed)
         self.attacker_pace_ms = config.benign_clients / (config.attacker_rate * rate)
         self.batching = config.batching(self.benign_server.spec_range.latency_ms[1])

@@ -175,11 +175,13 @@ class Server:
         defense: the defense whose hooks run around routing.
         budget: the number of queries the client may send (``None``: unlimited).
         rng: randomness of the defense.
+        device: where the models' forward passes run (answers come back on the CPU).
     """
 
     def __init__(self, zoo: Zoo, *, defense, rng: np.random.Generator, model_ids: Sequence[str] | None = None,
-                 policy: str = "infaas", budget: int | None = None):
+                 policy: str = "infaas", budget: int | None = None, device: torch.device | str = "cpu"):
         self.zoo = zoo
+        self.device = torch.device(device)
         self.menu: tuple[MenuEntry, ...] = tuple(
             e for e in zoo.menu if model_ids is None or e.id in set(model_ids))
         self.spec_range = SpecRange(zoo.accuracy_range, zoo.latency_range_ms)
@@ -278,9 +280,9 @@ class Server:
         outputs = torch.empty(len(inputs), self.zoo.num_classes)
         for index in np.unique(served):
             rows = torch.from_numpy(np.flatnonzero(served == index))
-            model = self.zoo.model(self.menu[index].id)
-            batch = inputs[rows]
-            outputs[rows] = torch.cat([F.softmax(model(batch[i:i + FORWARD_BATCH]), dim=1)
+            model = self.zoo.model(self.menu[index].id, self.device)
+            batch = inputs[rows].to(self.device)
+            outputs[rows] = torch.cat([F.softmax(model(batch[i:i + FORWARD_BATCH]), dim=1).cpu()
                                        for i in range(0, len(batch), FORWARD_BATCH)])
         return outputs
 
@@ -447,6 +449,8 @@ class Knowledge:
         role: the model to steal, ``rank:k`` = the k-th most accurate model the service offers.
         menu: the per-model (accuracy, latency) menu, only in scenarios where it is public.
         latency_visible: whether each answer comes with its observed latency (``Target.last_latency_ms``).
+        device: where :func:`psml_bench.train_surrogate` trains (the device the harness runs the cell on;
+            ``cpu`` unless the run asked for another).
     """
 
     input_shape: tuple[int, ...]
@@ -456,6 +460,7 @@ class Knowledge:
     role: str
     menu: tuple[tuple[float, float], ...] | None = None
     latency_visible: bool = False
+    device: str = "cpu"
 
     @property
     def rank(self) -> int:

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ._device import make_deterministic
 from ._errors import ConfigError
 from ._parameters import Allowed
 from ._registries import STRATEGIES
@@ -134,10 +135,14 @@ def train_surrogate(inputs: torch.Tensor, answers: torch.Tensor, knowledge: Know
                     rng: np.random.Generator, *, init: Surrogate | None = None) -> Surrogate:
     """Fit a surrogate to (inputs, answers); answers are probability rows.
 
+    It trains on ``knowledge.device`` (the cell's device) and returns the surrogate on the CPU.
+
     Args:
         init: a surrogate to train further (in place) instead of a fresh one, e.g. a strategy's
             interim surrogate of the previous round.
     """
+    device = torch.device(knowledge.device)
+    make_deterministic(device)
     seed = int(rng.integers(2**31))
     if init is not None:
         model = init
@@ -158,6 +163,7 @@ def train_surrogate(inputs: torch.Tensor, answers: torch.Tensor, knowledge: Know
     if n < 2:  # batches of one are skipped (batch norm): nothing to train on
         return _trained(model.eval(), config)
     steps = config.steps(n)
+    model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=steps, pct_start=0.15)
     generator = torch.Generator().manual_seed(seed)
@@ -169,14 +175,14 @@ def train_surrogate(inputs: torch.Tensor, answers: torch.Tensor, knowledge: Know
             batch = order[start:start + config.batch_size]
             if len(batch) < 2 or done == steps:
                 continue
-            log_probs = F.log_softmax(model(inputs[batch]), dim=1)
-            loss = -(targets[batch] * log_probs).sum(dim=1).mean()
+            log_probs = F.log_softmax(model(inputs[batch].to(device)), dim=1)
+            loss = -(targets[batch].to(device) * log_probs).sum(dim=1).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             schedule.step()
             done += 1
-    return _trained(model.eval(), config)
+    return _trained(model.to("cpu").eval(), config)
 
 
 def _trained(model: Surrogate, config: SurrogateConfig) -> Surrogate:

@@ -144,7 +144,7 @@ class Zoo:
         # the advertised ranges follow the menu the service routes on
         self.accuracy_range, self.latency_range_ms = service_ranges(
             accuracies, routing, service["accuracy_margin"], service["latency_margin"])
-        self._models: dict[str, ZooModel] = {}
+        self._models: dict[tuple[str, str], ZooModel] = {}
 
     @property
     def name(self) -> str:
@@ -179,15 +179,16 @@ class Zoo:
     def entry(self, model_id: str) -> MenuEntry:
         return next(e for e in self.menu if e.id == model_id)
 
-    def model(self, model_id: str) -> ZooModel:
-        """The model with trained weights, loaded once and kept."""
-        if model_id not in self._models:
+    def model(self, model_id: str, device: torch.device | str = "cpu") -> ZooModel:
+        """The model with trained weights on ``device``, loaded once per device and kept."""
+        key = (model_id, str(device))
+        if key not in self._models:
             spec = next(m for m in self.card["models"] if m["id"] == model_id)
             model = ZooModel(spec["arch"], spec["kwargs"], self.input_shape[0], self.num_classes,
                              self.card["preprocess"]["mean"], self.card["preprocess"]["std"], spec.get("input_size"))
             model.load_state_dict(load_file(str(self.directory / "weights" / f"{model_id}.safetensors")))
-            self._models[model_id] = model.eval()
-        return self._models[model_id]
+            self._models[key] = model.eval().to(device)
+        return self._models[key]
 
     @cached_property
     def splits(self) -> dict[str, torch.Tensor]:

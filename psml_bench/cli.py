@@ -18,12 +18,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from ._grid import load_grid
     from ._runner import make_executor, run_grid
 
+    from ._profiling import resolve_device
+
+    device = resolve_device(args.device)
     grid = load_grid(args.grid)
     profile = _profile_path(grid.zoo, args.profile, args.cache)
     executor = make_executor(args.executor, jobs=args.jobs, timeout_s=args.timeout or None,
-                             memory_mb=args.memory_mb or None, address=args.address)
+                             memory_mb=args.memory_mb or None, address=args.address, device=device)
     summary = run_grid(grid, Path(args.out), cache_dir=args.cache, executor=executor, progress=not args.quiet,
-                       profile=profile, retry_failed=args.retry_failed)
+                       profile=profile, retry_failed=args.retry_failed, device=device)
     print(f"grid {grid.name}: {len(summary.rows)} cells ({summary.cached} cached, {summary.computed} computed, "
           f"{summary.failed} failed) in {summary.seconds:.1f}s; leaderboard written to {summary.out_dir}")
     failed = [row for row in summary.rows if row["status"] != "ok"]
@@ -288,6 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--memory-mb", type=int, default=8192,
                      help="per-cell memory limit in MiB (local executor); 0 for none (default 8192)")
     run.add_argument("--retry-failed", action="store_true", help="recompute cells whose stored result failed")
+    run.add_argument("--device", default="cpu", metavar="cpu|cuda|auto",
+                     help="where cells serve, train and score their surrogates: cpu (default), cuda (cuda:N) or auto "
+                          "(cuda when available); a cell's key and row name a device other than the CPU")
     run.set_defaults(func=_cmd_run)
 
     zoo = commands.add_parser("zoo", help="build, show or profile a zoo").add_subparsers(dest="zoo_command",
