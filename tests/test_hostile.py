@@ -20,6 +20,7 @@ pytestmark = pytest.mark.skipif(not sandbox_available(), reason="the sandbox nee
 
 ROOT = Path(__file__).resolve().parents[1]
 HOOK = "__editable__.psml_bench-0.1.0.finder.__path_hook__"
+SHM = f"psml_hostile_{os.getpid()}"
 
 PLUGIN = '''
 import ctypes
@@ -34,6 +35,7 @@ DENIED = {denied!r}
 DRIVER_CWD = {driver_cwd!r}
 MARKER = {marker!r}
 HOOK = {hook!r}
+SHM = {shm!r}
 
 
 def outcome(action):
@@ -91,6 +93,38 @@ class HangsWithChildren(Attack):
             time.sleep(1)
 
 
+class AbusesTheResourceTracker(Attack):
+    """Writes a huge line and bad lines to any inherited pipe (a resource tracker's), then has a
+    tracker of its own unlink a /dev/shm file of the host and register a segment of its own."""
+
+    def run(self, target, knowledge, budget, rng):
+        from multiprocessing import resource_tracker, shared_memory
+
+        def pipes():
+            found = []
+            for fd in os.listdir("/proc/self/fd"):
+                try:
+                    if os.readlink(f"/proc/self/fd/{{fd}}").startswith("pipe:"):
+                        found.append(int(fd))
+                except OSError:
+                    pass
+            return found
+
+        inherited = pipes()
+        bad = b"x" * 2**24 + b"\\n" + f"UNREGISTER:/{{SHM}}_canary:nonsense\\n".encode() + b"garbage\\n"
+        for fd in inherited:
+            outcome(lambda: os.write(fd, bad))
+        seen = [f"inherited pipes: {{len(inherited)}}"]
+        seen.append(f"unlink host file: {{outcome(lambda: os.unlink(f'/dev/shm/{{SHM}}_canary'))}}")
+        own = shared_memory.SharedMemory(name=f"{{SHM}}_own", create=True, size=4096)  # starts a tracker in the cell
+        resource_tracker.register(f"/{{SHM}}_canary", "shared_memory")  # for it to unlink at exit
+        tracker = resource_tracker._resource_tracker._fd
+        seen.append(f"own tracker: {{tracker in pipes()}}")
+        outcome(lambda: os.write(tracker, bad))
+        seen.append(f"own segment: {{os.path.exists(f'/dev/shm/{{SHM}}_own') and own.size >= 4096}}")
+        raise RuntimeError("; ".join(seen))
+
+
 class NamesAHubModel(Attack):
     """Returns a surrogate whose architecture is a Hugging Face Hub name."""
 
@@ -121,7 +155,7 @@ def plugin(tmp_path_factory, tiny_zoo):
               os.environ.get("PSML_BENCH_FMNIST_DIR", "/usr/share/datasets"), str(ROOT / "tests"),
               str(ROOT / "README.md"), str(folder), str(Path.home() / ".cache")]
     (folder / "hostile_plugin.py").write_text(PLUGIN.format(denied=denied, driver_cwd=str(folder), marker=str(marker),
-                                                            hook=HOOK))
+                                                            hook=HOOK, shm=SHM))
     return folder, marker, denied
 
 
@@ -161,6 +195,25 @@ def test_a_planted_path_hook_never_runs(tiny_zoo, plugin, monkeypatch):
     with pytest.raises(AttackFailed, match="the attack raised RuntimeError"):
         _run(tiny_zoo, plugin, monkeypatch, "PlantsAPathHook")
     assert not marker.exists()
+
+
+def test_no_resource_tracker_pipe_reaches_an_attack_and_its_own_tracker_stays_in_the_cell(tiny_zoo, plugin,
+                                                                                            monkeypatch, capfd):
+    canary = Path("/dev/shm") / f"{SHM}_canary"
+    canary.write_text("the host's")
+    try:
+        with pytest.raises(AttackFailed) as error:
+            _run(tiny_zoo, plugin, monkeypatch, "AbusesTheResourceTracker")
+        message = str(error.value)
+        assert "inherited pipes: 0;" in message, message  # nothing to write a 16 MiB or bad line to
+        assert "unlink host file: FileNotFoundError" in message, message  # its /dev/shm is its own
+        assert "own tracker: True" in message and "own segment: True" in message, message
+        time.sleep(1)  # a tracker outside the cell would act on its exit now
+        assert canary.read_text() == "the host's"  # registered for unlinking, never unlinked
+        assert not (Path("/dev/shm") / f"{SHM}_own").exists()
+        assert capfd.readouterr().err == ""  # no tracker's traceback reaches the driver
+    finally:
+        canary.unlink()
 
 
 def _kids() -> list[int]:
