@@ -7,8 +7,8 @@
    in-process ``Server`` and through ``psml-bench serve`` + ``HttpClient``, alternately,
    ``--repeats`` times each, both on one torch thread; prints the median ratio HTTP/in-process
    (goal: at most 1.3).
-2. Capacity: closed-loop single-input benign queries from 16 client threads for
-   ``--capacity-seconds`` against the undefended server.
+2. Capacity: closed-loop single-input benign queries, 16 always in flight (one asyncio client, the
+   load generator's), for ``--capacity-seconds`` against the undefended server.
 3. For the defenses ``none`` and ``spec-noise`` (a server started for each), LoadGen's server
    scenario for ``--duration`` seconds at 50% of that capacity alone, then at 50% and 80% while
    ``psml-bench attack`` runs against the same server with its own key; one table row per run:
@@ -125,7 +125,7 @@ def main() -> None:
         lines.append(f"HTTP overhead, 256-input query: in-process {local_ms:.1f} ms, HTTP {http_ms:.1f} ms, "
                      f"ratio {ratio:.2f} (goal <= 1.3)")
         capacity = measure_capacity(url, "op", zoo, seconds=args.capacity_seconds)
-        lines.append(f"capacity (closed loop, 16 clients, single-input queries): {capacity:.1f} queries/s")
+        lines.append(f"capacity (closed loop, 16 in flight, single-input queries): {capacity:.1f} queries/s")
         print("\n".join(lines), flush=True)
     except BaseException:
         stop_server(process)

@@ -22,7 +22,7 @@ import time
 import numpy as np
 import torch
 
-from psml_bench._cell import CELL_THREADS, attack_locator, run_cell
+from psml_bench._cell import CELL_THREADS, attack_generator, attack_locator, run_cell
 from psml_bench._grid import Cell, GridConfig, PluginSpec
 from psml_bench._isolation import run_attack
 from psml_bench._registries import make_defense
@@ -37,7 +37,7 @@ def protocol2_cell(zoo, grid: GridConfig, cell: Cell) -> None:
     defense = cell.defense_plugin.instantiate()
     server = Server(zoo, defense=defense, rng=np.random.default_rng([cell.seed, 2]), budget=cell.budget)
     knowledge = Knowledge(zoo.input_shape, zoo.num_classes, server.spec_range, zoo.splits["attacker_x"], cell.victim)
-    surrogate = run_attack(server, attack_locator(cell), knowledge, cell.budget, np.random.default_rng([cell.seed, 1]))
+    surrogate = run_attack(server, attack_locator(cell.attack_plugin), knowledge, cell.budget, attack_generator(cell.seed))
     with torch.no_grad():
         surrogate(zoo.splits["test_x"])
     for benign_defense in (cell.defense_plugin.instantiate(), make_defense("none")):

@@ -184,6 +184,11 @@ def finish_row(row: dict[str, Any], zoo: Zoo, task: CellTask) -> dict[str, Any]:
     return {**row, "cell_key": task.key, "profile": zoo.profile_name, "grid": task.grid.name, **task.provenance}
 
 
+def attack_generator(seed: int) -> np.random.Generator:
+    """The attack's generator for ``seed``: a cell's and ``psml-bench attack``'s alike."""
+    return np.random.default_rng([seed, 1])
+
+
 def attack_locator(plugin: ResolvedPlugin) -> AttackLocator:
     """Where the attack process finds a resolved attack: a registry name or a submission folder,
     with the submitted strategy its ``strategy`` parameter names, if it names one."""
@@ -234,7 +239,7 @@ def run_cell(zoo: Zoo, grid: GridConfig, cell: Cell, *, timeout_s: float | None 
     flags = _defense_flags(zoo, grid, cell)
     try:
         surrogate = run_attack(service, attack_locator(cell.attack_plugin), knowledge, cell.budget,
-                               np.random.default_rng([cell.seed, 1]), timeout_s=timeout_s, memory_mb=memory_mb,
+                               attack_generator(cell.seed), timeout_s=timeout_s, memory_mb=memory_mb,
                                global_seed=global_seed, transcript=transcript)
         metrics = surrogate_metrics(zoo, victim_id, surrogate, device)
         row["surrogate_recipe"] = surrogate.recipe

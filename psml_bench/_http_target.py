@@ -18,6 +18,8 @@ from ._http_wire import SAFETENSORS, decode_answers, encode_query
 from ._serving import Knowledge, Spec, SpecRange, Target
 
 KEY_HEADER = "X-API-Key"
+# no Nagle: a query's head and body go out at once, not 40 ms apart (the server's delayed ACK)
+NO_DELAY = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
 
 
 class HttpClient:
@@ -36,8 +38,7 @@ class HttpClient:
         self.url = url.rstrip("/")
         self.limit = limit
         self.sent = 0
-        # no Nagle: a query's head and body go out at once
-        transport = httpx.HTTPTransport(socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)])
+        transport = httpx.HTTPTransport(socket_options=NO_DELAY)
         self._http = httpx.Client(base_url=self.url, headers={KEY_HEADER: api_key}, timeout=timeout_s,
                                   transport=transport)
         self.last_refused = torch.zeros(0, dtype=torch.bool)

@@ -27,7 +27,8 @@ import numpy as np
 import torch
 
 from ._errors import ConfigError
-from ._serving import Requests, Server, Spec
+from ._serving import Server, Spec, opaque_client_ids
+from ._simulator import BatchingConfig
 from ._zoo import Zoo
 
 
@@ -73,25 +74,6 @@ def default_keys() -> dict[str, ApiKey]:
     return {secrets.token_urlsafe(18): ApiKey(None, operator=True)}
 
 
-@dataclass(frozen=True)
-class BatchingLimits:
-    """The workers' batching: at most ``max_batch`` inputs, waiting at most ``max_wait_ms`` for them; forward
-    passes of all models share ``forward_threads`` threads (more than the cores only adds contention)."""
-
-    max_batch: int = 256
-    max_wait_ms: float = 2.0
-    forward_threads: int = 1
-
-    def __post_init__(self) -> None:
-        if isinstance(self.max_batch, bool) or not isinstance(self.max_batch, int) or self.max_batch < 1:
-            raise ConfigError(f"max_batch must be an integer >= 1, got {self.max_batch!r}")
-        if not (isinstance(self.max_wait_ms, (int, float)) and 0 <= self.max_wait_ms < 10_000):
-            raise ConfigError(f"max_wait_ms must be a number in [0, 10000), got {self.max_wait_ms!r}")
-        if isinstance(self.forward_threads, bool) or not isinstance(self.forward_threads, int) or \
-                self.forward_threads < 1:
-            raise ConfigError(f"forward_threads must be an integer >= 1, got {self.forward_threads!r}")
-
-
 class _Item:
     __slots__ = ("inputs", "future")
 
@@ -102,7 +84,7 @@ class _Item:
 class ModelWorker:
     """One model's queue and worker: dynamic batching on the real clock, forward passes on ``executor``'s threads."""
 
-    def __init__(self, server: Server, index: int, limits: BatchingLimits, executor: ThreadPoolExecutor,
+    def __init__(self, server: Server, index: int, limits: BatchingConfig, executor: ThreadPoolExecutor,
                  metrics: Any = None):
         self.server, self.index, self.limits, self.metrics = server, index, limits, metrics
         self.model_id = server.menu[index].id
@@ -183,18 +165,29 @@ class LiveService:
         zoo: the built zoo (routed on its profile, as in cells).
         defense: the defense instance every client shares.
         keys: API key -> its budget.
-        limits: the workers' batching.
+        limits: the workers' batching (the simulated service's :class:`BatchingConfig`; its
+            ``timeout_ms`` must be ``None``: the live queues drop nothing).
+        forward_threads: threads running forward passes, shared by every model (more than the
+            cores only adds contention).
         seed: seeds the defense's generator and the clients' opaque ids.
         policy: the routing policy.
         metrics: where batches and answers are counted (``None``: nowhere).
+
+    Raises:
+        ConfigError: ``forward_threads`` below 1, or a batching timeout.
     """
 
-    def __init__(self, zoo: Zoo, *, defense, keys: dict[str, ApiKey], limits: BatchingLimits = BatchingLimits(),
+    def __init__(self, zoo: Zoo, *, defense, keys: dict[str, ApiKey],
+                 limits: BatchingConfig = BatchingConfig(max_batch=256, max_wait_ms=2.0), forward_threads: int = 1,
                  seed: int = 0, policy: str = "infaas", metrics: Any = None):
+        if isinstance(forward_threads, bool) or not isinstance(forward_threads, int) or forward_threads < 1:
+            raise ConfigError(f"forward_threads must be an integer >= 1, got {forward_threads!r}")
+        if limits.timeout_ms is not None:
+            raise ConfigError("the live service drops no queued request: its batching has no timeout")
         self.zoo, self.defense, self.keys, self.limits, self.metrics = zoo, defense, keys, limits, metrics
+        self.forward_threads = forward_threads
         self.rng = np.random.default_rng([seed, 2])
-        ids = np.random.default_rng([seed, 7]).choice(2**31 - 1, size=len(keys), replace=False)
-        self.client_ids = {key: int(i) for key, i in zip(keys, ids)}
+        self.client_ids = {key: int(i) for key, i in zip(keys, opaque_client_ids(seed, len(keys)))}
         self.servers = {key: Server(zoo, defense=defense, rng=self.rng, budget=entry.budget, policy=policy)
                         for key, entry in keys.items()}
         self.server = Server(zoo, defense=defense, rng=self.rng, policy=policy)
@@ -218,7 +211,7 @@ class LiveService:
         """Load every model and start one worker per model."""
         for entry in self.server.menu:
             self.zoo.model(entry.id)
-        self._executor = ThreadPoolExecutor(max_workers=self.limits.forward_threads, thread_name_prefix="psml-forward")
+        self._executor = ThreadPoolExecutor(max_workers=self.forward_threads, thread_name_prefix="psml-forward")
         self.workers = [ModelWorker(self.server, i, self.limits, self._executor, self.metrics)
                         for i in range(len(self.server.menu))]
         self._tasks = [asyncio.create_task(worker.run()) for worker in self.workers]
@@ -239,10 +232,8 @@ class LiveService:
         arrival = time.perf_counter()
         server = self.servers[key]
         # check, admit, route and count in one step: no await until the rows are queued
-        inputs, min_accuracy, max_latency = server.check(inputs, spec)
-        n = len(inputs)
-        requests = Requests(np.full(n, self.client_ids[key], dtype=np.int64), inputs, min_accuracy, max_latency,
-                            np.full(n, arrival * 1000))
+        requests = server.check(inputs, spec, self.client_ids[key], arrival * 1000)
+        inputs, n = requests.inputs, len(requests)
         served = server.plan(requests, self.rng)
         server.record(served, purpose)
         rows = np.flatnonzero(~served.refused)

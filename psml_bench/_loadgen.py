@@ -2,34 +2,39 @@
 
 LoadGen (``mlcommons-loadgen``) schedules single-input queries as a Poisson process at the
 target rate, enforces its minimum duration and query count, and judges the run against its
-latency bound at the 99th percentile; its verdict (``VALID``/``INVALID``) is reported as it
-gives it. Each query is one benign request: an input from the zoo's benign split and a spec
-drawn like the cells' benign workload (:func:`psml_bench._scoring.benign_specs`), sent from a
-pool of client threads. Goodput is the share of issued requests answered (not refused) by a
-model meeting the request's accuracy floor (the operator key is told the serving model's
-accuracy) within LoadGen's latency bound, measured end to end at the client. (Not within the
-request's own latency bound: that comes from the routing profile, sub-millisecond for the tiny
-zoo, below any HTTP round trip.)
+latency bound at the 99th percentile (with its early-stopping rule); its verdict
+(``VALID``/``INVALID``) is reported as it gives it. Each query is one benign request: an input
+from the zoo's benign split and a spec drawn like the cells' benign workload
+(:func:`psml_bench._scoring.benign_specs`). LoadGen's issue callback only hands each sample to
+one asyncio event loop in a thread of its own, which sends it with one ``httpx.AsyncClient`` and
+completes it from the loop when the answer is in: the issue thread never waits on the network,
+and no pool of client threads competes for the interpreter lock, so LoadGen's latencies measure
+the server, not the load generator. Goodput is the share of issued requests answered (not
+refused) by a model meeting the request's accuracy floor (the operator key is told the serving
+model's accuracy) within LoadGen's latency bound, measured at the client from the moment LoadGen
+issued the request. (Not within the request's own latency bound: that comes from the routing
+profile, sub-millisecond for the tiny zoo, below any HTTP round trip.)
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 import tempfile
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
-from ._errors import BudgetExhausted, ConfigError, InvalidQueryError, PsmlError
-from ._http_target import HttpClient
+from ._errors import ConfigError, PsmlError
+from ._http_target import KEY_HEADER, NO_DELAY, HttpClient
+from ._http_wire import SAFETENSORS, decode_answers, encode_query
 from ._scoring import benign_specs
-from ._serving import Spec, SpecRange
+from ._serving import SpecRange
 from ._zoo import Zoo
 
 SAMPLES = 1024
@@ -58,46 +63,128 @@ class LoadReport:
         return asdict(self)
 
 
-class _Benign:
-    """The benign requests: inputs and specs per LoadGen sample index, and one HTTP client per thread."""
+@dataclass(frozen=True)
+class Outcome:
+    """One benign request: answered (not refused, status 200), by a model meeting its accuracy floor, latency."""
 
-    def __init__(self, url: str, key: str, zoo: Zoo, spec_range: SpecRange, seed: int):
+    answered: bool
+    meets_floor: bool
+    latency_ms: float
+
+
+class _Sender:
+    """Benign requests sent from one asyncio loop in a thread of its own, through one ``httpx.AsyncClient``.
+
+    ``submit`` may be called from any thread and returns at once; the request bodies (one
+    input and its spec per sample index) are encoded up front.
+    """
+
+    def __init__(self, url: str, key: str, zoo: Zoo, spec_range: SpecRange, seed: int, timeout_s: float = 30.0):
         rng = np.random.default_rng([seed, 3])
         inputs = zoo.splits["benign_x"] if "benign_x" in zoo.splits else zoo.splits["attacker_x"]
-        self.inputs = inputs[torch.from_numpy(rng.integers(len(inputs), size=SAMPLES))]
-        self.specs: list[Spec] = benign_specs(np.array([e.accuracy for e in zoo.menu]),
-                                              np.array([e.latency_ms for e in zoo.menu]), spec_range, SAMPLES, rng)
-        self.url, self.key = url, key
-        self._local = threading.local()
-        self._clients: list[HttpClient] = []
-        self._lock = threading.Lock()
-
-    def client(self) -> HttpClient:
-        client = getattr(self._local, "client", None)
-        if client is None:
-            client = self._local.client = HttpClient(self.url, self.key, timeout_s=30.0)
-            with self._lock:
-                self._clients.append(client)
-        return client
-
-    def send(self, index: int) -> tuple[bool, float, bool]:
-        """Send sample ``index``; return (answered by a model meeting its accuracy floor, latency ms, answered)."""
-        spec = self.specs[index]
-        client = self.client()
-        started = time.perf_counter()
+        inputs = inputs[torch.from_numpy(rng.integers(len(inputs), size=SAMPLES))]
+        self.specs = benign_specs(np.array([e.accuracy for e in zoo.menu]), np.array([e.latency_ms for e in zoo.menu]),
+                                  spec_range, SAMPLES, rng)
+        self.bodies = [encode_query(inputs[i:i + 1], spec) for i, spec in enumerate(self.specs)]
+        self.outcomes: list[Outcome] = []
+        self._url, self._key, self._timeout_s = url, key, timeout_s
+        self._tasks: set[asyncio.Task] = set()
         try:
-            client.query(self.inputs[index:index + 1], spec, purpose="benign")
-        except (BudgetExhausted, InvalidQueryError, PsmlError):
-            return False, float("nan"), False
-        latency = (time.perf_counter() - started) * 1000
-        answered = not bool(client.last_refused[0])
-        accuracy = client.last_served_accuracy
-        meets_floor = answered and accuracy is not None and float(accuracy[0]) >= spec.min_accuracy
-        return meets_floor, latency, answered
+            import uvloop  # the server's loop too; optional (not on Windows)
+
+            self.loop = uvloop.new_event_loop()
+        except ImportError:
+            self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="psml-load", daemon=True)
+        self._thread.start()
+        self._client = self._run(self._open())
+
+    def _run(self, coroutine, timeout_s: float | None = None):
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout_s)
+
+    async def _open(self):
+        import httpx
+
+        limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
+        return httpx.AsyncClient(base_url=self._url.rstrip("/"), timeout=self._timeout_s, limits=limits,
+                                 headers={KEY_HEADER: self._key, "content-type": SAFETENSORS},
+                                 transport=httpx.AsyncHTTPTransport(socket_options=NO_DELAY, limits=limits))
+
+    async def send(self, index: int, issued: float) -> Outcome:
+        """Send sample ``index`` (issued at ``issued``, ``time.perf_counter``); record and return its outcome."""
+        import httpx
+
+        try:
+            response = await self._client.post("/v1/query", params={"purpose": "benign"}, content=self.bodies[index])
+        except httpx.HTTPError:
+            response = None
+        latency = (time.perf_counter() - issued) * 1000
+        if response is None or response.status_code != 200:
+            outcome = Outcome(False, False, float("nan"))
+        else:
+            answers = decode_answers(response.content)
+            answered = not bool(answers["refused"][0])
+            accuracy = answers.get("served_accuracy")
+            outcome = Outcome(answered, answered and accuracy is not None and
+                              float(accuracy[0]) >= self.specs[index].min_accuracy, latency)
+        self.outcomes.append(outcome)
+        return outcome
+
+    def submit(self, index: int, done: Callable[[], None]) -> None:
+        """Send sample ``index`` without waiting; ``done()`` runs on the loop when its answer is in (or it failed)."""
+        self.loop.call_soon_threadsafe(self._spawn, index, time.perf_counter(), done)
+
+    def _spawn(self, index: int, issued: float, done: Callable[[], None]) -> None:
+        task = self.loop.create_task(self.send(index, issued))
+        self._tasks.add(task)
+        task.add_done_callback(lambda finished: (self._tasks.discard(finished), done()))
+
+    def closed_loop(self, clients: int, seconds: float) -> float:
+        """Queries per second with ``clients`` requests always in flight, for ``seconds`` (each stops at the deadline)."""
+
+        async def client(first: int, deadline: float) -> int:
+            count, index = 0, first
+            while time.perf_counter() < deadline:
+                await self.send(index % SAMPLES, time.perf_counter())
+                count, index = count + 1, index + clients
+            return count
+
+        async def run() -> tuple[int, float]:
+            started = time.perf_counter()
+            counts = await asyncio.gather(*(client(i, started + seconds) for i in range(clients)))
+            return sum(counts), time.perf_counter() - started
+
+        done, elapsed = self._run(run(), seconds + self._timeout_s + 10)
+        return done / elapsed
 
     def close(self) -> None:
-        for client in self._clients:
-            client.close()
+        async def shut() -> None:
+            if self._tasks:
+                await asyncio.wait(list(self._tasks), timeout=self._timeout_s)
+            await self._client.aclose()
+
+        try:
+            self._run(shut(), self._timeout_s + 10)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(timeout=10)
+            self.loop.close()
+
+
+def _endpoint(url: str, key: str, zoo: Zoo) -> tuple[dict[str, Any], SpecRange]:
+    """The endpoint's ``/v1/service`` and spec range, checked: an operator key, serving ``zoo``."""
+    probe = HttpClient(url, key)
+    try:
+        info = probe.describe()
+        operator = probe.budget().get("operator", False)
+    finally:
+        probe.close()
+    if not operator:
+        raise ConfigError("load needs an operator key (goodput needs the accuracy of the model that served each "
+                          "request; see docs/serving.md, keys file)")
+    if info.get("zoo") != zoo.name:
+        raise ConfigError(f"the endpoint serves zoo '{info.get('zoo')}', not '{zoo.name}'")
+    return info, SpecRange(tuple(info["spec_range"]["accuracy"]), tuple(info["spec_range"]["latency_ms"]))
 
 
 def _summary_value(text: str, label: str) -> str | None:
@@ -106,7 +193,7 @@ def _summary_value(text: str, label: str) -> str | None:
 
 
 def run_load(url: str, key: str, zoo: Zoo, *, qps: float, duration_s: float, latency_bound_ms: float | None = None,
-             seed: int = 0, threads: int = 8, log_dir: Path | None = None) -> LoadReport:
+             seed: int = 0, log_dir: Path | None = None) -> LoadReport:
     """Drive benign traffic at ``qps`` for ``duration_s`` with LoadGen's server scenario; report what happened.
 
     Args:
@@ -115,7 +202,6 @@ def run_load(url: str, key: str, zoo: Zoo, *, qps: float, duration_s: float, lat
         qps: LoadGen's target rate; ``duration_s`` its minimum duration.
         latency_bound_ms: LoadGen's latency bound at the 99th percentile (default: the advertised
             maximum latency).
-        threads: client threads sending the requests.
         log_dir: where LoadGen writes its logs (default: a temporary directory).
 
     Raises:
@@ -128,33 +214,14 @@ def run_load(url: str, key: str, zoo: Zoo, *, qps: float, duration_s: float, lat
                         "(package mlcommons-loadgen)") from None
     if not (qps > 0 and duration_s > 0):
         raise ConfigError(f"--qps and --duration must be > 0, got {qps} and {duration_s}")
-    probe = HttpClient(url, key)
-    try:
-        info = probe.describe()
-        operator = probe.budget().get("operator", False)
-    finally:
-        probe.close()
-    if not operator:
-        raise ConfigError("load needs an operator key (goodput needs the accuracy of the model that served each "
-                          "request; see docs/serving.md, keys file)")
-    if info.get("zoo") != zoo.name:
-        raise ConfigError(f"the endpoint serves zoo '{info.get('zoo')}', not '{zoo.name}'")
-    spec_range = SpecRange(tuple(info["spec_range"]["accuracy"]), tuple(info["spec_range"]["latency_ms"]))
+    _, spec_range = _endpoint(url, key, zoo)
     bound_ms = float(latency_bound_ms if latency_bound_ms is not None else spec_range.latency_ms[1])
-    benign = _Benign(url, key, zoo, spec_range, seed)
-    pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="psml-load")
-    results: list[tuple[bool, float, bool]] = []
-    lock = threading.Lock()
+    sender = _Sender(url, key, zoo, spec_range, seed)
 
-    def one(sample_id: int, index: int) -> None:
-        outcome = benign.send(index)
-        with lock:
-            results.append(outcome)
-        lg.QuerySamplesComplete([lg.QuerySampleResponse(sample_id, 0, 0)])
-
-    def issue(samples) -> None:
+    def issue(samples) -> None:  # on LoadGen's issue thread: hand over, never wait
         for sample in samples:
-            pool.submit(one, sample.id, sample.index)
+            sender.submit(sample.index,
+                          lambda sample_id=sample.id: lg.QuerySamplesComplete([lg.QuerySampleResponse(sample_id, 0, 0)]))
 
     settings = lg.TestSettings()
     settings.scenario = lg.TestScenario.Server
@@ -180,50 +247,37 @@ def run_load(url: str, key: str, zoo: Zoo, *, qps: float, duration_s: float, lat
         try:
             lg.StartTestWithLogSettings(sut, qsl, settings, log_settings)
         finally:
-            pool.shutdown(wait=True)
             elapsed = time.perf_counter() - started
+            sender.close()
             lg.DestroyQSL(qsl)
             lg.DestroySUT(sut)
-            benign.close()
         summary = (out / "mlperf_log_summary.txt").read_text()
     verdict = _summary_value(summary, "Result is") or "UNKNOWN"
     unmet = [m.group(1).strip() for m in re.finditer(r"^\s*(.+?)\s*satisfied\s*:\s*NO\s*$", summary,
                                                       flags=re.MULTILINE | re.IGNORECASE)]
     p99 = _summary_value(summary, "99.00 percentile latency (ns)")
-    good = np.array([r[0] and r[1] <= bound_ms for r in results], dtype=bool)
-    latency = np.array([r[1] for r in results if r[2]], dtype=float)
+    outcomes = sender.outcomes
+    good = np.array([o.meets_floor and o.latency_ms <= bound_ms for o in outcomes], dtype=bool)
+    latency = np.array([o.latency_ms for o in outcomes if o.answered], dtype=float)
     return LoadReport(
-        target_qps=float(qps), duration_s=float(duration_s), latency_bound_ms=bound_ms, issued=len(results),
-        answered=int(sum(r[2] for r in results)),
+        target_qps=float(qps), duration_s=float(duration_s), latency_bound_ms=bound_ms, issued=len(outcomes),
+        answered=int(sum(o.answered for o in outcomes)),
         goodput=float(good.mean()) if len(good) else float("nan"),
         goodput_qps=float(good.sum() / elapsed) if elapsed > 0 else float("nan"),
         latency_p50_ms=float(np.percentile(latency, 50)) if len(latency) else float("nan"),
         latency_p99_ms=float(np.percentile(latency, 99)) if len(latency) else float("nan"),
-        achieved_qps=len(results) / elapsed if elapsed > 0 else float("nan"),
+        achieved_qps=len(outcomes) / elapsed if elapsed > 0 else float("nan"),
         valid=verdict == "VALID", verdict=verdict, unmet=", ".join(unmet),
         loadgen_p99_ms=float(p99) / 1e6 if p99 and p99.replace(".", "").isdigit() else float("nan"))
 
 
 def measure_capacity(url: str, key: str, zoo: Zoo, *, seconds: float = 5.0, clients: int = 16,
                      seed: int = 0) -> float:
-    """Closed-loop capacity in queries per second: ``clients`` threads send benign single-input queries
-    back to back for ``seconds`` (bounded in time; each thread stops at the deadline)."""
-    info = HttpClient(url, key).describe()
-    spec_range = SpecRange(tuple(info["spec_range"]["accuracy"]), tuple(info["spec_range"]["latency_ms"]))
-    benign = _Benign(url, key, zoo, spec_range, seed)
-    counts = [0] * clients
-    deadline = time.perf_counter() + seconds
-
-    def loop(worker: int) -> None:
-        index = worker
-        while time.perf_counter() < deadline:
-            benign.send(index % SAMPLES)
-            counts[worker] += 1
-            index += clients
-
-    started = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=clients) as pool:
-        list(pool.map(loop, range(clients)))
-    elapsed = time.perf_counter() - started
-    benign.close()
-    return sum(counts) / elapsed
+    """Closed-loop capacity in queries per second: ``clients`` benign single-input queries always in flight
+    for ``seconds`` (bounded in time: each client stops at the deadline), from the same sender as :func:`run_load`."""
+    _, spec_range = _endpoint(url, key, zoo)
+    sender = _Sender(url, key, zoo, spec_range, seed)
+    try:
+        return sender.closed_loop(clients, seconds)
+    finally:
+        sender.close()

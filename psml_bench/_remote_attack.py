@@ -20,7 +20,7 @@ import safetensors.numpy
 import torch
 from safetensors.torch import save_file
 
-from ._cell import attack_locator, surrogate_metrics
+from ._cell import attack_generator, attack_locator, surrogate_metrics
 from ._errors import AttackFailed, ConfigError, PsmlError
 from ._grid import PluginSpec, resolve
 from ._http_target import HttpClient
@@ -117,7 +117,7 @@ def attack_endpoint(url: str, api_key: str, attack: str, *, out_dir: Path, budge
             raise PsmlError("the key's budget is spent: nothing left to query")
         started = time.perf_counter()
         surrogate = run_attack(client, attack_locator(plugin), knowledge, budget,
-                               np.random.default_rng([seed, 1]), timeout_s=timeout_s)
+                               attack_generator(seed), timeout_s=timeout_s)
         wall_s = time.perf_counter() - started
     except AttackFailed as exc:
         raise PsmlError(f"attack {plugin.label} failed: {exc}") from None

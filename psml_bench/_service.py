@@ -32,7 +32,7 @@ from safetensors.torch import load_file, save_file
 from ._errors import ConfigError
 from ._profiling import load_profile, reference_profile_path
 from ._scoring import benign_specs
-from ._serving import Requests, Served, Server, Spec
+from ._serving import Requests, Served, Server, Spec, opaque_client_ids
 from ._simulator import BatchingConfig, BatchingSimulator, capacity
 from ._zoo import Zoo
 
@@ -281,8 +281,8 @@ class Service:
         self.intercept, self.slope = intercept, slope
         self.capacity_per_ms = service_capacity(self.benign_server, intercept, slope, config.max_batch)
         rate = config.load * self.capacity_per_ms
-        ids = np.random.default_rng([seed, 7]).choice(2**31 - 1, size=config.benign_clients + 1, replace=False)
-        self.attacker_id, self.benign_ids = int(ids[0]), ids[1:].astype(np.int64)
+        ids = opaque_client_ids(seed, config.benign_clients + 1)
+        self.attacker_id, self.benign_ids = int(ids[0]), ids[1:]
         self.answers = PoolAnswers.of(zoo, device)
         self.benign = _BenignStream(rate, self.benign_ids, len(zoo.splits["attacker_x"]), self.benign_server, seed)
         self.attacker_pace_ms = config.benign_clients / (config.attacker_rate * rate)
@@ -330,11 +330,10 @@ class Service:
 
     def query(self, inputs, spec: Spec | Sequence[Spec], purpose: str = "extract") -> torch.Tensor:
         """One attacker call: arrives now on the clock, is served, and moves the clock past its answers."""
-        inputs, min_accuracy, max_latency = self.server.check(inputs, spec)
-        n, now = len(inputs), self.clock
+        now = self.clock
+        requests = self.server.check(inputs, spec, self.attacker_id, now)
+        n = len(requests)
         self._route_benign(now)
-        requests = Requests(np.full(n, self.attacker_id, dtype=np.int64), inputs, min_accuracy, max_latency,
-                            np.full(n, now))
         served = self.server.serve(requests, self.server.rng)  # a live forward pass, as without benign traffic
         self._note_detections(requests)
         answered = np.flatnonzero(~served.refused)

@@ -119,6 +119,11 @@ class Requests:
                         self.min_accuracy[rows], self.max_latency_ms[rows], self.arrival_ms[rows])
 
 
+def opaque_client_ids(seed: int, count: int) -> np.ndarray:
+    """``count`` distinct opaque client ids drawn from ``seed`` (int64): nothing in an id says who a client is."""
+    return np.random.default_rng([seed, 7]).choice(2**31 - 1, size=count, replace=False).astype(np.int64)
+
+
 @dataclass(frozen=True)
 class Served:
     """What the server did with a batch of requests (harness only).
@@ -258,8 +263,9 @@ class Server:
         """The model the policy picks for the client's own spec, with no defense."""
         return self.policy.select(self._accuracy, self._latency, min_accuracy, max_latency)[0]
 
-    def check(self, inputs, spec: Spec | Sequence[Spec]) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
-        """Validate a client's call; return (inputs as float, min accuracy, max latency) per input.
+    def check(self, inputs, spec: Spec | Sequence[Spec], client: int = 0, arrival_ms: float = 0.0) -> Requests:
+        """Validate one client's call; return its rows as :class:`Requests` (inputs as float, one spec per
+        row), all from ``client`` arriving at ``arrival_ms``.
 
         Raises:
             InvalidQueryError: malformed inputs or a spec outside the advertised range.
@@ -272,7 +278,7 @@ class Server:
         if self.budget is not None and self.used + n > self.budget:
             raise BudgetExhausted(f"query of {n} inputs exceeds the remaining budget of {self.budget - self.used} "
                                   f"(budget {self.budget}); nothing was served")
-        return inputs, min_accuracy, max_latency
+        return Requests(np.full(n, client, dtype=np.int64), inputs, min_accuracy, max_latency, np.full(n, arrival_ms))
 
     @torch.no_grad()
     def forward(self, inputs: torch.Tensor, served: np.ndarray) -> torch.Tensor:
@@ -376,9 +382,7 @@ class Server:
         Refused rows are NaN (see :attr:`last_refused`). ``with_raw`` (harness only, never on the
         attacker's handle) also returns the served models' answers before the defense's ``answer``.
         """
-        inputs, min_accuracy, max_latency = self.check(inputs, spec)
-        n = len(inputs)
-        requests = Requests(np.zeros(n, dtype=np.int64), inputs, min_accuracy, max_latency, np.zeros(n))
+        requests = self.check(inputs, spec)
         served = self.serve(requests, self.rng)
         self.record(served, purpose)
         return (served.answers, served.raw) if with_raw else served.answers

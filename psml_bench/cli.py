@@ -204,22 +204,24 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     from ._grid import resolve
     from ._http_app import HttpLimits, bind, serve_forever
-    from ._live_service import BatchingLimits, LiveService, default_keys, load_keys
+    from ._live_service import LiveService, default_keys, load_keys
     from ._manifests import load_submissions
     from ._remote_attack import parse_plugin
+    from ._simulator import BatchingConfig
     from ._zoo_build import open_zoo
 
     load_submissions()
     defense = resolve("defense", parse_plugin(args.defense))
     keys = load_keys(args.keys) if args.keys else default_keys()
-    limits = BatchingLimits(args.max_batch, args.max_wait_ms, args.forward_threads)
+    limits = BatchingConfig(args.max_batch, args.max_wait_ms)
     if args.max_body_mb <= 0 or args.threads < 1:
         raise PsmlError("--max-body-mb must be > 0 and --threads >= 1")
     zoo = open_zoo(args.zoo, args.cache, build=False, progress=False,
                    profile=_profile_path(args.zoo, args.profile, args.cache))
     sock = bind(args.host, args.port)
     torch.set_num_threads(args.threads)
-    service = LiveService(zoo, defense=defense.instantiate(), keys=keys, limits=limits, seed=args.seed)
+    service = LiveService(zoo, defense=defense.instantiate(), keys=keys, limits=limits,
+                          forward_threads=args.forward_threads, seed=args.seed)
     host, port = sock.getsockname()[:2]
     print(f"psml-bench serve: zoo {zoo.name}, defense {defense.label}, on http://{host}:{port}", file=sys.stderr,
           flush=True)
@@ -253,7 +255,7 @@ def _cmd_load(args: argparse.Namespace) -> int:
 
     zoo = open_zoo(args.zoo, args.cache, build=False, progress=False)
     report = run_load(args.target, args.key, zoo, qps=args.qps, duration_s=args.duration,
-                      latency_bound_ms=args.latency_bound_ms, seed=args.seed, threads=args.threads,
+                      latency_bound_ms=args.latency_bound_ms, seed=args.seed,
                       log_dir=Path(args.log_dir) if args.log_dir else None)
     print(tabulate([[k, v] for k, v in report.as_dict().items()], headers=["load", "value"], tablefmt="github"))
     if args.json:
@@ -375,7 +377,6 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--duration", type=float, required=True, help="minimum duration in seconds")
     load.add_argument("--latency-bound-ms", type=float, default=None,
                       help="LoadGen's p99 latency bound (default: the advertised maximum latency)")
-    load.add_argument("--threads", type=int, default=8, help="client threads (default 8)")
     load.add_argument("--seed", type=int, default=0, help="seeds the inputs and specs (default 0)")
     load.add_argument("--log-dir", default=None, help="keep LoadGen's logs here")
     load.add_argument("--json", default=None, metavar="FILE", help="also write the report as JSON")

@@ -243,7 +243,7 @@ def test_load_drives_loadgen_server_scenario(live, tiny_zoo, tmp_path):
     from psml_bench._loadgen import run_load
 
     _, url, _ = live
-    report = run_load(url, "op", tiny_zoo, qps=20, duration_s=1.5, latency_bound_ms=2000, threads=4,
+    report = run_load(url, "op", tiny_zoo, qps=20, duration_s=1.5, latency_bound_ms=2000,
                       log_dir=tmp_path)
     assert report.issued >= 15 and report.answered == report.issued
     assert report.verdict in ("VALID", "INVALID") and report.valid == (report.verdict == "VALID")
