@@ -47,13 +47,13 @@ def main() -> None:
     sandboxes = {jailed: Sandbox(jailed, PREIMPORTED, "psml_bench._isolation:attack_main") for jailed in (True, False)}
     startup, times = {}, {True: [], False: []}
     for jailed, sandbox in sandboxes.items():
-        _isolation._sandbox = lambda locator, sandbox=sandbox: sandbox  # noqa: SLF001 - choose the arm
+        _isolation._sandbox = lambda locator, gpu=False, sandbox=sandbox: sandbox  # noqa: SLF001 - choose the arm
         started = time.perf_counter()
         one_attack(zoo, args.budget)  # starts the zygote: its imports, then the first fork
         startup[jailed] = time.perf_counter() - started
     for _ in range(args.repeats):
         for jailed, sandbox in sandboxes.items():
-            _isolation._sandbox = lambda locator, sandbox=sandbox: sandbox  # noqa: SLF001
+            _isolation._sandbox = lambda locator, gpu=False, sandbox=sandbox: sandbox  # noqa: SLF001
             times[jailed].append(one_attack(zoo, args.budget))
     for sandbox in sandboxes.values():
         sandbox.stop()
