@@ -30,6 +30,7 @@ from ._registries import STRATEGIES
 from ._sanity import defense_flags, surrogate_flags
 from ._service import Service
 from ._serving import Knowledge
+from ._surrogate import Surrogate, weights_digest
 from ._version import __version__
 from ._zoo import Zoo
 
@@ -241,9 +242,9 @@ def run_cell(zoo: Zoo, grid: GridConfig, cell: Cell, *, timeout_s: float | None 
         surrogate = run_attack(service, attack_locator(cell.attack_plugin), knowledge, cell.budget,
                                attack_generator(cell.seed), timeout_s=timeout_s, memory_mb=memory_mb,
                                global_seed=global_seed, transcript=transcript)
-        metrics = surrogate_metrics(zoo, victim_id, surrogate, device)
+        metrics, surrogate_problems = score_surrogate(zoo, victim_id, surrogate, device)
         row["surrogate_recipe"] = surrogate.recipe
-        flags += surrogate_flags(zoo, victim_id, surrogate, metrics["fidelity"], device)
+        flags += surrogate_problems
     except AttackFailed as exc:
         row.update(status="failed", error=str(exc))
     except BudgetExhausted as exc:
@@ -273,6 +274,32 @@ def run_cell(zoo: Zoo, grid: GridConfig, cell: Cell, *, timeout_s: float | None 
         "wall_s": round(time.perf_counter() - started, 2),
     })
     return row
+
+
+_SCORES: dict[tuple[str, str, str, str], tuple[dict[str, float], list[str]]] = {}
+SCORE_MEMO_SIZE = 4096
+"""Most surrogate scores a worker keeps (a few hundred bytes each)."""
+
+
+def score_surrogate(zoo: Zoo, victim_id: str, surrogate: Surrogate,
+                    device: torch.device | str = "cpu") -> tuple[dict[str, float], list[str]]:
+    """A rebuilt surrogate's metrics and sanity flags against ``victim_id``.
+
+    Both are a pure function of the surrogate's architecture and weights (and the zoo, victim and
+    device), so a worker computes them once for identical weights: cells whose attacks trained on
+    identical data (a hard-label attack against a defense that keeps the argmax, say) get the same
+    numbers without predicting the test split again.
+    """
+    layout = tuple((name, tuple(t.shape), str(t.dtype)) for name, t in surrogate.state_dict().items())
+    key = (str(zoo.directory), victim_id, torch.device(device).type,
+           content_hash([surrogate.net.pretrained_cfg.get("architecture"), repr(layout), weights_digest(surrogate)]))
+    if key not in _SCORES:
+        metrics = surrogate_metrics(zoo, victim_id, surrogate, device)
+        if len(_SCORES) >= SCORE_MEMO_SIZE:
+            _SCORES.pop(next(iter(_SCORES)))
+        _SCORES[key] = (metrics, surrogate_flags(zoo, victim_id, surrogate, metrics["fidelity"], device))
+    metrics, flags = _SCORES[key]
+    return dict(metrics), list(flags)
 
 
 def surrogate_metrics(zoo: Zoo, victim_id: str, surrogate: torch.nn.Module,

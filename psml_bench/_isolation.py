@@ -17,7 +17,8 @@ The channel is a socket pair:
 ``Target.query`` in the attack process becomes a round trip: the worker calls
 :meth:`Server.query`, which counts and enforces the budget; :class:`BudgetExhausted` and
 :class:`InvalidQueryError` come back and are raised again with the same class and message.
-When the attack returns, its surrogate (a :class:`Surrogate`) comes back as architecture name
+``train_surrogate`` of a fresh surrogate becomes a request to the worker, which trains it
+(:mod:`psml_bench._training`). When the attack returns, its surrogate (a :class:`Surrogate`) comes back as architecture name
 plus weights and is rebuilt by the worker from timm, so scoring runs trusted code only. Every
 failure reason a cell records is the harness's own sentence; what the attack says is quoted,
 truncated and stripped of control characters.
@@ -39,7 +40,7 @@ import traceback
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import safetensors.torch
@@ -51,7 +52,8 @@ from ._errors import (AttackFailed, BudgetExhausted, ConfigError, InvalidQueryEr
 from ._parameters import declaration_mismatches
 from ._registries import ATTACKS, STRATEGIES
 from ._sandbox import Sandbox, sandbox_problem, visible
-from ._surrogate import Surrogate, trained_recipe
+from ._surrogate import Surrogate, train_elsewhere, trained_recipe
+from ._training import SurrogateTrainer, remote_trainer
 from ._serving import Knowledge, Server, Spec, Target
 
 if TYPE_CHECKING:
@@ -239,7 +241,9 @@ def _submitted_class(locator: AttackLocator, package: str, base: type) -> type:
     return cls
 
 
-def _remote_target(conn: Connection) -> Target:
+def _caller(conn: Connection) -> Callable[..., Any]:
+    """One round trip to the worker: (header, tensors) -> its reply's payload, or its error raised again."""
+
     def call(header: dict[str, Any], tensors: dict[str, torch.Tensor] | None = None) -> Any:
         conn.send_bytes(pack(header, tensors))
         status, *payload = pickle.loads(conn.recv_bytes())
@@ -248,6 +252,10 @@ def _remote_target(conn: Connection) -> Target:
             raise FORWARDED_ERRORS[kind](message)
         return payload[0]
 
+    return call
+
+
+def _remote_target(call: Callable[..., Any]) -> Target:
     def query(inputs: Any, spec: Any, purpose: str) -> torch.Tensor:
         if isinstance(inputs, np.ndarray):
             inputs = torch.from_numpy(inputs)
@@ -288,7 +296,9 @@ def attack_main(conn: Connection) -> None:
             random.seed(setup["global_seed"])
             np.random.seed(setup["global_seed"])
             torch.manual_seed(setup["global_seed"])
-        surrogate = attack.run(_remote_target(conn), setup["knowledge"], setup["budget"], setup["rng"])
+        call = _caller(conn)
+        train_elsewhere(remote_trainer(call, setup["knowledge"], setup["max_message"]))
+        surrogate = attack.run(_remote_target(call), setup["knowledge"], setup["budget"], setup["rng"])
         if not isinstance(surrogate, torch.nn.Module):
             raise TypeError(f"attack returned {type(surrogate).__name__}, not a torch.nn.Module")
         if type(surrogate) is not Surrogate:
@@ -402,8 +412,10 @@ def run_attack(server: Server | Service, locator: AttackLocator, knowledge: Know
     try:
         conn.send_bytes(pickle.dumps({
             "locator": locator, "sources": plugin_sources(locator), "knowledge": knowledge, "budget": budget,
-            "rng": rng, "memory_limit": limit, "global_seed": global_seed,
+            "rng": rng, "memory_limit": limit, "global_seed": global_seed, "max_message": max_message,
         }, protocol=pickle.HIGHEST_PROTOCOL))
+        zoo = getattr(server, "zoo", None)
+        trainer = SurrogateTrainer(knowledge, getattr(zoo, "directory", None))
         while True:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
@@ -429,6 +441,8 @@ def run_attack(server: Server | Service, locator: AttackLocator, knowledge: Know
                         transcript.update(part.contiguous().numpy().tobytes() if isinstance(part, torch.Tensor)
                                           else json.dumps(part, default=str).encode())
                 conn.send_bytes(pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL))
+            elif op == "train":  # trained here, once per identical request (see psml_bench._training)
+                conn.send_bytes(pickle.dumps(trainer.answer(header, tensors), protocol=pickle.HIGHEST_PROTOCOL))
             elif op == "remaining":
                 conn.send_bytes(pickle.dumps(("ok", server.remaining)))
             elif op == "done":

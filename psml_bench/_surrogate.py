@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass, fields, replace
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -131,37 +131,58 @@ class Surrogate(torch.nn.Module):
         return self.net.forward_head(self.net.forward_features((x - self.mean) / self.std), pre_logits=True)
 
 
+Trainer = Callable[[torch.Tensor, torch.Tensor, "SurrogateConfig", int, "Surrogate | None"], "Surrogate | None"]
+"""Trains a surrogate elsewhere (the attack process's worker): (inputs, answers, config, seed, init) -> the
+trained surrogate, or None to have it trained here."""
+
+_TRAINER: list[Trainer] = []
+
+
+def train_elsewhere(trainer: Trainer | None) -> None:
+    """Have :func:`train_surrogate` ask ``trainer`` first (the attack process asks its worker); None: train here."""
+    _TRAINER[:] = [trainer] if trainer is not None else []
+
+
 def train_surrogate(inputs: torch.Tensor, answers: torch.Tensor, knowledge: Knowledge, config: SurrogateConfig,
                     rng: np.random.Generator, *, init: Surrogate | None = None) -> Surrogate:
     """Fit a surrogate to (inputs, answers); answers are probability rows.
 
-    It trains on ``knowledge.device`` (the cell's device) and returns the surrogate on the CPU.
+    It trains on ``knowledge.device`` (the cell's device) and returns the surrogate on the CPU. In
+    a cell's attack process the worker trains it (the same code on the same data, seed and
+    generator state, so the same weights), once for identical requests (see :mod:`psml_bench._training`).
 
     Args:
         init: a surrogate to train further (in place) instead of a fresh one, e.g. a strategy's
             interim surrogate of the previous round.
     """
+    seed = int(rng.integers(2**31))
+    check_surrogate_params({"labels": config.labels})
+    trained = _TRAINER[0](inputs, answers, config, seed, init) if _TRAINER else None
+    return trained if trained is not None else fit_surrogate(inputs, answers, knowledge, config, seed, init=init)
+
+
+def fresh_surrogate(knowledge: Knowledge, arch: str, seed: int) -> Surrogate:
+    """An untrained surrogate, initialised from ``seed`` (torch's global generator untouched)."""
+    pool = knowledge.pool
+    mean = pool.mean(dim=(0, 2, 3))
+    std = pool.std(dim=(0, 2, 3)).clamp_min(1e-6)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return Surrogate(arch, knowledge.input_shape[0], knowledge.num_classes, mean, std)
+
+
+def fit_surrogate(inputs: torch.Tensor, answers: torch.Tensor, knowledge: Knowledge, config: SurrogateConfig,
+                  seed: int, *, init: Surrogate | None = None) -> Surrogate:
+    """The training of :func:`train_surrogate`, from its ``seed`` (drawn from the attack's generator)."""
     device = torch.device(knowledge.device)
     make_deterministic(device)
-    seed = int(rng.integers(2**31))
-    if init is not None:
-        model = init
-    else:
-        pool = knowledge.pool
-        mean = pool.mean(dim=(0, 2, 3))
-        std = pool.std(dim=(0, 2, 3)).clamp_min(1e-6)
-        with torch.random.fork_rng():
-            torch.manual_seed(seed)
-            model = Surrogate(config.arch, knowledge.input_shape[0], knowledge.num_classes, mean, std)
-    if config.labels == "hard":
-        targets = F.one_hot(answers.argmax(1), knowledge.num_classes).float()
-    elif config.labels == "soft":
-        targets = answers.float()
-    else:
-        check_surrogate_params({"labels": config.labels})
+    model = init if init is not None else fresh_surrogate(knowledge, config.arch, seed)
+    check_surrogate_params({"labels": config.labels})
+    targets = F.one_hot(answers.argmax(1), knowledge.num_classes).float() if config.labels == "hard" \
+        else answers.float()
     n = len(inputs)
     if n < 2:  # batches of one are skipped (batch norm): nothing to train on
-        return _trained(model.eval(), config)
+        return trained_by(model.eval(), config)
     steps = config.steps(n)
     model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -182,10 +203,11 @@ def train_surrogate(inputs: torch.Tensor, answers: torch.Tensor, knowledge: Know
             optimizer.step()
             schedule.step()
             done += 1
-    return _trained(model.to("cpu").eval(), config)
+    return trained_by(model.to("cpu").eval(), config)
 
 
-def _trained(model: Surrogate, config: SurrogateConfig) -> Surrogate:
+def trained_by(model: Surrogate, config: SurrogateConfig) -> Surrogate:
+    """Mark ``model`` as trained with ``config`` (its recipe, and its weights' hash now)."""
     model.recipe, model.digest = config.recipe(), weights_digest(model)
     return model
 

@@ -1,0 +1,117 @@
+"""What the cell caches save, and proof that they change no number: committed cells re-run with them off and on.
+
+    python benchmarks/cell_caches.py [--grid default] [--cells SELECTOR ...] [--repeats 1] [--leaderboard leaderboard]
+
+A selector is ``attack|defense|seed`` (budget 1000, load 0.5, latencies hidden unless it adds
+``|budget|load|latency_visible``). Each selected cell runs in this process on one thread as a
+worker runs it, first with the caches off (the surrogate trained in the attack process, every
+surrogate scored), then on, from empty caches, the cells in the order given: the worker trains
+each fresh surrogate once per identical request (:mod:`psml_bench._training`) and scores each
+surrogate once per identical weights (``psml_bench._cell.score_surrogate``). Every metric, flag,
+status and recipe of both runs is compared with the committed cell file (``<leaderboard>/cells/<key>.json``)
+bit for bit. Prints JSON: per cell the median wall time off and on, their ratio, which caches it
+hit and whether both runs equal the committed row. Run it alone (timings are noisy otherwise).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from psml_bench import _cell, _training
+from psml_bench._cell import CELL_THREADS, METRICS, cell_key, run_cell, zoo_identity
+from psml_bench._grid import load_grid
+from psml_bench._isolation import prestart
+from psml_bench._service import PoolAnswers
+from psml_bench._zoo_build import open_zoo
+
+DEFAULT_CELLS = ["psml|none|0", "psml|spec-quantize(step=0.1)|0", "psml(labels=hard)|top-k(k=2)|0",
+                 "psml(labels=hard)|reverse-sigmoid(beta=0.7)|0"]
+COMPARED = METRICS + ("flags", "status", "error", "surrogate_recipe")
+
+
+def _select(grid, selectors: list[str]):
+    cells = []
+    for selector in selectors:
+        attack, defense, seed, *rest = selector.split("|")
+        budget, load, visible = (rest + ["1000", "0.5", "False"][len(rest):])[:3]
+        found = [c for c in grid.cells() if (c.attack_plugin.label, c.defense_plugin.label, c.seed, c.budget,
+                                             c.service.load, c.service.latency_visible)
+                 == (attack, defense, int(seed), int(budget), float(load), visible == "True")]
+        if not found:
+            raise SystemExit(f"no cell of grid {grid.name} matches {selector!r}")
+        cells.append(found[0])
+    return cells
+
+
+def _same(value, committed) -> bool:
+    if isinstance(value, float) and isinstance(committed, float) and math.isnan(value) and math.isnan(committed):
+        return True
+    return value == committed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--grid", default="default")
+    parser.add_argument("--cells", nargs="+", default=DEFAULT_CELLS)
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--leaderboard", type=Path, default=Path("leaderboard"))
+    args = parser.parse_args()
+    torch.set_num_threads(CELL_THREADS)
+    grid = load_grid(args.grid)
+    zoo = open_zoo(grid.zoo, progress=False)
+    identity = zoo_identity(zoo)
+    cells = _select(grid, args.cells)
+    prestart()  # the sandbox's start is a worker's, not a cell's
+    PoolAnswers.of(zoo)
+    walls: dict[str, dict[str, list[float]]] = {s: {"off": [], "on": []} for s in args.cells}
+    hits: dict[str, list[str]] = {}
+    equal: dict[str, bool] = {s: True for s in args.cells}
+    answer = _training.SurrogateTrainer.answer
+    for _ in range(args.repeats):
+        for mode in ("off", "on"):
+            with tempfile.TemporaryDirectory() as cache:
+                _training._MEMORY.clear()
+                _cell._SCORES.clear()
+                _training.SurrogateTrainer.answer = answer if mode == "on" else (lambda self, h, t: ("ok", None))
+                init = _training.SurrogateTrainer.__init__
+
+                def fresh_cache(self, knowledge, cache_dir, _init=init, _cache=cache):
+                    _init(self, knowledge, Path(_cache))
+
+                _training.SurrogateTrainer.__init__ = fresh_cache
+                try:
+                    for selector, cell in zip(args.cells, cells):
+                        if mode == "off":
+                            _cell._SCORES.clear()
+                        before, scores = dict(_training.STATS), len(_cell._SCORES)
+                        started = time.perf_counter()
+                        row = json.loads(json.dumps(run_cell(zoo, grid, cell)))
+                        walls[selector][mode].append(time.perf_counter() - started)
+                        if mode == "on":
+                            delta = {k: _training.STATS[k] - before[k] for k in before}
+                            hits[selector] = [k for k in ("memory_hits", "disk_hits") if delta[k]] + \
+                                (["scores"] if len(_cell._SCORES) == scores else [])
+                        committed = json.loads((args.leaderboard / "cells" /
+                                                f"{cell_key(zoo, grid, cell, identity)}.json").read_text())
+                        equal[selector] &= all(_same(row[k], committed[k]) for k in COMPARED)
+                finally:
+                    _training.SurrogateTrainer.__init__ = init
+                    _training.SurrogateTrainer.answer = answer
+    report = {}
+    for selector in args.cells:
+        off, on = statistics.median(walls[selector]["off"]), statistics.median(walls[selector]["on"])
+        report[selector] = {"off_s": round(off, 2), "on_s": round(on, 2), "on_over_off": round(on / off, 3),
+                            "hits": hits[selector], "equal_to_committed": equal[selector]}
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
