@@ -10,7 +10,10 @@ each fresh surrogate once per identical request (:mod:`psml_bench._training`) an
 surrogate once per identical weights (``psml_bench._cell.score_surrogate``). Every metric, flag,
 status and recipe of both runs is compared with the committed cell file (``<leaderboard>/cells/<key>.json``)
 bit for bit. Prints JSON: per cell the median wall time off and on, their ratio, which caches it
-hit and whether both runs equal the committed row. Run it alone (timings are noisy otherwise).
+hit and whether both runs equal the committed row; for the grid, the share of its committed cells
+whose surrogate an earlier cell already had (they hit both caches in a cold run) and its summed
+cell hours, committed and estimated with those cells at the measured ratio. Run it alone
+(timings are noisy otherwise).
 """
 
 from __future__ import annotations
@@ -110,7 +113,28 @@ def main() -> None:
         off, on = statistics.median(walls[selector]["off"]), statistics.median(walls[selector]["on"])
         report[selector] = {"off_s": round(off, 2), "on_s": round(on, 2), "on_over_off": round(on / off, 3),
                             "hits": hits[selector], "equal_to_committed": equal[selector]}
-    print(json.dumps(report, indent=1))
+    hit_ratios = [r["on_over_off"] for r in report.values() if r["hits"]]
+    print(json.dumps({"cells": report, "grid": grid_estimate(args.leaderboard, grid, zoo, identity, hit_ratios)},
+                     indent=1))
+
+
+def grid_estimate(leaderboard: Path, grid, zoo, identity: str, hit_ratios: list[float]) -> dict[str, float]:
+    """The share of the grid's committed cells whose surrogate another cell also trained (identical
+    fidelity, accuracy, KL and L1: they hit both caches in a cold run), and the grid's summed cell
+    wall time, committed and with such cells at the measured on/off ratio of hit cells."""
+    rows = [json.loads((leaderboard / "cells" / f"{cell_key(zoo, grid, c, identity)}.json").read_text())
+            for c in grid.cells()]
+    seen: set[tuple] = set()
+    twins, hit_wall = 0, 0.0
+    for row in rows:
+        surrogate = tuple(row[k] for k in ("fidelity", "accuracy", "kl", "l1"))
+        if row["status"] == "ok" and surrogate in seen:
+            twins, hit_wall = twins + 1, hit_wall + row["wall_s"]
+        seen.add(surrogate)
+    total = sum(r["wall_s"] for r in rows)
+    ratio = statistics.median(hit_ratios) if hit_ratios else 1.0
+    return {"cells": len(rows), "hit_share": round(twins / len(rows), 3), "committed_cell_hours": round(total / 3600, 2),
+            "estimated_cell_hours": round((total - hit_wall * (1 - ratio)) / 3600, 2)}
 
 
 if __name__ == "__main__":
