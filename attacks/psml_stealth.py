@@ -10,8 +10,12 @@ distances, repeated inputs (distance 0) and small synthetic steps do not. This a
    round's queries are a ``natural_fraction`` of fresh pool inputs and the rest synthetic inputs
    ``clip(x + s * sign(grad_x logit_y(x)), 0, 1)`` of an interim surrogate, whose step ``s`` is
    set per input so that its L2 distance to its parent ``x`` is drawn from the minimum
-   distances the natural queries so far had (per class, as the detector measures them): the
-   synthetic queries sit where natural ones would.
+   distances the natural queries so far had (per class, as the detector measures them).
+
+The detector measures a query against the earlier queries of the class the served model gives it,
+and a step of a natural length often changes that class (measured in docs/defenses.md, ``prada``):
+such synthetic queries sit farther from their class's queries than natural ones do. The extraction's
+pool inputs are drawn independently of the fingerprint's, so a few may repeat one.
 
 Sybil identities (splitting the budget over several client ids) are outside the threat model:
 the service has one attacker client and counts the budget per client, as a paying account would;

@@ -41,6 +41,17 @@ def test_shipped_configs_load():
         {"distribution": "laplace", "scale": 0.05}, {"distribution": "laplace", "scale": 0.1}]
 
 
+def test_timing_grid_shares_the_default_grids_undefended_cells():
+    """The `timing` grid (docs/defenses.md) runs psml and psml-timing on the default grid's setting."""
+    timing, default = load_grid("timing"), load_grid("default")
+    cells = timing.cells()
+    assert len(cells) == 2 * 7 * 3 and {c.attack.name for c in cells} == {"psml", "psml-timing"}
+    assert {c.service.latency_visible for c in cells} == {True}
+    assert (timing.zoo, timing.victims, timing.benign_queries) == (default.zoo, default.victims, default.benign_queries)
+    undefended = {c for c in cells if c.defense.name == "none"}
+    assert len(undefended) == 6 and undefended <= set(default.cells())  # same keys: reused from leaderboard/cells
+
+
 def test_config_hash_follows_what_determines_the_weights(tmp_path):
     text = TINY.read_text()
     base = load_zoo_config(TINY).config_hash
