@@ -12,7 +12,8 @@ from psml_bench._registries import make_defense
 from defenses.adaptive_misinformation import blend_weight, misinformation
 from defenses.prada import min_distance_statistic
 from defenses.prediction_poisoning import mad_objective, poison
-from attacks.psml_stealth import nearest_distances
+from attacks.psml_stealth import nearest_distances, spaced_steps
+from attacks.psml_timing import latency_models
 
 
 def _requests(inputs: torch.Tensor, client: int = 7) -> Requests:
@@ -128,6 +129,28 @@ def test_nearest_distances_are_per_label_and_to_earlier_inputs_only():
     inputs = torch.tensor([[0.0, 0.0], [3.0, 4.0], [0.0, 1.0], [10.0, 0.0]]).view(4, 1, 1, 2)
     labels = torch.tensor([0, 0, 0, 1])
     assert sorted(nearest_distances(inputs, labels).tolist()) == [1.0, 5.0]
+
+
+@pytest.mark.parametrize("least, models", [
+    ([1.0, 1.0, 1.0, 2.0, 2.0, 2.0], [0, 0, 0, 1, 1, 1]),   # two models, clean
+    ([1.0, 1.5, 1.0, 2.0, 3.0, 2.0], [0, 0, 0, 1, 1, 1]),   # busy workers add delays: the suffix minimum removes them
+    ([1.0, 1.0, 1.3, 2.0, 2.0, 2.0], [0, 0, 0, 1, 1, 1]),   # a rise seen at one floor only is no model
+    ([1.0, 1.0, 1.01, 1.01, 1.05, 1.05], [0, 0, 0, 0, 1, 1]),  # 1% apart is one model, 5% two (tolerance 2%)
+])
+def test_latency_models_take_suffix_minima_and_need_two_floors_per_model(least, models):
+    estimate, found = latency_models(np.array(least), 0.02)
+    assert found == models
+    assert estimate.tolist() == np.minimum.accumulate(np.array(least)[::-1])[::-1].tolist()
+
+
+def test_spaced_steps_have_the_wanted_length_and_stay_in_the_unit_box():
+    surrogate = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    torch.manual_seed(0)
+    inputs = torch.rand(5, 1, 4, 4)
+    wanted = np.array([0.1, 0.3, 0.5, 0.8, 1.0])
+    steps = spaced_steps(surrogate, inputs, torch.tensor([0, 1, 2, 0, 1]), wanted)
+    assert steps.min() >= 0 and steps.max() <= 1
+    assert np.allclose((steps - inputs).flatten(1).norm(dim=1).numpy(), wanted, atol=1e-4)
 
 
 def test_a_latency_attack_on_a_service_without_latency_is_refused_at_grid_load(tmp_path):
