@@ -1,7 +1,7 @@
 """The live service under load: HTTP overhead, capacity, LoadGen at 50% and 80% of it with an attack beside.
 
     python benchmarks/live_service.py [--zoo fmnist] [--cache DIR] [--duration 15] [--latency-bound-ms 100]
-                                      [--attack naive:epochs=2] [--attack-budget 300] [--out FILE]
+                                      [--attack naive:epochs=2] [--attack-budget 300] [--alone] [--out FILE]
 
 1. HTTP overhead: the same 256-input query (routed to the most accurate model) answered by the
    in-process ``Server`` and through ``psml-bench serve`` + ``HttpClient``, alternately,
@@ -14,6 +14,7 @@
    ``psml-bench attack`` runs against the same server with its own key; one table row per run:
    goodput, p50/p99, LoadGen's p99 and verdict (with the constraints it found unmet), and the
    attack's fidelity and queries (goal at 50% undefended, alone: p99 within the bound and VALID).
+   With ``--alone``: the load alone at 50% and at 80%, no attack.
 
 Every number comes from this one run; the table is printed and, with ``--out``, written as Markdown.
 """
@@ -110,6 +111,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--attack", default="naive:epochs=2")
     parser.add_argument("--attack-budget", type=int, default=300)
+    parser.add_argument("--alone", action="store_true", help="only the load, at 50%% and 80%%, no attack beside")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     zoo = open_zoo(args.zoo, Path(args.cache) if args.cache else None, build=False, progress=False)
@@ -131,12 +133,14 @@ def main() -> None:
         stop_server(process)
         raise
 
+    # --alone: the load alone at 50% and 80%, no attack (its training shares the cores with the server)
+    runs = ((0.5, False), (0.8, False)) if args.alone else ((0.5, False), (0.5, True), (0.8, True))
     rows, run = [], 0
     for defense in ("none", "spec-noise"):
         if defense != "none":
             process, url = start_server(args.zoo, args.cache, keys, defense)
         try:
-            for fraction, with_attack in ((0.5, False), (0.5, True), (0.8, True)):
+            for fraction, with_attack in runs:
                 out = scratch / f"attack-{run}"
                 attack = subprocess.Popen(
                     [sys.executable, "-m", "psml_bench.cli", *(["--cache", args.cache] if args.cache else []),
@@ -164,7 +168,8 @@ def main() -> None:
                                     "LoadGen p99 ms", "LoadGen", "attack fidelity", "attack queries", "attack s"],
                      tablefmt="github")
     header = (f"zoo {zoo.name}, latency bound {args.latency_bound_ms:g} ms (p99), {args.duration:g} s per run, "
-              f"attack {args.attack} with budget {args.attack_budget}, {os.cpu_count()} CPUs")
+              + ("no attack" if args.alone else f"attack {args.attack} with budget {args.attack_budget}")
+              + f", {os.cpu_count()} CPUs")
     text = "\n".join([header, *lines, "", table])
     print("\n" + text)
     if args.out:

@@ -26,7 +26,7 @@ import torch
 pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
 
-from psml_bench import BudgetExhausted, Spec  # noqa: E402
+from psml_bench import BudgetExhausted, PsmlError, Spec  # noqa: E402
 from psml_bench._http_target import HttpClient, HttpTarget  # noqa: E402
 from psml_bench._http_wire import NPY, SAFETENSORS  # noqa: E402
 from psml_bench._isolation import AttackLocator, run_attack  # noqa: E402
@@ -240,7 +240,7 @@ def test_refuses_to_start_on_a_busy_port_or_an_unbuilt_zoo(live, cache_dir, tmp_
 
 
 def test_load_drives_loadgen_server_scenario(live, tiny_zoo, tmp_path):
-    from psml_bench._loadgen import run_load
+    from psml_bench._loadgen import measure_capacity, run_load
 
     _, url, _ = live
     report = run_load(url, "op", tiny_zoo, qps=20, duration_s=1.5, latency_bound_ms=2000,
@@ -248,7 +248,11 @@ def test_load_drives_loadgen_server_scenario(live, tiny_zoo, tmp_path):
     assert report.issued >= 15 and report.answered == report.issued
     assert report.verdict in ("VALID", "INVALID") and report.valid == (report.verdict == "VALID")
     assert 0 < report.latency_p50_ms <= report.latency_p99_ms and 0 <= report.goodput <= 1
+    assert 0 < report.loadgen_p99_ms  # LoadGen saw every sample completed
     assert (tmp_path / "mlperf_log_summary.txt").is_file()
+    assert measure_capacity(url, "op", tiny_zoo, seconds=0.5, clients=4) > 0
+    with pytest.raises(PsmlError, match="operator key"):
+        run_load(url, "free", tiny_zoo, qps=20, duration_s=1.0)
 
 
 def test_sigterm_shuts_the_server_down_cleanly(live):
