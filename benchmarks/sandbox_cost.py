@@ -44,7 +44,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     zoo = open_zoo(args.zoo, progress=False)
-    sandboxes = {jailed: Sandbox(jailed, PREIMPORTED, "psml_bench._isolation:attack_main") for jailed in (True, False)}
+    sandboxes = {jailed: Sandbox(jailed, PREIMPORTED, _isolation.SANDBOX_TARGETS) for jailed in (True, False)}
     startup, times = {}, {True: [], False: []}
     for jailed, sandbox in sandboxes.items():
         _isolation._sandbox = lambda locator, gpu=False, sandbox=sandbox: sandbox  # noqa: SLF001 - choose the arm

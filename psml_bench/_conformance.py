@@ -11,6 +11,7 @@ from typing import Any
 from ._cell import run_cell
 from ._errors import DefenseError, ManifestError, PsmlError
 from ._grid import Cell, GridConfig, PluginSpec
+from ._jailed_defense import SubmittedDefense
 from ._manifests import MANIFEST, load_manifest, name_clashes, register
 from ._registries import ATTACKS, DEFENSES
 from ._service import ServiceConfig
@@ -75,8 +76,8 @@ def validate_submission(path: Path | str, *, cache_dir: Path | None = None, run:
     submission folder (of ``$PSML_BENCH_SUBMISSIONS`` or ``submissions/``) or a built-in. An
     attack is imported only in the isolated attack process: it runs against the undefended tiny
     zoo for every victim role, twice per role (see :func:`attack_conformance`); a strategy passes
-    the same checks as the ``strategy`` of the built-in ``naive`` attack. A defense is
-    imported here: it must agree with its manifest, instantiate at its defaults and every sweep
+    the same checks as the ``strategy`` of the built-in ``naive`` attack. A submitted defense runs in
+    its sandboxed defense process: it must agree with its manifest, instantiate at its defaults and every sweep
     value, answer with probability vectors, keep its determinism claim, and let the ``naive``
     attack complete a cell.
     """
@@ -93,7 +94,7 @@ def validate_submission(path: Path | str, *, cache_dir: Path | None = None, run:
         return result
     try:
         register(manifest)
-        result.checks.append(Check("registers" + (" (imports)" if manifest.kind == "defense" else ""), True))
+        result.checks.append(Check("registers", True))
     except ManifestError as exc:
         result.manifest_errors = list(exc.errors)
         return result
@@ -177,9 +178,12 @@ def defense_conformance(zoo: Zoo, name: str, sweep: list[dict[str, Any]]) -> lis
     values = [{}] + list(sweep)
     for params in values:
         try:
-            cls(**params)
+            defense = cls(**params)
+            if isinstance(defense, SubmittedDefense):
+                defense.start()  # imports and builds it in its defense process, checked against the manifest
         except Exception as exc:  # noqa: BLE001
-            return [Check(f"instantiates with {params or 'its defaults'}", False, f"{type(exc).__name__}: {exc}")]
+            detail = str(exc) if isinstance(exc, DefenseError) else f"{type(exc).__name__}: {exc}"
+            return [Check(f"instantiates with {params or 'its defaults'}", False, detail)]
     checks = [Check("instantiates at its defaults and every sweep value", True)]
     attack = PluginSpec("naive", tuple(sorted(SMALL_SURROGATE.items())))
     for params in values:

@@ -51,7 +51,7 @@ from ._errors import (AttackFailed, BudgetExhausted, ConfigError, InvalidQueryEr
                       sanitise)
 from ._parameters import declaration_mismatches
 from ._registries import ATTACKS, STRATEGIES
-from ._sandbox import Sandbox, sandbox_problem, visible
+from ._sandbox import MemoryFinder, Sandbox, read_sources, sandbox_problem, visible
 from ._surrogate import Surrogate, train_elsewhere, trained_recipe
 from ._training import SurrogateTrainer, remote_trainer
 from ._serving import Knowledge, Server, Spec, Target
@@ -148,49 +148,6 @@ def unpack(data: bytes) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
 
 # --- the attack process ---------------------------------------------------------------------------
 
-def _read_sources(folder: Path) -> dict[str, str]:
-    """Module name -> source of every ``.py`` file under ``folder`` (read by the worker)."""
-    sources = {}
-    for path in sorted(folder.rglob("*.py")):
-        relative = path.relative_to(folder).with_suffix("")
-        parts = list(relative.parts)
-        if any(not p.isidentifier() for p in parts):
-            continue
-        is_package = parts[-1] == "__init__"
-        if is_package:
-            parts = parts[:-1]
-        if parts:
-            sources[".".join(parts) + ("/__init__" if is_package else "")] = path.read_text()
-    return sources
-
-
-class _MemoryFinder:
-    """Imports a submission's modules from sources the worker sent."""
-
-    def __init__(self, sources: dict[str, str], origin: str):
-        self.sources = sources
-        self.origin = origin
-
-    def find_spec(self, name: str, path: Any = None, target: Any = None):
-        import importlib.util
-
-        if f"{name}/__init__" in self.sources:
-            spec = importlib.util.spec_from_loader(name, self, origin=f"{self.origin}/{name}", is_package=True)
-            spec.submodule_search_locations = []
-            return spec
-        if name in self.sources:
-            return importlib.util.spec_from_loader(name, self, origin=f"{self.origin}/{name}.py")
-        return None
-
-    def create_module(self, spec):
-        return None
-
-    def exec_module(self, module) -> None:
-        source = self.sources.get(f"{module.__name__}/__init__", self.sources.get(module.__name__))
-        code = compile(source, module.__spec__.origin, "exec")
-        exec(code, module.__dict__)  # noqa: S102 - this is the sandboxed plugin import
-
-
 def plugin_sources(locator: AttackLocator) -> dict[str, str] | None:
     """The plugin code the attack process imports from memory: a submission's files, or a
     ``module:Class`` module the sandbox cannot see (read here, by the worker), and a submitted
@@ -199,13 +156,13 @@ def plugin_sources(locator: AttackLocator) -> dict[str, str] | None:
     if locator.strategy is None:
         return sources
     strategy = {f"{STRATEGY_PACKAGE}.{name}": source
-                for name, source in _read_sources(Path(locator.strategy.submission)).items()}
+                for name, source in read_sources(Path(locator.strategy.submission)).items()}
     return (sources or {}) | strategy | {f"{STRATEGY_PACKAGE}/__init__": ""}
 
 
 def _attack_sources(locator: AttackLocator) -> dict[str, str] | None:
     if locator.submission:
-        return _read_sources(Path(locator.submission))
+        return read_sources(Path(locator.submission))
     if ":" not in locator.name:
         return None
     top = locator.name.partition(":")[0].split(".")[0]
@@ -213,23 +170,23 @@ def _attack_sources(locator: AttackLocator) -> dict[str, str] | None:
     if spec is None or not spec.origin or not os.path.isfile(spec.origin) or visible(spec.origin):
         return None
     if spec.submodule_search_locations:
-        package = {f"{top}.{name}": source for name, source in _read_sources(Path(spec.origin).parent).items()}
+        package = {f"{top}.{name}": source for name, source in read_sources(Path(spec.origin).parent).items()}
         return package | {f"{top}/__init__": Path(spec.origin).read_text()}
     return {top: Path(spec.origin).read_text()}
 
 
 def _load_attack_class(locator: AttackLocator, sources: dict[str, str] | None) -> type:
     if sources:
-        sys.meta_path.insert(0, _MemoryFinder(sources, locator.submission or "plugin"))
+        sys.meta_path.insert(0, MemoryFinder(sources, locator.submission or "plugin"))
     if locator.strategy is not None:
-        strategy = _submitted_class(locator.strategy, STRATEGY_PACKAGE + ".", STRATEGIES.base)
+        strategy = submitted_class(locator.strategy, STRATEGY_PACKAGE + ".", STRATEGIES.base)
         STRATEGIES.add(locator.strategy.name, strategy, source=f"submission {locator.strategy.submission}")
     if locator.submission is None:
         return ATTACKS.get(locator.name)
-    return _submitted_class(locator, "", ATTACKS.base)
+    return submitted_class(locator, "", ATTACKS.base)
 
 
-def _submitted_class(locator: AttackLocator, package: str, base: type) -> type:
+def submitted_class(locator: AttackLocator, package: str, base: type) -> type:
     """A submission's entry class, imported from memory, checked against its manifest."""
     module_name, _, attr = (locator.entry or "").partition(":")
     cls = getattr(importlib.import_module(package + module_name), attr)
@@ -276,18 +233,27 @@ def _remote_target(call: Callable[..., Any]) -> Target:
     return Target(query, lambda: call({"op": "remaining"}))
 
 
-def attack_main(conn: Connection) -> None:
-    """Entry point of the attack process (forked by the sandbox's zygote)."""
+def receive_setup(conn: Connection) -> dict[str, Any] | None:
+    """The first message of a process forked by the sandbox (attack or defense) from its worker
+    (trusted), None if the worker went away. The process takes on the message's address-space
+    limit and runs torch on one thread, as a cell does."""
     torch.set_num_threads(ATTACK_THREADS)
     try:
-        setup = pickle.loads(conn.recv_bytes())  # from the worker: trusted
-    except (EOFError, OSError):  # the worker went away before sending the cell
+        setup = pickle.loads(conn.recv_bytes())
+    except (EOFError, OSError):
+        return None
+    if setup["memory_limit"][0] != resource.RLIM_INFINITY:
+        resource.setrlimit(resource.RLIMIT_AS, setup["memory_limit"])
+    return setup
+
+
+def attack_main(conn: Connection) -> None:
+    """Entry point of the attack process (forked by the sandbox's zygote)."""
+    setup = receive_setup(conn)
+    if setup is None:
         return
     locator: AttackLocator = setup["locator"]
     try:
-        soft, hard = setup["memory_limit"]
-        if soft != resource.RLIM_INFINITY:
-            resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
         for module in locator.imports + (locator.strategy.imports if locator.strategy else ()):
             importlib.import_module(module)
         cls = _load_attack_class(locator, setup["sources"])
@@ -328,18 +294,27 @@ def _trusted(locator: AttackLocator) -> bool:
             and ATTACKS.entry(locator.name).source == "built-in")
 
 
+SANDBOX_TARGETS = ("psml_bench._isolation:attack_main", "psml_bench._jailed_defense:defense_main")
+"""What a process forked by the sandbox's zygote runs: an attack (0) or a submitted defense (1)."""
+
+
 def _sandbox(locator: AttackLocator, gpu: bool = False) -> Sandbox:
     """This process's sandbox (started on first use; with the GPUs' device files if ``gpu``); raise
     :class:`AttackFailed` if the attack may not run here."""
     problem = sandbox_problem()
     if problem and not _trusted(locator):
         raise AttackFailed(f"refused to run attack '{locator.name}' unsandboxed: {problem}")
+    return process_sandbox(gpu)
+
+
+def process_sandbox(gpu: bool = False) -> Sandbox:
+    """This process's sandbox: jailed, or (where bubblewrap cannot run) plain, for built-in attacks only."""
+    problem = sandbox_problem()
     key = (os.getpid(), not problem, gpu)
     if key not in _SANDBOXES:
         if problem:
             log.warning("%s; running built-in attacks without it", problem)
-        _SANDBOXES[key] = Sandbox(jailed=not problem, preload=PREIMPORTED, target="psml_bench._isolation:attack_main",
-                                  gpu=gpu)
+        _SANDBOXES[key] = Sandbox(jailed=not problem, preload=PREIMPORTED, targets=SANDBOX_TARGETS, gpu=gpu)
     return _SANDBOXES[key]
 
 

@@ -10,8 +10,9 @@ their name with the source ``submission <folder> v<version>``:
 - a submitted **strategy** (an extraction :class:`Strategy`) runs inside the attack process, so it
   is handled like an attack: a stand-in in the harness, its code imported only in the isolated
   attack process of any attack whose ``strategy`` parameter names it;
-- a submitted **defense** runs inside the serving system, so it is imported into the harness
-  (defenses are trusted code, reviewed before merge; see docs/submissions.md).
+- a submitted **defense** is not imported by the harness either: its stand-in
+  (:class:`~psml_bench._jailed_defense.SubmittedDefense`) has each hook the server calls answered
+  by the submission's class in a defense process of the sandbox (:mod:`psml_bench._jailed_defense`).
 
 ``psml-bench validate`` checks the manifest and runs the conformance tests on ``fmnist-tiny``
 (:mod:`psml_bench._conformance`); ``psml-bench run`` adds every valid submission to the grids its
@@ -22,9 +23,6 @@ from __future__ import annotations
 
 import ast
 import difflib
-import hashlib
-import importlib
-import importlib.util
 import json
 import logging
 import os
@@ -37,8 +35,8 @@ import jsonschema
 
 from ._config import schema
 from ._errors import ManifestError, PsmlError
-from ._parameters import Allowed, declaration_mismatches
-from ._plugins import Defense
+from ._jailed_defense import SubmittedDefense
+from ._parameters import Allowed
 from ._registries import ATTACKS, DEFENSES, STRATEGIES
 from ._submission_folders import MANIFEST, folder_hash, folder_problems, submission_folders, submissions_dirs
 
@@ -276,66 +274,28 @@ def load_manifest(path: Path | str) -> Manifest:
 
 
 def _stand_in(manifest: Manifest) -> type:
-    """The harness's view of a submitted attack or strategy: parameters and identity, no code of the
-    submission (which runs only in the isolated attack process)."""
-    base, method = {"attack": (ATTACKS.base, "run"), "strategy": (STRATEGIES.base, "collect")}[manifest.kind]
+    """The harness's view of a submission: parameters and identity, no code of the submission (an
+    attack's or strategy's runs only in the isolated attack process, a defense's only in its
+    defense process, :mod:`psml_bench._jailed_defense`)."""
+    attrs: dict[str, Any] = {}
+    if manifest.kind == "defense":
+        base = SubmittedDefense
+        attrs["strength"] = manifest.sweep[0] if manifest.sweep else None
+    else:
+        base, method = {"attack": (ATTACKS.base, "run"), "strategy": (STRATEGIES.base, "collect")}[manifest.kind]
 
-    def refuse(self, *args, **kwargs):
-        raise PsmlError(f"{manifest.kind} '{manifest.name}' is a submission: it runs only in the isolated attack process")
+        def refuse(self, *args, **kwargs):
+            raise PsmlError(f"{manifest.kind} '{manifest.name}' is a submission: it runs only in the isolated "
+                            "attack process")
 
+        attrs[method] = refuse
     digest = folder_hash(manifest.folder)
     return type(f"Submitted_{manifest.name.replace('-', '_')}", (base,), {
-        "__doc__": manifest.description, "__module__": __name__, method: refuse, "version": manifest.version,
+        "__doc__": manifest.description, "__module__": __name__, "version": manifest.version,
         "defaults": manifest.defaults, "allowed": manifest.allowed, "submission_folder": str(manifest.folder),
         "submission_entry": manifest.entry, "submission_imports": manifest.imports,
-        "source_hash": classmethod(lambda cls: digest),
+        "source_hash": classmethod(lambda cls: digest), **attrs,
     })
-
-
-def _package_name(manifest: Manifest) -> str:
-    """The private package a submission's modules are imported under: one per folder, so two
-    submissions with a module of the same name (or one named like an installed module) never collide."""
-    digest = hashlib.sha256(str(manifest.folder).encode()).hexdigest()[:10]
-    return f"psml_submission_{manifest.name.replace('-', '_')}_{digest}"
-
-
-def import_entry(manifest: Manifest) -> type:
-    """Import a submission's entry class in this process, as ``<private package>.<module>``.
-
-    Raises:
-        ManifestError: the module cannot be imported or lacks the class.
-    """
-    package = _package_name(manifest)
-    if package not in sys.modules:
-        spec = importlib.util.spec_from_loader(package, None, is_package=True)
-        spec.submodule_search_locations = [str(manifest.folder)]
-        sys.modules[package] = importlib.util.module_from_spec(spec)
-    module_name, _, attr = manifest.entry.partition(":")
-    try:
-        return getattr(importlib.import_module(f"{package}.{module_name}"), attr)
-    except Exception as exc:  # noqa: BLE001 - any import failure invalidates the submission
-        raise ManifestError([f"{manifest.folder / MANIFEST}: field 'entry': cannot import '{manifest.entry}': "
-                             f"{type(exc).__name__}: {exc}"]) from None
-
-
-def _import_defense(manifest: Manifest) -> type[Defense]:
-    """Import a submitted defense (defenses run inside the server: trusted code) and check it
-    against its manifest: every problem at once."""
-    source = manifest.folder / MANIFEST
-    cls = import_entry(manifest)
-    if not (isinstance(cls, type) and issubclass(cls, Defense)):
-        raise ManifestError([f"{source}: field 'entry': expected a subclass of psml_bench.Defense, got {cls!r}"])
-    problems = [f"{source}: {p}" for p in declaration_mismatches(cls, manifest.defaults, manifest.version)]
-    if manifest.sweep and cls.strength != manifest.sweep[0]:
-        problems.append(f"{source}: field 'sweep.parameter': expected the class's strength parameter "
-                        f"'{cls.strength}', got '{manifest.sweep[0]}'")
-    if problems:
-        raise ManifestError(problems)
-    digest = folder_hash(manifest.folder)
-    cls.version = manifest.version
-    cls.allowed = {**vars(cls).get("allowed", {}), **manifest.allowed}
-    cls.source_hash = classmethod(lambda c: digest)
-    return cls
 
 
 _REGISTRIES = {"attack": ATTACKS, "defense": DEFENSES, "strategy": STRATEGIES}
@@ -394,12 +354,7 @@ def register(manifest: Manifest) -> None:
         if Path(folder) != manifest.folder:
             raise ManifestError([f"{manifest.folder / MANIFEST}: field 'name': '{manifest.name}' is also the name of "
                                  f"the submission in {folder}; a submission's name must be unique"])
-    if manifest.kind in ("attack", "strategy"):
-        cls = _stand_in(manifest)
-    else:
-        cls = _import_defense(manifest)
-        cls.submission_folder = str(manifest.folder)
-    registry.add(manifest.name, cls, source=manifest.source)
+    registry.add(manifest.name, _stand_in(manifest), source=manifest.source)
 
 
 @dataclass(frozen=True)

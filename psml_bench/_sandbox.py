@@ -8,10 +8,11 @@ harness's own packages (``psml_bench``, ``attacks``, ``defenses``, ``strategies`
 :data:`SANDBOX_ROOT`). Nothing else exists in it: no dataset, no zoo cache, no working directory,
 no output directory, no network, and no descriptor but its control socket. Inside, a *zygote*
 Python (``-I -S``: no environment variables, no site hooks, no working directory on ``sys.path``)
-imports the code every attack needs once, then forks one attack process per cell. Each attack
-process enters fresh user, PID, mount, IPC and network namespaces (it is PID 1 of its own, so every
+imports the code every attack needs once, then forks one attack process per cell (and one process
+per instance of a submitted defense, :mod:`psml_bench._jailed_defense`). Each such process enters fresh user, PID, mount, IPC and network namespaces (it is PID 1 of its own, so every
 child it starts ends with it), mounts a private ``/tmp`` and ``/dev/shm``, drops every capability,
-and talks to its worker over a socket pair passed to it, nothing else.
+and talks to its worker over a socket pair passed to it, nothing else. Plugin code the sandbox cannot
+see is read by the worker (:func:`read_sources`) and imported from memory (:class:`MemoryFinder`).
 
 A run on a GPU (``psml-bench run --device cuda``) gives its workers' jails the host's NVIDIA device
 files and a read-only ``/sys`` as well, so that the attack process can train its surrogate there.
@@ -177,23 +178,29 @@ def sandbox_problem() -> str:
 
 
 class Sandbox:
-    """One zygote (jailed, or plain for built-ins where bubblewrap cannot run) that forks attack processes."""
+    """One zygote (jailed, or plain for built-ins where bubblewrap cannot run) that forks processes.
 
-    def __init__(self, jailed: bool, preload: tuple[str, ...], target: str, gpu: bool = False):
+    ``targets`` are ``module:function`` entry points (an attack process's, a submitted defense's);
+    :meth:`fork` names which one the new process runs.
+    """
+
+    def __init__(self, jailed: bool, preload: tuple[str, ...], targets: tuple[str, ...], gpu: bool = False):
         self.jailed = jailed
         self.gpu = gpu
         self.preload = preload
-        self.target = target
+        self.targets = targets
         self.process: subprocess.Popen | None = None
         self.control: socket.socket | None = None
         self.ready = False
 
     def start(self) -> None:
         parent, child = socket.socketpair()
-        module, _, function = self.target.partition(":")
+        imports = "; ".join(f"from {module} import {function} as target{i}"
+                            for i, (module, _, function) in enumerate(t.partition(":") for t in self.targets))
+        functions = ", ".join(f"target{i}" for i in range(len(self.targets)))
         boot = (f"import sys; sys.path[:] = {sandbox_sys_path() if self.jailed else _plain_sys_path()!r}; "
-                f"from psml_bench._sandbox import zygote; from {module} import {function}; "
-                f"zygote({child.fileno()}, {function}, {self.preload!r}, {self.jailed!r})")
+                f"from psml_bench._sandbox import zygote; {imports}; "
+                f"zygote({child.fileno()}, ({functions},), {self.preload!r}, {self.jailed!r})")
         executable = str(Path(sys.executable).resolve())
         argv = ["-I", "-S", "-c", boot]
         command = bwrap_command(executable, argv, self.gpu) if self.jailed else [executable, *argv]
@@ -220,8 +227,8 @@ class Sandbox:
                 self.control.settimeout(None)
         self.ready = True
 
-    def fork(self) -> Connection:
-        """A new attack process; returns the worker's end of its channel."""
+    def fork(self, target: int = 0) -> Connection:
+        """A new process running ``targets[target]``; returns the worker's end of its channel."""
         for attempt in (0, 1):
             if not self.alive():
                 self.stop()
@@ -230,7 +237,7 @@ class Sandbox:
                 self._wait_ready()
             ours, theirs = socket.socketpair()
             try:
-                socket.send_fds(self.control, [b"f"], [theirs.fileno()])
+                socket.send_fds(self.control, [bytes([target])], [theirs.fileno()])
             except OSError:
                 ours.close()
                 self.stop()
@@ -260,10 +267,56 @@ def _plain_sys_path() -> list[str]:
         [str(Path(src).parent) for src in harness_trees()]
 
 
+def read_sources(folder: Path) -> dict[str, str]:
+    """Module name -> source of every ``.py`` file under ``folder`` (read by the worker)."""
+    sources = {}
+    for path in sorted(folder.rglob("*.py")):
+        relative = path.relative_to(folder).with_suffix("")
+        parts = list(relative.parts)
+        if any(not p.isidentifier() for p in parts):
+            continue
+        is_package = parts[-1] == "__init__"
+        if is_package:
+            parts = parts[:-1]
+        if parts:
+            sources[".".join(parts) + ("/__init__" if is_package else "")] = path.read_text()
+    return sources
+
+
 # --- inside the sandbox ---------------------------------------------------------------------------
 
-def zygote(fd: int, target: Callable[[Connection], None], preload: tuple[str, ...], jailed: bool) -> None:
-    """Import ``preload``, then fork one attack process running ``target(channel)`` per request on ``fd``."""
+class MemoryFinder:
+    """Imports a submission's modules from sources the worker sent."""
+
+    def __init__(self, sources: dict[str, str], origin: str):
+        self.sources = sources
+        self.origin = origin
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None):
+        import importlib.util
+
+        if f"{name}/__init__" in self.sources:
+            spec = importlib.util.spec_from_loader(name, self, origin=f"{self.origin}/{name}", is_package=True)
+            spec.submodule_search_locations = []
+            return spec
+        if name in self.sources:
+            return importlib.util.spec_from_loader(name, self, origin=f"{self.origin}/{name}.py")
+        return None
+
+    def create_module(self, spec):
+        return None
+
+    def exec_module(self, module) -> None:
+        source = self.sources.get(f"{module.__name__}/__init__", self.sources.get(module.__name__))
+        code = compile(source, module.__spec__.origin, "exec")
+        exec(code, module.__dict__)  # noqa: S102 - this is the sandboxed plugin import
+
+
+
+def zygote(fd: int, targets: tuple[Callable[[Connection], None], ...], preload: tuple[str, ...],
+           jailed: bool) -> None:
+    """Import ``preload``, then fork one process per request on ``fd``, running the target it names
+    with its channel."""
     for module in preload:
         try:
             importlib.import_module(module)
@@ -278,12 +331,12 @@ def zygote(fd: int, target: Callable[[Connection], None], preload: tuple[str, ..
             message, fds, _, _ = socket.recv_fds(control, 16, 1)
         except OSError:
             return
-        if not message or not fds:
+        if not message or not fds or message[0] >= len(targets):
             return
         if os.fork() == 0:
             control.close()
             try:
-                _cell_process(fds[0], target, jailed)
+                _cell_process(fds[0], targets[message[0]], jailed)
             finally:
                 os._exit(0)
         os.close(fds[0])

@@ -22,6 +22,26 @@ ROOT = Path(__file__).resolve().parents[1]
 HOOK = "__editable__.psml_bench-0.1.0.finder.__path_hook__"
 SHM = f"psml_hostile_{os.getpid()}"
 
+OUTCOME = '''
+
+def outcome(action):
+    try:
+        action()
+        return "allowed"
+    except OSError as exc:
+        return type(exc).__name__
+
+
+def looks():
+    outcomes = {outcome(lambda: os.listdir(path) if os.path.isdir(path) else open(path, "rb").read(1))
+                for path in DENIED}
+    return [f"files: {sorted(outcomes)}",
+            f"network: {outcome(lambda: socket.create_connection(('1.1.1.1', 53), timeout=2))}",
+            f"environment: {sorted(os.environ)}", f"descriptors: {len(os.listdir('/proc/self/fd'))}"]
+'''
+"""What each hostile plugin reports with: what one of its tries came to, and what it found of
+the files, network, environment and descriptors the harness keeps from it."""
+
 PLUGIN = '''
 import ctypes
 import os
@@ -36,27 +56,14 @@ DRIVER_CWD = {driver_cwd!r}
 MARKER = {marker!r}
 HOOK = {hook!r}
 SHM = {shm!r}
-
-
-def outcome(action):
-    try:
-        action()
-        return "allowed"
-    except OSError as exc:
-        return type(exc).__name__
-
+{outcome}
 
 class Looks(Attack):
     """Tries every file the harness keeps from attacks, the network, the environment and its descriptors."""
 
     def run(self, target, knowledge, budget, rng):
-        outcomes = {{outcome(lambda: os.listdir(path) if os.path.isdir(path) else open(path, 'rb').read(1))
-                    for path in DENIED}}
-        seen = [f"files: {{sorted(outcomes)}}"]
-        seen.append(f"network: {{outcome(lambda: socket.create_connection(('1.1.1.1', 53), timeout=2))}}")
+        seen = looks()
         seen.append(f"loopback: {{outcome(lambda: socket.create_connection(('127.0.0.1', 22), timeout=2))}}")
-        seen.append(f"environment: {{sorted(os.environ)}}")
-        seen.append(f"descriptors: {{len(os.listdir('/proc/self/fd'))}}")
         seen.append(f"cwd: {{os.getcwd()}}")
         raise RuntimeError("; ".join(seen))
 
@@ -155,7 +162,7 @@ def plugin(tmp_path_factory, tiny_zoo):
               os.environ.get("PSML_BENCH_FMNIST_DIR", "/usr/share/datasets"), str(ROOT / "tests"),
               str(ROOT / "README.md"), str(folder), str(Path.home() / ".cache")]
     (folder / "hostile_plugin.py").write_text(PLUGIN.format(denied=denied, driver_cwd=str(folder), marker=str(marker),
-                                                            hook=HOOK, shm=SHM))
+                                                            hook=HOOK, shm=SHM, outcome=OUTCOME))
     return folder, marker, denied
 
 
@@ -356,3 +363,62 @@ def test_validate_limits_time_and_memory(tiny_zoo, cache_dir, tmp_path, monkeypa
     failed = [c for c in result.checks if not c.ok]
     assert failed and reason in failed[0].detail, result.checks
     assert time.monotonic() - started < 60
+
+
+SNOOPING_DEFENSE = '''
+import os
+import socket
+
+from psml_bench import Defense
+
+MARKER = {marker!r}
+DENIED = {denied!r}
+OUT = {out!r}
+try:  # module code runs wherever the module is imported
+    open(MARKER, "w").write("imported")
+except OSError:
+    pass
+{outcome}
+
+class Snoops(Defense):
+    """Reads the zoo, the dataset and the repository, forges a cell in the out directory, opens a socket."""
+
+    version = "1"
+
+    def postprocess(self, probabilities, rng):
+        seen = looks()
+        seen.append(f"out: {{outcome(lambda: open(os.path.join(OUT, 'forged.json'), 'w').write('forged'))}}")
+        raise RuntimeError("; ".join(seen))
+'''
+
+
+def test_a_submitted_defense_runs_jailed_and_is_never_imported_by_the_harness(tiny_zoo, plugin, tmp_path):
+    import json
+
+    from psml_bench._errors import DefenseError
+    from psml_bench._manifests import load_manifest, register
+    from psml_bench._runner import prepare_out_dir
+    from psml_bench._serving import Spec
+
+    out = tmp_path / "lb"
+    prepare_out_dir(out)
+    marker = tmp_path / "imported"
+    folder = tmp_path / "snoops"
+    folder.mkdir()
+    (folder / "manifest.json").write_text(json.dumps({
+        "name": "snoops", "kind": "defense", "entry": "snoops:Snoops", "version": "1", "authors": ["Mallory"],
+        "description": "A hostile defense for the tests.", "license": "MIT", "parameters": {}, "grids": ["none"]}))
+    denied = plugin[2] + [str(out), str(out / "cells")]
+    (folder / "snoops.py").write_text(SNOOPING_DEFENSE.format(marker=str(marker), denied=denied, out=str(out / "cells"),
+                                                                 outcome=OUTCOME))
+    register(load_manifest(folder))
+    server = Server(tiny_zoo, defense=DEFENSES.get("snoops")(), rng=np.random.default_rng(0))
+    spec = Spec(sum(server.spec_range.accuracy) / 2, sum(server.spec_range.latency_ms) / 2)
+    with pytest.raises(DefenseError) as error:
+        server.query(tiny_zoo.splits["benign_x"][:4], spec)
+    message = str(error.value)
+    # the environment is the sandbox's (torch may add its own variables in the process, e.g. its cache directory)
+    assert message.startswith("defense 'snoops' raised RuntimeError: files: ['FileNotFoundError']; network: OSError; "
+                              "environment: ['HOME', 'LANG', 'PATH'"), message
+    assert message.endswith("; descriptors: 5; out: FileNotFoundError") and "PSML" not in message, message
+    assert not marker.exists() and list((out / "cells").iterdir()) == []  # never imported here; nothing forged
