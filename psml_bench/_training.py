@@ -17,7 +17,8 @@ sends data, and the worker trains on it. What the worker does not take is traine
 process, as before: training further a surrogate the attack holds (``init``: the attack may have
 changed its modules in ways its weights do not show), tensors other than contiguous float32 ones
 of the cell's shapes, more than :data:`MAX_STEPS` steps, a message over the channel's limit, or
-any request the worker finds malformed.
+any request the worker finds malformed, and a call made under torch settings the attack changed
+(gradients off, another default dtype or thread count, deterministic or anomaly mode).
 """
 
 from __future__ import annotations
@@ -84,7 +85,8 @@ def remote_trainer(call: Callable[[dict, dict], Any], knowledge: Knowledge, max_
 
     def train(inputs: torch.Tensor, answers: torch.Tensor, config: SurrogateConfig, seed: int,
               init: Surrogate | None) -> Surrogate | None:
-        if init is not None or not _well_formed(inputs, answers, knowledge) or inputs.device.type != "cpu":
+        if init is not None or not _well_formed(inputs, answers, knowledge) or inputs.device.type != "cpu" \
+                or not _as_in_the_worker(knowledge):
             return None
         tensors = {"inputs": inputs, "answers": answers, **_rng_state(knowledge)}
         if _size(tensors) + 2**20 > max_message:
@@ -99,6 +101,14 @@ def remote_trainer(call: Callable[[dict, dict], Any], knowledge: Knowledge, max_
         return trained_by(model.eval(), config)
 
     return train
+
+
+def _as_in_the_worker(knowledge: Knowledge) -> bool:
+    """Whether this process's torch settings that a training reads are the worker's (an attack that
+    changed them trains here, under its own settings)."""
+    return (torch.is_grad_enabled() and not torch.is_inference_mode_enabled() and not torch.is_anomaly_enabled()
+            and torch.get_default_dtype() == torch.float32 and torch.get_num_threads() == THREADS
+            and (torch.device(knowledge.device).type == "cuda" or not torch.are_deterministic_algorithms_enabled()))
 
 
 def _rng_state_names(knowledge: Knowledge) -> tuple[str, ...]:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import numpy as np
+import pytest
 import torch
 
-from psml_bench import _cell
+from psml_bench import _cell, _training
 from psml_bench._cell import score_surrogate, surrogate_metrics
+from psml_bench._isolation import pack, unpack
 from psml_bench._sanity import surrogate_flags
-from psml_bench._surrogate import Surrogate
+from psml_bench._surrogate import Surrogate, SurrogateConfig, train_elsewhere, train_surrogate, weights_digest
 
 
 def _surrogate(zoo, seed: int) -> Surrogate:
@@ -41,27 +44,29 @@ def _knowledge(zoo):
 
 def test_the_worker_trains_what_the_attack_process_would_and_once_per_request(tiny_zoo, tmp_path):
     """A fresh surrogate trained through the channel has the weights, recipe and generator state that
-    training in the attack process gives; an identical request is served from memory, then from disk."""
-    import numpy as np
-
-    from psml_bench import _training
-    from psml_bench._isolation import pack, unpack
-    from psml_bench._surrogate import SurrogateConfig, train_elsewhere, train_surrogate, weights_digest
-
-    knowledge = _knowledge(tiny_zoo)
-    inputs = tiny_zoo.splits["attacker_x"][:40].contiguous()
-    answers = torch.softmax(torch.randn(40, tiny_zoo.num_classes, generator=torch.Generator().manual_seed(0)), 1)
-    config = SurrogateConfig(min_steps=6, epochs=1, labels="hard")
+    training in the attack process (one thread) gives; an identical request is served from memory,
+    then from disk; hard labels with other answers of the same argmax are the same training."""
     threads = torch.get_num_threads()
     torch.set_num_threads(_training.THREADS)  # the attack process's
     try:
-        torch.manual_seed(5)
-        local = train_surrogate(inputs, answers, knowledge, config, np.random.default_rng(3))
-        local_after = torch.get_rng_state()
+        _train_both_ways(tiny_zoo, tmp_path)
     finally:
         torch.set_num_threads(threads)
 
-    worker = _training.SurrogateTrainer(knowledge, tmp_path)
+
+def _train_both_ways(zoo, cache_dir):
+    knowledge = _knowledge(zoo)
+    inputs = zoo.splits["attacker_x"][:40].contiguous()
+    answers = torch.softmax(torch.randn(40, zoo.num_classes, generator=torch.Generator().manual_seed(0)), 1)
+    config = SurrogateConfig(min_steps=6, epochs=1, labels="hard")
+
+    def train(answers=answers, init=None):
+        torch.manual_seed(5)
+        return train_surrogate(inputs, answers, knowledge, config, np.random.default_rng(3), init=init), \
+            torch.get_rng_state()
+
+    local, local_after = train()
+    worker = _training.SurrogateTrainer(knowledge, cache_dir)
     sent = []
 
     def call(header, tensors):  # the channel: the worker sees only what unpack gives it
@@ -70,25 +75,13 @@ def test_the_worker_trains_what_the_attack_process_would_and_once_per_request(ti
 
     train_elsewhere(_training.remote_trainer(call, knowledge, 2**30))
     _training._MEMORY.clear()
+    before = dict(_training.STATS)
     try:
-        before = dict(_training.STATS)
-        results = []
-        for _ in range(2):
-            torch.manual_seed(5)
-            results.append((train_surrogate(inputs, answers, knowledge, config, np.random.default_rng(3)),
-                            torch.get_rng_state()))
+        results = [train(), train()]
         _training._MEMORY.clear()
-        torch.manual_seed(5)
-        results.append((train_surrogate(inputs, answers, knowledge, config, np.random.default_rng(3)),
-                        torch.get_rng_state()))
-        # hard labels: other answers with the same argmax are the same training
-        sharper = torch.nn.functional.one_hot(answers.argmax(1), tiny_zoo.num_classes).float()
-        torch.manual_seed(5)
-        results.append((train_surrogate(inputs, sharper, knowledge, config, np.random.default_rng(3)),
-                        torch.get_rng_state()))
-        # a request the worker does not take (a surrogate to train further) is trained here
-        further = train_surrogate(inputs, answers, knowledge, config, np.random.default_rng(3),
-                                  init=_surrogate(tiny_zoo, 0))
+        results.append(train())
+        results.append(train(torch.nn.functional.one_hot(answers.argmax(1), zoo.num_classes).float()))
+        further, _ = train(init=_surrogate(zoo, 0))  # not taken by the worker: trained here
     finally:
         train_elsewhere(None)
     assert len(sent) == 4 and further.recipe == config.recipe()
@@ -97,3 +90,18 @@ def test_the_worker_trains_what_the_attack_process_would_and_once_per_request(ti
         assert torch.equal(after, local_after)
     stats = {k: _training.STATS[k] - before[k] for k in before}
     assert stats == {"requests": 4, "trained": 1, "memory_hits": 2, "disk_hits": 1}
+
+
+def test_an_attack_that_changed_torch_settings_trains_itself(tiny_zoo):
+    """Under settings the worker would not train with (here: gradients off), no request is sent."""
+    knowledge = _knowledge(tiny_zoo)
+    trainer = _training.remote_trainer(lambda header, tensors: pytest.fail("sent a request"), knowledge, 2**30)
+    inputs = tiny_zoo.splits["attacker_x"][:4].contiguous()
+    answers = torch.full((4, tiny_zoo.num_classes), 1.0 / tiny_zoo.num_classes)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(_training.THREADS)
+    try:
+        with torch.no_grad():
+            assert trainer(inputs, answers, SurrogateConfig(), 0, None) is None
+    finally:
+        torch.set_num_threads(threads)
