@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 import shutil
 import tempfile
@@ -27,18 +26,19 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from ._config import validate
-from ._data import load_dataset, make_splits
+from ._data import Splits, load_dataset, make_splits
 from ._errors import PsmlError
 from ._profiling import environment, load_profile, measure_latency, resolve_device, routing_latencies
 from ._zoo import Zoo, ZooModel, pareto_frontier, reference_profile, service_ranges
 from ._zoo_config import ModelConfig, TrainConfig, ZooConfig, default_cache_dir, load_zoo_config, zoo_directory
+from ._zoo_train import (TrainJob, parallel_workers, predict_proba, reproducible, resolve_amp, train_members,
+                         train_steps)
 
 log = logging.getLogger(__name__)
 
@@ -50,98 +50,6 @@ def _count_macs(model: torch.nn.Module, example: torch.Tensor) -> int:
     with counter, torch.no_grad():
         model(example)
     return int(counter.get_total_flops() // 2)
-
-
-def _augment(x: torch.Tensor, mode: str, generator: torch.Generator) -> torch.Tensor:
-    """Per-sample random horizontal flips; ``flip-crop`` also translates each image by up to 1/8
-    of its side (reflect padding, then a random crop of the original size)."""
-    n, channels, height, width = x.shape
-    flip = (torch.rand(n, generator=generator) < 0.5).to(x.device)
-    x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
-    if mode != "flip-crop":
-        return x
-    pad = max(1, min(height, width) // 8)
-    padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
-    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(x.device)
-    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(x.device)
-    rows = (dy.view(-1, 1) + torch.arange(height, device=x.device)).view(n, 1, height, 1)
-    padded = padded.gather(2, rows.expand(n, channels, height, width + 2 * pad))
-    cols = (dx.view(-1, 1) + torch.arange(width, device=x.device)).view(n, 1, 1, width)
-    return padded.gather(3, cols.expand(n, channels, height, width))
-
-
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def resolve_amp(amp: str, device: torch.device) -> str:
-    """The mixed precision training uses: ``none`` on a CPU; ``auto`` is bf16 where supported, else fp16."""
-    if device.type != "cuda" or amp == "none":
-        return "none"
-    if amp == "auto":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return amp
-
-
-def _train(model: ZooModel, x: torch.Tensor, y: torch.Tensor, recipe: TrainConfig, label: str,
-           progress: bool, device: torch.device | None = None, amp: str = "none") -> None:
-    """Train ``model`` in place (AdamW, one-cycle, cross-entropy) on ``device``; ``amp`` is the
-    mixed precision on a GPU (``bf16``, ``fp16`` with loss scaling, or ``none``)."""
-    device = device or torch.device("cpu")
-    generator = torch.Generator().manual_seed(recipe.seed)
-    n = min(recipe.samples, len(y))
-    steps = max(1, math.ceil(math.ceil(n / recipe.batch_size) * recipe.epochs))
-    if device.type != "cpu":
-        model.to(device)
-        if x.element_size() * x.nelement() <= 4 * 2 ** 30:  # keep the owner split on the GPU when it fits easily
-            x, y = x.to(device), y.to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=recipe.lr, total_steps=steps, pct_start=0.15)
-    augment = recipe.augment if recipe.augment != "none" else None
-    augment_generator = torch.Generator().manual_seed(int(np.random.SeedSequence([recipe.seed, 1]).generate_state(1)[0]))
-    autocast_dtype = AMP_DTYPES.get(amp)
-    scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None
-    model.train()
-    with tqdm(total=steps, desc=f"train {label}", disable=not progress, leave=False, unit="step") as bar:
-        done = 0
-        while done < steps:
-            order = torch.randperm(len(y), generator=generator)[:n]
-            for start in range(0, n, recipe.batch_size):
-                if done == steps:
-                    break
-                batch = order[start:start + recipe.batch_size]
-                if device.type == "cpu" and augment is None:
-                    loss = F.cross_entropy(model(x[batch]), y[batch])
-                else:
-                    inputs = x[batch.to(x.device)].to(device, non_blocking=True)
-                    targets = y[batch.to(y.device)].to(device, non_blocking=True)
-                    if augment is not None:
-                        inputs = _augment(inputs, augment, augment_generator)
-                    with torch.autocast(device_type=device.type, dtype=autocast_dtype,
-                                        enabled=autocast_dtype is not None):
-                        logits = model(inputs)
-                    loss = F.cross_entropy(logits.float(), targets)
-                optimizer.zero_grad(set_to_none=True)
-                if scaler is not None:
-                    scaler.scale(loss).backward()
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    loss.backward()
-                    optimizer.step()
-                schedule.step()
-                done += 1
-                bar.update()
-    model.eval()
-
-
-@torch.no_grad()
-def predict_proba(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
-    """Softmax outputs of ``model`` on ``x``, in eval mode, batched, in full precision, on the
-    model's device; returned on the CPU."""
-    model.eval()
-    device = next(model.parameters()).device
-    return torch.cat([F.softmax(model(x[i:i + batch_size].to(device)).float(), dim=1).cpu()
-                      for i in range(0, len(x), batch_size)])
 
 
 class PretrainedWeights:
@@ -203,11 +111,6 @@ def _sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _train_steps(recipe: TrainConfig, owner_size: int) -> int:
-    n = min(recipe.samples, owner_size)
-    return max(1, math.ceil(math.ceil(n / recipe.batch_size) * recipe.epochs))
-
-
 def estimate_train_seconds(config: ZooConfig, device: torch.device, input_shape: Sequence[int],
                            num_classes: int) -> dict[str, float]:
     """Expected training time of each model on ``device``, from one timed step on random inputs.
@@ -239,7 +142,7 @@ def estimate_train_seconds(config: ZooConfig, device: torch.device, input_shape:
                 torch.cuda.synchronize(device)
             timings.append(time.perf_counter() - start)
         seconds = min(timings[1:])
-        estimates[model_cfg.id] = seconds / batch * recipe.batch_size * _train_steps(recipe, config.splits.owner)
+        estimates[model_cfg.id] = seconds / batch * recipe.batch_size * train_steps(recipe, config.splits.owner)
     return estimates
 
 
@@ -271,11 +174,14 @@ def _card_train(recipe: TrainConfig) -> dict[str, Any]:
 
 
 def build_zoo(config: ZooConfig, cache_dir: Path | None = None, *, progress: bool = True,
-              force: bool = False, data: str | None = None, device: str | None = None) -> Path:
+              force: bool = False, data: str | None = None, device: str | None = None,
+              jobs: int | None = None) -> Path:
     """Train and measure every model of ``config``; return the zoo directory.
 
     The zoo is written to a temporary directory and moved into place at the end, so an
-    interrupted build never leaves a half-written zoo behind.
+    interrupted build never leaves a half-written zoo behind. Training and evaluation run with
+    the config's ``build.threads`` threads each and deterministic algorithms, so on a CPU the
+    weights do not depend on the machine's core count or on ``jobs``.
 
     Args:
         config: the zoo config.
@@ -285,58 +191,95 @@ def build_zoo(config: ZooConfig, cache_dir: Path | None = None, *, progress: boo
         data: a local copy of the dataset (see :func:`psml_bench._data.load_dataset`).
         device: ``cpu``, ``cuda[:N]`` or ``auto``; default the config's ``build.device``. On a GPU
             training uses mixed precision (``build.amp``); test predictions are full precision.
+        jobs: models trained side by side in worker processes (default: cores // ``build.threads``;
+            always 1 on a GPU).
     """
     root = (cache_dir or default_cache_dir()) / "zoos"
     target = root / config.directory_name
     if (target / "card.json").is_file() and not force:
         return target
     torch_device = resolve_device(device or config.build.device)
+    if torch_device.type == "cuda":  # cuBLAS is deterministic only with a fixed workspace, set before its first use
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     amp = resolve_amp(config.build.amp, torch_device)
     root.mkdir(parents=True, exist_ok=True)
     dataset, source = load_dataset(config.dataset, data)
     splits = make_splits(dataset, config.splits, config.image)
     in_chans = splits.owner_x.shape[1]
     num_classes = max(config.dataset.num_classes or 0, int(splits.owner_y.max()) + 1)
-    if torch_device.type == "cpu" and config.build.gpu_scale:  # data problems first, then the warning
-        _warn_cpu_build(config, torch_device, tuple(splits.owner_x.shape[1:]), num_classes)
-    work = Path(tempfile.mkdtemp(prefix=f".{config.directory_name}-", dir=root))
+    with reproducible(config.build.threads):
+        if torch_device.type == "cpu" and config.build.gpu_scale:  # data problems first, then the warning
+            _warn_cpu_build(config, torch_device, tuple(splits.owner_x.shape[1:]), num_classes)
+        work = Path(tempfile.mkdtemp(prefix=f".{config.directory_name}-", dir=root))
+        try:
+            card = _build_into(work, config, splits, source, in_chans, num_classes, torch_device, amp, progress, jobs)
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
+    (work / "card.json").write_text(json.dumps(card, indent=2) + "\n")
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(work, target)
+    return target
+
+
+def _build_into(work: Path, config: ZooConfig, splits: Splits, source: str, in_chans: int, num_classes: int,
+                torch_device: torch.device, amp: str, progress: bool, jobs: int | None) -> dict[str, Any]:
+    """Write the splits, weights and predictions of ``config``'s zoo into ``work``; return its card."""
     (work / "weights").mkdir()
-    cards, predictions = [], {}
+    (work / "initial").mkdir()
+    save_file({"owner_x": splits.owner_x, "owner_y": splits.owner_y, "attacker_x": splits.attacker_x,
+               "attacker_y": splits.attacker_y,
+               "benign_x": splits.benign_x, "test_x": splits.test_x, "test_y": splits.test_y},
+              str(work / "splits.safetensors"))
     weights_source = PretrainedWeights()
-    models_bar = tqdm(config.models, desc=f"zoo {config.name}", disable=not progress, unit="model")
-    for model_cfg in models_bar:
+    train_jobs, inits, costs = [], {}, {}
+    for model_cfg in config.models:  # initialised here, so the Hub is asked once per build, not per worker
         with torch.random.fork_rng():
             torch.manual_seed(model_cfg.train.seed)
-            model, init = weights_source.create(model_cfg, in_chans, num_classes, config.mean, config.std)
-        start = time.perf_counter()
-        _train(model, splits.owner_x, splits.owner_y, model_cfg.train, model_cfg.id, progress, torch_device, amp)
-        if torch_device.type == "cuda":
-            torch.cuda.synchronize(torch_device)
-        train_seconds = time.perf_counter() - start
+            model, inits[model_cfg.id] = weights_source.create(model_cfg, in_chans, num_classes, config.mean,
+                                                               config.std)
+        costs[model_cfg.id] = (train_steps(model_cfg.train, len(splits.owner_y)) * model_cfg.train.batch_size
+                               * sum(p.numel() for p in model.parameters()))
+        initial = work / "initial" / f"{model_cfg.id}.safetensors"
+        save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(initial))
+        train_jobs.append(TrainJob(model_cfg, in_chans, num_classes, config.mean, config.std,
+                                   str(work / "splits.safetensors"), str(initial),
+                                   str(work / "weights" / f"{model_cfg.id}.safetensors"), str(torch_device), amp,
+                                   config.build.threads, progress))
+    workers = parallel_workers(config.build.threads, len(train_jobs), torch_device, jobs)
+    log.info("zoo %s: training %d models, %d at a time, %d threads each", config.name, len(train_jobs), workers,
+             config.build.threads)
+    longest_first = sorted(train_jobs, key=lambda job: -costs[job.model.id])  # a short makespan when parallel
+    train_seconds = train_members(longest_first, workers, f"zoo {config.name}", progress)
+    shutil.rmtree(work / "initial")
+    cards, predictions = [], {}
+    for job in tqdm(train_jobs, desc=f"measure {config.name}", disable=not progress, unit="model"):
+        model_cfg, weights_path = job.model, Path(job.weights_path)
+        model = job.network()
+        model.load_state_dict(load_file(weights_path))
+        model.to(torch_device)
         probs = predict_proba(model, splits.test_x, config.build.eval_batch_size)
         predictions[model_cfg.id] = probs
         accuracy = float((probs.argmax(1) == splits.test_y).float().mean())
         example = splits.test_x[:1].to(torch_device)
         latency = measure_latency(model, example)
-        weights_path = work / "weights" / f"{model_cfg.id}.safetensors"
-        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(weights_path))
         entry = {
             "id": model_cfg.id, "arch": model_cfg.arch, "kwargs": model_cfg.kwargs,
             "params": sum(p.numel() for p in model.parameters()), "macs": _count_macs(model, example),
             "accuracy": round(accuracy, 6),
             "latency": {**latency.as_dict(), "batch_size": 1, **environment(torch_device)},
             "weights_sha256": _sha256_file(weights_path), "train": _card_train(model_cfg.train),
-            "train_seconds": round(train_seconds, 2),
+            "train_seconds": round(train_seconds[model_cfg.id], 2),
         }
         if model_cfg.input_size is not None:
             entry["input_size"] = model_cfg.input_size
-        if init is not None:
-            entry["init"] = init
+        if inits[model_cfg.id] is not None:
+            entry["init"] = inits[model_cfg.id]
         cards.append(entry)
         model.to("cpu")
         if torch_device.type == "cuda":
             torch.cuda.empty_cache()
-        models_bar.set_postfix(last=f"{model_cfg.id} acc={accuracy:.3f} p50={latency.p50_ms:.2f}ms")
     reference = reference_profile(config.reference_profile)
     latencies = ({c["id"]: c["latency"]["p50_ms"] for c in cards} if reference is None
                  else routing_latencies(load_profile(reference), [c["id"] for c in cards], str(reference)))
@@ -369,15 +312,7 @@ def build_zoo(config: ZooConfig, cache_dir: Path | None = None, *, progress: boo
         card["build"] = {"device": str(environment(torch_device)["device"]), "amp": amp}
     validate(card, "card", "zoo card")
     save_file({k: v.contiguous() for k, v in predictions.items()}, str(work / "predictions.safetensors"))
-    save_file({"owner_x": splits.owner_x, "owner_y": splits.owner_y, "attacker_x": splits.attacker_x,
-               "attacker_y": splits.attacker_y,
-               "benign_x": splits.benign_x, "test_x": splits.test_x, "test_y": splits.test_y},
-              str(work / "splits.safetensors"))
-    (work / "card.json").write_text(json.dumps(card, indent=2) + "\n")
-    if target.exists():
-        shutil.rmtree(target)
-    os.replace(work, target)
-    return target
+    return card
 
 
 def open_zoo(name_or_path: str | Path, cache_dir: Path | None = None, *, build: bool = True,

@@ -57,6 +57,7 @@ class BuildConfig:
     device: str = "cpu"
     amp: str = "auto"
     eval_batch_size: int = 1024
+    threads: int = 1
     gpu_scale: bool = False
     expected_gpu_minutes: float | None = None
 

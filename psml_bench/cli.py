@@ -52,7 +52,7 @@ def _cmd_zoo_build(args: argparse.Namespace) -> int:
 
     config = load_zoo_config(args.name)
     directory = build_zoo(config, args.cache, progress=not args.quiet, force=args.force, data=args.data,
-                          device=args.device)
+                          device=args.device, jobs=args.jobs or None)
     print(f"zoo {config.name} built in {directory}")
     return _show(args.name, args.cache)
 
@@ -307,6 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--force", action="store_true", help="rebuild even if the zoo is cached")
     build.add_argument("--data", default=None, metavar="DIR|SPLIT=FILE,...", help=data_help)
     build.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto (default: the config's build.device)")
+    build.add_argument("--jobs", type=int, default=0,
+                       help="models trained side by side, each on the config's build.threads threads (default 0: "
+                            "CPU cores // threads); the weights are the same for every value")
     build.set_defaults(func=_cmd_zoo_build)
     show = zoo.add_parser("show", help="print a zoo's card (or its plan, when not built) and its committed profiles")
     show.add_argument("name")

@@ -67,6 +67,7 @@ def test_config_hash_follows_what_determines_the_weights(tmp_path):
     (('arch = "test_resnet"', 'arch = 7'), "models.0.arch"),
     (('id = "effnet-xs"', 'id = "resnet-xs"'), "models"),
     (('[service]', '[service]\nbogus = 1'), "service"),
+    (('threads = 2', 'threads = 0'), "build.threads"),
 ])
 def test_bad_zoo_config_names_the_field(tmp_path, change, field):
     text = TINY.read_text()

@@ -332,7 +332,7 @@ def test_run_profile_choices_resolve_to_files(tmp_path, capsys):
 
 
 def test_augmentation_and_mixed_precision_choice():
-    from psml_bench._zoo_build import _augment, resolve_amp
+    from psml_bench._zoo_train import _augment, resolve_amp
 
     x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).view(2, 3, 8, 8)
     flipped = _augment(x, "flip", torch.Generator().manual_seed(0))
