@@ -328,4 +328,20 @@ def open_zoo(name_or_path: str | Path, cache_dir: Path | None = None, *, build: 
         if not build:
             raise PsmlError(f"zoo {config.name} is not built; run `psml-bench zoo build {config.name}`")
         build_zoo(config, cache_dir, progress=progress, data=data, device=device)
-    return Zoo(directory, profile)
+    zoo = Zoo(directory, profile)
+    _warn_other_threads(config, zoo)
+    return zoo
+
+
+def _warn_other_threads(config: ZooConfig, zoo: Zoo) -> None:
+    """Warn when a CPU-built zoo in the cache was trained on another thread count than its config now fixes.
+
+    ``[build] threads`` is outside the config hash (a build setting), so such a zoo keeps its
+    directory and is opened as it is: its weights are what its own thread count gave.
+    """
+    built = zoo.card.get("environment", {}).get("threads")
+    if "build" in zoo.card or built is None or built == config.build.threads:
+        return
+    log.warning("zoo %s in %s was trained on %s threads, its config now fixes %d: it keeps the weights %s threads "
+                "gave; delete that directory to rebuild it on %d", config.name, zoo.directory, built,
+                config.build.threads, built, config.build.threads)

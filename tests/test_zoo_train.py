@@ -80,3 +80,20 @@ def test_tiny_zoo_rebuilt_in_parallel_under_another_thread_count_has_the_shared_
     assert [m["weights_sha256"] for m in card["models"]] == [m["weights_sha256"] for m in tiny_zoo.card["models"]]
     assert (directory / "predictions.safetensors").read_bytes() == (tiny_zoo.directory / "predictions.safetensors").read_bytes()
     assert torch.get_num_threads() == previous
+
+
+def test_opening_a_zoo_built_on_other_threads_than_its_config_fixes_warns(tmp_path, tiny_zoo, cache_dir, caplog):
+    from psml_bench._zoo_build import open_zoo
+
+    source = Path(load_zoo_config("fmnist-tiny").source)
+    changed = tmp_path / "fmnist-tiny.toml"
+    changed.write_text(source.read_text().replace("threads = 2", "threads = 1"))
+    assert load_zoo_config(changed).config_hash == load_zoo_config("fmnist-tiny").config_hash  # same directory
+    with caplog.at_level("WARNING", logger="psml_bench._zoo_build"):
+        zoo = open_zoo(changed, cache_dir, build=False, progress=False)
+    assert zoo.directory == tiny_zoo.directory
+    assert [r.getMessage() for r in caplog.records if "trained on 2 threads, its config now fixes 1" in r.getMessage()]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="psml_bench._zoo_build"):
+        open_zoo("fmnist-tiny", cache_dir, build=False, progress=False)
+    assert not caplog.records
