@@ -247,6 +247,12 @@ def receive_setup(conn: Connection) -> dict[str, Any] | None:
     return setup
 
 
+def failure_header(exc: BaseException) -> dict[str, Any]:
+    """What a sandboxed process (attack or defense) reports of an exception its plugin raised; the
+    worker sanitises and quotes the message."""
+    return {"op": "failed", "type": type(exc).__name__, "message": str(exc)[:4 * MAX_ERROR_CHARS]}
+
+
 def attack_main(conn: Connection) -> None:
     """Entry point of the attack process (forked by the sandbox's zygote)."""
     setup = receive_setup(conn)
@@ -275,8 +281,7 @@ def attack_main(conn: Connection) -> None:
             raise TypeError("the returned Surrogate's network does not name its timm architecture")
         message = pack({"op": "done", "arch": arch, "recipe": trained_recipe(surrogate)}, dict(surrogate.state_dict()))
     except BaseException as exc:  # noqa: BLE001 - everything the plugin does wrong is reported
-        message = pack({"op": "failed", "type": type(exc).__name__, "message": str(exc)[:4 * MAX_ERROR_CHARS],
-                        "traceback": traceback.format_exc()[-4000:]})
+        message = pack({**failure_header(exc), "traceback": traceback.format_exc()[-4000:]})
     try:
         conn.send_bytes(message)
     except (OSError, ValueError):

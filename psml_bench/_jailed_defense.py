@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from ._errors import DefenseError, ProtocolError, sanitise
-from ._isolation import (MAX_ERROR_CHARS, AttackLocator, pack, process_sandbox, receive_setup,
+from ._isolation import (MAX_ERROR_CHARS, AttackLocator, failure_header, pack, process_sandbox, receive_setup,
                          submitted_class, unpack)
 from ._plugins import Defense
 from ._sandbox import MemoryFinder, read_sources, sandbox_problem
@@ -189,10 +189,6 @@ def _encode(result: Any) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     return {"kind": "array"}, {"0": torch.from_numpy(np.ascontiguousarray(np.asarray(result)))}
 
 
-def _failed(exc: BaseException) -> bytes:
-    return pack({"op": "failed", "type": type(exc).__name__, "message": str(exc)[:4 * MAX_ERROR_CHARS]})
-
-
 def defense_main(conn: Connection) -> None:
     """Entry point of a defense process (forked by the sandbox's zygote): build the defense, then answer hooks."""
     setup = receive_setup(conn)
@@ -213,7 +209,7 @@ def defense_main(conn: Connection) -> None:
             overrides.append("answer")
         reply = pack({"op": "ready", "deterministic": bool(cls.deterministic), "overrides": overrides})
     except BaseException as exc:  # noqa: BLE001 - everything the plugin does wrong is reported
-        reply = _failed(exc)
+        reply = pack(failure_header(exc))
         defense = None
     conn.send_bytes(reply)
     generators: dict[int, np.random.Generator] = {}
@@ -230,10 +226,10 @@ def defense_main(conn: Connection) -> None:
             header, tensors = _encode(getattr(defense, hook)(*args, generators[tag]))
             header["op"] = "ok"
         except BaseException as exc:  # noqa: BLE001
-            header, tensors = {"op": "failed", "type": type(exc).__name__, "message": str(exc)[:4 * MAX_ERROR_CHARS]}, {}
+            header, tensors = failure_header(exc), {}
         header.update(rngs={str(t): g.bit_generator.state for t, g in generators.items()}, blocked=sorted(defense.blocked), detected=sorted(defense.detected))
         try:
             message = pack(header, tensors)
         except Exception as exc:  # noqa: BLE001 - e.g. a tensor safetensors cannot hold
-            message = _failed(exc)
+            message = pack(failure_header(exc))
         conn.send_bytes(message)
