@@ -96,12 +96,17 @@ def check_surrogate_params(params: dict[str, Any]) -> None:
             raise ConfigError(f"parameter '{key}' must be {rule.describe()}, got {params[key]!r}")
 
 
+def tensor_bytes(tensor: torch.Tensor) -> bytes:
+    """A tensor's raw bytes in memory order, for hashing (any dtype, bfloat16 included)."""
+    return tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+
+
 def weights_digest(model: torch.nn.Module) -> str:
     """sha256 of a model's weights and buffers (to tell whether it changed since it was trained)."""
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        digest.update(tensor_bytes(tensor))
     return digest.hexdigest()
 
 

@@ -38,7 +38,8 @@ from safetensors.torch import load_file, save_file
 
 from . import _surrogate
 from ._serving import Knowledge
-from ._surrogate import Surrogate, SurrogateConfig, Trainer, fit_surrogate, fresh_surrogate, trained_by
+from ._surrogate import (Surrogate, SurrogateConfig, Trainer, fit_surrogate, fresh_surrogate, tensor_bytes,
+                         trained_by)
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +189,7 @@ class SurrogateTrainer:
         for name in sorted(tensors):
             tensor = tensors[name]
             digest.update(f"{name} {tensor.dtype} {tuple(tensor.shape)}".encode())
-            digest.update(_bytes(tensor))
+            digest.update(tensor_bytes(tensor))
         return digest.hexdigest()
 
     def _train(self, inputs: torch.Tensor, answers: torch.Tensor, config: SurrogateConfig, seed: int,
@@ -247,9 +248,5 @@ def _size(tensors: dict[str, torch.Tensor]) -> int:
     return sum(t.numel() * t.element_size() for t in tensors.values())
 
 
-def _bytes(tensor: torch.Tensor) -> bytes:
-    return tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
-
-
 def _tensor_digest(tensor: torch.Tensor) -> str:
-    return hashlib.sha256(_bytes(tensor)).hexdigest()
+    return hashlib.sha256(tensor_bytes(tensor)).hexdigest()
