@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -310,3 +310,28 @@ def routing_latencies(profile: dict, model_ids: list[str], source: str) -> dict[
         raise ConfigError(f"latency profile {source} has no entry for model(s) {', '.join(missing)}; "
                           f"re-measure it with `psml-bench zoo profile {profile['zoo']}`")
     return {m: float(profile["models"][m]["p50_ms"]) for m in model_ids}
+
+
+@dataclass(frozen=True)
+class Separation:
+    """How far apart two neighbouring frontier models are in a profile's batch-1 latency."""
+
+    faster: str
+    slower: str
+    gap_ms: float
+    spread_ms: float
+
+    @property
+    def separated(self) -> bool:
+        """Whether the gap between the medians exceeds the larger of the two models' p50-to-p90 spreads."""
+        return self.gap_ms > self.spread_ms
+
+
+def frontier_separation(profile: Mapping[str, Any], frontier: Sequence[str]) -> list[Separation]:
+    """Each pair of neighbouring ``frontier`` models (fastest first): the gap between their batch-1 p50s
+    and the larger of their own p90 - p50 spreads, both in milliseconds."""
+    models = profile["models"]
+    ordered = sorted(frontier, key=lambda m: float(models[m]["p50_ms"]))
+    spread = {m: float(models[m]["p90_ms"]) - float(models[m]["p50_ms"]) for m in ordered}
+    return [Separation(a, b, round(float(models[b]["p50_ms"]) - float(models[a]["p50_ms"]), 4),
+                       round(max(spread[a], spread[b]), 4)) for a, b in zip(ordered, ordered[1:])]

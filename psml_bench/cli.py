@@ -83,12 +83,14 @@ def _profile_table(path: Path) -> str:
 
 def _show(name: str, cache: Path | None) -> int:
     from ._leaderboard import markdown_table, zoo_table
+    from ._profiling import frontier_separation, load_profile
     from ._zoo import Zoo
     from ._zoo_config import load_zoo_config, zoo_directory
     from ._zoo_profiles import committed_profiles
 
     config = load_zoo_config(name)
     directory = zoo_directory(config, cache)
+    zoo = None
     if (directory / "card.json").is_file():
         zoo = Zoo(directory)
         print(f"zoo {zoo.name} ({directory})\n{config.description}\n")
@@ -122,6 +124,12 @@ def _show(name: str, cache: Path | None) -> int:
         print(_profile_table(path))
     if not profiles:
         print(f"\nno latency profile is committed for zoo {config.name}")
+    if zoo is not None and zoo.profile_path is not None:
+        print(f"\nfrontier neighbours in {zoo.profile_path.name} (separated: the gap between their p50s exceeds the "
+              "larger of their p90 - p50 spreads):")
+        for pair in frontier_separation(load_profile(zoo.profile_path), zoo.frontier):
+            print(f"  {pair.faster} -> {pair.slower}: gap {pair.gap_ms:.2f} ms, spread {pair.spread_ms:.2f} ms, "
+                  + ("separated" if pair.separated else "NOT separated"))
     return 0
 
 

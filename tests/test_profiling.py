@@ -16,8 +16,8 @@ import torch
 
 from psml_bench import ConfigError
 from psml_bench._config import validate
-from psml_bench._profiling import (dump_profile, environment, fit_batch_latency, load_profile, profile_model,
-                                   resolve_device)
+from psml_bench._profiling import (dump_profile, environment, fit_batch_latency, frontier_separation, load_profile,
+                                   profile_model, resolve_device)
 from psml_bench._zoo_config import load_zoo_config
 from psml_bench._zoo_profiles import measured_profile_path, profile_zoo, resolve_profile
 from psml_bench.cli import main
@@ -67,6 +67,15 @@ def test_fit_recovers_a_line_and_scores_noise():
     assert fit_batch_latency([1, 2], [2.0, 2.0]).as_dict() == {"slope_ms": 0.0, "intercept_ms": 2.0, "r2": 1.0}
     with pytest.raises(ValueError, match="two or more distinct batch sizes"):
         fit_batch_latency([4, 4], [1.0, 2.0])
+
+
+def test_frontier_separation_compares_the_gap_with_the_larger_spread():
+    profile = {"models": {"slow": {"p50_ms": 9.0, "p90_ms": 9.5}, "fast": {"p50_ms": 2.0, "p90_ms": 2.5},
+                          "mid": {"p50_ms": 4.0, "p90_ms": 6.5}, "off": {"p50_ms": 3.0, "p90_ms": 3.1}}}
+    pairs = frontier_separation(profile, ["slow", "mid", "fast"])  # "off" is not on the frontier
+    assert [(p.faster, p.slower) for p in pairs] == [("fast", "mid"), ("mid", "slow")]
+    assert [(p.gap_ms, p.spread_ms) for p in pairs] == [(2.0, 2.5), (5.0, 2.5)]
+    assert [p.separated for p in pairs] == [False, True]  # 2.0 ms apart, but mid's own p90 is 2.5 ms above its p50
 
 
 def test_device_checks():
