@@ -71,7 +71,7 @@ def resolve_profile(config: ZooConfig, choice: str | None, cache_dir: Path | Non
 def profile_zoo(name_or_path: str | Path, cache_dir: Path | None = None, *, device: str = "cpu",
                 precision: str = "fp32", batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES, warmup: int = 20,
                 repeats: int = 200, untrained: bool = False, data: str | None = None,
-                progress: bool = True) -> dict:
+                progress: bool = True, threads: int | None = None) -> dict:
     """Measure a latency profile of every model of a zoo (see :func:`psml_bench._profiling.profile_model`).
 
     Args:
@@ -87,6 +87,7 @@ def profile_zoo(name_or_path: str | Path, cache_dir: Path | None = None, *, devi
             otherwise the built zoo (built first if needed) on its test inputs.
         data: a local copy of the dataset, if the zoo must be built first.
         progress: show progress bars.
+        threads: intra-op threads of every timed call (recorded in the profile); default: torch's current count.
 
     Returns:
         The profile document (``schemas/profile.schema.json``).
@@ -118,12 +119,17 @@ def profile_zoo(name_or_path: str | Path, cache_dir: Path | None = None, *, devi
             reps = -(-batch_size // len(pool))
             return pool[:batch_size] if reps == 1 else pool.repeat(reps, 1, 1, 1)[:batch_size]
     entries = {}
-    bar = tqdm(models.items(), desc=f"profile {config.name} on {torch_device}", disable=not progress, unit="model")
-    for model_id, model in bar:
-        entries[model_id] = profile_model(model, make_input, torch_device, precision=precision,
-                                          batch_sizes=batch_sizes, warmup=warmup, repeats=repeats)
-        if torch_device.type == "cuda":
-            torch.cuda.empty_cache()
-    return make_batch_profile(config.name, entries, torch_device, precision=precision, batch_sizes=batch_sizes,
-                              warmup=warmup, repeats=repeats, weights="untrained" if untrained else "trained",
-                              provenance=provenance)
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads or previous_threads)
+    try:
+        bar = tqdm(models.items(), desc=f"profile {config.name} on {torch_device}", disable=not progress, unit="model")
+        for model_id, model in bar:
+            entries[model_id] = profile_model(model, make_input, torch_device, precision=precision,
+                                              batch_sizes=batch_sizes, warmup=warmup, repeats=repeats)
+            if torch_device.type == "cuda":
+                torch.cuda.empty_cache()
+        return make_batch_profile(config.name, entries, torch_device, precision=precision, batch_sizes=batch_sizes,
+                                  warmup=warmup, repeats=repeats, weights="untrained" if untrained else "trained",
+                                  provenance=provenance)
+    finally:
+        torch.set_num_threads(previous_threads)

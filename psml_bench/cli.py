@@ -11,7 +11,7 @@ from typing import Sequence
 
 from tabulate import tabulate
 
-from ._errors import PsmlError
+from ._errors import ConfigError, PsmlError
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -156,12 +156,15 @@ def _cmd_zoo_profile(args: argparse.Namespace) -> int:
     config = load_zoo_config(args.name)
     profile = profile_zoo(args.name, args.cache, device=args.device, precision=args.precision,
                           batch_sizes=args.batch_sizes, warmup=args.warmup, repeats=args.repeats,
-                          untrained=args.untrained, data=args.data, progress=not args.quiet)
+                          untrained=args.untrained, data=args.data, progress=not args.quiet, threads=args.threads)
     kind = profile_device_kind(profile)
     out = Path(args.out) if args.out else measured_profile_path(config, kind, args.cache)
     write_atomic(out, dump_profile(profile))
     print(_profile_table(out))
-    routes = kind if resolve_profile(config, kind, args.cache) == out else out  # a committed one goes first
+    try:
+        routes = kind if resolve_profile(config, kind, args.cache) == out else out  # a committed one goes first
+    except ConfigError:  # written elsewhere (--out), and none of this kind is committed or cached
+        routes = out
     print(f"profile written to {out}; route a run on it with `psml-bench run --profile {routes}`")
     return 0
 
@@ -331,6 +334,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="comma-separated batch sizes, including 1 (default 1,2,4,8,16,32,64)")
     profile.add_argument("--warmup", type=int, default=20, help="untimed calls per batch size (default 20)")
     profile.add_argument("--repeats", type=int, default=200, help="timed calls per batch size (default 200)")
+    profile.add_argument("--threads", type=int, default=None,
+                         help="intra-op threads of every timed call (default: torch's, usually the core count); "
+                              "cells serve on 1")
     profile.add_argument("--untrained", action="store_true",
                          help="profile fresh models on random inputs of the zoo's declared shape: no data, no build")
     profile.add_argument("--data", default=None, metavar="DIR|SPLIT=FILE,...", help=data_help)
