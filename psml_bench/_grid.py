@@ -1,7 +1,7 @@
 """The grid model: plugin specs resolved once, blocks, the grid config and its cells, and grid loading.
 
 A grid (TOML, ``schemas/grid.schema.json``) is the union of its blocks; a block is the cross
-product of its victims, attacks, defenses, budgets and seeds. Every plugin a grid names is
+product of its zoos, victims, attacks, defenses, budgets and seeds. Every plugin a grid names is
 resolved once, when the grid loads (:func:`resolve`): its class, label, family, strength and
 source identity are computed then and carried on the cells and their rows.
 """
@@ -9,7 +9,7 @@ source identity are computed then and carried on the cells and their rows.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from ._registries import ATTACKS, DEFENSES, POLICIES, STRATEGIES
 from ._registry import Registry
 from ._service import ServiceConfig
 from ._surrogate import SURROGATE_DEFAULTS
+from ._zoo_config import load_zoo_config
 
 RECIPE_FIELDS = ("surrogate", "epochs", "min_steps")
 """The surrogate parameters a block's training recipe fixes (an attack still declares soft or hard labels)."""
@@ -103,7 +104,11 @@ def resolve(kind: str, spec: PluginSpec) -> ResolvedPlugin:
 
 @dataclass(frozen=True)
 class Cell:
-    """One (victim, attack, defense, budget, seed, service load and clients) of a grid."""
+    """One (victim, attack, defense, budget, seed, service load and clients, zoo) of a grid.
+
+    ``zoo`` is the zoo the cell runs on, as the grid names it (``""``: the grid's main zoo); the
+    victim role resolves on it. It is in the cell key through the zoo's identity, not by name.
+    """
 
     victim: str
     attack: PluginSpec
@@ -111,6 +116,7 @@ class Cell:
     budget: int
     seed: int
     service: ServiceConfig = ServiceConfig()
+    zoo: str = ""
 
     @cached_property
     def attack_plugin(self) -> ResolvedPlugin:
@@ -133,10 +139,12 @@ class Block:
     seeds: tuple[int, ...]
     services: tuple[ServiceConfig, ...] = (ServiceConfig(),)
     recipe: tuple[tuple[str, Any], ...] = DEFAULT_RECIPE
+    zoos: tuple[str, ...] = ("",)
+    """The zoos the block runs on, as the grid names them (``""``: the grid's main zoo)."""
 
     def cells(self) -> list[Cell]:
-        return [Cell(v, a, d, b, s, c) for v, a, d, b, c, s in itertools.product(
-            self.victims, self.attacks, self.defenses, self.budgets, self.services, self.seeds)]
+        return [Cell(v, a, d, b, s, c, z) for z, v, a, d, b, c, s in itertools.product(
+            self.zoos, self.victims, self.attacks, self.defenses, self.budgets, self.services, self.seeds)]
 
 
 @dataclass(frozen=True)
@@ -166,7 +174,16 @@ class GridConfig:
         return self.blocks or (Block("", self.victims, self.attacks, self.defenses, self.budgets, self.seeds),)
 
     def cells(self) -> list[Cell]:
-        return list(dict.fromkeys(cell for block in self.parts() for cell in block.cells()))
+        cells = (replace(cell, zoo=self.zoo_of(cell)) for block in self.parts() for cell in block.cells())
+        return list(dict.fromkeys(cells))
+
+    def zoo_of(self, cell: Cell) -> str:
+        """The zoo a cell runs on, as the grid names it."""
+        return cell.zoo or self.zoo
+
+    def zoos(self) -> tuple[str, ...]:
+        """Every zoo the grid's blocks run on, the main zoo first."""
+        return tuple(dict.fromkeys([self.zoo, *(z or self.zoo for block in self.parts() for z in block.zoos)]))
 
 
 def _expand(entries: list[dict[str, Any]], kind: str, source: str, field_name: str) -> tuple[PluginSpec, ...]:
@@ -265,5 +282,17 @@ def _blocks(raw: dict[str, Any], source: str) -> tuple[Block, ...]:
                             tuple(dict.fromkeys(attacks)), tuple(dict.fromkeys(defenses)),
                             tuple(entry.get("budgets", raw.get("budgets"))),
                             tuple(entry.get("seeds", raw["seeds"]) if "blocks" in raw else raw["seeds"]), services,
-                            _recipe(raw.get("recipe", {}), entry.get("recipe", {}) if "blocks" in raw else {})))
+                            _recipe(raw.get("recipe", {}), entry.get("recipe", {}) if "blocks" in raw else {}),
+                            _zoos(entry.get("zoos", [raw["zoo"]]) if "blocks" in raw else [raw["zoo"]], source,
+                                  where)))
     return tuple(blocks)
+
+
+def _zoos(entries: list[str], source: str, where: str) -> tuple[str, ...]:
+    """The block's zoos as the grid names them, each checked to be a zoo config (not built: the runner builds)."""
+    for index, name in enumerate(entries):
+        try:
+            load_zoo_config(name)
+        except PsmlError as exc:
+            raise ConfigError(f"{source}: field '{where}zoos.{index}': {exc}") from None
+    return tuple(entries)

@@ -139,12 +139,22 @@ def tradeoff_figure(table: pd.DataFrame, path: Path) -> bool:
     return True
 
 
-def write_figures(frame: pd.DataFrame, protection: pd.DataFrame, zoo, out_dir: Path) -> list[str]:
-    """Write every figure the results support; return their file names."""
+def frontier_name(zoo_name: str) -> str:
+    """The file name of the frontier figure of a grid's second or later zoo (the main zoo's is :data:`FRONTIER`)."""
+    return f"zoo_frontier_{zoo_name}.png"
+
+
+def write_figures(frame: pd.DataFrame, protection: pd.DataFrame, zoos, out_dir: Path) -> list[str]:
+    """Write every figure the results support; return their file names.
+
+    ``zoos``: the grid's opened zoos, the main zoo first (or one zoo), each with its frontier figure.
+    """
     names = []
-    if hasattr(zoo, "menu") and hasattr(zoo, "frontier"):
-        frontier_figure(zoo, out_dir / FRONTIER)
-        names.append(FRONTIER)
+    for index, zoo in enumerate(zoos if isinstance(zoos, (list, tuple)) else [zoos]):
+        if hasattr(zoo, "menu") and hasattr(zoo, "frontier"):
+            name = FRONTIER if index == 0 else frontier_name(zoo.name)
+            frontier_figure(zoo, out_dir / name)
+            names.append(name)
     if budget_figure(frame, out_dir / BUDGET_CURVES):
         names.append(BUDGET_CURVES)
     if tradeoff_figure(protection, out_dir / TRADEOFF):

@@ -55,6 +55,8 @@ class BlockView:
     declared: dict[str, bool] = field(default_factory=dict)
     submitted: frozenset[str] = frozenset()
     seeds: tuple[int, ...] = ()
+    zoos: tuple[str, ...] = ()
+    """The names of the zoos the block runs on (empty: every zoo of the rows)."""
 
 
 def recipe_text(recipe: Sequence[tuple[str, Any]] | dict[str, Any]) -> str:
@@ -64,8 +66,13 @@ def recipe_text(recipe: Sequence[tuple[str, Any]] | dict[str, Any]) -> str:
                            min_steps=int(values["min_steps"])).recipe()
 
 
-def describe_grid(grid: GridConfig) -> tuple[list[BlockView], dict[str, DefenseSetting]]:
-    """The grid's blocks as labels, and every defense label's family and strength (from the resolved plugins)."""
+def describe_grid(grid: GridConfig, zoo_names: dict[str, str] | None = None
+                  ) -> tuple[list[BlockView], dict[str, DefenseSetting]]:
+    """The grid's blocks as labels, and every defense label's family and strength (from the resolved plugins).
+
+    ``zoo_names``: each zoo's name (as rows record it) by the name the grid gives it; with it, a block's
+    rows are those of its zoos only (needed when the grid runs on several zoos).
+    """
     settings = {}
     for spec in grid.defenses:
         defense = resolve("defense", spec)
@@ -83,7 +90,8 @@ def describe_grid(grid: GridConfig) -> tuple[list[BlockView], dict[str, DefenseS
         views.append(BlockView(block.name or grid.name, tuple(resolve("attack", a).label for a in block.attacks),
                                tuple(resolve("defense", d).label for d in block.defenses), tuple(block.budgets),
                                tuple(dict.fromkeys(s.load for s in block.services)), block.recipe, declared,
-                               frozenset(submitted), tuple(block.seeds)))
+                               frozenset(submitted), tuple(block.seeds),
+                               tuple(zoo_names[z or grid.zoo] for z in block.zoos) if zoo_names else ()))
     return views, settings
 
 
@@ -93,6 +101,8 @@ def block_rows(frame: pd.DataFrame, block: BlockView) -> pd.DataFrame:
                  & frame["budget"].astype(int).isin(block.budgets)]
     if block.seeds:
         rows = rows[rows["seed"].astype(int).isin(block.seeds)]
+    if block.zoos and "zoo" in rows:
+        rows = rows[rows["zoo"].isin(block.zoos)]
     if block.loads and "load" in rows and (rows["load"] != "").all():
         rows = rows[rows["load"].astype(float).isin(block.loads)]
     return rows

@@ -23,9 +23,10 @@ from ._cell import CellTask, cell_key, failed_row, provenance, zoo_identity
 from ._config import content_hash, write_atomic
 from ._errors import ConfigError, sanitise
 from ._executor import Executor, InlineExecutor, LocalExecutor, RayExecutor
-from ._grid import GridConfig
+from ._grid import Cell, GridConfig
 from ._leaderboard import write_leaderboard
 from ._service import PoolAnswers
+from ._zoo import Zoo
 from ._zoo_build import open_zoo
 
 log = logging.getLogger(__name__)
@@ -72,25 +73,26 @@ def run_grid(grid: GridConfig, out_dir: Path, *, cache_dir: Path | None = None, 
     started = time.perf_counter()
     device = torch.device(device)
     executor = executor or make_executor("local", device=device)
-    zoo = open_zoo(grid.zoo, cache_dir, progress=progress, profile=profile)
-    for victim in grid.victims:
-        zoo.role(victim)  # a bad role fails before any work
+    cells = grid.cells()
+    zoos = open_zoos(grid, cells, cache_dir, progress=progress, profile=profile)
     cells_dir = out_dir / "cells"
     prepare_out_dir(out_dir)
     rows: dict[str, dict[str, Any]] = {}
     tasks = []
     profile_arg = str(profile) if profile else None
-    identity = zoo_identity(zoo)
+    identities = {name: zoo_identity(zoo) for name, zoo in zoos.items()}
     run_provenance = provenance(device)
-    for cell in grid.cells():
-        key = cell_key(zoo, grid, cell, identity, device)
+    for cell in cells:
+        name = grid.zoo_of(cell)
+        zoo = zoos[name]
+        key = cell_key(zoo, grid, cell, identities[name], device)
         path = cells_dir / f"{key}.json"
         if path.is_file():
             row = read_cell(path)
             if row is not None and not (retry_failed and row.get("status") != "ok"):
                 rows[key] = row
                 continue
-        tasks.append(CellTask(str(zoo.directory), profile_arg, identity, grid, cell, key, run_provenance,
+        tasks.append(CellTask(str(zoo.directory), profile_arg, identities[name], grid, cell, key, run_provenance,
                               str(device)))
     cached = len(rows)
     bar = tqdm(total=len(tasks), desc=f"grid {grid.name}", disable=not progress, unit="cell")
@@ -98,21 +100,51 @@ def run_grid(grid: GridConfig, out_dir: Path, *, cache_dir: Path | None = None, 
     bar.set_postfix(cached=cached, failed=0)
 
     def on_result(task: CellTask, row: dict[str, Any] | None, error: str) -> None:
-        row = row if row is not None else failed_row(zoo, task, sanitise(error, MAX_ERROR_CHARS))
+        row = row if row is not None else failed_row(zoos[grid.zoo_of(task.cell)], task,
+                                                     sanitise(error, MAX_ERROR_CHARS))
         row["error"] = sanitise(row.get("error", ""), MAX_ERROR_CHARS)
         rows[task.key] = write_cell(cells_dir / f"{task.key}.json", row)
         counts["failed"] += row["status"] != "ok"
         bar.set_postfix(cached=cached, failed=counts["failed"])
         bar.update()
 
-    if tasks and device.type == "cpu":
-        PoolAnswers.of(zoo)  # every model's answers on the pool, computed once here rather than in each worker
+    if device.type == "cpu":
+        for name in dict.fromkeys(grid.zoo_of(task.cell) for task in tasks):
+            PoolAnswers.of(zoos[name])  # every model's answers on the pool, once here rather than in each worker
     executor.map(tasks, on_result)
     bar.close()
     ordered = sorted(rows.values(), key=_row_order)
-    write_leaderboard(ordered, zoo, grid, out_dir)
+    write_leaderboard(ordered, zoos, grid, out_dir)
     failed = sum(r["status"] != "ok" for r in ordered)
     return RunSummary(ordered, cached, len(tasks), failed, time.perf_counter() - started, out_dir)
+
+
+def check_profile(grid: GridConfig, profile: Path | str | None) -> None:
+    """Refuse a profile file for a grid on several zoos: one profile routes one zoo's models."""
+    if profile and len(grid.zoos()) > 1:
+        raise ConfigError(f"--profile routes one zoo, but grid {grid.name} runs on the zoos {', '.join(grid.zoos())}; "
+                          "run it without --profile (each zoo then routes on its reference profile)")
+
+
+def open_zoos(grid: GridConfig, cells: list[Cell], cache_dir: Path | None = None, *, progress: bool = True,
+              profile: Path | None = None) -> dict[str, Zoo]:
+    """Every zoo the grid's cells run on, by the name the grid gives it, the main zoo first (each built if
+    needed); each cell's victim role is checked on its zoo before any work.
+
+    Raises:
+        ConfigError: ``profile`` is given for a grid on several zoos (a profile file routes one zoo), or
+            a victim role does not exist on a zoo.
+    """
+    check_profile(grid, profile)
+    names = [name for name in grid.zoos() if any(grid.zoo_of(cell) == name for cell in cells)]
+    zoos = {name: open_zoo(name, cache_dir, progress=progress, profile=profile) for name in names}
+    for name, zoo in zoos.items():
+        for victim in dict.fromkeys(cell.victim for cell in cells if grid.zoo_of(cell) == name):
+            try:
+                zoo.role(victim)  # a bad role fails before any work
+            except ConfigError as exc:
+                raise ConfigError(f"zoo {name}: {exc}" if len(zoos) > 1 else str(exc)) from None
+    return zoos
 
 
 MAX_ERROR_CHARS = 500

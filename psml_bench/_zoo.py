@@ -7,13 +7,14 @@ serving system needs only this module.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -103,6 +104,30 @@ def reference_profile(name: str | None) -> Path | None:
         return path
     log.warning("reference profile %s is missing; routing on the latencies measured at build time", path)
     return None
+
+
+def mean_disagreement(predictions: Mapping[str, torch.Tensor], model_ids: Sequence[str]) -> float | None:
+    """Mean over every pair of ``model_ids`` of the fraction of inputs on which the two models' argmax differ.
+
+    ``predictions`` holds each model's outputs (probabilities or logits) on the same inputs; None
+    when fewer than two models are named (no pair).
+    """
+    labels = [predictions[m].argmax(1) for m in model_ids]
+    pairs = list(itertools.combinations(labels, 2))
+    if not pairs:
+        return None
+    return sum(float((a != b).float().mean()) for a, b in pairs) / len(pairs)
+
+
+def disagreement(predictions: Mapping[str, torch.Tensor], model_ids: Sequence[str],
+                 frontier: Sequence[str]) -> dict[str, float | None]:
+    """A zoo's mean pairwise disagreement over all its models' pairs and over its frontier models' pairs
+    (rounded to 6 decimals, as a zoo card stores it)."""
+    def rounded(value: float | None) -> float | None:
+        return None if value is None else round(value, 6)
+
+    return {"all_models": rounded(mean_disagreement(predictions, model_ids)),
+            "frontier": rounded(mean_disagreement(predictions, frontier))}
 
 
 @dataclass(frozen=True)
@@ -199,3 +224,16 @@ class Zoo:
     def test_predictions(self) -> dict[str, torch.Tensor]:
         """Each model's softmax outputs on the test split."""
         return load_file(str(self.directory / "predictions.safetensors"))
+
+    @cached_property
+    def disagreement(self) -> dict[str, float | None]:
+        """Mean pairwise disagreement on the test split: ``all_models`` (every pair of models) and ``frontier``
+        (every pair of frontier models; None with fewer than two).
+
+        From the card when it records them for the frontier this zoo routes on; otherwise (a zoo built
+        before the card had them, or another profile's frontier) computed from the stored predictions.
+        """
+        stored = self.card.get("disagreement")
+        if stored is not None and list(self.card["frontier"]) == list(self.frontier):
+            return dict(stored)
+        return disagreement(self.test_predictions, [m["id"] for m in self.card["models"]], self.frontier)

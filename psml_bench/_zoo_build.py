@@ -35,7 +35,7 @@ from ._config import validate
 from ._data import Splits, load_dataset, make_splits
 from ._errors import PsmlError
 from ._profiling import environment, load_profile, measure_latency, resolve_device, routing_latencies
-from ._zoo import Zoo, ZooModel, pareto_frontier, reference_profile, service_ranges
+from ._zoo import Zoo, ZooModel, disagreement, pareto_frontier, reference_profile, service_ranges
 from ._zoo_config import ModelConfig, TrainConfig, ZooConfig, default_cache_dir, load_zoo_config, zoo_directory
 from ._zoo_train import (TrainJob, parallel_workers, predict_proba, reproducible, resolve_amp, train_members,
                          train_steps)
@@ -301,6 +301,8 @@ def _build_into(work: Path, config: ZooConfig, splits: Splits, source: str, in_c
         "preprocess": preprocess,
         "models": cards,
         "frontier": [cards[i]["id"] for i in pareto_frontier(accuracies, ordered)],
+        "disagreement": disagreement(predictions, [c["id"] for c in cards],
+                                     [cards[i]["id"] for i in pareto_frontier(accuracies, ordered)]),
         "service": {"profile": reference.name if reference else "measured",
                     "reference_profile": config.reference_profile,
                     "accuracy_margin": config.accuracy_margin, "latency_margin": config.latency_margin,

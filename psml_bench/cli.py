@@ -16,12 +16,13 @@ from ._errors import ConfigError, PsmlError
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from ._grid import load_grid
-    from ._runner import make_executor, run_grid
+    from ._runner import check_profile, make_executor, run_grid
 
     from ._profiling import resolve_device
 
     device = resolve_device(args.device)
     grid = load_grid(args.grid)
+    check_profile(grid, args.profile)
     profile = _profile_path(grid.zoo, args.profile, args.cache)
     executor = make_executor(args.executor, jobs=args.jobs, timeout_s=args.timeout or None,
                              memory_mb=args.memory_mb or None, address=args.address, device=device)
@@ -82,7 +83,7 @@ def _profile_table(path: Path) -> str:
 
 
 def _show(name: str, cache: Path | None) -> int:
-    from ._leaderboard import markdown_table, zoo_table
+    from ._leaderboard import disagreement_text, markdown_table, zoo_table
     from ._profiling import frontier_separation, load_profile
     from ._zoo import Zoo
     from ._zoo_config import load_zoo_config, zoo_directory
@@ -97,6 +98,7 @@ def _show(name: str, cache: Path | None) -> int:
         print(markdown_table(zoo_table(zoo)))
         print(f"\nadvertised specs: accuracy in {list(zoo.accuracy_range)}, latency in {list(zoo.latency_range_ms)} ms;"
               f" splits {zoo.card['splits']}")
+        print(disagreement_text(zoo))
     else:
         dataset = config.dataset
         source = f"Hugging Face Hub '{dataset.hub_id}'" + (f" ({dataset.hub_data_dir})" if dataset.hub_data_dir else "")

@@ -30,6 +30,7 @@ class CardOnlyZoo:
     accuracy_range = (0.7, 0.95)
     latency_range_ms = (0.5, 3.0)
     frontier = ("fast", "slow")
+    disagreement = {"all_models": 0.2125, "frontier": 0.15}
     menu = (MenuEntry("fast", 0.8, 1.0), MenuEntry("slow", 0.9, 2.0), MenuEntry("bad", 0.75, 2.5))
     card = {"models": [{"id": m, "arch": a, "params": p, "macs": 10 * p}
                        for m, a, p in (("fast", "test_resnet", 1000), ("slow", "resnet18", 5000),
