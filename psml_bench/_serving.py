@@ -85,6 +85,16 @@ class InfaasPolicy(Policy):
         return np.where(feasible, first_feasible, fallback), feasible
 
 
+SPEC_SLACK = 1e-9
+"""How far, relative to the bounds' size, a spec may pass an advertised bound and still count as on it: the
+float rounding of a bound an attacker computed (``high + 1.0 * (26.45 - high)`` is 26.450000000000003)."""
+
+
+def _outside(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    slack = SPEC_SLACK * max(1.0, abs(lo), abs(hi))
+    return ~np.isfinite(values) | (values < lo - slack) | (values > hi + slack)
+
+
 def _spec_arrays(spec: Spec | Sequence[Spec], n: int) -> tuple[np.ndarray, np.ndarray]:
     if isinstance(spec, Spec):
         return np.full(n, float(spec.min_accuracy)), np.full(n, float(spec.max_latency_ms))
@@ -227,16 +237,19 @@ class Server:
             raise InvalidQueryError("inputs contain NaN or infinite values")
         return inputs
 
-    def _check_specs(self, min_accuracy: np.ndarray, max_latency: np.ndarray) -> None:
+    def _check_specs(self, min_accuracy: np.ndarray, max_latency: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The specs, each checked to lie in the advertised range and clipped onto it where it passes a bound
+        by no more than float rounding (:data:`SPEC_SLACK`)."""
         (a_lo, a_hi), (l_lo, l_hi) = self.spec_range.accuracy, self.spec_range.latency_ms
-        bad_accuracy = ~np.isfinite(min_accuracy) | (min_accuracy < a_lo) | (min_accuracy > a_hi)
-        bad_latency = ~np.isfinite(max_latency) | (max_latency < l_lo) | (max_latency > l_hi)
+        bad_accuracy = _outside(min_accuracy, a_lo, a_hi)
+        bad_latency = _outside(max_latency, l_lo, l_hi)
         if bad_accuracy.any():
             raise InvalidQueryError(f"spec min_accuracy {min_accuracy[bad_accuracy][0]} is outside the advertised "
                                     f"range [{a_lo}, {a_hi}]")
         if bad_latency.any():
             raise InvalidQueryError(f"spec max_latency_ms {max_latency[bad_latency][0]} is outside the advertised "
                                     f"range [{l_lo}, {l_hi}]")
+        return self.spec_range.clip(min_accuracy, max_latency)
 
     def route(self, min_accuracy: np.ndarray, max_latency: np.ndarray,
               rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -274,7 +287,7 @@ class Server:
         inputs = self._check_inputs(inputs)
         n = inputs.shape[0]
         min_accuracy, max_latency = _spec_arrays(spec, n)
-        self._check_specs(min_accuracy, max_latency)
+        min_accuracy, max_latency = self._check_specs(min_accuracy, max_latency)
         if self.budget is not None and self.used + n > self.budget:
             raise BudgetExhausted(f"query of {n} inputs exceeds the remaining budget of {self.budget - self.used} "
                                   f"(budget {self.budget}); nothing was served")

@@ -8,6 +8,7 @@ import pytest
 
 from psml_bench import ConfigError
 from psml_bench._grid import load_grid
+from psml_bench._profiling import load_profile, reference_profile_path
 from psml_bench._zoo_config import load_zoo_config
 
 TINY = Path(__file__).resolve().parents[1] / "psml_bench" / "configs" / "zoos" / "fmnist-tiny.toml"
@@ -27,6 +28,15 @@ def test_shipped_configs_load():
     assert len(grid.seeds) >= 3 and len(grid.cells()) == len(set(grid.cells()))
     assert [b.name for b in grid.blocks] == ["budgets", "strategies", "spec-defenses", "output-defenses", "load",
                                              "stateful-defenses"]
+    # the headline blocks also run on the zoo of real serving architectures (issue 17)
+    assert grid.zoos() == ("fmnist", "fmnist-real")
+    assert [len(b.zoos) for b in grid.blocks] == [2, 1, 2, 1, 1, 1]
+    real = load_zoo_config("fmnist-real")
+    assert not any(m.arch.startswith("test_") for m in real.models) and len(real.models) == 5
+    assert (real.splits, real.mean, real.std) == (load_zoo_config("fmnist").splits, load_zoo_config("fmnist").mean,
+                                                  load_zoo_config("fmnist").std)  # same images in both zoos
+    profile = load_profile(reference_profile_path(real.reference_profile))
+    assert set(profile["models"]) == {m.id for m in real.models} and profile["threads"] == 1
     load, stateful = grid.blocks[-2:]
     assert [s.load for s in load.services] == [0.5, 0.8, 0.95]
     assert [s.latency_visible for s in stateful.services] == [True]  # psml-timing needs to see latencies

@@ -80,6 +80,9 @@ def test_specs_outside_the_advertised_range_are_rejected(tiny_zoo, server):
     with pytest.raises(InvalidQueryError, match="one Spec or a sequence"):
         server.query(pool(tiny_zoo, 2), [Spec(a_lo, l_hi)])
     assert server.used == 0
+    # a bound computed in floats (high + 1.0 * (l_hi - high)) passes it by rounding only: served as the bound
+    assert server.query(x, Spec(a_hi, float(np.nextafter(l_hi, np.inf)))).shape == (1, tiny_zoo.num_classes)
+    assert server.used == 1
 
 
 def test_single_model_service_serves_only_the_victim(tiny_zoo, rng):
