@@ -1,9 +1,10 @@
 """The leaderboard's content as sections of tables, rendered as ``README.md``, with ``results.csv`` beside it.
 
-The page has, per victim and block: the attacks ranked per defense (fixed-recipe track ranked,
-own-training rows labelled), then per block with defenses, every defense setting's costs,
-eligibility and protection, and defense families ranked by protection under the utility
-constraint, then by AUC. Numbers are means over seeds ± the half-width of their 95% t-interval
+The page has, per zoo, its models; on several zoos, the headline comparisons side by side
+(:mod:`psml_bench._zoo_comparison`); then per victim and block: the attacks ranked per defense
+(fixed-recipe track ranked, own-training rows labelled), then per block with defenses, every
+defense setting's costs, eligibility and protection, and defense families ranked by protection
+under the utility constraint, then by AUC. Numbers are means over seeds ± the half-width of their 95% t-interval
 (:mod:`psml_bench._intervals`); ranks shown ``=k`` are shared. :mod:`psml_bench._webpage` renders
 the same sections as ``index.html``.
 """
@@ -23,6 +24,7 @@ from ._grid import GridConfig
 from ._plots import frontier_name, write_figures
 from ._ranking import (FIXED, GOODPUT_FLOOR, attack_ranking, block_rows, crossover_notes, defense_ranking,
                        describe_grid, estimate, protection_table, recipe_text)
+from ._zoo_comparison import Comparison, attack_differences, spec_protections
 
 RESULT_COLUMNS = [
     "zoo", "victim", "victim_model", "attack", "attack_access", "defense", "budget", "seed", "load",
@@ -175,6 +177,55 @@ def zoo_section(zoo, grid: GridConfig, figures: Sequence[str]) -> Section:
     return Section(2, f"Zoo `{zoo.name}`", [p for p in paragraphs if p], zoo_table(zoo), list(figures))
 
 
+def comparison_sections(frames: Mapping[str, pd.DataFrame], by_name: Mapping[str, Any], blocks, settings,
+                        table: pd.DataFrame) -> list[Section]:
+    """``Zoos compared``: each zoo's disagreement and victims, then the headline comparisons side by side."""
+    zoos = list(frames)
+    victims = []
+    for name, part in frames.items():
+        for victim, model in part.drop_duplicates("victim")[["victim", "victim_model"]].values:
+            figures = getattr(by_name[name], "disagreement", None) or {}
+            victims.append([f"`{name}`", _f(figures.get("all_models")), _f(figures.get("frontier")), victim,
+                            f"`{model}`", f"{by_name[name].entry(model).accuracy:.4f}"])
+    sections = [Section(2, "Zoos compared", [
+        "The headline comparisons on each zoo, side by side: each number is computed within one zoo, as its "
+        "own tables compute it (mean of the per-seed paired difference ± the half-width of its 95% t-interval, "
+        "n seeds), and the last column says whether the sign agrees on every zoo and on which the interval "
+        "excludes 0. Disagreement: mean pairwise share of test images on which two models' top-1 differ."],
+        Table(["zoo", "disagreement (all models)", "disagreement (frontier)", "victim", "victim model",
+               "victim accuracy"], victims))]
+    attacks = attack_differences(frames, blocks)
+    if attacks:
+        sections.append(Section(3, "Attacks compared across zoos", [
+            "Without a defense, in the blocks that ran `psml`, `oracle` and `naive`: psml's fidelity (accuracy) "
+            "minus the other attack's, seed by seed."], _comparison_table(attacks, zoos, "difference")))
+    defenses = spec_protections(frames, table, blocks, settings)
+    if defenses:
+        sections.append(Section(3, "Spec and routing defenses compared across zoos", [
+            "Per attack, the protection of the eligible spec or routing defense setting (eligible as in the "
+            "defense tables) that protects most against it: that attack's undefended fidelity minus its fidelity "
+            "against the setting, seed by seed; `strongest attack`: the defense tables' protection (best attack "
+            "undefended minus the strongest attack against the setting)."],
+            _comparison_table(defenses, zoos, "attack", settings_shown=True)))
+    return sections
+
+
+def _comparison_table(comparisons: Sequence[Comparison], zoos: Sequence[str], what: str,
+                      settings_shown: bool = False) -> Table:
+    headers = ["victim", "block", "budget", "load", what]
+    for zoo in zoos:
+        headers += [f"`{zoo}`"] + [f"at setting (`{zoo}`)"] * settings_shown
+    rows = []
+    for c in comparisons:
+        row = [c.victim, c.block, str(c.budget), c.load, c.what]
+        for zoo in zoos:
+            value = c.estimates[zoo]
+            row += [f"{value.format()} (n={value.n})" if value.known else "—"] + \
+                [c.settings.get(zoo, "—")] * settings_shown
+        rows.append(row + [c.agreement()])
+    return Table(headers + ["on every zoo" if len(zoos) > 2 else "on both zoos"], rows)
+
+
 def _victim_title(victim: str, group: pd.DataFrame, by_name: dict[str, Any]) -> str:
     """A victim's heading: its model and accuracy (on each zoo, when there are several)."""
     models = group.drop_duplicates("zoo")[["zoo", "victim_model"]].values if len(by_name) > 1 else \
@@ -208,6 +259,8 @@ def leaderboard_sections(frame: pd.DataFrame, zoos, grid: GridConfig, figures: S
     frames = {name: frame[frame["zoo"] == name] for name in by_name} if len(by_name) > 1 else {main: frame}
     table = pd.concat([protection_table(part, blocks, settings, grid.max_accuracy_drop).assign(zoo=name)
                        for name, part in frames.items()], ignore_index=True)
+    if len(by_name) > 1 and frame["zoo"].nunique() > 1:
+        sections += comparison_sections(frames, by_name, blocks, settings, table)
     for victim, group in frame.groupby("victim", sort=False):
         sections.append(Section(2, _victim_title(victim, group, by_name)))
         for block in blocks:

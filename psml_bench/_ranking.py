@@ -14,6 +14,7 @@ from typing import Any, Sequence
 import pandas as pd
 
 from ._grid import DEFAULT_RECIPE, RECIPE_FIELDS, GridConfig, resolve
+from ._plugins import Defense
 from ._surrogate import SurrogateConfig
 from ._intervals import NO_ESTIMATE, Estimate, paired_difference, shared_ranks, t_interval
 
@@ -31,11 +32,25 @@ FLAGS_NOT_COMPUTED = "flags not computed"
 
 @dataclass(frozen=True)
 class DefenseSetting:
-    """How a defense label reads: its family (the label without the strength) and its strength."""
+    """How a defense label reads: its family (the label without the strength) and its strength.
+
+    ``routing``: whether the defense acts on the spec or the routing choice only (see :func:`acts_on_routing`).
+    """
 
     family: str
     strength: str | None
     value: Any
+    routing: bool = False
+
+
+def acts_on_routing(cls: type) -> bool:
+    """Whether a defense class overrides a spec or routing hook (``perturb_spec``, ``reroute``) and no other.
+
+    A sandboxed submission's proxy overrides every hook, so it never counts.
+    """
+    changed = {hook for hook in ("admit", "perturb_spec", "reroute", "answer", "postprocess")
+               if getattr(cls, hook, None) is not getattr(Defense, hook)}
+    return bool(changed) and changed <= {"perturb_spec", "reroute"}
 
 
 @dataclass(frozen=True)
@@ -76,7 +91,8 @@ def describe_grid(grid: GridConfig, zoo_names: dict[str, str] | None = None
     settings = {}
     for spec in grid.defenses:
         defense = resolve("defense", spec)
-        settings[defense.label] = DefenseSetting(defense.family, defense.strength, defense.strength_value)
+        settings[defense.label] = DefenseSetting(defense.family, defense.strength, defense.strength_value,
+                                                  acts_on_routing(defense.cls))
     views = []
     for block in grid.parts():
         declared, submitted = {}, set()

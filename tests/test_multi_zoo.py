@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,11 @@ import torch
 
 from psml_bench import ConfigError
 from psml_bench._cell import cell_key, zoo_identity
-from psml_bench._grid import load_grid
+from psml_bench._grid import Block, GridConfig, PluginSpec, load_grid
+from psml_bench._intervals import NO_ESTIMATE, Estimate
+from psml_bench._leaderboard import render_markdown, results_frame
+from psml_bench._zoo import MenuEntry
+from psml_bench._zoo_comparison import agreement
 from psml_bench._runner import make_executor, run_grid
 from psml_bench._zoo import Zoo, disagreement, mean_disagreement
 from psml_bench._zoo_config import load_zoo_config, zoo_directory
@@ -64,7 +69,7 @@ def test_a_two_zoo_grid_runs_end_to_end_with_one_leaderboard(two_zoos, tmp_path)
     assert sorted(r["zoo"] for r in summary.rows) == ["fmnist-tiny", "fmnist-tiny-b"]
     assert len({r["cell_key"] for r in summary.rows}) == 2
     readme = (out / "README.md").read_text()
-    for text in ("## Zoo `fmnist-tiny`", "## Zoo `fmnist-tiny-b`", "block `b`, zoo `fmnist-tiny-b`",
+    for text in ("## Zoo `fmnist-tiny`", "## Zoo `fmnist-tiny-b`", "## Zoos compared", "block `b`, zoo `fmnist-tiny-b`",
                  "block `b`, zoo `fmnist-tiny`", "Mean pairwise disagreement", "zoo_frontier_fmnist-tiny-b.png"):
         assert text in readme
     assert (out / "zoo_frontier_fmnist-tiny-b.png").is_file()
@@ -114,3 +119,143 @@ def _with_card(zoo: Zoo, card: dict) -> Zoo:
 def _write(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
+
+
+class HandZoo:
+    """The parts of a zoo that rendering reads, without weights (victim ``mid``)."""
+
+    profile_name = "hand.json"
+    accuracy_range = (0.7, 0.95)
+    latency_range_ms = (0.5, 3.0)
+    frontier = ("mid",)
+    card = {"models": [{"id": "mid", "arch": "resnet18", "params": 10, "macs": 100}]}
+
+    def __init__(self, name: str, accuracy: float, disagreement: dict):
+        self.name, self.disagreement = name, disagreement
+        self.menu = (MenuEntry("mid", accuracy, 1.0),)
+
+    def entry(self, model_id):
+        return next(e for e in self.menu if e.id == model_id)
+
+
+ATTACKS = {"oracle": PluginSpec("oracle"), "naive": PluginSpec("naive"), "psml": PluginSpec("psml"),
+           "psml-adaptive": PluginSpec("psml-adaptive")}
+DEFENSES = {"none": PluginSpec("none"), "spec-noise(scale=0.05)": PluginSpec("spec-noise", (("scale", 0.05),)),
+            "spec-noise(scale=0.1)": PluginSpec("spec-noise", (("scale", 0.1),)),
+            "spec-quantize(step=0.1)": PluginSpec("spec-quantize", (("step", 0.1),)),
+            "top-k(k=2)": PluginSpec("top-k", (("k", 2),))}
+GOODPUT = {"none": 1.0, "spec-noise(scale=0.05)": 0.9, "spec-noise(scale=0.1)": 0.7, "spec-quantize(step=0.1)": 0.95,
+           "top-k(k=2)": 1.0}
+# per (zoo, attack, defense): fidelity per seed 0, 1, 2 (accuracy 0.7 unless listed in ACCURACY)
+FIDELITY = {
+    ("a", "oracle", "none"): [0.80, 0.82, 0.84], ("a", "naive", "none"): [0.70, 0.71, 0.75],
+    ("a", "psml", "none"): [0.78, 0.80, 0.85],
+    ("b", "oracle", "none"): [0.90, 0.90, 0.90], ("b", "naive", "none"): [0.85, 0.88, 0.91],
+    ("b", "psml", "none"): [0.86, 0.89, 0.92],
+}
+SPEC = {  # the spec block's psml runs (its undefended psml cells are other cells than the budgets block's)
+    ("a", "psml", "none"): [0.80, 0.81, 0.82], ("a", "psml", "spec-noise(scale=0.05)"): [0.78, 0.78, 0.80],
+    ("a", "psml", "spec-quantize(step=0.1)"): [0.785, 0.795, 0.805],
+    ("a", "psml-adaptive", "none"): [0.79, 0.80, 0.81],
+    ("a", "psml-adaptive", "spec-noise(scale=0.05)"): [0.79, 0.80, 0.82],
+    ("a", "psml-adaptive", "spec-quantize(step=0.1)"): [0.79, 0.80, 0.81],
+    ("b", "psml", "none"): [0.90, 0.90, 0.90], ("b", "psml", "spec-noise(scale=0.05)"): [0.91, 0.90, 0.92],
+    ("b", "psml", "spec-quantize(step=0.1)"): [0.92, 0.92, 0.92],
+    ("b", "psml-adaptive", "none"): [0.88, 0.88, 0.88],
+    ("b", "psml-adaptive", "spec-noise(scale=0.05)"): [0.88, 0.88, 0.88],
+    ("b", "psml-adaptive", "spec-quantize(step=0.1)"): [0.90, 0.90, 0.90],
+}
+ACCURACY = {("a", "psml"): [0.7, 0.7, 0.7], ("a", "naive"): [0.6, 0.6, 0.6],
+            ("b", "psml"): [0.7, 0.7, 0.7], ("b", "naive"): [0.72, 0.75, 0.78]}
+
+
+def hand_grid() -> GridConfig:
+    seeds = (0, 1, 2)
+    blocks = (Block("budgets", ("rank:1",), tuple(ATTACKS[a] for a in ("oracle", "naive", "psml")), (DEFENSES["none"],),
+                    (100,), seeds, zoos=("a", "b")),
+              Block("spec", ("rank:1",), (ATTACKS["psml"], ATTACKS["psml-adaptive"]), tuple(DEFENSES.values()), (200,),
+                    seeds, zoos=("a", "b")))
+    return GridConfig("hand", "a", "infaas", ("rank:1",), tuple(ATTACKS.values()), tuple(DEFENSES.values()),
+                      (100, 200), seeds, 100, "test", blocks)
+
+
+def hand_rows(zoos=("a", "b")) -> list[dict]:
+    cells = []
+    for zoo in zoos:
+        cells += [(zoo, 100, a, "none", FIDELITY[(zoo, a, "none")]) for a in ("oracle", "naive", "psml")]
+        # spec-noise 0.1 (ineligible: goodput 0.7) and top-k (not a spec defense) protect most
+        cells += [(zoo, 200, a, d, SPEC.get((zoo, a, d)) or [f - 0.3 for f in SPEC[(zoo, a, "none")]])
+                  for a in ("psml", "psml-adaptive") for d in DEFENSES]
+    return [{"zoo": zoo, "victim": "rank:1", "victim_model": "mid", "attack": attack,
+             "attack_access": "victim" if attack == "oracle" else "service", "defense": defense, "budget": budget,
+             "seed": seed, "load": 0.5, "status": "ok", "fidelity": fidelity[seed],
+             "accuracy": ACCURACY.get((zoo, attack), [0.7] * 3)[seed] if budget == 100 else 0.7,
+             "goodput": GOODPUT[defense], "benign_accuracy_drop": 0.0, "perturbation": 0.0, "latency_overhead": 0.0,
+             "flags": "", "cell_key": f"{zoo}{budget}{attack}{defense}{seed}"}
+            for zoo, budget, attack, defense, fidelity in cells for seed in (0, 1, 2)]
+
+
+def hand_zoos(names=("a", "b")) -> dict:
+    zoos = {"a": HandZoo("a", 0.9, {"all_models": 0.164, "frontier": 0.146}),
+            "b": HandZoo("b", 0.85, {"all_models": 0.3, "frontier": 0.25})}
+    return {n: zoos[n] for n in names}
+
+
+def _hw(differences: list[float]) -> float:
+    """The 95% t half-width of three per-seed differences: t(0.975, 2) s / sqrt(3)."""
+    mean = sum(differences) / 3
+    return 4.302652729911275 * math.sqrt(sum((d - mean) ** 2 for d in differences) / 2) / math.sqrt(3)
+
+
+def _row(text: str, *start: str) -> list[str]:
+    """The cells of the first table row whose leading cells are ``start``."""
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if line.startswith("|") and cells[:len(start)] == list(start):
+            return cells
+    raise AssertionError(f"no row {start}")
+
+
+def test_zoos_compared_sets_the_headline_comparisons_of_each_zoo_side_by_side():
+    text = render_markdown(results_frame(hand_rows()), hand_zoos(), hand_grid())
+    assert "## Zoos compared" in text
+    assert _row(text, "`a`") == ["`a`", "0.164", "0.146", "rank:1", "`mid`", "0.9000"]
+    assert _row(text, "`b`") == ["`b`", "0.300", "0.250", "rank:1", "`mid`", "0.8500"]
+    start = ["rank:1", "budgets", "100", "0.5"]
+    # psml - oracle: a [-0.02, -0.02, 0.01], b [-0.04, -0.01, 0.02]: both negative, neither excludes 0
+    assert _row(text, *start, "psml - oracle, fidelity")[5:] == [
+        f"-0.010 ± {_hw([-0.02, -0.02, 0.01]):.3f} (n=3)", f"-0.010 ± {_hw([-0.04, -0.01, 0.02]):.3f} (n=3)",
+        "Same sign (-) on both zoos; the interval includes 0 on both zoos."]
+    assert _row(text, *start, "psml - naive, fidelity")[5:] == [
+        f"0.090 ± {_hw([0.08, 0.09, 0.10]):.3f} (n=3)", "0.010 ± 0.000 (n=3)",
+        "Same sign (+) on both zoos; the interval excludes 0 on both zoos."]
+    assert _row(text, *start, "psml - naive, accuracy")[5:] == [
+        "0.100 ± 0.000 (n=3)", f"-0.050 ± {_hw([-0.02, -0.05, -0.08]):.3f} (n=3)",
+        "Sign differs: + on `a`, - on `b`; the interval excludes 0 on `a`; it includes 0 on `b`."]
+    # spec defenses: spec-noise 0.1 (goodput 0.7) is ineligible and top-k is no spec defense, though both protect most
+    start = ["rank:1", "spec", "200", "0.5"]
+    assert _row(text, *start, "psml")[5:] == [
+        f"0.023 ± {_hw([0.02, 0.03, 0.02]):.3f} (n=3)", "spec-noise(scale=0.05)",
+        f"-0.010 ± {_hw([-0.01, 0.0, -0.02]):.3f} (n=3)", "spec-noise(scale=0.05)",
+        "Sign differs: + on `a`, - on `b`; the interval excludes 0 on `a`; it includes 0 on `b`."]
+    # psml-adaptive: on a, spec-quantize (0 each seed) beats spec-noise 0.05 ([0, 0, -0.01]); on b, the reverse
+    assert _row(text, *start, "psml-adaptive")[5:] == [
+        "0.000 ± 0.000 (n=3)", "spec-quantize(step=0.1)", "0.000 ± 0.000 (n=3)", "spec-noise(scale=0.05)",
+        "Same sign (0) on both zoos; the interval includes 0 on both zoos."]
+    # the defense tables' protection, a at spec-quantize: psml undefended - psml-adaptive against it, 0.01 each seed
+    assert _row(text, *start, "strongest attack")[5:] == [
+        "0.010 ± 0.000 (n=3)", "spec-quantize(step=0.1)",
+        f"-0.010 ± {_hw([-0.01, 0.0, -0.02]):.3f} (n=3)", "spec-noise(scale=0.05)",
+        "Sign differs: + on `a`, - on `b`; the interval excludes 0 on `a`; it includes 0 on `b`."]
+    compared = text.split("## Victim")[0]
+    assert "top-k" not in compared and "spec-noise(scale=0.1)" not in compared
+    one = render_markdown(results_frame(hand_rows(("a",))), hand_zoos(("a",)), hand_grid())
+    assert "Zoos compared" not in one and "psml - oracle" not in one
+
+
+def test_agreement_names_missing_zoos_and_intervals_it_cannot_judge():
+    nan = float("nan")
+    assert agreement({"a": Estimate(0.1, 0.05, 3), "b": Estimate(0.2, nan, 1), "c": NO_ESTIMATE}) == \
+        "Same sign (+) on `a`, `b`; the interval excludes 0 on `a`; one seed (no interval) on `b`; no estimate on `c`."
+    assert agreement({"a": Estimate(-0.1, 0.2, 3), "b": Estimate(0.2, 0.1, 3)}) == \
+        "Sign differs: - on `a`, + on `b`; the interval excludes 0 on `b`; it includes 0 on `a`."
