@@ -13,11 +13,12 @@ from typing import Mapping, Sequence
 
 import pandas as pd
 
-from ._intervals import Estimate, paired_difference
+from ._intervals import NO_ESTIMATE, Estimate, paired_difference
 from ._ranking import NO_DEFENSE, BlockView, DefenseSetting, block_rows, np_mean, ok_values
 
 # (attack, minus attack, metric): the differences the paper reports, compared across zoos
 ATTACK_DIFFERENCES = (("psml", "oracle", "fidelity"), ("psml", "naive", "fidelity"), ("psml", "naive", "accuracy"))
+NONE_ELIGIBLE = "no eligible setting"
 STRONGEST = "strongest attack"
 """The comparison row of the defense tables' own protection (against the strongest attack)."""
 
@@ -60,9 +61,12 @@ def agreement(estimates: Mapping[str, Estimate]) -> str:
         return "both zoos" if len(zoos) == 2 else f"all {len(zoos)} zoos"
 
     known = {zoo: e for zoo, e in estimates.items() if e.known}
-    signs = {zoo: _sign(e.mean) for zoo, e in known.items()}
-    parts = [f"Same sign ({next(iter(signs.values()))}) on {on(list(known))}" if len(set(signs.values())) == 1
-             else "Sign differs: " + ", ".join(f"{s} on `{zoo}`" for zoo, s in signs.items())]
+    signs = {zoo: _sign(round(e.mean, 3)) for zoo, e in known.items()}  # the sign of the mean as shown
+    if len(known) < 2:
+        parts = [f"Sign {s} on `{zoo}` only" for zoo, s in signs.items()]
+    else:
+        parts = [f"Same sign ({next(iter(signs.values()))}) on {on(list(known))}" if len(set(signs.values())) == 1
+                 else "Sign differs: " + ", ".join(f"{s} on `{zoo}`" for zoo, s in signs.items())]
     excluding = [zoo for zoo, e in known.items() if excludes_zero(e)]
     including = [zoo for zoo, e in known.items() if not math.isnan(e.half_width) and zoo not in excluding]
     single = [zoo for zoo, e in known.items() if math.isnan(e.half_width)]
@@ -79,10 +83,10 @@ def agreement(estimates: Mapping[str, Estimate]) -> str:
 
 
 def _kept(found: dict[tuple, Comparison], zoos: Sequence[str]) -> list[Comparison]:
-    """The comparisons estimated on at least two zoos, each with every zoo (an absent one: no estimate)."""
+    """The comparisons made on at least two zoos, each with every zoo (an absent one: no estimate)."""
     out = []
     for comparison in found.values():
-        if sum(e.known for e in comparison.estimates.values()) >= 2:
+        if len(comparison.estimates) >= 2:
             estimates = {z: comparison.estimates.get(z, Estimate(math.nan, math.nan, 0)) for z in zoos}
             out.append(Comparison(comparison.what, comparison.victim, comparison.block, comparison.budget,
                                   comparison.load, estimates, comparison.settings))
@@ -130,22 +134,24 @@ def spec_protections(frames: Mapping[str, pd.DataFrame], table: pd.DataFrame, bl
     if table.empty:
         return []
     routing = {label for label, setting in settings.items() if setting.routing}
-    eligible = table[(table["ineligible"] == "") & table["defense"].isin(routing)]
+    ran = table[table["defense"].isin(routing)]
     for block in blocks:
         for zoo, frame in frames.items():
             rows = block_rows(frame, block)
-            chosen = eligible[(eligible["block"] == block.name) & (eligible["zoo"] == zoo)]
-            for (victim, budget, load), part in chosen.groupby(["victim", "budget", "load"], sort=False):
+            chosen = ran[(ran["block"] == block.name) & (ran["zoo"] == zoo)]
+            for (victim, budget, load), every in chosen.groupby(["victim", "budget", "load"], sort=False):
+                part = every[every["ineligible"] == ""]
                 cells = rows[(rows["victim"] == victim) & (rows["budget"] == budget) & (rows["load"] == load)]
                 service = [a for a in block.attacks
                            if (cells[cells["attack"] == a]["attack_access"] == "service").any()]
                 best = {STRONGEST: max(((r["defense"], r["protection_estimate"]) for _, r in part.iterrows()),
-                                       key=lambda item: np_mean(item[1]))}
+                                       key=lambda item: np_mean(item[1]), default=(NONE_ELIGIBLE, NO_ESTIMATE))}
                 for attack in service:
                     base = ok_values(cells[(cells["attack"] == attack) & (cells["defense"] == NO_DEFENSE)], "fidelity")
                     best[attack] = max(((d, paired_difference(base, ok_values(
                         cells[(cells["attack"] == attack) & (cells["defense"] == d)], "fidelity")))
-                        for d in part["defense"]), key=lambda item: np_mean(item[1]))
+                        for d in part["defense"]), key=lambda item: np_mean(item[1]),
+                        default=(NONE_ELIGIBLE, NO_ESTIMATE))
                 for what in [*service, STRONGEST]:
                     comparison = found.setdefault((what, victim, block.name, int(budget), str(load)), Comparison(
                         what, victim, block.name, int(budget), str(load), {}, {}))

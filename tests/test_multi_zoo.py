@@ -259,3 +259,11 @@ def test_agreement_names_missing_zoos_and_intervals_it_cannot_judge():
         "Same sign (+) on `a`, `b`; the interval excludes 0 on `a`; one seed (no interval) on `b`; no estimate on `c`."
     assert agreement({"a": Estimate(-0.1, 0.2, 3), "b": Estimate(0.2, 0.1, 3)}) == \
         "Sign differs: - on `a`, + on `b`; the interval excludes 0 on `b`; it includes 0 on `a`."
+
+
+def test_a_zoo_without_an_eligible_spec_setting_says_so():
+    rows = [{**r, "goodput": 0.5} if r["zoo"] == "b" and r["defense"] != "none" else r for r in hand_rows()]
+    text = render_markdown(results_frame(rows), hand_zoos(), hand_grid())
+    assert _row(text, "rank:1", "spec", "200", "0.5", "psml")[5:] == [
+        f"0.023 ± {_hw([0.02, 0.03, 0.02]):.3f} (n=3)", "spec-noise(scale=0.05)", "—", "no eligible setting",
+        "Sign + on `a` only; the interval excludes 0 on `a`; no estimate on `b`."]
