@@ -21,7 +21,7 @@ import torch
 
 from . import _scoring as scoring
 from ._config import content_hash
-from ._device import device_label, key_part, make_deterministic
+from ._device import device_label, intra_op_threads, key_part, make_deterministic
 from ._errors import AttackFailed, BudgetExhausted, ExecutorError
 from ._grid import Cell, GridConfig, ResolvedPlugin
 from ._isolation import AttackLocator, run_attack
@@ -344,9 +344,5 @@ def execute(task: CellTask) -> dict[str, Any]:
     if identity != task.zoo_identity:
         raise ExecutorError(f"the zoo at {task.zoo_dir} on this worker differs from the driver's "
                             "(different weights); share the zoo cache between nodes")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(CELL_THREADS)
-    try:
+    with intra_op_threads(CELL_THREADS):
         return finish_row(run_cell(zoo, task.grid, task.cell, device=task.device), zoo, task)
-    finally:
-        torch.set_num_threads(threads)

@@ -3,18 +3,32 @@
 A cell serves its forward passes, trains its surrogate (in the attack process) and scores it on
 one device: ``cpu`` (the default, on which the committed leaderboard is computed) or ``cuda``.
 Results are reproducible on a given device, not across devices, so a cuda cell's key names its
-device and a cpu cell's key stays what it was before devices existed.
+device and a cpu cell's key stays what it was before devices existed. On the CPU, results also
+depend on the intra-op thread count, which :func:`intra_op_threads` fixes for a block of work.
 """
 
 from __future__ import annotations
 
 import os
 import platform
+from contextlib import contextmanager
+from typing import Iterator
 
 import torch
 
 CUBLAS_WORKSPACE = ":4096:8"
 """cuBLAS workspace setting that makes its matrix products deterministic (NVIDIA's documented value)."""
+
+
+@contextmanager
+def intra_op_threads(threads: int) -> Iterator[None]:
+    """Run the block on ``threads`` intra-op threads (float reductions split that many ways); restore the count after."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def as_device(device: torch.device | str) -> torch.device:

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from ._device import intra_op_threads
 from ._errors import ConfigError
 from ._profiling import load_profile, reference_profile_path
 from ._scoring import benign_specs
@@ -177,12 +178,8 @@ class PoolAnswers:
         """``model_id``'s answers on the whole pool, as a cell's one thread computes them on ``device``."""
         server = Server(zoo, defense=None, rng=np.random.default_rng(0), model_ids=[model_id], device=device)
         pool = zoo.splits["attacker_x"]
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
+        with intra_op_threads(1):
             return server.forward(pool, np.zeros(len(pool), dtype=np.int64))
-        finally:
-            torch.set_num_threads(threads)
 
     @classmethod
     def of(cls, zoo: Zoo, device: torch.device | str = "cpu") -> PoolAnswers:

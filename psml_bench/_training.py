@@ -37,6 +37,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from . import _surrogate
+from ._device import intra_op_threads
 from ._serving import Knowledge
 from ._surrogate import (Surrogate, SurrogateConfig, Trainer, fit_surrogate, fresh_surrogate, tensor_bytes,
                          trained_by)
@@ -194,16 +195,11 @@ class SurrogateTrainer:
 
     def _train(self, inputs: torch.Tensor, answers: torch.Tensor, config: SurrogateConfig, seed: int,
                rng: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        threads = torch.get_num_threads()
-        torch.set_num_threads(THREADS)
         device = torch.device(self.knowledge.device)
-        try:
-            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                _set_rng_state(rng, self.knowledge)
-                trained = fit_surrogate(inputs, answers, self.knowledge, config, seed)
-                after = _rng_state(self.knowledge)
-        finally:
-            torch.set_num_threads(threads)
+        with intra_op_threads(THREADS), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            _set_rng_state(rng, self.knowledge)
+            trained = fit_surrogate(inputs, answers, self.knowledge, config, seed)
+            after = _rng_state(self.knowledge)
         STATS["trained"] += 1
         return {**{k: v.detach().clone() for k, v in trained.state_dict().items()}, **after}
 

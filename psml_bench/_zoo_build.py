@@ -285,6 +285,7 @@ def _build_into(work: Path, config: ZooConfig, splits: Splits, source: str, in_c
                  else routing_latencies(load_profile(reference), [c["id"] for c in cards], str(reference)))
     accuracies = [c["accuracy"] for c in cards]
     ordered = [latencies[c["id"]] for c in cards]
+    frontier = [cards[i]["id"] for i in pareto_frontier(accuracies, ordered)]
     accuracy_range, latency_range = service_ranges(accuracies, ordered, config.accuracy_margin, config.latency_margin)
     import timm
 
@@ -300,9 +301,8 @@ def _build_into(work: Path, config: ZooConfig, splits: Splits, source: str, in_c
         "class_names": list(splits.class_names),
         "preprocess": preprocess,
         "models": cards,
-        "frontier": [cards[i]["id"] for i in pareto_frontier(accuracies, ordered)],
-        "disagreement": disagreement(predictions, [c["id"] for c in cards],
-                                     [cards[i]["id"] for i in pareto_frontier(accuracies, ordered)]),
+        "frontier": frontier,
+        "disagreement": disagreement(predictions, [c["id"] for c in cards], frontier),
         "service": {"profile": reference.name if reference else "measured",
                     "reference_profile": config.reference_profile,
                     "accuracy_margin": config.accuracy_margin, "latency_margin": config.latency_margin,

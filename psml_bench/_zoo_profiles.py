@@ -8,6 +8,7 @@ from typing import Any, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from ._device import intra_op_threads
 from ._errors import ConfigError
 from ._profiling import (DEFAULT_BATCH_SIZES, load_profile, make_batch_profile, profile_device_kind, profile_model,
                          reference_profile_path, resolve_device)
@@ -119,9 +120,7 @@ def profile_zoo(name_or_path: str | Path, cache_dir: Path | None = None, *, devi
             reps = -(-batch_size // len(pool))
             return pool[:batch_size] if reps == 1 else pool.repeat(reps, 1, 1, 1)[:batch_size]
     entries = {}
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(threads or previous_threads)
-    try:
+    with intra_op_threads(threads or torch.get_num_threads()):
         bar = tqdm(models.items(), desc=f"profile {config.name} on {torch_device}", disable=not progress, unit="model")
         for model_id, model in bar:
             entries[model_id] = profile_model(model, make_input, torch_device, precision=precision,
@@ -131,5 +130,3 @@ def profile_zoo(name_or_path: str | Path, cache_dir: Path | None = None, *, devi
         return make_batch_profile(config.name, entries, torch_device, precision=precision, batch_sizes=batch_sizes,
                                   warmup=warmup, repeats=repeats, weights="untrained" if untrained else "trained",
                                   provenance=provenance)
-    finally:
-        torch.set_num_threads(previous_threads)

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from ._device import intra_op_threads
 from ._zoo import ZooModel
 from ._zoo_config import ModelConfig, TrainConfig
 
@@ -35,15 +36,13 @@ def reproducible(threads: int) -> Iterator[None]:
     Deterministic algorithms only warn where an operation has no deterministic implementation
     (some GPU backward passes), so a build never fails for it.
     """
-    previous = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
-                torch.is_deterministic_algorithms_warn_only_enabled())
-    torch.set_num_threads(threads)
+    previous = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
     torch.use_deterministic_algorithms(True, warn_only=True)
     try:
-        yield
+        with intra_op_threads(threads):
+            yield
     finally:
-        torch.set_num_threads(previous[0])
-        torch.use_deterministic_algorithms(previous[1], warn_only=previous[2])
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
 
 
 def parallel_workers(threads: int, models: int, device: torch.device, jobs: int | None = None) -> int:
