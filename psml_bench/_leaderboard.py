@@ -22,7 +22,7 @@ from tabulate import tabulate
 from ._config import write_atomic
 from ._grid import GridConfig
 from ._plots import frontier_name, write_figures
-from ._ranking import (FIXED, GOODPUT_FLOOR, attack_ranking, block_rows, crossover_notes, defense_ranking,
+from ._ranking import (FIXED, GOODPUT_SHARE, attack_ranking, block_rows, crossover_notes, defense_ranking,
                        describe_grid, estimate, protection_table, recipe_text)
 from ._zoo_comparison import Comparison, attack_differences, spec_protections
 
@@ -143,8 +143,8 @@ HOW_TO_READ = (
     "ones, same seed). An entry's rank is 1 + the number of entries whose whole interval lies above its own, so "
     "entries the seeds cannot separate share a rank, shown `=k`. Attacks are ranked on the fixed-recipe track "
     "(the block's one surrogate training recipe); own-training rows are listed after them, labelled `own`. "
-    "A defense family is ranked by its best *eligible* setting (goodput >= {floor} or no lower than the "
-    "undefended service's at that load, and benign accuracy drop <= {drop:g}); ties in the table's order are "
+    "A defense family is ranked by its best *eligible* setting (goodput >= {share:g} x the undefended "
+    "service's goodput g0 at that load, and benign accuracy drop <= {drop:g}); ties in the table's order are "
     "broken by the AUC. A flag marks a number not to trust until explained.")
 
 
@@ -252,7 +252,7 @@ def leaderboard_sections(frame: pd.DataFrame, zoos, grid: GridConfig, figures: S
             f"Numbers are fractions in [0, 1] (KL in nats, latency overhead a relative change), "
             f"mean ± half-width of the 95% t-interval over seeds {list(grid.seeds)} (a block may add seeds; "
             f"one seed: the mean alone). Do not edit by hand.",
-            HOW_TO_READ.format(floor=GOODPUT_FLOOR, drop=grid.max_accuracy_drop)]),
+            HOW_TO_READ.format(share=GOODPUT_SHARE, drop=grid.max_accuracy_drop)]),
         *(zoo_section(zoo, grid, [f for f in figures if f == extra[name]] if name in extra
                       else [f for f in figures if f not in extra.values()]) for name, zoo in by_name.items()),
     ]
@@ -281,9 +281,9 @@ def leaderboard_sections(frame: pd.DataFrame, zoos, grid: GridConfig, figures: S
                 sections.append(Section(3, f"Defenses ranked: block `{block.name}`{on}", [
                     "Protection: per seed, the best attack's fidelity against the block's undefended service minus "
                     "the strongest attack's against the setting (95% t-interval of the paired difference). Ranked by "
-                    f"the best eligible setting's protection (goodput >= {GOODPUT_FLOOR}, or none lost at that load, "
+                    f"the best eligible setting's protection (goodput >= {GOODPUT_SHARE:g} x g0, the undefended goodput at that load, "
                     f"and benign accuracy drop <= {grid.max_accuracy_drop:g}); AUC: mean protection over goodput in "
-                    f"[{GOODPUT_FLOOR}, g0] along the family's protection-versus-goodput curve (docs/protocol.md), — "
+                    f"[{GOODPUT_SHARE:g} x g0, g0] along the family's protection-versus-goodput curve (docs/protocol.md), — "
                     "for a family that never costs goodput."], families))
                 sections.append(Section(4, f"Every defense setting: block `{block.name}`{on}", [], every))
     several = len(by_name) > 1

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from ._config import write_atomic
+from ._ranking import goodput_floor
 
 FRONTIER = "zoo_frontier.png"
 BUDGET_CURVES = "fidelity_vs_budget.png"
@@ -119,7 +120,7 @@ def tradeoff_figure(table: pd.DataFrame, path: Path) -> bool:
                 row[1].plot(np.concatenate([[0.0], group["perturbation"].to_numpy(float)]),
                             np.concatenate([[0.0], group["protection"].to_numpy(float)]),
                             marker="o", color=colours[family], label=family)
-        row[0].axvline(0.8, color="0.5", linestyle="--", linewidth=1)
+        row[0].axvline(goodput_floor(start), color="0.5", linestyle="--", linewidth=1)  # the utility constraint
         row[0].set_xlabel("goodput")
         row[0].invert_xaxis()
         row[0].set_title(f"{where}:\ndefenses that cost goodput")

@@ -18,7 +18,9 @@ from ._plugins import Defense
 from ._surrogate import SurrogateConfig
 from ._intervals import NO_ESTIMATE, Estimate, paired_difference, shared_ranks, t_interval
 
-GOODPUT_FLOOR = 0.8
+# the utility constraint: a setting must keep this share of the undefended service's goodput at the
+# same load (without load that goodput is 1, so the floor is the paper's goodput >= 0.8)
+GOODPUT_SHARE = 0.8
 # a setting whose goodput is within this of the undefended service's costs no goodput (under load,
 # a defense that does not touch routing still differs by the noise of one benign stream)
 GOODPUT_TOLERANCE = 0.005
@@ -256,18 +258,24 @@ def protection_table(frame: pd.DataFrame, blocks: Sequence[BlockView], settings:
     return pd.DataFrame(out)
 
 
+def goodput_floor(undefended_goodput: float) -> float:
+    """The least goodput an eligible setting keeps: ``GOODPUT_SHARE`` of the undefended service's at the same load."""
+    return GOODPUT_SHARE * undefended_goodput
+
+
 def ineligibility(row: dict[str, Any], max_accuracy_drop: float) -> str:
     """Why a defense setting may not be ranked ('' if it may): the utility constraint of docs/protocol.md.
 
-    Goodput at least 0.8 (or no lower than the undefended service's at the same load, which the
-    setting then does not cost), and a benign accuracy drop of at most ``max_accuracy_drop``.
+    Goodput at least 0.8 times the undefended service's at the same load (a setting within
+    ``GOODPUT_TOLERANCE`` of it costs none), and a benign accuracy drop of at most ``max_accuracy_drop``.
     """
     reasons = []
     goodput, drop = row["goodput"], row["benign_accuracy_drop"]
+    floor = goodput_floor(row["undefended_goodput"])
     if math.isnan(goodput):
         reasons.append("goodput unknown")
-    elif goodput < GOODPUT_FLOOR and row["costs_goodput"]:
-        reasons.append(f"goodput {goodput:.3f} < {GOODPUT_FLOOR}")
+    elif goodput < floor and row["costs_goodput"]:
+        reasons.append(f"goodput {goodput:.3f} < {floor:.3f} ({GOODPUT_SHARE:g} x undefended {row['undefended_goodput']:.3f})")
     if math.isnan(drop):
         reasons.append("benign accuracy drop unknown")
     elif drop > max_accuracy_drop:
@@ -285,14 +293,15 @@ def setting_flags(row: dict[str, Any]) -> list[str]:
     return flags
 
 
-def tradeoff_auc(points: Sequence[tuple[float, float]], floor: float = GOODPUT_FLOOR, start: float = 1.0) -> float:
+def tradeoff_auc(points: Sequence[tuple[float, float]], start: float = 1.0) -> float:
     """Mean protection over goodput in [floor, start] along a defense's protection-versus-goodput curve.
 
     The curve starts at the undefended service (goodput ``start``: 1 without load, less under load,
     where queueing alone misses some latency bounds; protection 0) and joins the settings in order
-    of falling goodput; where it stops above ``floor`` the rest counts as no protection. NaN when
-    the undefended service itself is at or below the floor.
+    of falling goodput; ``floor`` is :func:`goodput_floor` of ``start``, and where the curve stops above
+    it the rest counts as no protection. NaN when the undefended service answers nothing in time.
     """
+    floor = goodput_floor(start)
     if not start > floor:
         return math.nan
     curve = [(start, 0.0)] + sorted(((g, p) for g, p in points if not math.isnan(g) and not math.isnan(p)),

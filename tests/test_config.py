@@ -28,13 +28,12 @@ def test_shipped_configs_load():
     assert len(grid.seeds) >= 3 and len(grid.cells()) == len(set(grid.cells()))
     assert [b.name for b in grid.blocks] == ["budgets", "strategies", "spec-defenses", "output-defenses", "load",
                                              "stateful-defenses"]
-    # the headline blocks also run on the zoo of real serving architectures (issue 17)
-    assert grid.zoos() == ("fmnist", "fmnist-real")
+    # the default zoo holds real serving architectures; the headline blocks also run on the compact zoo (issue 17)
+    assert grid.zoos() == ("fmnist", "fmnist-compact")
     assert [len(b.zoos) for b in grid.blocks] == [2, 1, 2, 1, 1, 1]
-    real = load_zoo_config("fmnist-real")
+    real, compact = load_zoo_config("fmnist"), load_zoo_config("fmnist-compact")
     assert not any(m.arch.startswith("test_") for m in real.models) and len(real.models) == 5
-    assert (real.splits, real.mean, real.std) == (load_zoo_config("fmnist").splits, load_zoo_config("fmnist").mean,
-                                                  load_zoo_config("fmnist").std)  # same images in both zoos
+    assert (real.splits, real.mean, real.std) == (compact.splits, compact.mean, compact.std)  # same images in both zoos
     profile = load_profile(reference_profile_path(real.reference_profile))
     assert set(profile["models"]) == {m.id for m in real.models} and profile["threads"] == 1
     load, stateful = grid.blocks[-2:]
@@ -91,7 +90,7 @@ def test_bad_zoo_config_names_the_field(tmp_path, change, field):
 def test_invalid_toml_and_unknown_names(tmp_path):
     with pytest.raises(ConfigError, match="invalid TOML"):
         load_zoo_config(write(tmp_path, "name = [unclosed"))
-    with pytest.raises(ConfigError, match="unknown zoo 'fmnistt'; available: cifar10, fmnist, fmnist-real, fmnist-tiny, imagenette"):
+    with pytest.raises(ConfigError, match="unknown zoo 'fmnistt'; available: cifar10, fmnist, fmnist-compact, fmnist-tiny, imagenette"):
         load_zoo_config("fmnistt")
     with pytest.raises(ConfigError, match="no such zoo config file"):
         load_zoo_config(tmp_path / "missing.toml")

@@ -1,4 +1,4 @@
-"""Checks on the full fmnist zoo (slow: builds it, about 7 minutes on 2 cores, if not cached)."""
+"""Checks on the full fmnist zoo (slow: builds it, about 19 minutes on 2 cores, if not cached)."""
 
 from __future__ import annotations
 
@@ -17,9 +17,10 @@ def fmnist():
 
 
 def test_fmnist_zoo_has_the_promised_spread(fmnist):
-    assert len(fmnist.card["models"]) >= 5 and len(fmnist.frontier) >= 4
+    # issue 17: real serving architectures, a frontier of at least 5, accuracies spread over at least 15 points
+    assert not any(m["arch"].startswith("test_") for m in fmnist.card["models"]) and len(fmnist.frontier) >= 5
     accuracies = sorted(fmnist.entry(m).accuracy for m in fmnist.frontier)
-    assert accuracies[0] < 0.80 and accuracies[-1] >= 0.89
+    assert accuracies[-1] - accuracies[0] >= 0.15
 
 
 @pytest.mark.parametrize("victim", ["rank:1", "rank:2", "rank:3"])

