@@ -152,7 +152,7 @@ class PoolAnswers:
     Benign requests are answered from here. They are the outputs of a forward pass over the pool
     in batches of ``FORWARD_BATCH`` on one thread, bit-identical to a live pass over the same
     batches; a live pass over other batch compositions differs by float rounding only (at most
-    3.2e-7 on the fmnist zoo, no argmax changed; ``tests/test_service.py``), so the attacker's own
+    3.2e-7 on the fmnist-compact zoo, no argmax changed; ``tests/test_service.py``), so the attacker's own
     queries keep their live forward pass, exactly as without benign traffic.
 
     On a GPU they are computed there, once per process, and kept in memory only: a GPU's rounding
