@@ -1,7 +1,7 @@
 """The cell protocol: what a cell's key hashes, how one cell runs and is scored, and the row it gives.
 
 A cell is one (zoo, victim, attack, defense, budget, seed, service load and clients). Its key is a
-content hash of all that determines its result (zoo identity, routing menu, plugin identities,
+content hash of all that determines its result (zoo identity, routing menu, batch service times, plugin identities,
 budget, seed, service parameters, benign workload size, :data:`PROTOCOL_VERSION`). The attack runs
 against the cell's :class:`~psml_bench._service.Service`, beside its benign clients. :func:`execute` runs a :class:`CellTask` in the current
 process (an executor's worker) and returns the cell's row.
@@ -28,7 +28,7 @@ from ._isolation import AttackLocator, run_attack
 from ._manifests import load_submissions
 from ._registries import STRATEGIES
 from ._sanity import defense_flags, surrogate_flags
-from ._service import Service
+from ._service import Service, service_times
 from ._serving import Knowledge
 from ._surrogate import Surrogate, weights_digest
 from ._version import __version__
@@ -71,10 +71,14 @@ def cell_key(zoo: Zoo, grid: GridConfig, cell: Cell, identity: str | None = None
     """Content hash of everything that determines the cell's result (``identity``: the zoo's, if known).
 
     A cell on another device than the CPU has its device type in the key (its floats round
-    differently); a CPU cell's key has no device, as before devices were an option.
+    differently); a CPU cell's key has no device, as before devices were an option. The menu's
+    routing latencies and each model's batch service time (:func:`service_times`, from the profile's
+    batch fits) are in the key: re-measuring or editing a profile recomputes the cells it changes.
     """
+    intercept, slope = service_times(zoo)
     hashed = {
         "protocol": PROTOCOL_VERSION, "zoo": identity or zoo_identity(zoo), "menu": [e.__dict__ for e in zoo.menu],
+        "service_times": [[float(a), float(s)] for a, s in zip(intercept, slope)],
         "policy": grid.policy, "victim": cell.victim,
         "attack": cell.attack_plugin.identity, "defense": cell.defense_plugin.identity,
         "budget": cell.budget, "seed": cell.seed, "benign_queries": grid.benign_queries,

@@ -18,6 +18,7 @@ clock: the same seed gives the same results.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from dataclasses import dataclass, replace
@@ -109,9 +110,9 @@ def service_times(zoo: Zoo) -> tuple[np.ndarray, np.ndarray]:
     fits: dict[str, dict] = {}
     for path in (zoo.profile_path, reference_profile_path(f"{zoo.name}-cpu.json")):
         if path is not None and Path(path).is_file():
-            for model_id, entry in load_profile(Path(path))["models"].items():
-                if "fit" in entry:
-                    fits.setdefault(model_id, entry["fit"])
+            stat = Path(path).stat()
+            for model_id, fit in _profile_fits(str(path), stat.st_mtime_ns, stat.st_size).items():
+                fits.setdefault(model_id, fit)
     intercept, slope = [], []
     for entry in zoo.menu:
         fit = fits.get(entry.id)
@@ -123,6 +124,12 @@ def service_times(zoo: Zoo) -> tuple[np.ndarray, np.ndarray]:
             intercept.append(0.0)
             slope.append(entry.latency_ms)
     return np.array(intercept), np.array(slope)
+
+
+@functools.lru_cache(maxsize=32)
+def _profile_fits(path: str, mtime_ns: int, size: int) -> dict[str, dict]:
+    """Each model's batch fit in a profile file (read once per version of the file: every cell key asks)."""
+    return {model_id: entry["fit"] for model_id, entry in load_profile(Path(path))["models"].items() if "fit" in entry}
 
 
 _CAPACITY: dict[tuple, float] = {}

@@ -17,7 +17,7 @@ import torch
 from psml_bench import ConfigError
 from psml_bench._config import validate
 from psml_bench._profiling import (dump_profile, environment, fit_batch_latency, frontier_separation, load_profile,
-                                   profile_model, resolve_device)
+                                   profile_model, reference_profile_path, resolve_device)
 from psml_bench._zoo_config import load_zoo_config
 from psml_bench._zoo_profiles import measured_profile_path, profile_zoo, resolve_profile
 from psml_bench.cli import main
@@ -163,3 +163,28 @@ def test_cuda_profile_is_synchronised_and_complete(tmp_path, precision):
     assert profile["precision"] == precision
     for entry in profile["models"].values():
         assert all(b["p50_ms"] > 0 for b in entry["batches"].values())
+
+
+def test_a_cell_key_follows_the_profiles_batch_fits(tiny_zoo, tmp_path):
+    """Editing only a batch fit (the routing p50s unchanged) changes the service, so it changes every cell key."""
+    from psml_bench._cell import cell_key
+    from psml_bench._grid import load_grid
+    from psml_bench._zoo import Zoo
+
+    grid = load_grid("tiny")
+    cell = next(iter(grid.cells()))
+    profile = json.loads(tiny_zoo.profile_path.read_text())
+    path = tmp_path / "profile.json"
+    path.write_text(json.dumps(profile))
+    before = Zoo(tiny_zoo.directory, profile_path=path)
+    key = cell_key(before, grid, cell)
+    assert key == cell_key(tiny_zoo, grid, cell)  # the same profile, wherever it lies
+    # the tiny zoo routes on batch-1 times; its batch fits come from its committed CPU profile, and a
+    # fit in the routing profile takes their place
+    fits = load_profile(reference_profile_path("fmnist-tiny-cpu.json"))["models"]
+    model_id, entry = next(iter(profile["models"].items()))
+    entry["fit"] = {**fits[model_id]["fit"], "slope_ms": 2 * fits[model_id]["fit"]["slope_ms"]}
+    path.write_text(json.dumps(profile))
+    after = Zoo(tiny_zoo.directory, profile_path=path)
+    assert [e.latency_ms for e in after.menu] == [e.latency_ms for e in before.menu]
+    assert cell_key(after, grid, cell) != key
