@@ -140,24 +140,33 @@ def tradeoff_figure(table: pd.DataFrame, path: Path) -> bool:
     return True
 
 
-def frontier_name(zoo_name: str) -> str:
-    """The file name of the frontier figure of a grid's second or later zoo (the main zoo's is :data:`FRONTIER`)."""
-    return f"zoo_frontier_{zoo_name}.png"
+def figure_names(zoo_name: str, main: bool) -> tuple[str, str, str]:
+    """The file names of a zoo's frontier, budget and protection figures: :data:`FRONTIER`,
+    :data:`BUDGET_CURVES` and :data:`TRADEOFF` for the grid's main zoo, suffixed with the zoo's name for the others."""
+    names = (FRONTIER, BUDGET_CURVES, TRADEOFF)
+    return names if main else tuple(f"{Path(name).stem}_{zoo_name}.png" for name in names)
 
 
 def write_figures(frame: pd.DataFrame, protection: pd.DataFrame, zoos, out_dir: Path) -> list[str]:
     """Write every figure the results support; return their file names.
 
-    ``zoos``: the grid's opened zoos, the main zoo first (or one zoo), each with its frontier figure.
+    ``zoos``: the grid's opened zoos, the main zoo first (or one zoo). ``frame`` and ``protection``: the
+    rows and the protection table of every zoo; with several zoos their ``zoo`` column splits them, and
+    each zoo has its own frontier, budget and protection figures.
     """
+    zoos = list(zoos) if isinstance(zoos, (list, tuple)) else [zoos]
     names = []
-    for index, zoo in enumerate(zoos if isinstance(zoos, (list, tuple)) else [zoos]):
+    for index, zoo in enumerate(zoos):
+        frontier, budget, tradeoff = figure_names(zoo.name, index == 0)
+        rows, table = frame, protection
+        if len(zoos) > 1:
+            rows = frame[frame["zoo"] == zoo.name]
+            table = protection[protection["zoo"] == zoo.name] if "zoo" in protection else protection.iloc[0:0]
         if hasattr(zoo, "menu") and hasattr(zoo, "frontier"):
-            name = FRONTIER if index == 0 else frontier_name(zoo.name)
-            frontier_figure(zoo, out_dir / name)
-            names.append(name)
-    if budget_figure(frame, out_dir / BUDGET_CURVES):
-        names.append(BUDGET_CURVES)
-    if tradeoff_figure(protection, out_dir / TRADEOFF):
-        names.append(TRADEOFF)
+            frontier_figure(zoo, out_dir / frontier)
+            names.append(frontier)
+        if budget_figure(rows, out_dir / budget):
+            names.append(budget)
+        if tradeoff_figure(table, out_dir / tradeoff):
+            names.append(tradeoff)
     return names

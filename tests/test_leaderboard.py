@@ -194,6 +194,27 @@ def test_the_accuracy_constraint_is_a_grid_parameter():
     assert row["ineligible"] == "goodput 0.700 < 0.800 (0.8 x undefended 1.000)"
 
 
+def test_every_zoo_of_a_grid_has_its_own_figures(tmp_path):
+    """The main zoo's figures keep their names; a second zoo's carry its name and show only its rows."""
+    from psml_bench._plots import write_figures
+
+    class Second(CardOnlyZoo):
+        name = "toy-b"
+
+    second_rows = [{**r, "zoo": "toy-b", "fidelity": r["fidelity"] - 0.1} for r in rows()]
+    frame = results_frame(rows() + second_rows)
+    table = pd.concat([protection(frame[frame["zoo"] == z]).assign(zoo=z) for z in ("toy", "toy-b")])
+    names = write_figures(frame, table, [CardOnlyZoo(), Second()], tmp_path)
+    assert names == ["zoo_frontier.png", "fidelity_vs_budget.png", "protection_vs_goodput.png",
+                     "zoo_frontier_toy-b.png", "fidelity_vs_budget_toy-b.png", "protection_vs_goodput_toy-b.png"]
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    write_figures(results_frame(rows()), protection(), CardOnlyZoo(), alone)
+    for name in ("fidelity_vs_budget.png", "protection_vs_goodput.png"):  # the main zoo's rows only
+        assert (tmp_path / name).read_bytes() == (alone / name).read_bytes()
+    assert (tmp_path / "fidelity_vs_budget_toy-b.png").read_bytes() != (alone / "fidelity_vs_budget.png").read_bytes()
+
+
 def test_results_csv_has_the_protocol_columns_first_and_figures_are_written(tmp_path):
     write_leaderboard(rows(), CardOnlyZoo(), toy_grid(), tmp_path)
     frame = pd.read_csv(tmp_path / "results.csv")
