@@ -235,11 +235,22 @@ def _victim_title(victim: str, group: pd.DataFrame, by_name: dict[str, Any]) -> 
     return f"Victim `{victim}` ({'; '.join(parts)})"
 
 
-def leaderboard_sections(frame: pd.DataFrame, zoos, grid: GridConfig, figures: Sequence[str] = ()) -> list[Section]:
+def protection_by_zoo(frame: pd.DataFrame, names: Sequence[str], blocks, settings,
+                      max_accuracy_drop: float) -> tuple[dict[str, pd.DataFrame], pd.DataFrame]:
+    """Each zoo's rows (the whole frame for a grid on one zoo) and every zoo's protection table, with a ``zoo`` column."""
+    frames = {name: frame[frame["zoo"] == name] for name in names} if len(names) > 1 else {names[0]: frame}
+    table = pd.concat([protection_table(part, blocks, settings, max_accuracy_drop).assign(zoo=name)
+                       for name, part in frames.items()], ignore_index=True)
+    return frames, table
+
+
+def leaderboard_sections(frame: pd.DataFrame, zoos, grid: GridConfig, figures: Sequence[str] = (),
+                         protection: pd.DataFrame | None = None) -> list[Section]:
     """The whole page as sections (shared by README.md and index.html).
 
     ``zoos``: the opened zoos by the name the grid gives them (or the one zoo of a grid on one zoo).
     A block on several zoos has its tables once per zoo; every ranking is computed within one zoo.
+    ``protection``: :func:`protection_by_zoo`'s table, if the caller has it already.
     """
     opened = zoo_map(zoos, grid)
     by_name = {zoo.name: zoo for zoo in opened.values()}
@@ -255,9 +266,8 @@ def leaderboard_sections(frame: pd.DataFrame, zoos, grid: GridConfig, figures: S
             HOW_TO_READ.format(share=GOODPUT_SHARE, drop=grid.max_accuracy_drop)]),
         *(zoo_section(zoo, grid, [f for f in figures if f in own[name]]) for name, zoo in by_name.items()),
     ]
-    frames = {name: frame[frame["zoo"] == name] for name in by_name} if len(by_name) > 1 else {main: frame}
-    table = pd.concat([protection_table(part, blocks, settings, grid.max_accuracy_drop).assign(zoo=name)
-                       for name, part in frames.items()], ignore_index=True)
+    frames, table = protection_by_zoo(frame, list(by_name), blocks, settings, grid.max_accuracy_drop)
+    table = table if protection is None else protection
     if len(by_name) > 1 and frame["zoo"].nunique() > 1:
         sections += comparison_sections(frames, by_name, blocks, settings, table)
     for victim, group in frame.groupby("victim", sort=False):
@@ -350,14 +360,10 @@ def write_leaderboard(rows: Sequence[dict[str, Any]], zoos, grid, out_dir: Path,
     frame = results_frame(rows)
     write_atomic(out_dir / "results.csv", frame.to_csv(index=False, float_format="%.6f"))
     opened = zoo_map(zoos, grid)
-    names = []
-    if figures:
-        blocks, settings = describe_grid(grid, _zoo_names(opened))
-        several = len(opened) > 1
-        parts = {zoo.name: frame[frame["zoo"] == zoo.name] if several else frame for zoo in opened.values()}
-        protection = pd.concat([protection_table(part, blocks, settings, grid.max_accuracy_drop).assign(zoo=name)
-                                for name, part in parts.items()], ignore_index=True)
-        names = write_figures(frame, protection, list(opened.values()), out_dir)
-    sections = leaderboard_sections(frame, zoos, grid, names)
+    blocks, settings = describe_grid(grid, _zoo_names(opened))
+    _, protection = protection_by_zoo(frame, [zoo.name for zoo in opened.values()], blocks, settings,
+                                      grid.max_accuracy_drop)
+    names = write_figures(frame, protection, list(opened.values()), out_dir) if figures else []
+    sections = leaderboard_sections(frame, zoos, grid, names, protection)
     write_atomic(out_dir / "README.md", markdown_of(sections))
     write_atomic(out_dir / "index.html", render_html(sections, provenance_of(frame)))

@@ -161,7 +161,7 @@ def write_figures(frame: pd.DataFrame, protection: pd.DataFrame, zoos, out_dir: 
         rows, table = frame, protection
         if len(zoos) > 1:
             rows = frame[frame["zoo"] == zoo.name]
-            table = protection[protection["zoo"] == zoo.name] if "zoo" in protection else protection.iloc[0:0]
+            table = protection[protection["zoo"] == zoo.name]
         if hasattr(zoo, "menu") and hasattr(zoo, "frontier"):
             frontier_figure(zoo, out_dir / frontier)
             names.append(frontier)
