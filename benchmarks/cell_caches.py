@@ -6,8 +6,8 @@ A selector is ``attack|defense|seed`` (budget 1000, load 0.5, latencies hidden u
 ``|budget|load|latency_visible``). Each selected cell runs in this process on one thread as a
 worker runs it, first with the caches off (the surrogate trained in the attack process, every
 surrogate scored), then on, from empty caches, the cells in the order given: the worker trains
-each fresh surrogate once per identical request (:mod:`psml_bench._training`) and scores each
-surrogate once per identical weights (``psml_bench._cell.score_surrogate``). Every metric, flag,
+each fresh surrogate once per identical request (:mod:`psml_bench.isolation.trainer`) and scores each
+surrogate once per identical weights (``psml_bench.bench.cell.score_surrogate``). Every metric, flag,
 status and recipe of both runs is compared with the committed cell file (``<leaderboard>/cells/<key>.json``)
 bit for bit. Prints JSON: per cell the median wall time off and on, their ratio, which caches it
 hit and whether both runs equal the committed row; for the grid, the share of its committed cells
@@ -28,12 +28,13 @@ from pathlib import Path
 
 import torch
 
-from psml_bench import _cell, _training
-from psml_bench._cell import CELL_THREADS, METRICS, cell_key, run_cell, zoo_identity
-from psml_bench._grid import load_grid
-from psml_bench._isolation import prestart
-from psml_bench._service import PoolAnswers
-from psml_bench._zoo_build import open_zoo
+from psml_bench.bench import cell as _cell
+from psml_bench.isolation import trainer as _training
+from psml_bench.bench.cell import CELL_THREADS, METRICS, cell_key, run_cell, zoo_identity
+from psml_bench.bench.grid import load_grid
+from psml_bench.isolation.attack_process import prestart
+from psml_bench.serving.service import PoolAnswers
+from psml_bench.zoo.build import open_zoo
 
 DEFAULT_CELLS = ["psml|none|0", "psml|spec-quantize(step=0.1)|0", "psml(labels=hard)|top-k(k=2)|0",
                  "psml(labels=hard)|reverse-sigmoid(beta=0.7)|0"]

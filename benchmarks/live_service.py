@@ -39,11 +39,11 @@ import torch
 from tabulate import tabulate
 
 from psml_bench import Spec
-from psml_bench._http_target import HttpClient
-from psml_bench._loadgen import measure_capacity, run_load
-from psml_bench._registries import make_defense
-from psml_bench._serving import Server
-from psml_bench._zoo_build import open_zoo
+from psml_bench.serving.http_client import HttpClient
+from psml_bench.serving.loadgen import measure_capacity, run_load
+from psml_bench.contract.registries import make_defense
+from psml_bench.serving.server import Server
+from psml_bench.zoo.build import open_zoo
 
 ATTACK_KEYS = 4  # one per run with an attack
 

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import torch
 
-from psml_bench._cell import run_cell
-from psml_bench._grid import load_grid
-from psml_bench._runner import make_executor, run_grid
-from psml_bench._zoo_build import open_zoo
+from psml_bench.bench.cell import run_cell
+from psml_bench.bench.grid import load_grid
+from psml_bench.runner import make_executor, run_grid
+from psml_bench.zoo.build import open_zoo
 
 
 class ComputeClock:
@@ -56,13 +56,13 @@ class ComputeClock:
 def _attack_in_process(server, locator, knowledge, budget, rng):
     """The attack on this process's own clock; isolation gives the same numbers (tests/test_isolation.py)."""
     from psml_bench import ATTACKS
-    from psml_bench._serving import target_for
+    from psml_bench.serving.server import target_for
 
     return ATTACKS.get(locator.name)(**dict(locator.params)).run(target_for(server), knowledge, budget, rng)
 
 
 def compute_share(grid, zoo) -> dict[str, float]:
-    import psml_bench._cell as runner
+    import psml_bench.bench.cell as runner
 
     isolated, runner.run_attack = runner.run_attack, _attack_in_process
     try:

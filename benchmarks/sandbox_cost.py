@@ -20,12 +20,13 @@ import time
 
 import numpy as np
 
-from psml_bench import _isolation
-from psml_bench._isolation import PREIMPORTED, AttackLocator, run_attack
-from psml_bench._registries import DEFENSES
-from psml_bench._sandbox import Sandbox
-from psml_bench._serving import Knowledge, Server
-from psml_bench._zoo_build import open_zoo
+from psml_bench.isolation import attack_process as _isolation
+from psml_bench.isolation.attack_process import PREIMPORTED, AttackLocator, run_attack
+from psml_bench.contract.registries import DEFENSES
+from psml_bench.isolation.sandbox import Sandbox
+from psml_bench.contract.target import Knowledge
+from psml_bench.serving.server import Server
+from psml_bench.zoo.build import open_zoo
 
 
 def one_attack(zoo, budget: int) -> float:

@@ -22,14 +22,15 @@ import time
 import numpy as np
 import torch
 
-from psml_bench._cell import CELL_THREADS, attack_generator, attack_locator, run_cell
-from psml_bench._grid import Cell, GridConfig, PluginSpec
-from psml_bench._isolation import run_attack
-from psml_bench._registries import make_defense
-from psml_bench._scoring import benign_specs
-from psml_bench._service import PoolAnswers, ServiceConfig
-from psml_bench._serving import Knowledge, Server
-from psml_bench._zoo_build import open_zoo
+from psml_bench.bench.cell import CELL_THREADS, attack_generator, attack_locator, run_cell
+from psml_bench.bench.grid import Cell, GridConfig, PluginSpec
+from psml_bench.isolation.attack_process import run_attack
+from psml_bench.contract.registries import make_defense
+from psml_bench.common.metrics import benign_specs
+from psml_bench.serving.service import PoolAnswers, ServiceConfig
+from psml_bench.contract.target import Knowledge
+from psml_bench.serving.server import Server
+from psml_bench.zoo.build import open_zoo
 
 
 def protocol2_cell(zoo, grid: GridConfig, cell: Cell) -> None:

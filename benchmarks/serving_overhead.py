@@ -22,10 +22,10 @@ import torch
 import torch.nn.functional as F
 
 from psml_bench import Spec
-from psml_bench._extraction import QUERY_BATCH, query_batched
-from psml_bench._registries import make_defense
-from psml_bench._serving import Server, target_for
-from psml_bench._zoo_build import open_zoo
+from psml_bench.contract.session import QUERY_BATCH, query_batched
+from psml_bench.contract.registries import make_defense
+from psml_bench.serving.server import Server, target_for
+from psml_bench.zoo.build import open_zoo
 
 
 def main() -> None:

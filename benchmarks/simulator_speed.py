@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from psml_bench._simulator import BatchingConfig, BatchingSimulator, capacity, poisson_arrivals
+from psml_bench.serving.simulator import BatchingConfig, BatchingSimulator, capacity, poisson_arrivals
 
 
 def main() -> None:

@@ -20,10 +20,10 @@ import numpy as np
 import torch
 
 from psml_bench import STRATEGIES, Knowledge, Spec, SurrogateConfig, extract
-from psml_bench import _scoring as scoring
-from psml_bench._registries import make_defense
-from psml_bench._serving import Server, target_for
-from psml_bench._zoo_build import open_zoo
+from psml_bench.common import metrics as scoring
+from psml_bench.contract.registries import make_defense
+from psml_bench.serving.server import Server, target_for
+from psml_bench.zoo.build import open_zoo
 
 
 def main() -> None:

@@ -6,18 +6,23 @@ change. Plugins (``attacks/``, ``defenses/``, ``strategies/``, ``submissions/``)
 
 from __future__ import annotations
 
-from ._cell import PROTOCOL_VERSION
-from ._errors import (BudgetExhausted, ConfigError, DataError, InvalidQueryError, PsmlError,
-                      UnknownPluginError)
-from ._extraction import ActiveLearning, QuerySession, Strategy, extract, query_batched, sample_pool
-from ._http_target import HttpTarget
-from ._parameters import Allowed
-from ._plugins import Attack, Defense
-from ._registries import (ATTACKS, DEFENSES, POLICIES, STRATEGIES, register_attack, register_defense,
-                          register_strategy)
-from ._registry import Registry
-from ._serving import Knowledge, Policy, Requests, Spec, SpecRange, Target
-from ._surrogate import SURROGATE_DEFAULTS, Surrogate, SurrogateConfig, train_surrogate
+from ._version import PROTOCOL_VERSION
+from .contract.errors import BudgetExhausted, ConfigError, DataError, InvalidQueryError, PsmlError, UnknownPluginError
+from .extraction.extract import ActiveLearning, extract
+from .contract.session import QuerySession, query_batched, sample_pool
+from .contract.strategy import Strategy
+from .serving.http_client import HttpTarget
+from .contract.parameters import Allowed
+from .contract.plugins import Attack, Defense
+from .contract.registries import (ATTACKS, DEFENSES, POLICIES, STRATEGIES, register_attack, register_defense,
+    register_strategy)
+from .contract.registry import Registry
+from .contract.target import Knowledge, Target
+from .contract.policy import Policy
+from .contract.requests import Requests
+from .contract.spec import Spec, SpecRange
+from .contract.surrogate_config import SURROGATE_DEFAULTS, SurrogateConfig
+from .extraction.surrogate import Surrogate, train_surrogate
 from ._version import __version__
 
 __all__ = [

@@ -11,14 +11,14 @@ from typing import Sequence
 
 from tabulate import tabulate
 
-from ._errors import ConfigError, PsmlError
+from .contract.errors import ConfigError, PsmlError
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from ._grid import load_grid
-    from ._runner import check_profile, make_executor, run_grid
+    from .bench.grid import load_grid
+    from .runner import check_profile, make_executor, run_grid
 
-    from ._profiling import resolve_device
+    from .zoo.profiling import resolve_device
 
     device = resolve_device(args.device)
     grid = load_grid(args.grid)
@@ -39,8 +39,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _profile_path(zoo: str, choice: str | None, cache: Path | None) -> Path | None:
     """``run --profile reference|cpu|cuda|PATH`` as the profile file to route on (None: the default)."""
-    from ._zoo_config import load_zoo_config
-    from ._zoo_profiles import resolve_profile
+    from .zoo.config import load_zoo_config
+    from .zoo.profiles import resolve_profile
 
     if not choice:
         return None
@@ -48,8 +48,8 @@ def _profile_path(zoo: str, choice: str | None, cache: Path | None) -> Path | No
 
 
 def _cmd_zoo_build(args: argparse.Namespace) -> int:
-    from ._zoo_build import build_zoo
-    from ._zoo_config import load_zoo_config
+    from .zoo.build import build_zoo
+    from .zoo.config import load_zoo_config
 
     config = load_zoo_config(args.name)
     directory = build_zoo(config, args.cache, progress=not args.quiet, force=args.force, data=args.data,
@@ -59,7 +59,7 @@ def _cmd_zoo_build(args: argparse.Namespace) -> int:
 
 
 def _profile_table(path: Path) -> str:
-    from ._profiling import load_profile
+    from .zoo.profiling import load_profile
 
     profile = load_profile(path)
     details = [str(profile["device"])]
@@ -83,11 +83,11 @@ def _profile_table(path: Path) -> str:
 
 
 def _show(name: str, cache: Path | None) -> int:
-    from ._leaderboard import disagreement_text, markdown_table, zoo_table
-    from ._profiling import frontier_separation, load_profile
-    from ._zoo import Zoo
-    from ._zoo_config import load_zoo_config, zoo_directory
-    from ._zoo_profiles import committed_profiles
+    from .report.leaderboard import disagreement_text, markdown_table, zoo_table
+    from .zoo.profiling import frontier_separation, load_profile
+    from .zoo.model_zoo import Zoo
+    from .zoo.config import load_zoo_config, zoo_directory
+    from .zoo.profiles import committed_profiles
 
     config = load_zoo_config(name)
     directory = zoo_directory(config, cache)
@@ -150,10 +150,10 @@ def _batch_sizes(text: str) -> list[int]:
 
 
 def _cmd_zoo_profile(args: argparse.Namespace) -> int:
-    from ._config import write_atomic
-    from ._profiling import dump_profile, profile_device_kind
-    from ._zoo_config import load_zoo_config
-    from ._zoo_profiles import measured_profile_path, profile_zoo, resolve_profile
+    from .common.files import write_atomic
+    from .zoo.profiling import dump_profile, profile_device_kind
+    from .zoo.config import load_zoo_config
+    from .zoo.profiles import measured_profile_path, profile_zoo, resolve_profile
 
     config = load_zoo_config(args.name)
     profile = profile_zoo(args.name, args.cache, device=args.device, precision=args.precision,
@@ -172,8 +172,8 @@ def _cmd_zoo_profile(args: argparse.Namespace) -> int:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from ._manifests import load_submissions
-    from ._registries import ATTACKS, DEFENSES, POLICIES, STRATEGIES
+    from .plugins.manifests import load_submissions
+    from .contract.registries import ATTACKS, DEFENSES, POLICIES, STRATEGIES
 
     load_submissions()
 
@@ -189,8 +189,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from ._conformance import validate_submission
-    from ._submission_folders import submission_folders, submissions_dirs
+    from .bench.conformance import validate_submission
+    from .plugins.folders import submission_folders, submissions_dirs
 
     paths = [Path(p) for p in args.paths] or submission_folders()
     if not paths:
@@ -215,13 +215,13 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     import torch
 
-    from ._grid import resolve
-    from ._http_app import HttpLimits, bind, serve_forever
-    from ._live_service import LiveService, default_keys, load_keys
-    from ._manifests import load_submissions
-    from ._remote_attack import parse_plugin
-    from ._simulator import BatchingConfig
-    from ._zoo_build import open_zoo
+    from .bench.grid import resolve
+    from .serving.http_app import HttpLimits, bind, serve_forever
+    from .serving.live import LiveService, default_keys, load_keys
+    from .plugins.manifests import load_submissions
+    from .bench.remote_attack import parse_plugin
+    from .serving.simulator import BatchingConfig
+    from .zoo.build import open_zoo
 
     load_submissions()
     defense = resolve("defense", parse_plugin(args.defense))
@@ -247,8 +247,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_attack(args: argparse.Namespace) -> int:
-    from ._remote_attack import attack_endpoint, load_pool
-    from ._zoo_build import open_zoo
+    from .bench.remote_attack import attack_endpoint, load_pool
+    from .zoo.build import open_zoo
 
     zoo = open_zoo(args.zoo, args.cache, build=False, progress=False) if args.zoo else None
     pool = load_pool(Path(args.pool)) if args.pool else None
@@ -263,8 +263,8 @@ def _cmd_attack(args: argparse.Namespace) -> int:
 
 
 def _cmd_load(args: argparse.Namespace) -> int:
-    from ._loadgen import run_load
-    from ._zoo_build import open_zoo
+    from .serving.loadgen import run_load
+    from .zoo.build import open_zoo
 
     zoo = open_zoo(args.zoo, args.cache, build=False, progress=False)
     report = run_load(args.target, args.key, zoo, qps=args.qps, duration_s=args.duration,

@@ -64,10 +64,10 @@ def _signature(doc: pdoc.doc.Doc) -> str:
 
 
 def _public_names(text: str) -> str:
-    """``psml_bench._module.Name`` as ``psml_bench.Name`` for public names; numpy's generator as users write it."""
+    """``psml_bench.layer.module.Name`` as ``psml_bench.Name`` for public names; numpy's generator as users write it."""
     import psml_bench
 
-    text = re.sub(r"psml_bench\._[a-z_]+\.([A-Za-z_]+)",
+    text = re.sub(r"psml_bench(?:\.[a-z_]+)+\.([A-Za-z_]+)",
                   lambda m: f"psml_bench.{m.group(1)}" if m.group(1) in psml_bench.__all__ else m.group(0), text)
     return text.replace("numpy.random._generator.Generator", "numpy.random.Generator")
 

@@ -28,7 +28,7 @@ FASHION_MNIST_SHAPE = (1, 28, 28)  # the IDX format's images, when the config do
 @functools.cache
 def default_zoo() -> str:
     """The zoo of the default grid."""
-    from psml_bench._grid import load_grid
+    from psml_bench.bench.grid import load_grid
 
     return load_grid("default").zoo
 
@@ -36,8 +36,8 @@ def default_zoo() -> str:
 @functools.cache
 def zoo_configs() -> tuple:
     """Every shipped zoo config: the default grid's first, then its relatives (same name prefix), then by name."""
-    from psml_bench._config import shipped_configs
-    from psml_bench._zoo_config import load_zoo_config
+    from psml_bench.common.files import shipped_configs
+    from psml_bench.zoo.config import load_zoo_config
 
     first = default_zoo()
     names = sorted(shipped_configs("zoos"), key=lambda name: (name != first, not name.startswith(first), name))
@@ -118,7 +118,7 @@ def _kwargs(model) -> str:
 def models(name: str) -> str:
     """One row per model of zoo ``name``: architecture, input, init, recipe, and its latency in the
     committed reference profile when there is one."""
-    from psml_bench._profiling import load_profile, reference_profile_path
+    from psml_bench.zoo.profiling import load_profile, reference_profile_path
 
     config = next(c for c in zoo_configs() if c.name == name)
     profile = None

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from psml_bench._zoo_build import open_zoo
+from psml_bench.zoo.build import open_zoo
 
 
 @pytest.fixture(scope="session")

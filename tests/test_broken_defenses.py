@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 
 from psml_bench import Defense, Spec
-from psml_bench._cell import run_cell
-from psml_bench._conformance import DETERMINISM_CALLS, defense_conformance
-from psml_bench._errors import DefenseError
-from psml_bench._grid import Cell, GridConfig, PluginSpec
-from psml_bench._registries import DEFENSES
-from psml_bench._sanity import defense_flags
-from psml_bench._serving import Server
+from psml_bench.bench.cell import run_cell
+from psml_bench.bench.conformance import DETERMINISM_CALLS, defense_conformance
+from psml_bench.contract.errors import DefenseError
+from psml_bench.bench.grid import Cell, GridConfig, PluginSpec
+from psml_bench.contract.registries import DEFENSES
+from psml_bench.bench.sanity import defense_flags
+from psml_bench.serving.server import Server
 
 
 class DropsARow(Defense):

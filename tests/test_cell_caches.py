@@ -6,11 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from psml_bench import _cell, _training
-from psml_bench._cell import score_surrogate, surrogate_metrics
-from psml_bench._isolation import pack, unpack
-from psml_bench._sanity import surrogate_flags
-from psml_bench._surrogate import Surrogate, SurrogateConfig, train_elsewhere, train_surrogate, weights_digest
+from psml_bench.bench import cell as _cell
+from psml_bench.isolation import trainer as _training
+from psml_bench.bench.cell import score_surrogate, surrogate_metrics
+from psml_bench.isolation.attack_process import pack, unpack
+from psml_bench.bench.sanity import surrogate_flags
+from psml_bench.extraction.surrogate import Surrogate, train_elsewhere, train_surrogate, weights_digest
+from psml_bench.contract.surrogate_config import SurrogateConfig
 
 
 def _surrogate(zoo, seed: int) -> Surrogate:
@@ -36,7 +38,8 @@ def test_identical_weights_are_scored_once_with_the_fresh_numbers(tiny_zoo, monk
 
 
 def _knowledge(zoo):
-    from psml_bench._serving import Knowledge, SpecRange
+    from psml_bench.contract.target import Knowledge
+    from psml_bench.contract.spec import SpecRange
 
     return Knowledge(zoo.input_shape, zoo.num_classes, SpecRange(zoo.accuracy_range, zoo.latency_range_ms),
                      zoo.splits["attacker_x"], "rank:1")

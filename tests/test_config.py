@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from psml_bench import ConfigError
-from psml_bench._grid import load_grid
-from psml_bench._profiling import load_profile, reference_profile_path
-from psml_bench._zoo_config import load_zoo_config
+from psml_bench.bench.grid import load_grid
+from psml_bench.zoo.profiling import load_profile, reference_profile_path
+from psml_bench.zoo.config import load_zoo_config
 
 TINY = Path(__file__).resolve().parents[1] / "psml_bench" / "configs" / "zoos" / "fmnist-tiny.toml"
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from psml_bench._registries import ATTACKS, DEFENSES
-from psml_bench._conformance import attack_conformance, defense_conformance, victim_roles
+from psml_bench.contract.registries import ATTACKS, DEFENSES
+from psml_bench.bench.conformance import attack_conformance, defense_conformance, victim_roles
 
 BUILTIN_ATTACKS = [e.name for e in ATTACKS if e.source == "built-in"]
 BUILTIN_DEFENSES = [e.name for e in DEFENSES if e.source == "built-in"]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from psml_bench import DataError
-from psml_bench._data import DatasetConfig, SplitConfig, load_dataset, make_splits
+from psml_bench.zoo.data import DatasetConfig, SplitConfig, load_dataset, make_splits
 
 
 def write_idx(path: Path, array: np.ndarray, compress: bool) -> None:

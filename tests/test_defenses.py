@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from psml_bench import ConfigError, Spec, SpecRange
-from psml_bench._registries import DEFENSES, make_defense
-from psml_bench._grid import load_grid
-from psml_bench._serving import Server
-from psml_bench._sanity import are_probability_vectors
+from psml_bench.contract.registries import DEFENSES, make_defense
+from psml_bench.bench.grid import load_grid
+from psml_bench.serving.server import Server
+from psml_bench.bench.sanity import are_probability_vectors
 
 RANGE = SpecRange((0.70, 0.96), (0.5, 10.0))
 

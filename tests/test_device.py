@@ -8,10 +8,10 @@ import platform
 import pytest
 import torch
 
-from psml_bench._cell import cell_key, provenance, zoo_identity
-from psml_bench._device import device_label, key_part
-from psml_bench._grid import load_grid
-from psml_bench._sandbox import bwrap_command, gpu_binds
+from psml_bench.bench.cell import cell_key, provenance, zoo_identity
+from psml_bench.common.device import device_label, key_part
+from psml_bench.bench.grid import load_grid
+from psml_bench.isolation.sandbox import bwrap_command, gpu_binds
 from psml_bench.cli import main
 
 
@@ -52,15 +52,15 @@ def test_only_a_gpu_sandbox_holds_the_gpus(monkeypatch, tmp_path):
     devices = sorted(str(tmp_path / n) for n in ("nvidia-uvm", "nvidia0", "nvidiactl"))
     assert binds == [a for d in devices for a in ("--dev-bind", d, d)] + ["--ro-bind-try", "/sys", "/sys"]
     assert gpu_binds(tmp_path / "none") == []
-    monkeypatch.setattr("psml_bench._sandbox.gpu_binds", lambda: binds)
+    monkeypatch.setattr("psml_bench.isolation.sandbox.gpu_binds", lambda: binds)
     command = bwrap_command("/usr/bin/python3", ["-c", "pass"], gpu=True)
     assert command.index("--dev-bind") > command.index("--dev")  # after /dev is made, which would hide them
     assert "--dev-bind" not in bwrap_command("/usr/bin/python3", ["-c", "pass"], gpu=False)
 
 
 def test_ray_refuses_a_gpu_run():
-    from psml_bench._errors import ConfigError
-    from psml_bench._runner import make_executor
+    from psml_bench.contract.errors import ConfigError
+    from psml_bench.runner import make_executor
 
     with pytest.raises(ConfigError, match="ray executor runs cells on the CPU only"):
         make_executor("ray", device="cuda")

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from psml_bench._grid import load_grid
-from psml_bench._runner import make_executor, run_grid
+from psml_bench.bench.grid import load_grid
+from psml_bench.runner import make_executor, run_grid
 
 HOSTILE = '''
 import torch
@@ -186,7 +186,7 @@ def test_cli_budget_overrun_and_wrong_shape_fail_their_cells_only(tmp_path, cach
 
 
 def test_parallel_run_gives_identical_results(tiny_run, cache_dir, tmp_path):
-    from psml_bench._leaderboard import VOLATILE_COLUMNS
+    from psml_bench.report.leaderboard import VOLATILE_COLUMNS
 
     summary, _ = tiny_run
     parallel = run_grid(load_grid("tiny"), tmp_path, cache_dir=cache_dir, progress=False,

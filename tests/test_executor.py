@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from psml_bench._leaderboard import VOLATILE_COLUMNS
-from psml_bench._grid import load_grid
-from psml_bench._runner import make_executor, run_grid
+from psml_bench.report.leaderboard import VOLATILE_COLUMNS
+from psml_bench.bench.grid import load_grid
+from psml_bench.runner import make_executor, run_grid
 
 HOSTILE = '''
 import os

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from psml_bench._cell import run_cell
-from psml_bench._grid import Cell, PluginSpec, load_grid
-from psml_bench._zoo_build import open_zoo
+from psml_bench.bench.cell import run_cell
+from psml_bench.bench.grid import Cell, PluginSpec, load_grid
+from psml_bench.zoo.build import open_zoo
 
 pytestmark = pytest.mark.slow
 

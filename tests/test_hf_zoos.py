@@ -17,11 +17,11 @@ import pytest
 import torch
 
 from psml_bench import ConfigError, DataError
-from psml_bench._data import ImageConfig, SplitConfig, load_dataset, make_splits
-from psml_bench._zoo import Zoo
-from psml_bench._zoo_build import build_zoo
-from psml_bench._zoo_config import load_zoo_config, zoo_directory
-from psml_bench._zoo_profiles import measured_profile_path, resolve_profile
+from psml_bench.zoo.data import ImageConfig, SplitConfig, load_dataset, make_splits
+from psml_bench.zoo.model_zoo import Zoo
+from psml_bench.zoo.build import build_zoo
+from psml_bench.zoo.config import load_zoo_config, zoo_directory
+from psml_bench.zoo.profiles import measured_profile_path, resolve_profile
 from psml_bench.cli import main
 
 CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -289,7 +289,7 @@ def test_tiny_hf_zoo_builds_records_init_and_serves(tmp_path, monkeypatch, offli
     # with the published weights in the local Hugging Face cache they are fine-tuned, even offline
     published = _publish_to_hf_cache(tmp_path / "hf-cache", "timm/test_resnet.r160_in1k")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
-    from psml_bench._zoo_build import PretrainedWeights
+    from psml_bench.zoo.build import PretrainedWeights
 
     model, init = PretrainedWeights().create(config.models[1], 3, 10, config.mean, config.std)
     assert init == {"pretrained": True, "weights": "timm/test_resnet.r160_in1k", "from": "cache"}
@@ -333,7 +333,7 @@ def test_run_profile_choices_resolve_to_files(tmp_path, capsys):
 
 
 def test_augmentation_and_mixed_precision_choice():
-    from psml_bench._zoo_train import _augment, resolve_amp
+    from psml_bench.zoo.train import _augment, resolve_amp
 
     x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).view(2, 3, 8, 8)
     flipped = _augment(x, "flip", torch.Generator().manual_seed(0))

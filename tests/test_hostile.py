@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from psml_bench import Knowledge
-from psml_bench._isolation import AttackFailed, AttackLocator, run_attack, sandbox_available
-from psml_bench._registries import ATTACKS, DEFENSES
-from psml_bench._serving import Server
+from psml_bench.isolation.attack_process import AttackFailed, AttackLocator, run_attack, sandbox_available
+from psml_bench.contract.registries import ATTACKS, DEFENSES
+from psml_bench.serving.server import Server
 
 pytestmark = pytest.mark.skipif(not sandbox_available(), reason="the sandbox needs bubblewrap and user namespaces")
 
@@ -274,7 +274,7 @@ def test_a_hanging_pipeline_ends(tiny_zoo, plugin, cache_dir, tmp_path):
 
 
 def _one_cell_grid(tmp_path: Path):
-    from psml_bench._grid import load_grid
+    from psml_bench.bench.grid import load_grid
 
     path = tmp_path / "one.toml"
     path.write_text('name = "one"\nzoo = "fmnist-tiny"\nvictims = ["rank:1"]\nbudgets = [30]\nseeds = [0]\n'
@@ -284,7 +284,7 @@ def _one_cell_grid(tmp_path: Path):
 
 
 def test_a_tampered_cell_is_detected_and_recomputed(tiny_zoo, cache_dir, tmp_path, caplog):
-    from psml_bench._runner import make_executor, run_grid
+    from psml_bench.runner import make_executor, run_grid
 
     grid, out = _one_cell_grid(tmp_path), tmp_path / "lb"
     first = run_grid(grid, out, cache_dir=cache_dir, executor=make_executor("inline"), progress=False)
@@ -300,8 +300,8 @@ def test_a_tampered_cell_is_detected_and_recomputed(tiny_zoo, cache_dir, tmp_pat
 
 
 def test_the_out_directory_cannot_be_squatted_or_symlinked(tmp_path):
-    from psml_bench._errors import ConfigError
-    from psml_bench._runner import prepare_out_dir
+    from psml_bench.contract.errors import ConfigError
+    from psml_bench.runner import prepare_out_dir
 
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
@@ -346,7 +346,7 @@ class Hostile(Attack):
 def test_validate_limits_time_and_memory(tiny_zoo, cache_dir, tmp_path, monkeypatch, mode, reason):
     import json
 
-    from psml_bench import _conformance
+    from psml_bench.bench import conformance as _conformance
 
     name = f"validated-{mode}"
     folder = tmp_path / name
@@ -395,10 +395,10 @@ class Snoops(Defense):
 def test_a_submitted_defense_runs_jailed_and_is_never_imported_by_the_harness(tiny_zoo, plugin, tmp_path):
     import json
 
-    from psml_bench._errors import DefenseError
-    from psml_bench._manifests import load_manifest, register
-    from psml_bench._runner import prepare_out_dir
-    from psml_bench._serving import Spec
+    from psml_bench.contract.errors import DefenseError
+    from psml_bench.plugins.manifests import load_manifest, register
+    from psml_bench.runner import prepare_out_dir
+    from psml_bench.contract.spec import Spec
 
     out = tmp_path / "lb"
     prepare_out_dir(out)

@@ -27,12 +27,14 @@ pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
 
 from psml_bench import BudgetExhausted, PsmlError, Spec  # noqa: E402
-from psml_bench._http_target import HttpClient, HttpTarget  # noqa: E402
-from psml_bench._http_wire import NPY, SAFETENSORS  # noqa: E402
-from psml_bench._isolation import AttackLocator, run_attack  # noqa: E402
-from psml_bench._registries import make_defense  # noqa: E402
-from psml_bench._scoring import predict_labels  # noqa: E402
-from psml_bench._serving import Knowledge, Server, SpecRange  # noqa: E402
+from psml_bench.serving.http_client import HttpClient, HttpTarget
+from psml_bench.serving.http_wire import NPY, SAFETENSORS
+from psml_bench.isolation.attack_process import AttackLocator, run_attack
+from psml_bench.contract.registries import make_defense
+from psml_bench.common.metrics import predict_labels
+from psml_bench.contract.target import Knowledge
+from psml_bench.serving.server import Server
+from psml_bench.contract.spec import SpecRange
 
 KEYS = {"attacker": 80, "race": 50, "free": None, "op": {"budget": None, "operator": True}}
 START_TIMEOUT_S = 120
@@ -129,7 +131,7 @@ def test_isolated_attack_through_http_gives_the_in_process_surrogate(live, tiny_
 
 
 def test_attack_command_writes_a_surrogate_and_a_scored_summary(live, tiny_zoo, tmp_path):
-    from psml_bench._remote_attack import attack_endpoint
+    from psml_bench.bench.remote_attack import attack_endpoint
 
     _, url, _ = live
     result = attack_endpoint(url, "free", "naive:epochs=1,min_steps=5", out_dir=tmp_path, budget=30,
@@ -240,7 +242,7 @@ def test_refuses_to_start_on_a_busy_port_or_an_unbuilt_zoo(live, cache_dir, tmp_
 
 
 def test_load_drives_loadgen_server_scenario(live, tiny_zoo, tmp_path):
-    from psml_bench._loadgen import measure_capacity, run_load
+    from psml_bench.serving.loadgen import measure_capacity, run_load
 
     _, url, _ = live
     report = run_load(url, "op", tiny_zoo, qps=20, duration_s=1.5, latency_bound_ms=2000,

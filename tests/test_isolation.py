@@ -10,13 +10,13 @@ import pytest
 import torch
 
 from psml_bench import Knowledge
-from psml_bench import _scoring as scoring
-from psml_bench._isolation import (AttackFailed, AttackLocator, ProtocolError, pack, run_attack,
-                                   sandbox_available, unpack)
-from psml_bench._registries import ATTACKS, DEFENSES
-from psml_bench._cell import run_cell
-from psml_bench._grid import Cell, PluginSpec, load_grid
-from psml_bench._serving import Server, target_for
+from psml_bench.common import metrics as scoring
+from psml_bench.isolation.attack_process import (AttackFailed, AttackLocator, ProtocolError, pack, run_attack,
+    sandbox_available, unpack)
+from psml_bench.contract.registries import ATTACKS, DEFENSES
+from psml_bench.bench.cell import run_cell
+from psml_bench.bench.grid import Cell, PluginSpec, load_grid
+from psml_bench.serving.server import Server, target_for
 
 SANDBOXED = pytest.mark.skipif(not sandbox_available(), reason="the sandbox needs bubblewrap and user namespaces")
 
@@ -67,7 +67,7 @@ class ReachesTheWorker(Attack):
         found = [type(o).__name__ for o in gc.get_objects()
                  if type(o).__name__ in ("Server", "Zoo", "QueryLog", "ZooModel")]
         outcomes.append(f"internals: {{sorted(set(found))}}")
-        outcomes.append(f"zoo modules loaded: {{sorted(m for m in sys.modules if m.startswith('psml_bench._zoo'))}}")
+        outcomes.append(f"zoo modules loaded: {{sorted(m for m in sys.modules if m.startswith('psml_bench.zoo.model_zoo'))}}")
         raise RuntimeError("; ".join(outcomes))
 
 

@@ -7,11 +7,12 @@ import importlib.util
 import numpy as np
 import pytest
 
-from psml_bench._isolation import sandbox_available
-from psml_bench._jailed_defense import SubmittedDefense
-from psml_bench._manifests import load_manifest, register
-from psml_bench._registries import DEFENSES
-from psml_bench._serving import Requests, Server
+from psml_bench.isolation.attack_process import sandbox_available
+from psml_bench.isolation.jailed_defense import SubmittedDefense
+from psml_bench.plugins.manifests import load_manifest, register
+from psml_bench.contract.registries import DEFENSES
+from psml_bench.contract.requests import Requests
+from psml_bench.serving.server import Server
 
 from test_submissions import write_submission
 

@@ -9,12 +9,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from psml_bench._grid import Block, GridConfig, PluginSpec
-from psml_bench._intervals import Estimate, paired_difference, shared_ranks, t_interval
-from psml_bench._leaderboard import RESULT_COLUMNS, render_markdown, results_frame, write_leaderboard
-from psml_bench._ranking import (FIXED, OWN, attack_ranking, defense_ranking, describe_grid, ineligibility,
-                                 protection_table, tradeoff_auc)
-from psml_bench._zoo import MenuEntry
+from psml_bench.bench.grid import Block, GridConfig, PluginSpec
+from psml_bench.report.intervals import Estimate, paired_difference, shared_ranks, t_interval
+from psml_bench.report.leaderboard import RESULT_COLUMNS, render_markdown, results_frame, write_leaderboard
+from psml_bench.report.ranking import (FIXED, OWN, attack_ranking, defense_ranking, describe_grid, ineligibility,
+    protection_table, tradeoff_auc)
+from psml_bench.zoo.model_zoo import MenuEntry
 
 GOLDEN = Path(__file__).parent / "golden" / "leaderboard.md"
 NONE, NOISE_1, NOISE_2 = PluginSpec("none"), PluginSpec("spec-noise", (("scale", 0.05),)), \
@@ -196,7 +196,7 @@ def test_the_accuracy_constraint_is_a_grid_parameter():
 
 def test_every_zoo_of_a_grid_has_its_own_figures(tmp_path):
     """The main zoo's figures keep their names; a second zoo's carry its name and show only its rows."""
-    from psml_bench._plots import write_figures
+    from psml_bench.report.plots import write_figures
 
     class Second(CardOnlyZoo):
         name = "toy-b"

@@ -10,15 +10,15 @@ import pytest
 import torch
 
 from psml_bench import ConfigError
-from psml_bench._cell import cell_key, zoo_identity
-from psml_bench._grid import Block, GridConfig, PluginSpec, load_grid
-from psml_bench._intervals import NO_ESTIMATE, Estimate
-from psml_bench._leaderboard import render_markdown, results_frame
-from psml_bench._zoo import MenuEntry
-from psml_bench._zoo_comparison import agreement
-from psml_bench._runner import make_executor, run_grid
-from psml_bench._zoo import Zoo, disagreement, mean_disagreement
-from psml_bench._zoo_config import load_zoo_config, zoo_directory
+from psml_bench.bench.cell import cell_key, zoo_identity
+from psml_bench.bench.grid import Block, GridConfig, PluginSpec, load_grid
+from psml_bench.report.intervals import NO_ESTIMATE, Estimate
+from psml_bench.report.leaderboard import render_markdown, results_frame
+from psml_bench.zoo.model_zoo import MenuEntry
+from psml_bench.report.zoo_comparison import agreement
+from psml_bench.runner import make_executor, run_grid
+from psml_bench.zoo.model_zoo import Zoo, disagreement, mean_disagreement
+from psml_bench.zoo.config import load_zoo_config, zoo_directory
 
 TINY = Path(__file__).resolve().parents[1] / "psml_bench" / "configs" / "zoos" / "fmnist-tiny.toml"
 NAIVE = '{ name = "naive", params = { min_steps = 20, epochs = 1 } }'

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from psml_bench._serving import InfaasPolicy
-from psml_bench._zoo import pareto_frontier, service_ranges
+from psml_bench.serving.policies import InfaasPolicy
+from psml_bench.zoo.model_zoo import pareto_frontier, service_ranges
 
 # id:        0     1     2     3     4 (dominated by 2: slower and less accurate)
 ACCURACY = np.array([0.78, 0.84, 0.88, 0.91, 0.86])

@@ -15,11 +15,11 @@ import pytest
 import torch
 
 from psml_bench import ConfigError
-from psml_bench._config import validate
-from psml_bench._profiling import (dump_profile, environment, fit_batch_latency, frontier_separation, load_profile,
-                                   profile_model, reference_profile_path, resolve_device)
-from psml_bench._zoo_config import load_zoo_config
-from psml_bench._zoo_profiles import measured_profile_path, profile_zoo, resolve_profile
+from psml_bench.common.files import validate
+from psml_bench.zoo.profiling import (dump_profile, environment, fit_batch_latency, frontier_separation, load_profile,
+    profile_model, reference_profile_path, resolve_device)
+from psml_bench.zoo.config import load_zoo_config
+from psml_bench.zoo.profiles import measured_profile_path, profile_zoo, resolve_profile
 from psml_bench.cli import main
 
 NO_CUDA = not torch.cuda.is_available()
@@ -167,9 +167,9 @@ def test_cuda_profile_is_synchronised_and_complete(tmp_path, precision):
 
 def test_a_cell_key_follows_the_profiles_batch_fits(tiny_zoo, tmp_path):
     """Editing only a batch fit (the routing p50s unchanged) changes the service, so it changes every cell key."""
-    from psml_bench._cell import cell_key
-    from psml_bench._grid import load_grid
-    from psml_bench._zoo import Zoo
+    from psml_bench.bench.cell import cell_key
+    from psml_bench.bench.grid import load_grid
+    from psml_bench.zoo.model_zoo import Zoo
 
     grid = load_grid("tiny")
     cell = next(iter(grid.cells()))

@@ -25,7 +25,7 @@ def test_public_surface_is_pinned():
 
 
 def test_protocol_version_matches_runner():
-    from psml_bench._cell import PROTOCOL_VERSION
+    from psml_bench._version import PROTOCOL_VERSION
 
     assert psml_bench.PROTOCOL_VERSION == PROTOCOL_VERSION
 

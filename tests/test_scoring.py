@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from psml_bench import Spec, SpecRange
-from psml_bench import _scoring as scoring
+from psml_bench.common import metrics as scoring
 
 
 def test_fidelity_and_accuracy():

@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from psml_bench import ConfigError, Defense, Spec
-from psml_bench._cell import run_cell
-from psml_bench._errors import DefenseError
-from psml_bench._grid import Cell, GridConfig, PluginSpec, load_grid
-from psml_bench._registries import DEFENSES, make_defense
-from psml_bench._service import PoolAnswers, Service, ServiceConfig, service_times
-from psml_bench._serving import Server, target_for
+from psml_bench.bench.cell import run_cell
+from psml_bench.contract.errors import DefenseError
+from psml_bench.bench.grid import Cell, GridConfig, PluginSpec, load_grid
+from psml_bench.contract.registries import DEFENSES, make_defense
+from psml_bench.serving.service import PoolAnswers, Service, ServiceConfig, service_times
+from psml_bench.serving.server import Server, target_for
 
 SMALL = (("epochs", 1), ("min_steps", 10))
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from psml_bench import BudgetExhausted, InvalidQueryError, Spec
-from psml_bench._registries import make_defense
-from psml_bench._serving import Server, target_for
+from psml_bench.contract.registries import make_defense
+from psml_bench.serving.server import Server, target_for
 
 
 @pytest.fixture

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from psml_bench._errors import ConfigError
-from psml_bench._simulator import BatchingConfig, BatchingSimulator, capacity, poisson_arrivals
+from psml_bench.contract.errors import ConfigError
+from psml_bench.serving.simulator import BatchingConfig, BatchingSimulator, capacity, poisson_arrivals
 
 
 def reference(times, models, intercept, slope, config):

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from psml_bench import ConfigError, Requests
-from psml_bench._grid import load_grid
-from psml_bench._registries import make_defense
+from psml_bench.bench.grid import load_grid
+from psml_bench.contract.registries import make_defense
 from defenses.adaptive_misinformation import blend_weight, misinformation
 from defenses.prada import min_distance_statistic
 from defenses.prediction_poisoning import mad_objective, poison

@@ -11,9 +11,9 @@ import torch.nn.functional as F
 
 from psml_bench import (ATTACKS, STRATEGIES, SURROGATE_DEFAULTS, ConfigError, Knowledge, QuerySession, Spec,
                         Surrogate, SurrogateConfig, Target, UnknownPluginError, extract, query_batched, sample_pool)
-from psml_bench._isolation import AttackLocator, run_attack
-from psml_bench._registries import make_defense
-from psml_bench._serving import Server, target_for
+from psml_bench.isolation.attack_process import AttackLocator, run_attack
+from psml_bench.contract.registries import make_defense
+from psml_bench.serving.server import Server, target_for
 
 BUDGET = 64
 SMALL = {"min_steps": 20, "epochs": 1}

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 
 from psml_bench import STRATEGIES
-from psml_bench._cell import attack_locator
-from psml_bench._conformance import attack_conformance, validate_submission
-from psml_bench._grid import PluginSpec, resolve
-from psml_bench._isolation import STRATEGY_PACKAGE, plugin_sources
-from psml_bench._manifests import grid_entries, load_manifest, register
-from psml_bench._submission_folders import folder_hash
+from psml_bench.bench.cell import attack_locator
+from psml_bench.bench.conformance import attack_conformance, validate_submission
+from psml_bench.bench.grid import PluginSpec, resolve
+from psml_bench.isolation.attack_process import STRATEGY_PACKAGE, plugin_sources
+from psml_bench.plugins.manifests import grid_entries, load_manifest, register
+from psml_bench.plugins.folders import folder_hash
 
 from test_submissions import cli
 

@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 import torch
 
-from psml_bench._grid import load_grid
-from psml_bench._runner import make_executor, run_grid
-from psml_bench._conformance import validate_submission
-from psml_bench._errors import ManifestError
-from psml_bench._manifests import load_manifest
-from psml_bench._submission_folders import SUBMISSIONS_ENV, submission_folders
-from psml_bench._sanity import agreement_ceiling, surrogate_flags
+from psml_bench.bench.grid import load_grid
+from psml_bench.runner import make_executor, run_grid
+from psml_bench.bench.conformance import validate_submission
+from psml_bench.contract.errors import ManifestError
+from psml_bench.plugins.manifests import load_manifest
+from psml_bench.plugins.folders import SUBMISSIONS_ENV, submission_folders
+from psml_bench.bench.sanity import agreement_ceiling, surrogate_flags
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "submissions"
@@ -274,3 +274,15 @@ def test_decorated_plugins_outside_the_builtins_are_labelled_by_module(tmp_path,
     ATTACKS.get("labelled_attack:Labelled")
     assert ATTACKS.entry("labelled").source == "module labelled_attack"
     assert ATTACKS.entry("psml").source == "built-in"
+
+
+def test_a_grid_naming_a_submission_says_its_sweep_is_not_used(tmp_path, caplog, monkeypatch):
+    monkeypatch.setenv(SUBMISSIONS_ENV, str(EXAMPLES))
+    grid_path = tmp_path / "grid.toml"
+    grid_path.write_text(
+        'name = "default"\nzoo = "fmnist-tiny"\nvictims = ["rank:1"]\nbudgets = [40]\nseeds = [0]\n'
+        '[[attacks]]\nname = "naive"\n[[defenses]]\nname = "round-probs"\nparams = { decimals = 3 }\n')
+    with caplog.at_level("WARNING"):
+        grid = load_grid(grid_path)
+    assert "names submission 'round-probs' itself, so its manifest's sweep is not used" in caplog.text
+    assert [d.kwargs for d in grid.defenses if d.name == "round-probs"] == [{"decimals": 3}]

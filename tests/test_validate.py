@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 
 from psml_bench import ATTACKS, DEFENSES, Allowed, ConfigError, Defense, Spec
-from psml_bench._conformance import attack_conformance, defense_conformance, validate_submission
-from psml_bench._isolation import sandbox_available
-from psml_bench._errors import DefenseError, ManifestError
-from psml_bench._grid import load_grid
-from psml_bench._manifests import load_manifest, load_submissions, register
-from psml_bench._submission_folders import SUBMISSIONS_ENV
-from psml_bench._serving import Server
+from psml_bench.bench.conformance import attack_conformance, defense_conformance, validate_submission
+from psml_bench.isolation.attack_process import sandbox_available
+from psml_bench.contract.errors import DefenseError, ManifestError
+from psml_bench.bench.grid import load_grid
+from psml_bench.plugins.manifests import load_manifest, load_submissions, register
+from psml_bench.plugins.folders import SUBMISSIONS_ENV
+from psml_bench.serving.server import Server
 
 from test_submissions import EXAMPLES, GOOD, DEMO, cli, write_submission
 
@@ -243,7 +243,7 @@ def test_a_numpy_answer_from_postprocess_says_a_tensor_is_expected(tiny_zoo):
 
 
 def test_a_folder_with_data_files_or_above_the_size_cap_is_rejected_listing_them(tmp_path, cache_dir, caplog):
-    from psml_bench._submission_folders import folder_problems
+    from psml_bench.plugins.folders import folder_problems
 
     folder = _copy_example(tmp_path)
     (folder / "__pycache__").mkdir(exist_ok=True)

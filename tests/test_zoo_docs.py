@@ -5,7 +5,7 @@ from __future__ import annotations
 import runpy
 from pathlib import Path
 
-from psml_bench._config import shipped_configs
+from psml_bench.common.files import shipped_configs
 
 ROOT = Path(__file__).resolve().parents[1]
 GENERATOR = runpy.run_path(str(ROOT / "scripts" / "zoo_docs.py"))

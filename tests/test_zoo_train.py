@@ -11,10 +11,10 @@ import torch
 
 from safetensors.torch import save_file
 
-from psml_bench._zoo import ZooModel
-from psml_bench._zoo_build import build_zoo
-from psml_bench._zoo_config import load_zoo_config
-from psml_bench._zoo_train import TrainJob, parallel_workers, reproducible, train_members
+from psml_bench.zoo.model_zoo import ZooModel
+from psml_bench.zoo.build import build_zoo
+from psml_bench.zoo.config import load_zoo_config
+from psml_bench.zoo.train import TrainJob, parallel_workers, reproducible, train_members
 
 TINY = Path(__file__).resolve().parents[1] / "psml_bench" / "configs" / "zoos" / "fmnist-tiny.toml"
 
@@ -83,17 +83,17 @@ def test_tiny_zoo_rebuilt_in_parallel_under_another_thread_count_has_the_shared_
 
 
 def test_opening_a_zoo_built_on_other_threads_than_its_config_fixes_warns(tmp_path, tiny_zoo, cache_dir, caplog):
-    from psml_bench._zoo_build import open_zoo
+    from psml_bench.zoo.build import open_zoo
 
     source = Path(load_zoo_config("fmnist-tiny").source)
     changed = tmp_path / "fmnist-tiny.toml"
     changed.write_text(source.read_text().replace("threads = 2", "threads = 1"))
     assert load_zoo_config(changed).config_hash == load_zoo_config("fmnist-tiny").config_hash  # same directory
-    with caplog.at_level("WARNING", logger="psml_bench._zoo_build"):
+    with caplog.at_level("WARNING", logger="psml_bench.zoo.build"):
         zoo = open_zoo(changed, cache_dir, build=False, progress=False)
     assert zoo.directory == tiny_zoo.directory
     assert [r.getMessage() for r in caplog.records if "trained on 2 threads, its config now fixes 1" in r.getMessage()]
     caplog.clear()
-    with caplog.at_level("WARNING", logger="psml_bench._zoo_build"):
+    with caplog.at_level("WARNING", logger="psml_bench.zoo.build"):
         open_zoo("fmnist-tiny", cache_dir, build=False, progress=False)
     assert not caplog.records

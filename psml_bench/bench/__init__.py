@@ -1,0 +1,1 @@
+"""The benchmark: grids as data, cells, executors, sanity checks, conformance of submissions."""

@@ -1,0 +1,350 @@
+"""The cell protocol: what a cell's key hashes, how one cell runs and is scored, and the row it gives.
+
+A cell is one (zoo, victim, attack, defense, budget, seed, service load and clients). Its key is a
+content hash of all that determines its result (zoo identity, routing menu, batch service times, plugin identities,
+budget, seed, service parameters, benign workload size, :data:`PROTOCOL_VERSION`). The attack runs
+against the cell's :class:`~psml_bench.serving.service.Service`, beside its benign clients. :func:`execute` runs a :class:`CellTask` in the current
+process (an executor's worker) and returns the cell's row.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..common import metrics as scoring
+from ..common.files import content_hash
+from ..common.device import device_label, intra_op_threads, key_part, make_deterministic
+from ..contract.errors import AttackFailed, BudgetExhausted, ExecutorError
+from .grid import Cell, GridConfig, ResolvedPlugin
+from ..isolation.attack_process import AttackLocator, run_attack
+from ..plugins.manifests import load_submissions
+from ..contract.registries import STRATEGIES
+from .sanity import defense_flags, surrogate_flags
+from ..serving.service import Service, service_times
+from ..contract.target import Knowledge
+from ..extraction.surrogate import Surrogate, weights_digest
+from .._version import PROTOCOL_VERSION, __version__
+from ..zoo.model_zoo import Zoo
+
+log = logging.getLogger(__name__)
+
+SURROGATE_METRICS = ("fidelity", "accuracy", "accuracy_norm", "kl", "l1")
+ATTACK_METRICS = ("queries", "fingerprint_queries", "victim_hit_rate", "fingerprint_accuracy", "detected",
+                  "queries_to_detection")
+COST_METRICS = ("goodput", "spec_goodput", "latency_p50_ms", "latency_p99_ms", "refused_benign", "dropped_benign",
+                "false_positive_clients", "benign_accuracy_drop", "perturbation", "latency_overhead",
+                "benign_requests")
+METRICS = SURROGATE_METRICS + ATTACK_METRICS + COST_METRICS
+
+
+# Every cell runs on one thread, whatever the executor: float reductions then happen in the same
+# order everywhere, so a cell's numbers do not depend on how the grid was parallelised.
+CELL_THREADS = 1
+
+
+def zoo_identity(zoo: Zoo) -> str:
+    """Hash of what in a zoo card determines results: splits, preprocessing, each model's weights.
+
+    Build-time measurements that routing does not use (timestamps, latency measured at build, train
+    times) are left out, so a rebuild that reproduces the weights reuses every cached cell.
+    """
+    card = zoo.card
+    return content_hash({
+        "zoo": card["zoo"], "config_hash": card["config_hash"], "splits": card["splits"],
+        "input_shape": card["input_shape"], "num_classes": card["num_classes"], "preprocess": card["preprocess"],
+        "models": [{k: m[k] for k in ("id", "arch", "kwargs", "accuracy", "weights_sha256")} for m in card["models"]],
+    })
+
+
+def cell_key(zoo: Zoo, grid: GridConfig, cell: Cell, identity: str | None = None,
+             device: torch.device | str = "cpu") -> str:
+    """Content hash of everything that determines the cell's result (``identity``: the zoo's, if known).
+
+    A cell on another device than the CPU has its device type in the key (its floats round
+    differently); a CPU cell's key has no device, as before devices were an option. The menu's
+    routing latencies and each model's batch service time (:func:`service_times`, from the profile's
+    batch fits) are in the key: re-measuring or editing a profile recomputes the cells it changes.
+    """
+    intercept, slope = service_times(zoo)
+    hashed = {
+        "protocol": PROTOCOL_VERSION, "zoo": identity or zoo_identity(zoo), "menu": [e.__dict__ for e in zoo.menu],
+        "service_times": [[float(a), float(s)] for a, s in zip(intercept, slope)],
+        "policy": grid.policy, "victim": cell.victim,
+        "attack": cell.attack_plugin.identity, "defense": cell.defense_plugin.identity,
+        "budget": cell.budget, "seed": cell.seed, "benign_queries": grid.benign_queries,
+        "service": cell.service.as_dict(),
+    }
+    if key_part(device) is not None:
+        hashed["device"] = key_part(device)
+    return content_hash(hashed)[:32]
+
+
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() if out.returncode == 0 else ""
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def provenance(device: torch.device | str = "cpu") -> dict[str, str]:
+    """Versions and machine that produce a run's results (computed once per run, by the driver)."""
+    import timm
+
+    return {"psml_bench": __version__, "git_commit": _git_commit(), "torch": torch.__version__,
+            "timm": timm.__version__, "device": device_label(device), "threads": str(CELL_THREADS)}
+
+
+@dataclass(frozen=True)
+class CellTask:
+    """Everything a worker needs to run one cell."""
+
+    zoo_dir: str
+    profile: str | None
+    zoo_identity: str
+    grid: GridConfig
+    cell: Cell
+    key: str
+    provenance: dict[str, str]
+    device: str = "cpu"
+
+
+def service_costs(zoo: Zoo, service: Service) -> dict[str, float]:
+    """What the cell's defense cost its benign clients, from every benign request of the cell.
+
+    ``goodput``: share of benign requests answered by a model meeting the client's accuracy floor
+    within the client's latency bound end to end (queueing, batching and service included);
+    ``spec_goodput``: share answered by a model meeting the spec by its routing latency alone (the
+    protocol-2 figure); ``latency_p50_ms``/``latency_p99_ms``: end-to-end latency of the answered
+    ones; ``refused_benign`` (by the defense); ``dropped_benign`` (timed out in an overloaded queue);
+    ``false_positive_clients``: share of benign clients the defense detected or blocked; ``benign_accuracy_drop``: top-1 accuracy of the answers the same requests
+    get from the undefended service minus that of the defended answers (a refused request counts
+    as wrong); ``perturbation``: mean halved L1 between each answer and the serving model's own
+    output; ``latency_overhead``: mean end-to-end latency of the answered requests over that of the
+    same requests, at the same times, routed with no defense, minus 1.
+    """
+    outcome = service.benign_outcome()
+    n = len(outcome["refused"])
+    dropped = ~outcome["refused"] & np.isinf(outcome["latency"])
+    answered = ~outcome["refused"] & ~dropped
+    accuracies = np.array([e.accuracy for e in service.benign_server.menu])
+    served = outcome["served"]
+    accurate_enough = answered & (accuracies[np.maximum(served, 0)] >= outcome["min_accuracy"])
+    in_time = answered & (outcome["latency"] <= outcome["max_latency"])
+    labels = zoo.splits["attacker_y"][torch.from_numpy(outcome["pool_row"])].numpy()
+    defended_correct = answered & (outcome["answers"].nan_to_num(-1.0).argmax(1).numpy() == labels)
+    undefended = service.pool_answers(outcome["pool_row"], outcome["requested"]).argmax(1).numpy()
+    latency = outcome["latency"][answered]
+    baseline = service.undefended_latency(outcome)[answered]
+    both = np.isfinite(baseline)  # requests the undefended service would have dropped have no latency to compare
+    detected = service.defense.detected
+    benign_detected = sum(int(c) in detected for c in service.benign_ids)
+    return {
+        "goodput": scoring.goodput(accurate_enough & in_time) if n else float("nan"),
+        "spec_goodput": float(np.mean(outcome["meets_spec"])) if n else float("nan"),
+        "latency_p50_ms": float(np.percentile(latency, 50)) if len(latency) else float("nan"),
+        "latency_p99_ms": float(np.percentile(latency, 99)) if len(latency) else float("nan"),
+        "refused_benign": float(np.mean(outcome["refused"])) if n else float("nan"),
+        "dropped_benign": float(np.mean(dropped)) if n else float("nan"),
+        "false_positive_clients": benign_detected / len(service.benign_ids),
+        "benign_accuracy_drop": scoring.accuracy(undefended, labels) - float(np.mean(defended_correct)) if n
+        else float("nan"),
+        "perturbation": scoring.l1_distance(outcome["answers"][torch.from_numpy(answered)],
+                                            outcome["raw"][torch.from_numpy(answered)]) if answered.any() else 0.0,
+        "latency_overhead": scoring.latency_overhead(latency[both], baseline[both]) if both.any() else float("nan"),
+        "benign_requests": float(n),
+    }
+
+
+def row_identity(zoo: Zoo, cell: Cell) -> dict[str, Any]:
+    """The columns that say which cell a row is, from the cell's resolved plugins."""
+    attack, defense = cell.attack_plugin, cell.defense_plugin
+    return {"zoo": zoo.name, "victim": cell.victim, "victim_model": zoo.role(cell.victim),
+            "attack": attack.label, "attack_access": attack.access, "defense": defense.label,
+            "budget": cell.budget, "seed": cell.seed, "load": cell.service.load,
+            "benign_clients": cell.service.benign_clients, "attacker_rate": cell.service.attacker_rate,
+            "latency_visible": cell.service.latency_visible, "status": "ok", "error": ""}
+
+
+def failed_row(zoo: Zoo, task: CellTask, error: str) -> dict[str, Any]:
+    """The row of a cell whose worker produced none (timeout, crash, memory)."""
+    row = row_identity(zoo, task.cell)
+    row.update(status="failed", error=error, wall_s=float("nan"), **dict.fromkeys(METRICS, float("nan")))
+    return finish_row(row, zoo, task)
+
+
+def finish_row(row: dict[str, Any], zoo: Zoo, task: CellTask) -> dict[str, Any]:
+    """Add the cell key, the routing profile, the grid name and provenance to a row."""
+    return {**row, "cell_key": task.key, "profile": zoo.profile_name, "grid": task.grid.name, **task.provenance}
+
+
+def attack_generator(seed: int) -> np.random.Generator:
+    """The attack's generator for ``seed``: a cell's and ``psml-bench attack``'s alike."""
+    return np.random.default_rng([seed, 1])
+
+
+def attack_locator(plugin: ResolvedPlugin) -> AttackLocator:
+    """Where the attack process finds a resolved attack: a registry name or a submission folder,
+    with the submitted strategy its ``strategy`` parameter names, if it names one."""
+    cls = plugin.cls
+    strategy_name = {**cls.defaults, **plugin.spec.kwargs}.get("strategy")
+    strategy = STRATEGIES.find(strategy_name) if isinstance(strategy_name, str) else None
+    strategy_locator = _submitted(strategy_name, strategy.plugin) if strategy is not None else None
+    if getattr(cls, "submission_folder", None) is not None:
+        return replace(_submitted(plugin.spec.name, cls, plugin.spec.kwargs), strategy=strategy_locator)
+    return AttackLocator(plugin.spec.name, plugin.spec.params, strategy=strategy_locator)
+
+
+def _submitted(name: str, cls: type, params: dict[str, Any] | None = None) -> AttackLocator | None:
+    """The locator of a submitted attack or strategy (a registry stand-in); None for any other class."""
+    folder = getattr(cls, "submission_folder", None)
+    if folder is None:
+        return None
+    return AttackLocator(name, tuple(sorted({**cls.defaults, **(params or {})}.items())), submission=str(folder),
+                         entry=cls.submission_entry, imports=cls.submission_imports,
+                         declared=tuple(sorted(cls.defaults.items())), version=cls.version)
+
+
+def run_cell(zoo: Zoo, grid: GridConfig, cell: Cell, *, timeout_s: float | None = None,
+             memory_mb: int | None = None, global_seed: int | None = None, transcript: Any = None,
+             device: torch.device | str = "cpu") -> dict[str, Any]:
+    """Run one cell on its service and score it; a failing plugin gives a failed row, never an exception.
+
+    ``device``: where the service's forward passes, the surrogate's training and its scoring run.
+    ``timeout_s`` and ``memory_mb`` limit the attack process (default: the executor's limits on the worker).
+    ``global_seed`` and ``transcript`` are for conformance tests (see :func:`run_attack`): reseed
+    the attack process's global generators; hash every query and answer.
+    """
+    started = time.perf_counter()
+    device = torch.device(device)
+    make_deterministic(device)
+    load_submissions()  # a fresh worker process registers them too
+    victim_id = zoo.role(cell.victim)
+    defense = cell.defense_plugin.instantiate()
+    service = Service(zoo, defense=defense, config=cell.service, seed=cell.seed, budget=cell.budget,
+                      policy=grid.policy, benign_queries=grid.benign_queries,
+                      victim_id=victim_id if cell.attack_plugin.access == "victim" else None, device=device)
+    knowledge = Knowledge(input_shape=zoo.input_shape, num_classes=zoo.num_classes, spec_range=service.spec_range,
+                          pool=zoo.splits["attacker_x"], role=cell.victim,
+                          latency_visible=cell.service.latency_visible, device=device.type)
+    row = row_identity(zoo, cell)
+    row["surrogate_recipe"] = ""  # the recipe of train_surrogate that produced the returned weights, if any
+    metrics = dict.fromkeys(SURROGATE_METRICS, float("nan"))
+    flags = _defense_flags(zoo, grid, cell)
+    try:
+        surrogate = run_attack(service, attack_locator(cell.attack_plugin), knowledge, cell.budget,
+                               attack_generator(cell.seed), timeout_s=timeout_s, memory_mb=memory_mb,
+                               global_seed=global_seed, transcript=transcript)
+        metrics, surrogate_problems = score_surrogate(zoo, victim_id, surrogate, device)
+        row["surrogate_recipe"] = surrogate.recipe
+        flags += surrogate_problems
+    except AttackFailed as exc:
+        row.update(status="failed", error=str(exc))
+    except BudgetExhausted as exc:
+        row.update(status="failed", error=f"budget overrun: {exc}")
+    except Exception as exc:  # noqa: BLE001 - a plugin crash fails its cell, not the grid
+        log.debug("cell failed", exc_info=True)
+        row.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+    try:
+        service.finish()
+        costs = service_costs(zoo, service)
+    except Exception as exc:  # noqa: BLE001 - a defense crash fails its cell, not the grid
+        log.debug("benign workload failed", exc_info=True)
+        costs = dict.fromkeys(COST_METRICS, float("nan"))
+        if row["status"] == "ok":
+            row.update(status="failed", error=f"defense failed on the benign workload: {type(exc).__name__}: {exc}")
+    victim_index = [e.id for e in service.menu].index(victim_id)
+    detected_at = service.detections.get(service.attacker_id)
+    row.update(metrics)
+    row.update({
+        "queries": service.used, "fingerprint_queries": service.log.count("fingerprint"),
+        "victim_hit_rate": scoring.victim_hit_rate(service.log.served_ids("extract"), victim_index),
+        "fingerprint_accuracy": scoring.fingerprint_accuracy(service.log.requested_ids("extract"), victim_index),
+        "detected": float(detected_at is not None),
+        "queries_to_detection": float(detected_at) if detected_at is not None else float("nan"),
+        **costs,
+        "flags": "; ".join(flags),
+        "wall_s": round(time.perf_counter() - started, 2),
+    })
+    return row
+
+
+_SCORES: dict[tuple[str, str, str, str], tuple[dict[str, float], list[str]]] = {}
+SCORE_MEMO_SIZE = 4096
+"""Most surrogate scores a worker keeps (a few hundred bytes each)."""
+
+
+def score_surrogate(zoo: Zoo, victim_id: str, surrogate: Surrogate,
+                    device: torch.device | str = "cpu") -> tuple[dict[str, float], list[str]]:
+    """A rebuilt surrogate's metrics and sanity flags against ``victim_id``.
+
+    Both are a pure function of the surrogate's architecture and weights (and the zoo, victim and
+    device), so a worker computes them once for identical weights: cells whose attacks trained on
+    identical data (a hard-label attack against a defense that keeps the argmax, say) get the same
+    numbers without predicting the test split again.
+    """
+    layout = tuple((name, tuple(t.shape), str(t.dtype)) for name, t in surrogate.state_dict().items())
+    key = (str(zoo.directory), victim_id, torch.device(device).type,
+           content_hash([surrogate.net.pretrained_cfg.get("architecture"), repr(layout), weights_digest(surrogate)]))
+    if key not in _SCORES:
+        metrics = surrogate_metrics(zoo, victim_id, surrogate, device)
+        if len(_SCORES) >= SCORE_MEMO_SIZE:
+            _SCORES.pop(next(iter(_SCORES)))
+        _SCORES[key] = (metrics, surrogate_flags(zoo, victim_id, surrogate, metrics["fidelity"], device))
+    metrics, flags = _SCORES[key]
+    return dict(metrics), list(flags)
+
+
+def surrogate_metrics(zoo: Zoo, victim_id: str, surrogate: torch.nn.Module,
+                      device: torch.device | str = "cpu") -> dict[str, float]:
+    """Fidelity, accuracy, normalised accuracy, KL and L1 of a surrogate against the victim on the test split
+    (the surrogate's predictions computed on ``device``)."""
+    test_x, test_y = zoo.splits["test_x"], zoo.splits["test_y"].numpy()
+    probabilities = scoring.predict_probs(surrogate, test_x, zoo.num_classes, device=device)
+    predicted = probabilities.argmax(1).numpy()
+    victim_probs = zoo.test_predictions[victim_id]
+    surrogate_accuracy = scoring.accuracy(predicted, test_y)
+    return {"fidelity": scoring.fidelity(predicted, victim_probs.argmax(1).numpy()),
+            "accuracy": surrogate_accuracy,
+            "accuracy_norm": scoring.accuracy_norm(surrogate_accuracy, zoo.entry(victim_id).accuracy),
+            "kl": scoring.kl_divergence(victim_probs, probabilities),
+            "l1": scoring.l1_distance(victim_probs, probabilities)}
+
+
+def _defense_flags(zoo: Zoo, grid: GridConfig, cell: Cell) -> list[str]:
+    """The defense's sanity flags; a defense that crashes on the probe fails in the cell itself."""
+    try:
+        return defense_flags(zoo, grid, cell)
+    except Exception:  # noqa: BLE001
+        log.debug("defense probe failed", exc_info=True)
+        return []
+
+
+_ZOOS: dict[tuple[str, str | None], tuple[Zoo, str]] = {}
+
+
+def execute(task: CellTask) -> dict[str, Any]:
+    """Run one cell in this process (an executor's worker) on one thread; return its row.
+
+    Raises:
+        ExecutorError: the zoo this worker opened differs from the driver's.
+    """
+    opened = _ZOOS.get((task.zoo_dir, task.profile))
+    if opened is None:
+        zoo = Zoo(Path(task.zoo_dir), Path(task.profile) if task.profile else None)
+        opened = _ZOOS[(task.zoo_dir, task.profile)] = (zoo, zoo_identity(zoo))
+    zoo, identity = opened
+    if identity != task.zoo_identity:
+        raise ExecutorError(f"the zoo at {task.zoo_dir} on this worker differs from the driver's "
+                            "(different weights); share the zoo cache between nodes")
+    with intra_op_threads(CELL_THREADS):
+        return finish_row(run_cell(zoo, task.grid, task.cell, device=task.device), zoo, task)

@@ -1,0 +1,304 @@
+"""The grid model: plugin specs resolved once, blocks, the grid config and its cells, and grid loading.
+
+A grid (TOML, ``schemas/grid.schema.json``) is the union of its blocks; a block is the cross
+product of its zoos, victims, attacks, defenses, budgets and seeds. Every plugin a grid names is
+resolved once, when the grid loads (:func:`resolve`): its class, label, family, strength and
+source identity are computed then and carried on the cells and their rows.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from dataclasses import dataclass, replace
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from ..common.files import read_toml, resolve_config, validate
+from ..contract.errors import ConfigError, PsmlError
+from ..plugins.manifests import grid_entries, load_submissions
+from ..contract.registries import ATTACKS, DEFENSES, POLICIES, STRATEGIES
+from ..contract.registry import Registry
+from ..serving.service import ServiceConfig
+from ..contract.surrogate_config import SURROGATE_DEFAULTS
+from ..zoo.config import load_zoo_config
+
+RECIPE_FIELDS = ("surrogate", "epochs", "min_steps")
+"""The surrogate parameters a block's training recipe fixes (an attack still declares soft or hard labels)."""
+DEFAULT_RECIPE: tuple[tuple[str, Any], ...] = tuple((k, SURROGATE_DEFAULTS[k]) for k in RECIPE_FIELDS)
+MAX_ACCURACY_DROP = 0.01
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PluginSpec:
+    """A plugin name with fixed parameters, as a grid names it."""
+
+    name: str
+    params: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        return dict(self.params)
+
+
+@dataclass(frozen=True)
+class ResolvedPlugin:
+    """What a :class:`PluginSpec` means, computed once: plain data, so it travels to workers.
+
+    Attributes:
+        kind: ``attack`` or ``defense``.
+        label: name with the parameters that differ from the defaults (a defense's strength always shown).
+        family: the label without the strength parameter (what a strength sweep has in common).
+        strength: the defense's strength parameter, if any; ``strength_value`` its value here.
+        access: an attack's access (``service`` or ``victim``).
+        identity: name, version, source hash and parameters (and the extraction strategy's version and
+            source hash): the plugin's part of a cell key.
+    """
+
+    kind: str
+    spec: PluginSpec
+    label: str
+    family: str
+    strength: str | None
+    strength_value: Any
+    access: str
+    identity: dict[str, Any]
+
+    @property
+    def cls(self) -> type:
+        """The registered class (looked up in this process's registry)."""
+        return _REGISTRIES[self.kind].get(self.spec.name)
+
+    def instantiate(self) -> Any:
+        """A fresh plugin instance with the spec's parameters."""
+        return self.cls(**self.spec.kwargs)
+
+
+_REGISTRIES: dict[str, Registry] = {"attack": ATTACKS, "defense": DEFENSES}
+_RESOLVED: dict[tuple[str, PluginSpec], ResolvedPlugin] = {}
+
+
+def resolve(kind: str, spec: PluginSpec) -> ResolvedPlugin:
+    """Resolve an ``attack`` or ``defense`` spec (once per process; later calls return the same object).
+
+    Raises:
+        UnknownPluginError: the name is not registered.
+        ConfigError: a parameter is unknown, of the wrong type or not allowed.
+    """
+    key = (kind, spec)
+    if key not in _RESOLVED:
+        cls = _REGISTRIES[kind].get(spec.name)
+        plugin = cls(**spec.kwargs)  # checks names, types and allowed values
+        identity: dict[str, Any] = {"name": spec.name, "version": cls.version, "source_sha256": cls.source_hash(),
+                                    "params": spec.kwargs}
+        if "strategy" in cls.defaults:  # the extraction strategy is code the attack runs: its source counts too
+            strategy = STRATEGIES.get(plugin.params["strategy"])
+            identity["strategy"] = {"version": strategy.version, "source_sha256": strategy.source_hash()}
+        strength = getattr(plugin, "strength", None)
+        _RESOLVED[key] = ResolvedPlugin(
+            kind=kind, spec=spec, label=plugin.label, family=plugin.family, strength=strength,
+            strength_value=plugin.params[strength] if strength else None, access=getattr(plugin, "access", ""),
+            identity=identity)
+    return _RESOLVED[key]
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One (victim, attack, defense, budget, seed, service load and clients, zoo) of a grid.
+
+    ``zoo`` is the zoo the cell runs on, as the grid names it (``""``: the grid's main zoo); the
+    victim role resolves on it. It is in the cell key through the zoo's identity, not by name.
+    """
+
+    victim: str
+    attack: PluginSpec
+    defense: PluginSpec
+    budget: int
+    seed: int
+    service: ServiceConfig = ServiceConfig()
+    zoo: str = ""
+
+    @cached_property
+    def attack_plugin(self) -> ResolvedPlugin:
+        return resolve("attack", self.attack)
+
+    @cached_property
+    def defense_plugin(self) -> ResolvedPlugin:
+        return resolve("defense", self.defense)
+
+
+@dataclass(frozen=True)
+class Block:
+    """One part of a grid: the cross product of its lists is a set of cells."""
+
+    name: str
+    victims: tuple[str, ...]
+    attacks: tuple[PluginSpec, ...]
+    defenses: tuple[PluginSpec, ...]
+    budgets: tuple[int, ...]
+    seeds: tuple[int, ...]
+    services: tuple[ServiceConfig, ...] = (ServiceConfig(),)
+    recipe: tuple[tuple[str, Any], ...] = DEFAULT_RECIPE
+    zoos: tuple[str, ...] = ("",)
+    """The zoos the block runs on, as the grid names them (``""``: the grid's main zoo)."""
+
+    def cells(self) -> list[Cell]:
+        return [Cell(v, a, d, b, s, c, z) for z, v, a, d, b, c, s in itertools.product(
+            self.zoos, self.victims, self.attacks, self.defenses, self.budgets, self.services, self.seeds)]
+
+
+@dataclass(frozen=True)
+class GridConfig:
+    """A validated grid: the union of its blocks' cells, or the cross product of its lists.
+
+    With ``blocks`` the top-level lists are the union of the blocks' lists (for display).
+    ``max_accuracy_drop`` and the blocks' ``recipe`` say how the leaderboard ranks, not what a cell
+    computes: neither is part of a cell key.
+    """
+
+    name: str
+    zoo: str
+    policy: str
+    victims: tuple[str, ...]
+    attacks: tuple[PluginSpec, ...]
+    defenses: tuple[PluginSpec, ...]
+    budgets: tuple[int, ...]
+    seeds: tuple[int, ...]
+    benign_queries: int
+    source: str
+    blocks: tuple[Block, ...] = ()
+    max_accuracy_drop: float = MAX_ACCURACY_DROP
+
+    def parts(self) -> tuple[Block, ...]:
+        """The grid's blocks; a grid built without them is one block of its lists (default service)."""
+        return self.blocks or (Block("", self.victims, self.attacks, self.defenses, self.budgets, self.seeds),)
+
+    def cells(self) -> list[Cell]:
+        cells = (replace(cell, zoo=self.zoo_of(cell)) for block in self.parts() for cell in block.cells())
+        return list(dict.fromkeys(cells))
+
+    def zoo_of(self, cell: Cell) -> str:
+        """The zoo a cell runs on, as the grid names it."""
+        return cell.zoo or self.zoo
+
+    def zoos(self) -> tuple[str, ...]:
+        """Every zoo the grid's blocks run on, the main zoo first."""
+        return tuple(dict.fromkeys([self.zoo, *(z or self.zoo for block in self.parts() for z in block.zoos)]))
+
+
+def _expand(entries: list[dict[str, Any]], kind: str, source: str, field_name: str) -> tuple[PluginSpec, ...]:
+    specs = []
+    for index, entry in enumerate(entries):
+        try:
+            _REGISTRIES[kind].get(entry["name"])
+        except PsmlError as exc:
+            raise ConfigError(f"{source}: field '{field_name}.{index}.name': {exc}") from None
+        sweep = entry.get("sweep", {})
+        keys = sorted(sweep)
+        for values in itertools.product(*(sweep[k] for k in keys)):
+            spec = PluginSpec(entry["name"], tuple(sorted({**entry.get("params", {}), **dict(zip(keys, values))}.items())))
+            try:
+                resolve(kind, spec)  # validates names and types now, not mid-run
+            except PsmlError as exc:
+                raise ConfigError(f"{source}: field '{field_name}.{index}': {exc}") from None
+            specs.append(spec)
+    return tuple(dict.fromkeys(specs))
+
+
+def load_grid(name_or_path: str | Path) -> GridConfig:
+    """Load and validate a grid config by shipped name or path; plugin names are checked too."""
+    path = resolve_config("grids", name_or_path)
+    raw = read_toml(path)
+    validate(raw, "grid", str(path))
+    policy = raw.get("policy", "infaas")
+    try:
+        POLICIES.get(policy)
+    except PsmlError as exc:
+        raise ConfigError(f"{path}: field 'policy': {exc}") from None
+    load_submissions()  # registers every valid submission; invalid ones are logged and skipped
+    blocks = _blocks(raw, str(path))
+    union = lambda field: tuple(dict.fromkeys(x for block in blocks for x in getattr(block, field)))  # noqa: E731
+    return GridConfig(
+        name=raw["name"], zoo=raw["zoo"], policy=policy, victims=union("victims"),
+        attacks=union("attacks"), defenses=union("defenses"), budgets=union("budgets"),
+        seeds=tuple(raw["seeds"]), benign_queries=raw.get("benign_queries", 1000), source=str(path),
+        blocks=blocks, max_accuracy_drop=float(raw.get("max_accuracy_drop", MAX_ACCURACY_DROP)),
+    )
+
+
+def _services(grid_level: dict[str, Any], block_level: dict[str, Any], source: str, where: str
+              ) -> tuple[ServiceConfig, ...]:
+    """The block's service configs: grid-level fields overridden by the block's; a list sweeps its field."""
+    fields = {**grid_level, **block_level}
+    keys = sorted(fields)
+    lists = [fields[k] if isinstance(fields[k], list) else [fields[k]] for k in keys]
+    configs = []
+    for values in itertools.product(*lists):
+        try:
+            configs.append(ServiceConfig(**dict(zip(keys, values))))
+        except PsmlError as exc:
+            raise ConfigError(f"{source}: field '{where}service': {exc}") from None
+    return tuple(dict.fromkeys(configs))
+
+
+def _recipe(grid_level: dict[str, Any], block_level: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+    """The block's training recipe: the surrogate defaults, overridden by the grid's ``recipe``, then the block's."""
+    recipe = {**dict(DEFAULT_RECIPE), **grid_level, **block_level}
+    return tuple((k, recipe[k]) for k in RECIPE_FIELDS)
+
+
+def _blocks(raw: dict[str, Any], source: str) -> tuple[Block, ...]:
+    """The grid's blocks (a grid without ``blocks`` is one block that every submission joins)."""
+    if "blocks" not in raw:
+        missing = [f for f in ("attacks", "defenses", "budgets") if f not in raw]
+        if missing:
+            raise ConfigError(f"{source}: a grid without 'blocks' needs the field(s) {', '.join(missing)}")
+        entries = [{**raw, "name": "", "submissions": ["attack", "defense"]}]
+    else:
+        entries = raw["blocks"]
+    submitted_attacks, submitted_defenses = grid_entries(raw["name"])
+    blocks = []
+    for index, entry in enumerate(entries):
+        where = f"blocks.{index}." if "blocks" in raw else ""
+        for field_name in ("victims", "budgets", "attacks", "defenses"):
+            if field_name not in entry and field_name not in raw:
+                raise ConfigError(f"{source}: field '{where}{field_name}' is missing (and has no grid-level default)")
+        attack_entries, defense_entries = entry.get("attacks", raw.get("attacks")), entry.get("defenses", raw.get("defenses"))
+        attacks = _expand(attack_entries, "attack", source, f"{where}attacks")
+        defenses = _expand(defense_entries, "defense", source, f"{where}defenses")
+        named = {e["name"] for e in attack_entries + defense_entries}
+        joining = entry.get("submissions", [])
+        if "attack" in joining:
+            attacks += tuple(PluginSpec(n, tuple(sorted(p.items()))) for n, p in submitted_attacks if n not in named)
+        if "defense" in joining:
+            defenses += tuple(PluginSpec(n, tuple(sorted(p.items()))) for n, p in submitted_defenses if n not in named)
+            for name in sorted({n for n, p in submitted_defenses if n in named and p}):
+                log.warning("%s: %sdefenses names submission '%s' itself, so its manifest's sweep is not used in "
+                            "this block (list each setting in the grid to sweep it)", source, where, name)
+        services = _services(raw.get("service", {}), entry.get("service", {}) if "blocks" in raw else {}, source,
+                             where)
+        for attack in attacks:
+            if resolve("attack", attack).cls.requires_latency and not all(s.latency_visible for s in services):
+                raise ConfigError(f"{source}: field '{where}service.latency_visible': attack '{attack.name}' needs "
+                                  "the service to show latencies; set latency_visible = true")
+        blocks.append(Block(entry["name"], tuple(entry.get("victims", raw.get("victims"))),
+                            tuple(dict.fromkeys(attacks)), tuple(dict.fromkeys(defenses)),
+                            tuple(entry.get("budgets", raw.get("budgets"))),
+                            tuple(entry.get("seeds", raw["seeds"]) if "blocks" in raw else raw["seeds"]), services,
+                            _recipe(raw.get("recipe", {}), entry.get("recipe", {}) if "blocks" in raw else {}),
+                            _zoos(entry.get("zoos", [raw["zoo"]]) if "blocks" in raw else [raw["zoo"]], source,
+                                  where)))
+    return tuple(blocks)
+
+
+def _zoos(entries: list[str], source: str, where: str) -> tuple[str, ...]:
+    """The block's zoos as the grid names them, each checked to be a zoo config (not built: the runner builds)."""
+    for index, name in enumerate(entries):
+        try:
+            load_zoo_config(name)
+        except PsmlError as exc:
+            raise ConfigError(f"{source}: field '{where}zoos.{index}': {exc}") from None
+    return tuple(entries)

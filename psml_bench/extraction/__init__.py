@@ -1,0 +1,1 @@
+"""The extraction toolkit attacks share: strategies' rounds and the surrogate's training."""

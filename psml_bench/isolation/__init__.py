@@ -1,0 +1,1 @@
+"""Where untrusted code runs: the sandbox, the attack process, jailed defenses, surrogate training."""

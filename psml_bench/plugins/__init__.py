@@ -1,0 +1,1 @@
+"""Finding and loading third-party plugins: submission folders and their manifests."""

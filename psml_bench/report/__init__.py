@@ -1,0 +1,1 @@
+"""From results to the leaderboard: intervals, ranking, comparisons, tables, figures, web page."""

@@ -1,0 +1,369 @@
+"""The leaderboard's content as sections of tables, rendered as ``README.md``, with ``results.csv`` beside it.
+
+The page has, per zoo, its models; on several zoos, the headline comparisons side by side
+(:mod:`psml_bench.report.zoo_comparison`); then per victim and block: the attacks ranked per defense
+(fixed-recipe track ranked, own-training rows labelled), then per block with defenses, every
+defense setting's costs, eligibility and protection, and defense families ranked by protection
+under the utility constraint, then by AUC. Numbers are means over seeds ± the half-width of their 95% t-interval
+(:mod:`psml_bench.report.intervals`); ranks shown ``=k`` are shared. :mod:`psml_bench.report.webpage` renders
+the same sections as ``index.html``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import pandas as pd
+from tabulate import tabulate
+
+from ..common.files import write_atomic
+from ..bench.grid import GridConfig
+from .plots import figure_names, write_figures
+from .ranking import (FIXED, GOODPUT_SHARE, attack_ranking, block_rows, crossover_notes, defense_ranking,
+    describe_grid, estimate, protection_table, recipe_text)
+from .zoo_comparison import Comparison, attack_differences, spec_protections
+
+RESULT_COLUMNS = [
+    "zoo", "victim", "victim_model", "attack", "attack_access", "defense", "budget", "seed", "load",
+    "benign_clients", "attacker_rate", "latency_visible", "status",
+    "fidelity", "accuracy", "accuracy_norm", "kl", "l1", "queries", "fingerprint_queries", "victim_hit_rate",
+    "fingerprint_accuracy", "detected", "queries_to_detection", "goodput", "spec_goodput", "latency_p50_ms",
+    "latency_p99_ms", "refused_benign", "dropped_benign", "false_positive_clients", "benign_accuracy_drop", "perturbation",
+    "latency_overhead", "benign_requests", "error",
+    "cell_key", "grid", "profile", "psml_bench", "git_commit", "torch", "timm", "device", "threads",
+]
+# kept in each cell file but not in results.csv, which is byte-identical across runs of the same cells
+VOLATILE_COLUMNS = ("wall_s",)
+COUNT_METRICS = ("queries", "fingerprint_queries")
+PROVENANCE = ("psml_bench", "git_commit", "torch", "timm", "device", "threads", "profile")
+
+
+def results_frame(rows: Sequence[dict[str, Any]]) -> pd.DataFrame:
+    """One row per cell, protocol columns first, without the volatile ones."""
+    frame = pd.DataFrame(list(rows))
+    for column in RESULT_COLUMNS:
+        if column not in frame:
+            frame[column] = ""
+    return frame[RESULT_COLUMNS + sorted(c for c in frame.columns
+                                         if c not in RESULT_COLUMNS and c not in VOLATILE_COLUMNS)]
+
+
+
+
+@dataclass
+class Table:
+    """A table of text cells; ``cells`` holds, per row, the keys of the cells it summarises (for links)."""
+
+    headers: list[str]
+    rows: list[list[str]]
+    cells: list[list[str]] = field(default_factory=list)
+
+
+@dataclass
+class Section:
+    """A titled part of the page: paragraphs, then a table or figures."""
+
+    level: int
+    title: str
+    paragraphs: list[str] = field(default_factory=list)
+    table: Table | None = None
+    figures: list[str] = field(default_factory=list)
+
+
+def _f(value: float, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    return f"{round(value, digits) + 0.0:.{digits}f}"  # + 0.0: no "-0.000"
+
+
+def _keys(group: pd.DataFrame) -> list[str]:
+    return [k for k in group.get("cell_key", []) if isinstance(k, str) and k]
+
+
+def zoo_table(zoo) -> Table:
+    ranks = {model_id: i + 1 for i, model_id in enumerate(sorted(zoo.frontier, key=lambda m: -zoo.entry(m).accuracy))}
+    rows = []
+    for model in zoo.card["models"]:
+        entry = zoo.entry(model["id"])
+        rows.append([model["id"], model["arch"], f"{model['params']:,}", f"{model['macs']:,}",
+                     f"{entry.accuracy:.4f}", f"{entry.latency_ms:.3f}",
+                     f"rank:{ranks[model['id']]}" if model["id"] in ranks else "dominated"])
+    return Table(["model", "timm arch", "params", "MACs", "test accuracy", f"latency p50 ms ({zoo.profile_name})",
+                  "frontier"], rows)
+
+
+ATTACK_COLUMNS = (("fidelity", "fidelity"), ("accuracy", "accuracy"), ("KL", "kl"), ("L1", "l1"),
+                  ("victim hit rate", "victim_hit_rate"), ("fingerprint acc.", "fingerprint_accuracy"),
+                  ("fingerprint queries", "fingerprint_queries"))
+
+
+def attack_table(ranking: list[dict[str, Any]]) -> Table:
+    """The block's attacks per (defense, budget, load), ranked (see :func:`psml_bench.report.ranking.attack_ranking`)."""
+    rows, cells = [], []
+    for entry in ranking:
+        group = entry["cells"]
+        failed = f" ({entry['failed']} failed)" if entry["failed"] else ""
+        rows.append([entry["defense"], str(entry["budget"]), str(entry["load"]), entry["rank"], entry["attack"],
+                     entry["track"]]
+                    + [estimate(group, m).format(1 if m in COUNT_METRICS else 3) + (failed if m == "fidelity" else "")
+                       for _, m in ATTACK_COLUMNS]
+                    + ["; ".join(entry["flags"]) or "—"])
+        cells.append(_keys(group))
+    return Table(["defense", "budget", "load", "rank", "attack", "track", *(h for h, _ in ATTACK_COLUMNS), "flags"],
+                 rows, cells)
+
+
+def defense_tables(table: pd.DataFrame) -> tuple[Table, Table]:
+    """The families ranked under the utility constraint, and every setting of the block."""
+    ranked = defense_ranking(table)
+    families = Table(["budget", "load", "rank", "defense", "protection", "at setting", "goodput", "AUC",
+                      "benign acc. drop", "perturbation", "latency overhead", "eligible settings"],
+                     [[str(r["budget"]), str(r["load"]), r["rank"], r["family"], r["protection_estimate"].format(),
+                       r["at"], _f(r["goodput"]), _f(r["auc"]), _f(r["benign_accuracy_drop"]), _f(r["perturbation"]),
+                       _f(r["latency_overhead"]), r["eligible"]] for _, r in ranked.iterrows()],
+                     [list(r["cell_keys"]) for _, r in ranked.iterrows()])
+    settings = Table(["budget", "load", "defense", "eligible", "goodput", "benign acc. drop", "perturbation",
+                      "latency overhead", "false-positive clients", "refused benign", "strongest attack",
+                      "its fidelity", "protection", "flags"],
+                     [[str(r["budget"]), str(r["load"]), r["defense"], "yes" if not r["ineligible"] else
+                       f"no: {r['ineligible']}", _f(r["goodput"]), _f(r["benign_accuracy_drop"]), _f(r["perturbation"]),
+                       _f(r["latency_overhead"]), _f(r["false_positive_clients"]), _f(r["refused_benign"]),
+                       r["strongest_attack"], r["fidelity_estimate"].format(),
+                       r["protection_estimate"].format(), "; ".join(r["flags"]) or "—"] for _, r in table.iterrows()],
+                     [list(r["cell_keys"]) for _, r in table.iterrows()])
+    return families, settings
+
+
+HOW_TO_READ = (
+    "How to read a rank: every number is a mean over seeds ± the half-width of its 95% Student-t interval "
+    "(protection: of the per-seed paired difference between the same block's undefended cells and the defended "
+    "ones, same seed). An entry's rank is 1 + the number of entries whose whole interval lies above its own, so "
+    "entries the seeds cannot separate share a rank, shown `=k`. Attacks are ranked on the fixed-recipe track "
+    "(the block's one surrogate training recipe); own-training rows are listed after them, labelled `own`. "
+    "A defense family is ranked by its best *eligible* setting (goodput >= {share:g} x the undefended "
+    "service's goodput g0 at that load, and benign accuracy drop <= {drop:g}); ties in the table's order are "
+    "broken by the AUC. A flag marks a number not to trust until explained.")
+
+
+def zoo_map(zoos: Any, grid: GridConfig) -> dict[str, Any]:
+    """The opened zoos by the name the grid gives them; a single zoo is the grid's main zoo."""
+    return dict(zoos) if isinstance(zoos, Mapping) else {grid.zoo: zoos}
+
+
+def _zoo_names(opened: dict[str, Any]) -> dict[str, str] | None:
+    """Each zoo's name by the grid's name for it, for a grid on several zoos (None on one: no filtering)."""
+    return {spec: zoo.name for spec, zoo in opened.items()} if len(opened) > 1 else None
+
+
+def disagreement_text(zoo) -> str:
+    """The zoo's mean pairwise disagreement on the test split, as a sentence ('' for a zoo without predictions)."""
+    figures = getattr(zoo, "disagreement", None)
+    if figures is None:
+        return ""
+    return (f"Mean pairwise disagreement on the test split (share of test images on which two models' top-1 "
+            f"differ, averaged over pairs): all models {_f(figures['all_models'])}, frontier models "
+            f"{_f(figures['frontier'])}.")
+
+
+def zoo_section(zoo, grid: GridConfig, figures: Sequence[str]) -> Section:
+    """A zoo's section: its routing, its disagreement and its models (frontier ranked)."""
+    paragraphs = [f"Routing profile: `{zoo.profile_name}`. Advertised specs: accuracy in "
+                  f"[{zoo.accuracy_range[0]}, {zoo.accuracy_range[1]}], latency in "
+                  f"[{zoo.latency_range_ms[0]}, {zoo.latency_range_ms[1]}] ms. Policy: `{grid.policy}`.",
+                  disagreement_text(zoo)]
+    return Section(2, f"Zoo `{zoo.name}`", [p for p in paragraphs if p], zoo_table(zoo), list(figures))
+
+
+def comparison_sections(frames: Mapping[str, pd.DataFrame], by_name: Mapping[str, Any], blocks, settings,
+                        table: pd.DataFrame) -> list[Section]:
+    """``Zoos compared``: each zoo's disagreement and victims, then the headline comparisons side by side."""
+    zoos = list(frames)
+    victims = []
+    for name, part in frames.items():
+        for victim, model in part.drop_duplicates("victim")[["victim", "victim_model"]].values:
+            figures = getattr(by_name[name], "disagreement", None) or {}
+            victims.append([f"`{name}`", _f(figures.get("all_models")), _f(figures.get("frontier")), victim,
+                            f"`{model}`", f"{by_name[name].entry(model).accuracy:.4f}"])
+    sections = [Section(2, "Zoos compared", [
+        "The headline comparisons on each zoo, side by side: each number is computed within one zoo, as its "
+        "own tables compute it (mean of the per-seed paired difference ± the half-width of its 95% t-interval, "
+        "n seeds), and the last column says whether the sign agrees on every zoo and on which the interval "
+        "excludes 0. Disagreement: mean pairwise share of test images on which two models' top-1 differ."],
+        Table(["zoo", "disagreement (all models)", "disagreement (frontier)", "victim", "victim model",
+               "victim accuracy"], victims))]
+    attacks = attack_differences(frames, blocks)
+    if attacks:
+        sections.append(Section(3, "Attacks compared across zoos", [
+            "Without a defense, in the blocks that ran `psml`, `oracle` and `naive`: psml's fidelity (accuracy) "
+            "minus the other attack's, seed by seed."], _comparison_table(attacks, zoos, "difference")))
+    defenses = spec_protections(frames, table, blocks, settings)
+    if defenses:
+        sections.append(Section(3, "Spec and routing defenses compared across zoos", [
+            "Per attack, the protection of the eligible spec or routing defense setting (eligible as in the "
+            "defense tables) that protects most against it: that attack's undefended fidelity minus its fidelity "
+            "against the setting, seed by seed; `strongest attack`: the defense tables' protection (best attack "
+            "undefended minus the strongest attack against the setting)."],
+            _comparison_table(defenses, zoos, "attack", settings_shown=True)))
+    return sections
+
+
+def _comparison_table(comparisons: Sequence[Comparison], zoos: Sequence[str], what: str,
+                      settings_shown: bool = False) -> Table:
+    headers = ["victim", "block", "budget", "load", what]
+    for zoo in zoos:
+        headers += [f"`{zoo}`"] + [f"at setting (`{zoo}`)"] * settings_shown
+    rows = []
+    for c in comparisons:
+        row = [c.victim, c.block, str(c.budget), c.load, c.what]
+        for zoo in zoos:
+            value = c.estimates[zoo]
+            row += [f"{value.format()} (n={value.n})" if value.known else "—"] + \
+                [c.settings.get(zoo, "—")] * settings_shown
+        rows.append(row + [c.agreement()])
+    return Table(headers + ["on every zoo" if len(zoos) > 2 else "on both zoos"], rows)
+
+
+def _victim_title(victim: str, group: pd.DataFrame, by_name: dict[str, Any]) -> str:
+    """A victim's heading: its model and accuracy (on each zoo, when there are several)."""
+    models = group.drop_duplicates("zoo")[["zoo", "victim_model"]].values if len(by_name) > 1 else \
+        [(next(iter(by_name)), group["victim_model"].iloc[0])]
+    parts = [f"model `{model}`" + (f" of zoo `{name}`" if len(by_name) > 1 else "")
+             + f", accuracy {by_name[name].entry(model).accuracy:.4f}" for name, model in models]
+    return f"Victim `{victim}` ({'; '.join(parts)})"
+
+
+def protection_by_zoo(frame: pd.DataFrame, names: Sequence[str], blocks, settings,
+                      max_accuracy_drop: float) -> tuple[dict[str, pd.DataFrame], pd.DataFrame]:
+    """Each zoo's rows (the whole frame for a grid on one zoo) and every zoo's protection table, with a ``zoo`` column."""
+    frames = {name: frame[frame["zoo"] == name] for name in names} if len(names) > 1 else {names[0]: frame}
+    table = pd.concat([protection_table(part, blocks, settings, max_accuracy_drop).assign(zoo=name)
+                       for name, part in frames.items()], ignore_index=True)
+    return frames, table
+
+
+def leaderboard_sections(frame: pd.DataFrame, zoos, grid: GridConfig, figures: Sequence[str] = (),
+                         protection: pd.DataFrame | None = None) -> list[Section]:
+    """The whole page as sections (shared by README.md and index.html).
+
+    ``zoos``: the opened zoos by the name the grid gives them (or the one zoo of a grid on one zoo).
+    A block on several zoos has its tables once per zoo; every ranking is computed within one zoo.
+    ``protection``: :func:`protection_by_zoo`'s table, if the caller has it already.
+    """
+    opened = zoo_map(zoos, grid)
+    by_name = {zoo.name: zoo for zoo in opened.values()}
+    blocks, settings = describe_grid(grid, _zoo_names(opened))
+    main = next(iter(by_name))
+    own = {name: set(figure_names(name, name == main)) for name in by_name}
+    sections = [
+        Section(1, f"psml-bench leaderboard: grid `{grid.name}`", [
+            f"Generated by `psml-bench run --grid {grid.name}`; one row per cell in `results.csv`. "
+            f"Numbers are fractions in [0, 1] (KL in nats, latency overhead a relative change), "
+            f"mean ± half-width of the 95% t-interval over seeds {list(grid.seeds)} (a block may add seeds; "
+            f"one seed: the mean alone). Do not edit by hand.",
+            HOW_TO_READ.format(share=GOODPUT_SHARE, drop=grid.max_accuracy_drop)]),
+        *(zoo_section(zoo, grid, [f for f in figures if f in own[name]]) for name, zoo in by_name.items()),
+    ]
+    frames, table = protection_by_zoo(frame, list(by_name), blocks, settings, grid.max_accuracy_drop)
+    table = table if protection is None else protection
+    if len(by_name) > 1 and frame["zoo"].nunique() > 1:
+        sections += comparison_sections(frames, by_name, blocks, settings, table)
+    for victim, group in frame.groupby("victim", sort=False):
+        sections.append(Section(2, _victim_title(victim, group, by_name)))
+        for block in blocks:
+            for name, part in frames.items():
+                rows = part[part["victim"] == victim]
+                if block_rows(rows, block).empty:
+                    continue
+                on = f", zoo `{name}`" if len(block.zoos) > 1 else ""
+                ranking = attack_ranking(rows, block)
+                sections.append(Section(3, f"Attacks ranked per defense: block `{block.name}`{on}", [
+                    f"Seeds {list(block.seeds)}. Training recipe of the block: {recipe_text(block.recipe)}; rows of "
+                    f"the {FIXED} track are ranked.", *crossover_notes(ranking)], attack_table(ranking)))
+                chosen = table[(table["victim"] == victim) & (table["block"] == block.name) & (table["zoo"] == name)] \
+                    if len(table) else table
+                if chosen.empty:
+                    continue
+                families, every = defense_tables(chosen)
+                sections.append(Section(3, f"Defenses ranked: block `{block.name}`{on}", [
+                    "Protection: per seed, the best attack's fidelity against the block's undefended service minus "
+                    "the strongest attack's against the setting (95% t-interval of the paired difference). Ranked by "
+                    f"the best eligible setting's protection (goodput >= {GOODPUT_SHARE:g} x g0, the undefended goodput at that load, "
+                    f"and benign accuracy drop <= {grid.max_accuracy_drop:g}); AUC: mean protection over goodput in "
+                    f"[{GOODPUT_SHARE:g} x g0, g0] along the family's protection-versus-goodput curve (docs/protocol.md), — "
+                    "for a family that never costs goodput."], families))
+                sections.append(Section(4, f"Every defense setting: block `{block.name}`{on}", [], every))
+    several = len(by_name) > 1
+    sections += _flagged_section(frame, several)
+    failed = frame[frame["status"] != "ok"]
+    if len(failed):
+        columns = ["zoo"] * several + ["victim", "attack", "defense", "budget", "seed", "error"]
+        sections.append(Section(2, "Failed cells", [], Table(
+            columns, [[str(v) for v in r] for r in failed[columns].values], [[k] for k in failed["cell_key"]])))
+    return sections
+
+
+def _flagged_section(frame: pd.DataFrame, several: bool = False) -> list[Section]:
+    """Cells with sanity flags: their numbers are potentially unreliable (see docs/submissions.md)."""
+    if "flags" not in frame:
+        return []
+    flags = frame["flags"]
+    flagged = frame[flags.apply(lambda f: not isinstance(f, str) or f != "")]
+    if not len(flagged):
+        return []
+    rows = [[r["zoo"]] * several + [r["victim"], r["attack"], r["defense"], str(r["budget"]), str(r["seed"]),
+             r["flags"] if isinstance(r["flags"], str) else "flags not computed"] for _, r in flagged.iterrows()]
+    return [Section(2, "Potentially unreliable", [
+        "Cells that failed a sanity check (docs/submissions.md), or whose checks never ran: their numbers are shown "
+        "above but should not be trusted until the flag is explained."],
+        Table(["zoo"] * several + ["victim", "attack", "defense", "budget", "seed", "flag"], rows, [[k] for k in flagged["cell_key"]]))]
+
+
+def render_markdown(frame: pd.DataFrame, zoos, grid, figures: Sequence[str] = ()) -> str:
+    """The page as Markdown (``README.md``)."""
+    return markdown_of(leaderboard_sections(frame, zoos, grid, figures))
+
+
+def markdown_table(table: Table) -> str:
+    return tabulate(table.rows, headers=table.headers, tablefmt="github", disable_numparse=True)
+
+
+def markdown_of(sections: Sequence[Section]) -> str:
+    """Sections as Markdown."""
+    lines: list[str] = []
+    for section in sections:
+        lines += ["#" * section.level + " " + section.title, ""]
+        for paragraph in section.paragraphs:
+            lines += [paragraph, ""]
+        if section.table is not None:
+            lines += [markdown_table(section.table), ""]
+        lines += [f"![{name}]({name})" for name in section.figures] + ([""] if section.figures else [])
+    return "\n".join(lines)
+
+
+def provenance_of(frame: pd.DataFrame) -> dict[str, str]:
+    """The distinct versions and machines that produced the rows (a field with several values lists them)."""
+    return {column: ", ".join(sorted({str(v) for v in frame[column] if isinstance(v, str) and v})) or "—"
+            for column in PROVENANCE if column in frame}
+
+
+def write_leaderboard(rows: Sequence[dict[str, Any]], zoos, grid, out_dir: Path, *, figures: bool = True) -> None:
+    """Write ``results.csv``, the figures (PNG), ``README.md`` and ``index.html`` into ``out_dir`` (each atomically).
+
+    ``zoos``: the opened zoos by the name the grid gives them (or the one zoo of a grid on one zoo);
+    every zoo has its frontier, budget and protection figures.
+    """
+    from .webpage import render_html
+
+    frame = results_frame(rows)
+    write_atomic(out_dir / "results.csv", frame.to_csv(index=False, float_format="%.6f"))
+    opened = zoo_map(zoos, grid)
+    blocks, settings = describe_grid(grid, _zoo_names(opened))
+    _, protection = protection_by_zoo(frame, [zoo.name for zoo in opened.values()], blocks, settings,
+                                      grid.max_accuracy_drop)
+    names = write_figures(frame, protection, list(opened.values()), out_dir) if figures else []
+    sections = leaderboard_sections(frame, zoos, grid, names, protection)
+    write_atomic(out_dir / "README.md", markdown_of(sections))
+    write_atomic(out_dir / "index.html", render_html(sections, provenance_of(frame)))

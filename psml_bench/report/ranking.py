@@ -1,0 +1,382 @@
+"""Ranking a grid's rows: attacks per block and track, defense settings under the utility constraint, families.
+
+Every number that ranks comes with a 95% t-interval over seeds (:mod:`psml_bench.report.intervals`);
+entries whose intervals overlap share a rank. Protection is measured per block, against the
+same block's undefended cells, as a paired difference over seeds.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import pandas as pd
+
+from ..bench.grid import DEFAULT_RECIPE, RECIPE_FIELDS, GridConfig, resolve
+from ..contract.plugins import Defense
+from ..contract.surrogate_config import SurrogateConfig
+from .intervals import NO_ESTIMATE, Estimate, paired_difference, shared_ranks, t_interval
+
+# the utility constraint: a setting must keep this share of the undefended service's goodput at the
+# same load (without load that goodput is 1, so the floor is the paper's goodput >= 0.8)
+GOODPUT_SHARE = 0.8
+# a setting whose goodput is within this of the undefended service's costs no goodput (under load,
+# a defense that does not touch routing still differs by the noise of one benign stream)
+GOODPUT_TOLERANCE = 0.005
+NO_DEFENSE = "none"
+# sanity limits beyond which a defense setting is flagged as degenerate (it answers, in effect, something else)
+DEGENERATE_ACCURACY_DROP = 0.5
+DEGENERATE_PERTURBATION = 0.9
+FIXED, OWN = "fixed recipe", "own training"
+FLAGS_NOT_COMPUTED = "flags not computed"
+
+
+@dataclass(frozen=True)
+class DefenseSetting:
+    """How a defense label reads: its family (the label without the strength) and its strength.
+
+    ``routing``: whether the defense acts on the spec or the routing choice only (see :func:`acts_on_routing`).
+    """
+
+    family: str
+    strength: str | None
+    value: Any
+    routing: bool = False
+
+
+def acts_on_routing(cls: type) -> bool:
+    """Whether a defense class overrides a spec or routing hook (``perturb_spec``, ``reroute``) and no other.
+
+    A sandboxed submission's proxy overrides every hook, so it never counts.
+    """
+    changed = {hook for hook in ("admit", "perturb_spec", "reroute", "answer", "postprocess")
+               if getattr(cls, hook, None) is not getattr(Defense, hook)}
+    return bool(changed) and changed <= {"perturb_spec", "reroute"}
+
+
+@dataclass(frozen=True)
+class BlockView:
+    """The labels of one grid block, to pick its rows out of the results, and its training recipe.
+
+    ``declared``: per attack label, whether its parameters train the surrogate with the block's
+    recipe; ``submitted``: the attack labels that are submissions (their recipe must be verified).
+    """
+
+    name: str
+    attacks: tuple[str, ...]
+    defenses: tuple[str, ...]
+    budgets: tuple[int, ...]
+    loads: tuple[float, ...] = ()
+    recipe: tuple[tuple[str, Any], ...] = DEFAULT_RECIPE
+    declared: dict[str, bool] = field(default_factory=dict)
+    submitted: frozenset[str] = frozenset()
+    seeds: tuple[int, ...] = ()
+    zoos: tuple[str, ...] = ()
+    """The names of the zoos the block runs on (empty: every zoo of the rows)."""
+
+
+def recipe_text(recipe: Sequence[tuple[str, Any]] | dict[str, Any]) -> str:
+    """A block's recipe as one string, e.g. ``test_resnet, epochs=10, min_steps=200`` (as rows record it)."""
+    values = dict(recipe)
+    return SurrogateConfig(arch=values["surrogate"], epochs=int(values["epochs"]),
+                           min_steps=int(values["min_steps"])).recipe()
+
+
+def describe_grid(grid: GridConfig, zoo_names: dict[str, str] | None = None
+                  ) -> tuple[list[BlockView], dict[str, DefenseSetting]]:
+    """The grid's blocks as labels, and every defense label's family and strength (from the resolved plugins).
+
+    ``zoo_names``: each zoo's name (as rows record it) by the name the grid gives it; with it, a block's
+    rows are those of its zoos only (needed when the grid runs on several zoos).
+    """
+    settings = {}
+    for spec in grid.defenses:
+        defense = resolve("defense", spec)
+        settings[defense.label] = DefenseSetting(defense.family, defense.strength, defense.strength_value,
+                                                  acts_on_routing(defense.cls))
+    views = []
+    for block in grid.parts():
+        declared, submitted = {}, set()
+        for spec in block.attacks:
+            attack = resolve("attack", spec)
+            params = {**attack.cls.defaults, **spec.kwargs}
+            declared[attack.label] = all(k in params for k in RECIPE_FIELDS) and \
+                tuple((k, params[k]) for k in RECIPE_FIELDS) == block.recipe
+            if getattr(attack.cls, "submission_folder", None) is not None:
+                submitted.add(attack.label)
+        views.append(BlockView(block.name or grid.name, tuple(resolve("attack", a).label for a in block.attacks),
+                               tuple(resolve("defense", d).label for d in block.defenses), tuple(block.budgets),
+                               tuple(dict.fromkeys(s.load for s in block.services)), block.recipe, declared,
+                               frozenset(submitted), tuple(block.seeds),
+                               tuple(zoo_names[z or grid.zoo] for z in block.zoos) if zoo_names else ()))
+    return views, settings
+
+
+def block_rows(frame: pd.DataFrame, block: BlockView) -> pd.DataFrame:
+    """The rows of ``frame`` that are cells of ``block``."""
+    rows = frame[frame["attack"].isin(block.attacks) & frame["defense"].isin(block.defenses)
+                 & frame["budget"].astype(int).isin(block.budgets)]
+    if block.seeds:
+        rows = rows[rows["seed"].astype(int).isin(block.seeds)]
+    if block.zoos and "zoo" in rows:
+        rows = rows[rows["zoo"].isin(block.zoos)]
+    if block.loads and "load" in rows and (rows["load"] != "").all():
+        rows = rows[rows["load"].astype(float).isin(block.loads)]
+    return rows
+
+
+def track(row: pd.Series | dict[str, Any], block: BlockView) -> str:
+    """A row's track: ``fixed recipe`` if its surrogate was trained with the block's recipe, else ``own training``.
+
+    A row that records the recipe its surrogate was trained with (``surrogate_recipe``, verified by
+    the harness) is judged by it; otherwise a built-in attack by its declared parameters, and a
+    submission, whose code nobody has verified, is on its own training.
+    """
+    recorded = row.get("surrogate_recipe") if hasattr(row, "get") else None
+    if isinstance(recorded, str) and recorded:
+        return FIXED if recorded == recipe_text(block.recipe) else OWN
+    attack = row["attack"]
+    return FIXED if block.declared.get(attack, False) and attack not in block.submitted else OWN
+
+
+def ok_values(group: pd.DataFrame, metric: str) -> dict[int, float]:
+    """Per seed, the metric of the group's successful cells (one cell per seed within an attack's group)."""
+    ok = group[group["status"] == "ok"]
+    values = pd.to_numeric(ok[metric], errors="coerce")
+    return {int(s): float(v) for s, v in zip(ok["seed"], values) if not math.isnan(v)}
+
+
+def estimate(group: pd.DataFrame, metric: str) -> Estimate:
+    """The metric's mean over the group's successful cells with its 95% t-interval."""
+    return t_interval(ok_values(group, metric).values()) if len(group) else NO_ESTIMATE
+
+
+def cell_flags(group: pd.DataFrame) -> list[str]:
+    """The distinct sanity flags of the group's cells, and whether some cell's flags were never computed."""
+    if "flags" not in group:
+        return [FLAGS_NOT_COMPUTED] if len(group) else []
+    found = []
+    for value in group["flags"]:
+        if not isinstance(value, str):
+            found.append(FLAGS_NOT_COMPUTED)
+        elif value:
+            found += value.split("; ")
+    return list(dict.fromkeys(found))
+
+
+def _oracle(frame: pd.DataFrame, part: pd.DataFrame, victim: str, defense: str, budget: int, load: Any
+            ) -> pd.DataFrame:
+    """The oracle's cells for this comparison: the block's victim-access attack, else any block's."""
+    for rows in (part, frame):
+        same = rows[(rows["attack_access"] == "victim") & (rows["victim"] == victim) & (rows["defense"] == defense)
+                    & (rows["budget"].astype(int) == budget) & (rows["load"] == load)]
+        if len(same):
+            best = max(same.groupby("attack"), key=lambda item: estimate(item[1], "fidelity").mean)
+            return best[1]
+    return part.iloc[0:0]
+
+
+def attack_ranking(frame: pd.DataFrame, block: BlockView) -> list[dict[str, Any]]:
+    """Per (victim, defense, budget, load), the block's attacks: fixed-recipe ones ranked by fidelity with
+    shared ranks, own-training ones after them, each with its flags (beating the oracle by more than the
+    interval of the paired difference, cell flags)."""
+    out = []
+    part = block_rows(frame, block)
+    for (victim, defense, budget, load), group in part.groupby(["victim", "defense", "budget", "load"], sort=False):
+        oracle = _oracle(frame, part, victim, defense, int(budget), load)
+        entries = []
+        for attack, cells in group.groupby("attack", sort=False):
+            fidelity = estimate(cells, "fidelity")
+            flags = []
+            if len(oracle) and cells["attack_access"].iloc[0] != "victim":
+                above = paired_difference(ok_values(cells, "fidelity"), ok_values(oracle, "fidelity"))
+                if above.known and (above.low > 0 if not math.isnan(above.half_width) else above.mean > 0):
+                    flags.append(f"beats oracle by {above.format()}")
+            entries.append({"victim": victim, "defense": defense, "budget": int(budget), "load": load,
+                            "attack": attack, "track": track(cells.iloc[0], block), "fidelity": fidelity,
+                            "cells": cells, "flags": flags + cell_flags(cells),
+                            "failed": int((cells["status"] != "ok").sum())})
+        for name in (FIXED, OWN):
+            ranked = sorted((e for e in entries if e["track"] == name), key=lambda e: -np_mean(e["fidelity"]))
+            ranks = shared_ranks([e["fidelity"] for e in ranked]) if name == FIXED else ["own"] * len(ranked)
+            for rank, entry in zip(ranks, ranked):
+                out.append({**entry, "rank": rank})
+    return out
+
+
+def np_mean(value: Estimate) -> float:
+    """The mean, with a missing one below every other (for sorting)."""
+    return value.mean if value.known else -math.inf
+
+
+def protection_table(frame: pd.DataFrame, blocks: Sequence[BlockView], settings: dict[str, DefenseSetting],
+                     max_accuracy_drop: float) -> pd.DataFrame:
+    """Per (victim, block, budget, load, defense setting): its costs, eligibility and protection.
+
+    Within one block: the *strongest attack* against a setting is the block's service attack with the
+    highest mean fidelity against it (among those the block also ran without a defense); ``protection``
+    is, seed by seed, the undefended fidelity of the block's best such attack minus the strongest
+    attack's fidelity against the setting, with its 95% t-interval. The ``none`` row is the block's
+    own baseline. Blocks without an undefended service are left out.
+    """
+    out = []
+    for block in blocks:
+        part = block_rows(frame, block)
+        service = part[(part["attack_access"] == "service") & (part["status"] == "ok")]
+        for (victim, budget, load), group in service.groupby(["victim", "budget", "load"], sort=False):
+            base = group[group["defense"] == NO_DEFENSE]
+            if base.empty or (group["defense"] == NO_DEFENSE).all():
+                continue
+            everything = part[(part["victim"] == victim) & (part["budget"] == budget) & (part["load"] == load)]
+            start = estimate(everything[everything["defense"] == NO_DEFENSE], "goodput").mean
+            start = 1.0 if math.isnan(start) else start
+            for defense, cells in group.groupby("defense", sort=False):
+                attacks = sorted(set(cells["attack"]) & set(base["attack"]))
+                if not attacks:
+                    continue
+                fidelity = {a: estimate(cells[cells["attack"] == a], "fidelity") for a in attacks}
+                base_attack = max(attacks, key=lambda a: np_mean(estimate(base[base["attack"] == a], "fidelity")))
+                strongest = max(attacks, key=lambda a: np_mean(fidelity[a]))
+                protection = paired_difference(ok_values(base[base["attack"] == base_attack], "fidelity"),
+                                               ok_values(cells[cells["attack"] == strongest], "fidelity"))
+                setting = settings.get(defense, DefenseSetting(defense, None, None))
+                costs = everything[everything["defense"] == defense]
+                row = {"victim": victim, "block": block.name, "budget": int(budget), "load": load, "defense": defense,
+                       "family": setting.family, "strength": setting.strength or "", "value": setting.value,
+                       "undefended_goodput": start, "strongest_attack": strongest, "fidelity": fidelity[strongest].mean,
+                       "fidelity_estimate": fidelity[strongest], "protection": protection.mean,
+                       "protection_estimate": protection,
+                       "cell_keys": [k for k in costs.get("cell_key", []) if isinstance(k, str) and k],
+                       **{m: estimate(costs, m).mean for m in ("goodput", "benign_accuracy_drop", "perturbation",
+                                                              "latency_overhead", "false_positive_clients",
+                                                              "refused_benign")}}
+                row["costs_goodput"] = bool(row["goodput"] < start - GOODPUT_TOLERANCE)
+                row["ineligible"] = ineligibility(row, max_accuracy_drop)
+                row["flags"] = setting_flags(row) + cell_flags(costs)
+                out.append(row)
+    return pd.DataFrame(out)
+
+
+def goodput_floor(undefended_goodput: float) -> float:
+    """The least goodput an eligible setting keeps: ``GOODPUT_SHARE`` of the undefended service's at the same load."""
+    return GOODPUT_SHARE * undefended_goodput
+
+
+def ineligibility(row: dict[str, Any], max_accuracy_drop: float) -> str:
+    """Why a defense setting may not be ranked ('' if it may): the utility constraint of docs/protocol.md.
+
+    Goodput at least 0.8 times the undefended service's at the same load (a setting within
+    ``GOODPUT_TOLERANCE`` of it costs none), and a benign accuracy drop of at most ``max_accuracy_drop``.
+    """
+    reasons = []
+    goodput, drop = row["goodput"], row["benign_accuracy_drop"]
+    floor = goodput_floor(row["undefended_goodput"])
+    if math.isnan(goodput):
+        reasons.append("goodput unknown")
+    elif goodput < floor and row["costs_goodput"]:
+        reasons.append(f"goodput {goodput:.3f} < {floor:.3f} ({GOODPUT_SHARE:g} x undefended {row['undefended_goodput']:.3f})")
+    if math.isnan(drop):
+        reasons.append("benign accuracy drop unknown")
+    elif drop > max_accuracy_drop:
+        reasons.append(f"benign acc. drop {drop:.3f} > {max_accuracy_drop:g}")
+    return "; ".join(reasons)
+
+
+def setting_flags(row: dict[str, Any]) -> list[str]:
+    """A defense setting that in effect answers something else: a huge accuracy drop or perturbation."""
+    flags = []
+    if row["benign_accuracy_drop"] > DEGENERATE_ACCURACY_DROP:
+        flags.append(f"benign accuracy drop {row['benign_accuracy_drop']:.3f} > {DEGENERATE_ACCURACY_DROP}")
+    if row["perturbation"] > DEGENERATE_PERTURBATION:
+        flags.append(f"perturbation {row['perturbation']:.3f} > {DEGENERATE_PERTURBATION}")
+    return flags
+
+
+def tradeoff_auc(points: Sequence[tuple[float, float]], start: float = 1.0) -> float:
+    """Mean protection over goodput in [floor, start] along a defense's protection-versus-goodput curve.
+
+    The curve starts at the undefended service (goodput ``start``: 1 without load, less under load,
+    where queueing alone misses some latency bounds; protection 0) and joins the settings in order
+    of falling goodput; ``floor`` is :func:`goodput_floor` of ``start``, and where the curve stops above
+    it the rest counts as no protection. NaN when the undefended service answers nothing in time.
+    """
+    floor = goodput_floor(start)
+    if not start > floor:
+        return math.nan
+    curve = [(start, 0.0)] + sorted(((g, p) for g, p in points if not math.isnan(g) and not math.isnan(p)),
+                                    key=lambda gp: -gp[0])
+    area = 0.0
+    for (g1, p1), (g2, p2) in zip(curve, curve[1:]):
+        if g1 <= floor:
+            break
+        if g2 < floor:  # cut the segment at the floor
+            p2 = p1 + (p2 - p1) * (g1 - floor) / (g1 - g2)
+            g2 = floor
+        area += (g1 - g2) * (p1 + p2) / 2
+    return area / (start - floor)
+
+
+def defense_ranking(table: pd.DataFrame) -> pd.DataFrame:
+    """Defense families per (victim, block, budget, load): ranked by the protection of their best eligible
+    setting (overlapping 95% intervals share a rank), ordered within a rank by AUC; families without an
+    eligible setting last, unranked."""
+    out = []
+    keys = ["victim", "block", "budget", "load"]
+    for (victim, block, budget, load), part in table[table["defense"] != NO_DEFENSE].groupby(keys, sort=False):
+        families = []
+        for family, group in part.groupby("family", sort=False):
+            usable = group[group["ineligible"] == ""]
+            best = usable.loc[usable["protection"].idxmax()] if len(usable) and usable["protection"].notna().any() \
+                else None
+            pick = lambda column: best[column] if best is not None else math.nan  # noqa: E731
+            start = float(group["undefended_goodput"].iloc[0])
+            families.append({
+                "victim": victim, "block": block, "budget": budget, "load": load, "family": family,
+                "protection": pick("protection"),
+                "protection_estimate": best["protection_estimate"] if best is not None else NO_ESTIMATE,
+                "at": best["defense"] if best is not None else "—", "goodput": pick("goodput"),
+                "benign_accuracy_drop": pick("benign_accuracy_drop"), "perturbation": pick("perturbation"),
+                "latency_overhead": pick("latency_overhead"),
+                # a family that never costs goodput has no curve to integrate
+                "auc": tradeoff_auc(list(zip(group["goodput"], group["protection"])), start=start)
+                if group["costs_goodput"].any() else math.nan,
+                "eligible": f"{len(usable)} of {len(group)}",
+                "cell_keys": best["cell_keys"] if best is not None else []})
+        families.sort(key=lambda f: (-np_mean(f["protection_estimate"]),
+                                     -(f["auc"] if not math.isnan(f["auc"]) else -math.inf)))
+        for family, rank in zip(families, shared_ranks([f["protection_estimate"] for f in families])):
+            out.append({**family, "rank": rank})
+    return pd.DataFrame(out)
+
+
+def crossover_notes(ranking: list[dict[str, Any]]) -> list[str]:
+    """Sentences for the budgets at which fingerprinting does not pay: a fixed-recipe service attack that
+    spends queries on fingerprinting below the best one that spends none (and whether ``oracle`` is too)."""
+    notes = []
+    keys = dict.fromkeys((e["victim"], e["defense"], e["budget"], e["load"]) for e in ranking)
+    for key in keys:
+        entries = [e for e in ranking if (e["victim"], e["defense"], e["budget"], e["load"]) == key
+                   and e["track"] == FIXED and e["fidelity"].known]
+        service = [e for e in entries if e["cells"]["attack_access"].iloc[0] == "service"]
+        cost = {e["attack"]: estimate(e["cells"], "fingerprint_queries").mean for e in service}
+        plain = [e for e in service if cost[e["attack"]] == 0]
+        if not plain:
+            continue
+        best = max(plain, key=lambda e: e["fidelity"].mean)
+        below = [e for e in service if cost[e["attack"]] > 0 and e["fidelity"].mean < best["fidelity"].mean]
+        if not below:
+            continue
+        victim, defense, budget, _ = key
+        names = ", ".join(f"`{e['attack']}` ({e['fidelity'].format()}, {cost[e['attack']]:.0f} fingerprint queries)"
+                          for e in below)
+        note = (f"At budget {budget} (victim `{victim}`, defense `{defense}`) fingerprinting does not pay: {names} "
+                f"{'is' if len(below) == 1 else 'are'} below `{best['attack']}` ({best['fidelity'].format()}), which "
+                "spends no query on it.")
+        oracle = [e for e in entries if e["cells"]["attack_access"].iloc[0] == "victim"]
+        if oracle and max(e["fidelity"].mean for e in oracle) <= best["fidelity"].mean:
+            top = max(oracle, key=lambda e: e["fidelity"].mean)
+            note += (f" Even `{top['attack']}`, answered by the victim alone, reaches {top['fidelity'].format()}: at "
+                     "this budget reaching the victim buys no fidelity.")
+        notes.append(note)
+    return notes

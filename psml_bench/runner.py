@@ -1,0 +1,198 @@
+"""The run loop: the cells of a grid not yet in the result cache, run by an executor, then the leaderboard.
+
+Each finished cell is written at once, atomically, to ``<out>/cells/<key>.json`` by the driver,
+sealed with the sha256 of its row (``content_sha256``); a later run with the same key reuses it if
+the seal holds, and recomputes it, with a warning, if not (see :mod:`psml_bench.bench.cell` for what a
+key hashes). The driver creates the output directory, writable by it alone, before any attack runs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from .bench.cell import CellTask, cell_key, failed_row, provenance, zoo_identity
+from .common.files import content_hash, write_atomic
+from .contract.errors import ConfigError, sanitise
+from .bench.executor import Executor, InlineExecutor, LocalExecutor, RayExecutor
+from .bench.grid import Cell, GridConfig
+from .report.leaderboard import write_leaderboard
+from .serving.service import PoolAnswers
+from .zoo.model_zoo import Zoo
+from .zoo.build import open_zoo
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunSummary:
+    rows: list[dict[str, Any]]
+    cached: int
+    computed: int
+    failed: int
+    seconds: float
+    out_dir: Path
+
+
+def make_executor(name: str, *, jobs: int = 0, timeout_s: float | None = None, memory_mb: int | None = None,
+                  address: str | None = None, device: torch.device | str = "cpu") -> Executor:
+    """An executor by name: ``local`` (process pool), ``ray`` or ``inline`` (this process, for debugging),
+    for cells on ``device``."""
+    if jobs <= 0:
+        jobs = os.cpu_count() or 1
+    if name == "local":
+        return LocalExecutor(jobs, timeout_s, memory_mb, gpu=torch.device(device).type == "cuda")
+    if name == "ray":
+        if torch.device(device).type != "cpu":
+            raise ConfigError("the ray executor runs cells on the CPU only (its tasks hold no GPU); use "
+                              "--executor local or inline with --device cuda")
+        return RayExecutor(address, timeout_s, num_cpus=jobs)
+    if name == "inline":
+        return InlineExecutor()
+    raise ConfigError(f"unknown executor '{name}'; available: inline, local, ray")
+
+
+def run_grid(grid: GridConfig, out_dir: Path, *, cache_dir: Path | None = None, executor: Executor | None = None,
+             progress: bool = True, profile: Path | None = None, retry_failed: bool = False,
+             device: torch.device | str = "cpu") -> RunSummary:
+    """Run every cell of ``grid`` not already in ``out_dir/cells``; return all rows of the grid.
+
+    Each finished cell is written at once (atomically) by this process, so an interrupted run
+    keeps every cell that finished. ``retry_failed`` recomputes cells whose stored row failed.
+    ``device``: where the cells' forward passes, surrogate training and scoring run (part of the
+    key of any cell not on the CPU).
+    """
+    started = time.perf_counter()
+    device = torch.device(device)
+    executor = executor or make_executor("local", device=device)
+    cells = grid.cells()
+    zoos = open_zoos(grid, cells, cache_dir, progress=progress, profile=profile)
+    cells_dir = out_dir / "cells"
+    prepare_out_dir(out_dir)
+    rows: dict[str, dict[str, Any]] = {}
+    tasks = []
+    profile_arg = str(profile) if profile else None
+    identities = {name: zoo_identity(zoo) for name, zoo in zoos.items()}
+    run_provenance = provenance(device)
+    for cell in cells:
+        name = grid.zoo_of(cell)
+        zoo = zoos[name]
+        key = cell_key(zoo, grid, cell, identities[name], device)
+        path = cells_dir / f"{key}.json"
+        if path.is_file():
+            row = read_cell(path)
+            if row is not None and not (retry_failed and row.get("status") != "ok"):
+                rows[key] = row
+                continue
+        tasks.append(CellTask(str(zoo.directory), profile_arg, identities[name], grid, cell, key, run_provenance,
+                              str(device)))
+    cached = len(rows)
+    bar = tqdm(total=len(tasks), desc=f"grid {grid.name}", disable=not progress, unit="cell")
+    counts = {"failed": 0}
+    bar.set_postfix(cached=cached, failed=0)
+
+    def on_result(task: CellTask, row: dict[str, Any] | None, error: str) -> None:
+        row = row if row is not None else failed_row(zoos[grid.zoo_of(task.cell)], task,
+                                                     sanitise(error, MAX_ERROR_CHARS))
+        row["error"] = sanitise(row.get("error", ""), MAX_ERROR_CHARS)
+        rows[task.key] = write_cell(cells_dir / f"{task.key}.json", row)
+        counts["failed"] += row["status"] != "ok"
+        bar.set_postfix(cached=cached, failed=counts["failed"])
+        bar.update()
+
+    if device.type == "cpu":
+        for name in dict.fromkeys(grid.zoo_of(task.cell) for task in tasks):
+            PoolAnswers.of(zoos[name])  # every model's answers on the pool, once here rather than in each worker
+    executor.map(tasks, on_result)
+    bar.close()
+    ordered = sorted(rows.values(), key=_row_order)
+    write_leaderboard(ordered, zoos, grid, out_dir)
+    failed = sum(r["status"] != "ok" for r in ordered)
+    return RunSummary(ordered, cached, len(tasks), failed, time.perf_counter() - started, out_dir)
+
+
+def check_profile(grid: GridConfig, profile: Path | str | None) -> None:
+    """Refuse a profile file for a grid on several zoos: one profile routes one zoo's models."""
+    if profile and len(grid.zoos()) > 1:
+        raise ConfigError(f"--profile routes one zoo, but grid {grid.name} runs on the zoos {', '.join(grid.zoos())}; "
+                          "run it without --profile (each zoo then routes on its reference profile)")
+
+
+def open_zoos(grid: GridConfig, cells: list[Cell], cache_dir: Path | None = None, *, progress: bool = True,
+              profile: Path | None = None) -> dict[str, Zoo]:
+    """Every zoo the grid's cells run on, by the name the grid gives it, the main zoo first (each built if
+    needed); each cell's victim role is checked on its zoo before any work.
+
+    Raises:
+        ConfigError: ``profile`` is given for a grid on several zoos (a profile file routes one zoo), or
+            a victim role does not exist on a zoo.
+    """
+    check_profile(grid, profile)
+    names = [name for name in grid.zoos() if any(grid.zoo_of(cell) == name for cell in cells)]
+    zoos = {name: open_zoo(name, cache_dir, progress=progress, profile=profile) for name in names}
+    for name, zoo in zoos.items():
+        for victim in dict.fromkeys(cell.victim for cell in cells if grid.zoo_of(cell) == name):
+            try:
+                zoo.role(victim)  # a bad role fails before any work
+            except ConfigError as exc:
+                raise ConfigError(f"zoo {name}: {exc}" if len(zoos) > 1 else str(exc)) from None
+    return zoos
+
+
+MAX_ERROR_CHARS = 500
+"""Longest error a cell row keeps (one line, no control characters)."""
+SEAL = "content_sha256"
+"""The field of a cell file holding the sha256 of the rest of it."""
+
+
+def prepare_out_dir(out_dir: Path) -> None:
+    """Create ``out_dir`` and its ``cells/`` for this user alone to write; refuse a symlink or another owner's."""
+    for directory in (out_dir, out_dir / "cells"):
+        if directory.is_symlink():
+            raise ConfigError(f"output directory {directory} is a symbolic link; refusing to write through it")
+        directory.mkdir(mode=0o755, parents=True, exist_ok=True)
+        info = directory.lstat()
+        if info.st_uid != os.geteuid():
+            raise ConfigError(f"output directory {directory} belongs to uid {info.st_uid}, not to this user; "
+                              "refusing to write results into it")
+        if info.st_mode & 0o022:
+            directory.chmod(info.st_mode & 0o755)  # nobody else may add or replace a cell file
+
+
+def write_cell(path: Path, row: dict[str, Any]) -> dict[str, Any]:
+    """Write ``row`` atomically, sealed with its content hash; return it as a later run will read it."""
+    stored = json.loads(json.dumps(row, sort_keys=True))
+    stored.pop(SEAL, None)
+    write_atomic(path, json.dumps({**stored, SEAL: content_hash(stored)}, indent=1, sort_keys=True) + "\n")
+    return stored
+
+
+def read_cell(path: Path) -> dict[str, Any] | None:
+    """A stored row whose seal holds; None (with a warning: it is recomputed) for an unreadable or altered file."""
+    try:
+        row = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        log.warning("ignoring unreadable cell file %s; recomputing it", path)
+        return None
+    seal = row.pop(SEAL, None) if isinstance(row, dict) else None
+    if seal is None:
+        log.warning("cell file %s has no content hash (written before sealing, or altered); recomputing it", path)
+        return None
+    if seal != content_hash(row):
+        log.warning("cell file %s was altered (its content hash does not match); recomputing it", path)
+        return None
+    return row
+
+
+def _row_order(row: dict[str, Any]) -> tuple:
+    """Rows by cell, whatever was cached: cells differing only in their service sort by it."""
+    return (row["zoo"], row["victim"], row["attack"], row["defense"], int(row["budget"]), float(row["load"]),
+            int(row["benign_clients"]), float(row["attacker_rate"]), bool(row["latency_visible"]), int(row["seed"]))

@@ -1,0 +1,30 @@
+"""The built-in routing policies."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..contract.policy import Policy
+from ..contract.registries import POLICIES
+
+
+@POLICIES.register("infaas")
+class InfaasPolicy(Policy):
+    """INFaaS-style selection.
+
+    Feasible spec: among models with accuracy >= min_accuracy and latency <= max_latency_ms,
+    the lowest-latency one (ties: the lower accuracy). Infeasible spec (an SLO miss): the most
+    accurate model within the latency bound (ties: the faster), else the fastest model.
+    """
+
+    def select(self, accuracy, latency_ms, min_accuracy, max_latency_ms):
+        within_latency = latency_ms[None, :] <= max_latency_ms[:, None]
+        feasible_models = within_latency & (accuracy[None, :] >= min_accuracy[:, None])
+        feasible = feasible_models.any(axis=1)
+        by_speed = np.lexsort((accuracy, latency_ms))           # fastest first, then less accurate
+        by_accuracy = np.lexsort((latency_ms, -accuracy))       # most accurate first, then faster
+        first_feasible = by_speed[np.argmax(feasible_models[:, by_speed], axis=1)]
+        best_within = by_accuracy[np.argmax(within_latency[:, by_accuracy], axis=1)]
+        fastest = np.lexsort((-accuracy, latency_ms))[0]
+        fallback = np.where(within_latency.any(axis=1), best_within, fastest)
+        return np.where(feasible, first_feasible, fallback), feasible

@@ -1,0 +1,452 @@
+"""A cell's multi-tenant service on a simulated clock: benign clients, the attacker, model workers under load.
+
+Protocol version 3 (docs/protocol.md, section 4). The service hosts the zoo behind one
+:class:`~psml_bench.serving.server.Server` (policy and defense) and one worker per model with a FIFO
+queue and dynamic batching (:mod:`psml_bench.serving.simulator`). Its clients are the attacker and
+``benign_clients`` benign clients, each with an opaque id shuffled per cell. Benign requests
+arrive as a Poisson process of total rate ``load`` times the service's capacity on the benign
+spec mix, each from a client drawn uniformly, with an input drawn from the attacker's pool split
+and a spec drawn like today's benign workload. The attacker is a closed-loop client: each
+``Target.query`` call arrives at once, at its pace (``attacker_rate`` times one benign
+client's rate), and the next call arrives no earlier than the previous one's answers.
+
+Every request passes the defense in arrival order: before each attacker call the server routes
+every benign request that arrived before it; while the call is in flight, the benign requests
+that arrive before each batch dispatch of the models it waits on. Nothing depends on the host's
+clock: the same seed gives the same results.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+from dataclasses import dataclass, replace
+from numbers import Real
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..common.device import intra_op_threads
+from ..contract.errors import ConfigError
+from ..zoo.profiling import load_profile, reference_profile_path
+from ..common.metrics import benign_specs
+from ..contract.requests import Requests
+from .server import Served, Server, opaque_client_ids
+from ..contract.spec import Spec
+from .simulator import BatchingConfig, BatchingSimulator, capacity
+from ..zoo.model_zoo import Zoo
+
+BENIGN_CHUNK = 1024
+CAPACITY_SAMPLE = 20000
+POOL_ANSWERS = "pool_predictions.safetensors"
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """The load and clients of a cell's service (grid parameters; all part of the cell key).
+
+    Attributes:
+        load: benign arrival rate as a fraction of the undefended service's capacity, in (0, 1].
+            Above 1 the queues grow without bound and every figure would depend only on how long
+            the cell runs, so it is refused.
+        benign_clients: number of benign clients (at least 1).
+        attacker_rate: the attacker's pace as a multiple of one benign client's mean rate (> 0).
+        latency_visible: whether the attacker sees each answer's latency (a timing side channel).
+        max_batch: the most requests a model's worker serves in one batch.
+        max_wait_ms: how long a worker waits for a batch to fill (0: serve what is queued at once).
+        timeout: a request still queued this many times the advertised maximum latency after it
+            arrived is dropped (answered as refused): the overload protection of a real server.
+    """
+
+    load: float = 0.5
+    benign_clients: int = 8
+    attacker_rate: float = 1.0
+    latency_visible: bool = False
+    max_batch: int = 8
+    max_wait_ms: float = 0.0
+    timeout: float = 10.0
+
+    def __post_init__(self) -> None:
+        def number(value: object) -> bool:
+            return isinstance(value, Real) and not isinstance(value, bool)
+
+        if not (number(self.load) and 0 < self.load <= 1):
+            raise ConfigError(f"service load must be a number in (0, 1] (a fraction of the service's capacity), "
+                              f"got {self.load!r}")
+        if isinstance(self.benign_clients, bool) or not isinstance(self.benign_clients, int) or self.benign_clients < 1:
+            raise ConfigError(f"benign_clients must be an integer >= 1 (goodput is measured on benign clients), "
+                              f"got {self.benign_clients!r}")
+        if not (number(self.attacker_rate) and math.isfinite(self.attacker_rate) and self.attacker_rate > 0):
+            raise ConfigError(f"attacker_rate must be a finite number > 0 (a multiple of one benign client's rate), "
+                              f"got {self.attacker_rate!r}")
+        if not isinstance(self.latency_visible, bool):
+            raise ConfigError(f"latency_visible must be true or false, got {self.latency_visible!r}")
+        if not (number(self.timeout) and math.isfinite(self.timeout) and self.timeout > 0):
+            raise ConfigError(f"timeout must be a finite number > 0 (a multiple of the advertised maximum latency), "
+                              f"got {self.timeout!r}")
+        BatchingConfig(self.max_batch, self.max_wait_ms)
+
+    def batching(self, max_latency_ms: float) -> BatchingConfig:
+        """The workers' batching, for a service whose advertised maximum latency is ``max_latency_ms``."""
+        return BatchingConfig(self.max_batch, self.max_wait_ms, self.timeout * max_latency_ms)
+
+    def as_dict(self) -> dict[str, object]:
+        return {"load": self.load, "benign_clients": self.benign_clients, "attacker_rate": self.attacker_rate,
+                "latency_visible": self.latency_visible, "max_batch": self.max_batch, "max_wait_ms": self.max_wait_ms,
+                "timeout": self.timeout}
+
+
+def service_times(zoo: Zoo) -> tuple[np.ndarray, np.ndarray]:
+    """Per menu model, the (intercept, slope) in ms of its batch service time ``intercept + slope * batch``.
+
+    The level is the routing latency (a lone request takes exactly what the policy routes on);
+    the shape, i.e. what a larger batch costs, is the per-batch linear fit of the routing profile,
+    else of the zoo's committed CPU profile (``profiles/<zoo>-cpu.json``), with a negative
+    intercept clipped to 0. A model without any fit costs its routing latency per request
+    (no batching gain).
+    """
+    fits: dict[str, dict] = {}
+    for path in (zoo.profile_path, reference_profile_path(f"{zoo.name}-cpu.json")):
+        if path is not None and Path(path).is_file():
+            stat = Path(path).stat()
+            for model_id, fit in _profile_fits(str(path), stat.st_mtime_ns, stat.st_size).items():
+                fits.setdefault(model_id, fit)
+    intercept, slope = [], []
+    for entry in zoo.menu:
+        fit = fits.get(entry.id)
+        a, s = (max(float(fit["intercept_ms"]), 0.0), max(float(fit["slope_ms"]), 0.0)) if fit else (0.0, 0.0)
+        if a + s > 0:
+            intercept.append(a * entry.latency_ms / (a + s))
+            slope.append(s * entry.latency_ms / (a + s))
+        else:
+            intercept.append(0.0)
+            slope.append(entry.latency_ms)
+    return np.array(intercept), np.array(slope)
+
+
+@functools.lru_cache(maxsize=32)
+def _profile_fits(path: str, mtime_ns: int, size: int) -> dict[str, dict]:
+    """Each model's batch fit in a profile file (read once per version of the file: every cell key asks)."""
+    return {model_id: entry["fit"] for model_id, entry in load_profile(Path(path))["models"].items() if "fit" in entry}
+
+
+_CAPACITY: dict[tuple, float] = {}
+
+
+def service_capacity(server: Server, intercept: np.ndarray, slope: np.ndarray, max_batch: int) -> float:
+    """Requests per ms the undefended service sustains on the benign spec mix (see :func:`capacity`).
+
+    The mix's share of each model is estimated from ``CAPACITY_SAMPLE`` benign specs drawn with a
+    fixed generator, so the capacity is a property of the zoo, profile and policy, not of a seed.
+    """
+    key = (str(server.zoo.directory), server.zoo.profile_name, server.policy.name, tuple(intercept), tuple(slope),
+           max_batch)
+    if key not in _CAPACITY:
+        specs = benign_specs(server._accuracy, server._latency, server.spec_range, CAPACITY_SAMPLE,
+                             np.random.default_rng(0))
+        requested = server.requested(np.array([s.min_accuracy for s in specs]),
+                                     np.array([s.max_latency_ms for s in specs]))
+        shares = np.bincount(requested, minlength=len(server.menu)).astype(float)
+        _CAPACITY[key] = capacity(intercept, slope, shares, max_batch)
+    return _CAPACITY[key]
+
+
+class PoolAnswers:
+    """Every zoo model's answers on the attacker's pool split, computed once per zoo and kept on disk.
+
+    Benign requests are answered from here. They are the outputs of a forward pass over the pool
+    in batches of ``FORWARD_BATCH`` on one thread, bit-identical to a live pass over the same
+    batches; a live pass over other batch compositions differs by float rounding only (at most
+    3.2e-7 on the fmnist-compact zoo, no argmax changed; ``tests/test_service.py``), so the attacker's own
+    queries keep their live forward pass, exactly as without benign traffic.
+
+    On a GPU they are computed there, once per process, and kept in memory only: a GPU's rounding
+    is its own, so the file holds the CPU's answers alone.
+    """
+
+    _OPEN: dict[tuple[str, str], PoolAnswers] = {}
+
+    def __init__(self, zoo: Zoo, device: torch.device | str = "cpu"):
+        device = torch.device(device)
+        path = zoo.directory / POOL_ANSWERS
+        ids = [e.id for e in zoo.menu]
+        stored = load_file(str(path)) if path.is_file() and device.type == "cpu" else {}
+        if set(stored) != set(ids):
+            stored = {model_id: self.compute(zoo, model_id, device) for model_id in ids}
+            if device.type == "cpu":
+                _save_atomically(path, stored)
+        self.probabilities = stored
+
+    @staticmethod
+    @torch.no_grad()
+    def compute(zoo: Zoo, model_id: str, device: torch.device | str = "cpu") -> torch.Tensor:
+        """``model_id``'s answers on the whole pool, as a cell's one thread computes them on ``device``."""
+        server = Server(zoo, defense=None, rng=np.random.default_rng(0), model_ids=[model_id], device=device)
+        pool = zoo.splits["attacker_x"]
+        with intra_op_threads(1):
+            return server.forward(pool, np.zeros(len(pool), dtype=np.int64))
+
+    @classmethod
+    def of(cls, zoo: Zoo, device: torch.device | str = "cpu") -> PoolAnswers:
+        """The zoo's pool answers on ``device`` (loaded or computed once per process)."""
+        key = (str(zoo.directory), torch.device(device).type)
+        if key not in cls._OPEN:
+            cls._OPEN[key] = cls(zoo, device)
+        return cls._OPEN[key]
+
+
+def _save_atomically(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """Write ``tensors`` to ``path`` through a rename (two workers may write it at once); keep quiet
+    about a read-only zoo cache (the caller keeps them in memory)."""
+    try:
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
+        os.replace(tmp, path)
+    except OSError:
+        pass
+
+
+class _BenignStream:
+    """The benign requests of a cell, generated lazily in fixed chunks (so the stream does not depend
+    on how far it is read)."""
+
+    def __init__(self, rate_per_ms: float, clients: np.ndarray, pool_size: int, server: Server, seed: int):
+        self.rate, self.clients, self.pool_size, self.server = rate_per_ms, clients, pool_size, server
+        self._arrivals = np.random.default_rng([seed, 6])
+        self._specs = np.random.default_rng([seed, 3])
+        self.times, self.client, self.pool_row = np.empty(0), np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
+        self.min_accuracy, self.max_latency = np.empty(0), np.empty(0)
+        self.routed = 0
+
+    def _extend(self) -> None:
+        last = self.times[-1] if len(self.times) else 0.0
+        gaps = self._arrivals.exponential(1.0 / self.rate, BENIGN_CHUNK)
+        client = self.clients[self._arrivals.integers(len(self.clients), size=BENIGN_CHUNK)]
+        rows = self._arrivals.integers(self.pool_size, size=BENIGN_CHUNK)
+        specs = benign_specs(self.server._accuracy, self.server._latency, self.server.spec_range, BENIGN_CHUNK,
+                             self._specs)
+        self.times = np.concatenate([self.times, last + np.cumsum(gaps)])
+        self.client = np.concatenate([self.client, client])
+        self.pool_row = np.concatenate([self.pool_row, rows])
+        self.min_accuracy = np.concatenate([self.min_accuracy, [s.min_accuracy for s in specs]])
+        self.max_latency = np.concatenate([self.max_latency, [s.max_latency_ms for s in specs]])
+
+    def time_of(self, index: int) -> float:
+        """Arrival time of the stream's request ``index`` (0-based), generated if need be."""
+        while len(self.times) <= index:
+            self._extend()
+        return float(self.times[index])
+
+    def next_time(self) -> float:
+        """Arrival time of the next request not yet routed."""
+        while self.routed >= len(self.times):
+            self._extend()
+        return float(self.times[self.routed])
+
+    def take_until(self, time_ms: float) -> slice:
+        """The requests arriving at or before ``time_ms`` not yet routed (marked routed)."""
+        while self.next_time() <= time_ms and self.times[-1] <= time_ms:
+            self._extend()
+        end = int(np.searchsorted(self.times, time_ms, side="right"))
+        taken = slice(self.routed, max(end, self.routed))
+        self.routed = taken.stop
+        return taken
+
+
+class Service:
+    """The attacker's and the benign clients' service of one cell (see the module docstring).
+
+    Args:
+        zoo: the built zoo.
+        defense: the cell's defense instance (one for every client).
+        config: load, clients and batching.
+        seed: the cell's seed.
+        budget: the attacker's query budget (counted at the server).
+        policy: the routing policy.
+        benign_queries: the fewest benign requests the cell sends; the benign stream also runs at
+            least as long as the attacker does.
+        victim_id: for an attack with ``access = "victim"``, the one model its queries reach (it
+            still shares that model's worker with the benign clients).
+        device: where the models' forward passes run.
+    """
+
+    def __init__(self, zoo: Zoo, *, defense, config: ServiceConfig, seed: int, budget: int, policy: str = "infaas",
+                 benign_queries: int = 1000, victim_id: str | None = None, device: torch.device | str = "cpu"):
+        self.zoo, self.config, self.benign_queries = zoo, config, benign_queries
+        self.benign_server = Server(zoo, defense=defense, rng=np.random.default_rng([seed, 4]), policy=policy,
+                                    device=device)
+        self.server = Server(zoo, defense=defense, rng=np.random.default_rng([seed, 2]), budget=budget,
+                             model_ids=[victim_id] if victim_id else None, policy=policy, device=device)
+        self.defense = defense
+        self.menu_index = np.array([[e.id for e in self.benign_server.menu].index(e.id) for e in self.server.menu])
+        intercept, slope = service_times(zoo)
+        self.intercept, self.slope = intercept, slope
+        self.capacity_per_ms = service_capacity(self.benign_server, intercept, slope, config.max_batch)
+        rate = config.load * self.capacity_per_ms
+        ids = opaque_client_ids(seed, config.benign_clients + 1)
+        self.attacker_id, self.benign_ids = int(ids[0]), ids[1:]
+        self.answers = PoolAnswers.of(zoo, device)
+        self.benign = _BenignStream(rate, self.benign_ids, len(zoo.splits["attacker_x"]), self.benign_server, seed)
+        self.attacker_pace_ms = config.benign_clients / (config.attacker_rate * rate)
+        self.batching = config.batching(self.benign_server.spec_range.latency_ms[1])
+        self.simulator = BatchingSimulator(intercept, slope, self.batching)
+        self.clock = 0.0
+        self._benign: list[tuple[slice, Served, np.ndarray]] = []
+        self._attacker_requests: list[tuple[np.ndarray, np.ndarray]] = []  # (arrival, requested full-menu index)
+        self.detections: dict[int, int] = {}  # client -> its requests sent when first detected
+        self._sent: dict[int, int] = {}
+        self.last_refused = torch.zeros(0, dtype=torch.bool)
+        self.last_latency_ms: torch.Tensor | None = None
+
+    # --- the attacker's side ----------------------------------------------------------------------
+
+    @property
+    def used(self) -> int:
+        return self.server.used
+
+    @property
+    def remaining(self) -> int | None:
+        return self.server.remaining
+
+    @property
+    def log(self):
+        return self.server.log
+
+    @property
+    def spec_range(self):
+        return self.server.spec_range
+
+    @property
+    def menu(self):
+        return self.server.menu
+
+    def pool_answers(self, pool_rows: np.ndarray, served: np.ndarray) -> torch.Tensor:
+        """The answers of the models at menu indices ``served`` to the pool inputs at ``pool_rows``."""
+        menu = self.benign_server.menu
+        result = torch.empty(len(served), self.zoo.num_classes)
+        for index in np.unique(served):
+            chosen = np.flatnonzero(served == index)
+            result[torch.from_numpy(chosen)] = self.answers.probabilities[menu[index].id][
+                torch.from_numpy(pool_rows[chosen])]
+        return result
+
+    def query(self, inputs, spec: Spec | Sequence[Spec], purpose: str = "extract") -> torch.Tensor:
+        """One attacker call: arrives now on the clock, is served, and moves the clock past its answers."""
+        now = self.clock
+        requests = self.server.check(inputs, spec, self.attacker_id, now)
+        n = len(requests)
+        self._route_benign(now)
+        served = self.server.serve(requests, self.server.rng)  # a live forward pass, as without benign traffic
+        self._note_detections(requests)
+        answered = np.flatnonzero(~served.refused)
+        # the call's rows reach the model queues at the attacker's pace, from now on
+        arrivals = now + np.arange(n) * self.attacker_pace_ms
+        self._attacker_requests.append((arrivals, self.menu_index[served.requested]))
+        latency = torch.full((n,), float("nan"), dtype=torch.float64)
+        done = now
+        if len(answered):
+            sim_ids = self.simulator.add(arrivals[answered], self.menu_index[served.served[answered]])
+            completion = self._complete(sim_ids)
+            finished = np.isfinite(completion)
+            latency[torch.from_numpy(answered[finished])] = torch.from_numpy((completion - arrivals[answered])[finished])
+            # the call is over when its last row came back or was dropped (a drop is decided when
+            # its worker would have dispatched it)
+            decided = max(self.simulator.last_dispatch_ms(int(m)) for m in np.unique(self.simulator.model_of(sim_ids)))
+            done = max(float(completion[finished].max()) if finished.any() else now,
+                       float(np.nextafter(decided, math.inf)))  # strictly after: a batch at t takes arrivals at t
+            if not finished.all():  # dropped by an overloaded worker: answered as refused
+                lost = answered[~finished]
+                refused, served_ids, answers = served.refused.copy(), served.served.copy(), served.answers.clone()
+                refused[lost], served_ids[lost] = True, -1
+                answers[torch.from_numpy(lost)] = float("nan")
+                served = replace(served, refused=refused, served=served_ids, answers=answers)
+        self.server.record(served, purpose)
+        self.clock = max(now + n * self.attacker_pace_ms, done)
+        self.last_refused = torch.from_numpy(served.refused.copy())
+        self.last_latency_ms = latency if self.config.latency_visible else None
+        return served.answers
+
+    def _complete(self, ids: np.ndarray) -> np.ndarray:
+        """Step the workers holding ``ids`` batch by batch, in time order, routing benign arrivals first."""
+        simulator = self.simulator
+        models = simulator.model_of(ids)
+        while True:
+            completion = simulator.completion_of(ids)
+            open_models = sorted({int(m) for m in models[np.isnan(completion)]})
+            if not open_models:
+                return completion
+            model = min(open_models, key=simulator.next_dispatch_ms)
+            dispatch = simulator.next_dispatch_ms(model)
+            if self.benign.next_time() <= dispatch:
+                self._route_benign(dispatch)
+                continue
+            simulator.dispatch(model)
+
+    # --- the benign side ----------------------------------------------------------------------------
+
+    def _route_benign(self, until_ms: float) -> None:
+        """Route every benign request arriving at or before ``until_ms`` (in arrival order) and queue it."""
+        if self.benign.next_time() > until_ms:
+            return
+        taken = self.benign.take_until(until_ms)
+        stream = self.benign
+        rows = stream.pool_row[taken]
+        requests = Requests(stream.client[taken], self.zoo.splits["attacker_x"][torch.from_numpy(rows)],
+                            stream.min_accuracy[taken], stream.max_latency[taken], stream.times[taken])
+        served = self.benign_server.serve(requests, self.benign_server.rng,
+                                          lambda positions, models: self.pool_answers(rows[positions], models))
+        self._note_detections(requests)
+        answered = np.flatnonzero(~served.refused)
+        sim_ids = np.full(len(rows), -1, dtype=np.int64)
+        sim_ids[answered] = self.simulator.add(requests.arrival_ms[answered], served.served[answered])
+        self._benign.append((taken, served, sim_ids))
+
+    def _note_detections(self, requests: Requests) -> None:
+        clients, counts = np.unique(requests.clients, return_counts=True)
+        for client, count in zip(clients.tolist(), counts.tolist()):
+            self._sent[client] = self._sent.get(client, 0) + count
+        for client in self.defense.detected:
+            if client not in self.detections:
+                self.detections[client] = self._sent.get(client, 0)
+
+    def finish(self) -> None:
+        """Send the rest of the benign stream (at least ``benign_queries`` requests, and until the
+        attacker's last answer), then serve everything still queued."""
+        self._route_benign(max(self.clock, self.benign.time_of(self.benign_queries - 1)))
+        self.simulator.finish()
+
+    # --- metrics -----------------------------------------------------------------------------------
+
+    def benign_outcome(self) -> dict[str, np.ndarray]:
+        """Per benign request, after :meth:`finish`: what happened to it (harness only)."""
+        stream = self.benign
+        taken = [t for t, _, _ in self._benign]
+        index = np.concatenate([np.arange(t.start, t.stop) for t in taken]) if taken else np.empty(0, dtype=np.int64)
+        served = [s for _, s, _ in self._benign]
+        sim_ids = np.concatenate([i for _, _, i in self._benign]) if taken else np.empty(0, dtype=np.int64)
+        completion = np.full(len(sim_ids), np.nan)
+        completion[sim_ids >= 0] = self.simulator.completion_of(sim_ids[sim_ids >= 0])
+        return {
+            "client": stream.client[index], "pool_row": stream.pool_row[index], "arrival": stream.times[index],
+            "min_accuracy": stream.min_accuracy[index], "max_latency": stream.max_latency[index],
+            "refused": np.concatenate([s.refused for s in served]) if served else np.empty(0, dtype=bool),
+            "served": np.concatenate([s.served for s in served]) if served else np.empty(0, dtype=np.int64),
+            "requested": np.concatenate([s.requested for s in served]) if served else np.empty(0, dtype=np.int64),
+            "meets_spec": np.concatenate([s.meets_spec for s in served]) if served else np.empty(0, dtype=bool),
+            "answers": torch.cat([s.answers for s in served]) if served else torch.empty(0, self.zoo.num_classes),
+            "raw": torch.cat([s.raw for s in served]) if served else torch.empty(0, self.zoo.num_classes),
+            "latency": completion - stream.times[index],
+        }
+
+    def undefended_latency(self, outcome: dict[str, np.ndarray]) -> np.ndarray:
+        """Per benign request, its latency had the same requests, at the same times, been routed with no defense."""
+        times = np.concatenate([outcome["arrival"]] + [t for t, _ in self._attacker_requests])
+        models = np.concatenate([outcome["requested"]] + [m for _, m in self._attacker_requests]).astype(np.int64)
+        simulator = BatchingSimulator(self.intercept, self.slope, self.batching)
+        simulator.add(times, models)
+        simulator.finish()
+        return simulator.completion_ms[:len(outcome["arrival"])] - outcome["arrival"]

@@ -1,0 +1,337 @@
+"""Deterministic discrete-event simulation of model workers with FIFO queues and dynamic batching.
+
+The clock is simulated and counts milliseconds. Each of ``M`` models has one worker and one FIFO
+queue; a request is an arrival time and a model index, and a model's requests are served in order
+of arrival (ties: in order of insertion). Models do not share workers, so each queue evolves alone.
+
+Batching rule (as in Triton's dynamic batcher, Clockwork and INFaaS), with ``B = max_batch`` and
+``W = max_wait_ms``. Whenever a model's queue is non-empty, its next batch is dispatched at::
+
+    d = max(F, min(a + W, f))
+
+where ``F`` is when the worker became free (the completion of its previous batch; ``-inf`` before
+the first), ``a`` is the arrival of the oldest waiting request and ``f`` the arrival of the B-th
+oldest waiting request (the moment the queue reaches B requests; ``+inf`` while fewer than B have
+been added). The batch is the oldest waiting requests with arrival ``<= d``, at most B of them.
+So the worker waits for the batch to fill, but dispatches no later than W after the oldest request
+arrived, or as soon as it is free if that is later. With a ``timeout_ms`` T, a request that would
+be dispatched later than T after its arrival is dropped instead (its completion is ``inf``; it
+takes no service time) and the rule is applied again to the next one: the overload protection of
+real servers (Triton's queue timeout, Clockwork's dropping of requests that can no longer meet
+their SLO), which also keeps an overloaded simulation finite. With ``B = 1`` this is a FIFO single server.
+A batch of ``b`` on model ``m`` takes ``intercept_ms[m] + slope_ms[m] * b`` and every request in it
+completes at ``d`` plus that; a request's latency is its completion minus its arrival.
+
+Incremental use: requests may be added at any time, provided each arrives after the last batch
+its model already dispatched (a request arriving at or before that dispatch would have joined
+it); ``add`` refuses any other. ``completion()`` dispatches the batches a set of requests needs;
+the serving system instead steps models one batch at a time in global time order
+(:meth:`BatchingSimulator.next_dispatch_ms`, :meth:`BatchingSimulator.dispatch`), adding the
+requests that arrive before each dispatch first. Either way the results equal a one-shot run.
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_left, bisect_right
+from dataclasses import dataclass, field
+from numbers import Integral, Real
+
+import numpy as np
+
+from ..contract.errors import ConfigError
+
+# Up to this many requests, joining a model's pending queue one list.insert at a time beats a
+# numpy merge of the whole pending tail.
+_INSERT_ONE_BY_ONE = 64
+
+
+@dataclass(frozen=True)
+class BatchingConfig:
+    """Dynamic batching parameters shared by every model's worker."""
+
+    max_batch: int = 8
+    max_wait_ms: float = 2.0
+    timeout_ms: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.timeout_ms is not None and (isinstance(self.timeout_ms, bool) or not isinstance(self.timeout_ms, Real)
+                                            or not self.timeout_ms > 0):
+            raise ConfigError(f"BatchingConfig.timeout_ms must be None or a number > 0, got {self.timeout_ms!r}")
+        if isinstance(self.max_batch, bool) or not isinstance(self.max_batch, Integral) or self.max_batch < 1:
+            raise ConfigError(f"BatchingConfig.max_batch must be an integer >= 1, got {self.max_batch!r}")
+        if (isinstance(self.max_wait_ms, bool) or not isinstance(self.max_wait_ms, Real)
+                or not math.isfinite(self.max_wait_ms) or self.max_wait_ms < 0):
+            raise ConfigError(f"BatchingConfig.max_wait_ms must be a finite number >= 0, got {self.max_wait_ms!r}")
+
+
+@dataclass
+class _Queue:
+    """One model's requests sorted by (arrival, id); those before ``head`` have been served."""
+
+    times: list[float] = field(default_factory=list)
+    ids: list[int] = field(default_factory=list)
+    head: int = 0
+    free_at: float = -math.inf
+    dispatched_at: float = -math.inf
+
+
+def _service_arrays(intercept_ms: np.ndarray, slope_ms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    intercept = np.asarray(intercept_ms, dtype=float)
+    slope = np.asarray(slope_ms, dtype=float)
+    if intercept.ndim != 1 or intercept.shape != slope.shape or len(intercept) == 0:
+        raise ConfigError(f"intercept_ms and slope_ms must be non-empty 1-D arrays of one length, "
+                          f"got shapes {intercept.shape} and {slope.shape}")
+    if not (np.isfinite(intercept).all() and np.isfinite(slope).all() and (intercept >= 0).all()
+            and (slope >= 0).all() and (intercept + slope > 0).all()):
+        # A zero service time would let a batch complete at its dispatch, when a request added
+        # at that instant could still have joined it; incremental runs rely on it being positive.
+        raise ConfigError("intercept_ms and slope_ms must be finite and >= 0, with intercept + slope > 0 per model")
+    return intercept, slope
+
+
+class BatchingSimulator:
+    """FIFO queues with dynamic batching, one worker per model, simulated batch by batch."""
+
+    def __init__(self, intercept_ms: np.ndarray, slope_ms: np.ndarray, config: BatchingConfig | None = None):
+        self._intercept, self._slope = _service_arrays(intercept_ms, slope_ms)
+        self.config = config if config is not None else BatchingConfig()
+        self._queues = [_Queue() for _ in range(len(self._intercept))]
+        self._committed = -math.inf
+        self._count = 0
+        self._arrival = np.empty(0)
+        self._model = np.empty(0, dtype=np.int64)
+        self._completion = np.empty(0)
+        self._batch = np.empty(0, dtype=np.int64)
+
+    @property
+    def num_models(self) -> int:
+        """Number of models (each with one worker)."""
+        return len(self._queues)
+
+    @property
+    def committed_ms(self) -> float:
+        """Latest completion of any dispatched batch; added requests must not arrive earlier."""
+        return self._committed
+
+    @property
+    def arrival_ms(self) -> np.ndarray:
+        """Arrival time of every added request, indexed by request id (a copy)."""
+        return self._arrival[:self._count].copy()
+
+    @property
+    def model(self) -> np.ndarray:
+        """Model index of every added request, indexed by request id (a copy)."""
+        return self._model[:self._count].copy()
+
+    @property
+    def completion_ms(self) -> np.ndarray:
+        """Completion time per request id; NaN while not yet served (a copy)."""
+        return self._completion[:self._count].copy()
+
+    @property
+    def dropped(self) -> np.ndarray:
+        """Per request id, whether it was dropped (waited past ``timeout_ms``)."""
+        return np.isinf(self._completion[:self._count])
+
+    @property
+    def batch_size(self) -> np.ndarray:
+        """Size of the batch each request was served in; 0 while not yet served (a copy)."""
+        return self._batch[:self._count].copy()
+
+    def add(self, times: np.ndarray, models: np.ndarray) -> np.ndarray:
+        """Adds requests arriving at ``times`` (ms) for ``models``; returns their ids, in order."""
+        times = np.asarray(times, dtype=float).ravel()
+        models = np.asarray(models).ravel()
+        if times.shape != models.shape:
+            raise ValueError(f"times and models differ in length ({len(times)} vs {len(models)})")
+        if not np.isfinite(times).all():
+            raise ValueError("arrival times must be finite")
+        if len(models) and (not np.issubdtype(models.dtype, np.integer) or models.min() < 0
+                            or models.max() >= self.num_models):
+            raise ValueError(f"model indices must be integers in [0, {self.num_models})")
+        if len(times):
+            last_dispatch = np.array([q.dispatched_at for q in self._queues])[models.astype(np.int64)]
+            late = times <= last_dispatch
+            if late.any():
+                first_late = int(np.flatnonzero(late)[0])
+                raise ValueError(f"arrival {times[first_late]!r} ms is at or before model {int(models[first_late])}'s "
+                                 f"last dispatch at {last_dispatch[first_late]!r} ms: a request must arrive after "
+                                 "every batch its model already dispatched")
+        first, n = self._count, len(times)
+        ids = np.arange(first, first + n, dtype=np.int64)
+        self._reserve(first + n)
+        self._arrival[first:first + n] = times
+        self._model[first:first + n] = models
+        self._completion[first:first + n] = np.nan
+        self._batch[first:first + n] = 0
+        self._count += n
+        # lexsort is stable: within a model, equal times keep their (ascending) ids.
+        order = np.lexsort((times, models))
+        sorted_models = models[order]
+        bounds = np.flatnonzero(np.diff(sorted_models)) + 1
+        for group in np.split(order, bounds) if n else ():
+            self._enqueue(self._queues[int(models[group[0]])], times[group], ids[group])
+        return ids
+
+    def completion(self, ids: np.ndarray) -> np.ndarray:
+        """Simulates just far enough for requests ``ids`` to complete; returns their completion times."""
+        ids = np.asarray(ids)
+        if ids.size == 0:
+            return np.empty(ids.shape)
+        if (not np.issubdtype(ids.dtype, np.integer) or ids.min() < 0 or ids.max() >= self._count):
+            raise ValueError(f"request ids must be integers in [0, {self._count})")
+        flat = ids.ravel()
+        waiting = flat[np.isnan(self._completion[flat])]
+        if waiting.size:
+            # Per model, serving the latest asked request in (arrival, id) order serves the others.
+            order = np.lexsort((waiting, self._arrival[waiting], self._model[waiting]))
+            last = order[np.r_[np.flatnonzero(np.diff(self._model[waiting[order]])), len(order) - 1]]
+            for request in waiting[last].tolist():
+                queue = self._queues[int(self._model[request])]
+                position = bisect_left(queue.times, float(self._arrival[request]), queue.head)
+                while queue.ids[position] != request:  # only equal arrival times lie between
+                    position += 1
+                self._advance(int(self._model[request]), position + 1)
+        return self._completion[flat].reshape(ids.shape)
+
+    def completion_of(self, ids: np.ndarray) -> np.ndarray:
+        """Completion time of requests ``ids`` as simulated so far (NaN: not yet served; ``inf``: dropped)."""
+        return self._completion[ids].copy()
+
+    def model_of(self, ids: np.ndarray) -> np.ndarray:
+        """Model index of requests ``ids``."""
+        return self._model[ids].copy()
+
+    def last_dispatch_ms(self, model: int) -> float:
+        """When ``model`` last dispatched a batch or dropped a request (``-inf``: never)."""
+        return self._queues[model].dispatched_at
+
+    def pending(self, model: int) -> int:
+        """Requests queued on ``model`` and not yet dispatched."""
+        queue = self._queues[model]
+        return len(queue.times) - queue.head
+
+    def next_dispatch_ms(self, model: int) -> float:
+        """When ``model`` dispatches its next batch if no further request arrives first (``inf``: none queued)."""
+        queue = self._queues[model]
+        if queue.head >= len(queue.times):
+            return math.inf
+        return self._next_batch(queue)[0]
+
+    def dispatch(self, model: int) -> None:
+        """Dispatches ``model``'s next batch (callers add every request arriving before it first)."""
+        queue = self._queues[model]
+        if queue.head < len(queue.times):
+            self._advance(model, queue.head + 1)
+
+    def finish(self) -> None:
+        """Serves every request still queued."""
+        for model, queue in enumerate(self._queues):
+            self._advance(model, len(queue.times))
+
+    def _reserve(self, size: int) -> None:
+        if size <= len(self._arrival):
+            return
+        capacity = max(size, 2 * len(self._arrival), 1024)
+        for name in ("_arrival", "_model", "_completion", "_batch"):
+            old = getattr(self, name)
+            grown = np.empty(capacity, dtype=old.dtype)
+            grown[:self._count] = old[:self._count]
+            setattr(self, name, grown)
+
+    @staticmethod
+    def _enqueue(queue: _Queue, times: np.ndarray, ids: np.ndarray) -> None:
+        if not queue.times or times[0] >= queue.times[-1]:
+            # The common case (benign requests in time order, attacker requests after them): new
+            # ids are larger than every queued one, so appending keeps (arrival, id) order.
+            queue.times.extend(times.tolist())
+            queue.ids.extend(ids.tolist())
+        elif len(times) <= _INSERT_ONE_BY_ONE:
+            for time, request in zip(times.tolist(), ids.tolist()):
+                position = bisect_right(queue.times, time, queue.head)
+                queue.times.insert(position, time)
+                queue.ids.insert(position, request)
+        else:
+            tail_times = np.concatenate([np.array(queue.times[queue.head:], dtype=float), times])
+            tail_ids = np.concatenate([np.array(queue.ids[queue.head:], dtype=np.int64), ids])
+            order = np.lexsort((tail_ids, tail_times))
+            queue.times[queue.head:] = tail_times[order].tolist()
+            queue.ids[queue.head:] = tail_ids[order].tolist()
+
+    def _advance(self, model: int, stop: int) -> None:
+        """Dispatches batches of ``model`` until its first ``stop`` queued requests are served."""
+        queue = self._queues[model]
+        times, head, free_at = queue.times, queue.head, queue.free_at
+        count = len(times)
+        if head >= stop:
+            return
+        max_batch, max_wait = self.config.max_batch, float(self.config.max_wait_ms)
+        intercept, slope = float(self._intercept[model]), float(self._slope[model])
+        start, sizes, completions = head, [], []
+        dispatch = -math.inf
+        # The hot loop runs once per batch on Python floats: numpy scalars would cost more here.
+        timeout = self.config.timeout_ms
+        while head < stop:
+            dispatch = times[head] + max_wait
+            filled = head + max_batch - 1
+            if filled < count and times[filled] < dispatch:
+                dispatch = times[filled]
+            if free_at > dispatch:
+                dispatch = free_at
+            if timeout is not None and dispatch - times[head] > timeout:
+                sizes.append(0)
+                completions.append(math.inf)
+                head += 1
+                continue
+            end = bisect_right(times, dispatch, head, min(head + max_batch, count))
+            free_at = dispatch + intercept + slope * (end - head)
+            sizes.append(end - head)
+            completions.append(free_at)
+            head = end
+        served = np.array(queue.ids[start:head], dtype=np.int64)
+        per_request = np.maximum(sizes, 1)  # a dropped request is a batch of none, one entry wide
+        self._completion[served] = np.repeat(completions, per_request)
+        self._batch[served] = np.repeat(sizes, per_request)
+        queue.head, queue.free_at, queue.dispatched_at = head, free_at, dispatch
+        self._committed = max(self._committed, free_at)
+
+    def _next_batch(self, queue: _Queue) -> tuple[float, int]:
+        """(dispatch time, end position) of ``queue``'s next batch, by the module's batching rule (the
+        time at which its oldest request is dropped instead, if it timed out)."""
+        times, head, count = queue.times, queue.head, len(queue.times)
+        max_batch = self.config.max_batch
+        dispatch = times[head] + float(self.config.max_wait_ms)
+        filled = head + max_batch - 1
+        if filled < count and times[filled] < dispatch:
+            dispatch = times[filled]
+        dispatch = max(dispatch, queue.free_at)
+        return dispatch, bisect_right(times, dispatch, head, min(head + max_batch, count))
+
+
+def capacity(intercept_ms: np.ndarray, slope_ms: np.ndarray, shares: np.ndarray, max_batch: int) -> float:
+    """Total arrival rate (requests/ms) at which the busiest model saturates under a request mix.
+
+    Model m serves at most ``max_batch / (intercept_ms[m] + slope_ms[m] * max_batch)`` requests
+    per ms (full batches back to back) and receives a fraction ``shares[m]`` of the traffic, so the
+    capacity is the minimum over models with ``shares[m] > 0`` of that rate divided by
+    ``shares[m]``. Shares are normalised to sum to one.
+    """
+    intercept, slope = _service_arrays(intercept_ms, slope_ms)
+    BatchingConfig(max_batch=max_batch)  # validates max_batch
+    shares = np.asarray(shares, dtype=float)
+    if shares.shape != intercept.shape or not np.isfinite(shares).all() or (shares < 0).any() or shares.sum() <= 0:
+        raise ConfigError(f"shares must be {len(intercept)} finite non-negative numbers with a positive sum")
+    shares = shares / shares.sum()
+    used = shares > 0
+    per_model = max_batch / (intercept[used] + slope[used] * max_batch)
+    return float(np.min(per_model / shares[used]))
+
+
+def poisson_arrivals(rate_per_ms: float, n: int, rng: np.random.Generator, start: float = 0.0) -> np.ndarray:
+    """Arrival times (ms) of the first ``n`` events of a Poisson process of ``rate_per_ms`` after ``start``."""
+    if not (math.isfinite(rate_per_ms) and rate_per_ms > 0):
+        raise ConfigError(f"rate_per_ms must be a finite number > 0, got {rate_per_ms!r}")
+    if n < 0:
+        raise ConfigError(f"n must be >= 0, got {n!r}")
+    return start + np.cumsum(rng.exponential(1.0 / rate_per_ms, size=n))

@@ -1,0 +1,1 @@
+"""Zoos: config, data, training, build, latency profiles, and the opened zoo."""
