@@ -58,6 +58,26 @@ def _cmd_zoo_build(args: argparse.Namespace) -> int:
     return _show(args.name, args.cache)
 
 
+def _cmd_zoo_export(args: argparse.Namespace) -> int:
+    from .zoo.archive import export_zoo
+    from .zoo.build import open_zoo
+
+    zoo = open_zoo(args.name, args.cache, build=False, progress=False)
+    written = export_zoo(zoo.directory, Path(args.file))
+    print(f"zoo {written.zoo} exported to {written.archive} ({len(written.files)} files, sha256 {written.sha256}); "
+          f"import it with: psml-bench zoo import {written.archive} --sha256 {written.sha256}")
+    return 0
+
+
+def _cmd_zoo_import(args: argparse.Namespace) -> int:
+    from .zoo.archive import import_zoo
+
+    installed = import_zoo(args.source, args.cache, sha256=args.sha256, config=args.config, force=args.force)
+    print(f"zoo {installed.zoo} imported into {installed.directory}: {len(installed.files)} files, every hash "
+          f"checked (archive sha256 {installed.sha256})")
+    return _show(installed.zoo if args.config is None else args.config, args.cache)
+
+
 def _profile_table(path: Path) -> str:
     from .zoo.profiling import load_profile
 
@@ -311,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "(cuda when available); a cell's key and row name a device other than the CPU")
     run.set_defaults(func=_cmd_run)
 
-    zoo = commands.add_parser("zoo", help="build, show or profile a zoo").add_subparsers(dest="zoo_command",
+    zoo = commands.add_parser("zoo", help="build, show, profile, export or import a zoo").add_subparsers(dest="zoo_command",
                                                                                            required=True)
     data_help = ("local copy of the dataset: a directory (parquet files, save_to_disk, or IDX files for fmnist) "
                  "or SPLIT=FILE.parquet,... (default: the config's environment variable, else the Hub)")
@@ -324,6 +344,16 @@ def build_parser() -> argparse.ArgumentParser:
                        help="models trained side by side, each on the config's build.threads threads (default 0: "
                             "CPU cores // threads); the weights are the same for every value")
     build.set_defaults(func=_cmd_zoo_build)
+    export = zoo.add_parser("export", help="write a built zoo (card, weights, splits, predictions, hashes) to one file")
+    export.add_argument("name")
+    export.add_argument("file", metavar="FILE", help="the archive to write (a tar)")
+    export.set_defaults(func=_cmd_zoo_export)
+    imported = zoo.add_parser("import", help="install a zoo archive (a file or URL) after checking every hash")
+    imported.add_argument("source", metavar="FILE|URL")
+    imported.add_argument("--sha256", default=None, help="the archive's sha256 (required for a URL; export prints it)")
+    imported.add_argument("--config", default=None, help="the zoo config it was built from (default: the shipped one)")
+    imported.add_argument("--force", action="store_true", help="replace a zoo of the same config already in the cache")
+    imported.set_defaults(func=_cmd_zoo_import)
     show = zoo.add_parser("show", help="print a zoo's card (or its plan, when not built) and its committed profiles")
     show.add_argument("name")
     show.set_defaults(func=_cmd_zoo_show)
