@@ -28,6 +28,7 @@ from ..isolation.attack_process import AttackLocator, run_attack
 from ..plugins.manifests import load_submissions
 from ..contract.registries import STRATEGIES
 from .sanity import defense_flags, surrogate_flags
+from ..serving.eval_guard import EvalInputGuard
 from ..serving.service import Service, service_times
 from ..contract.target import Knowledge
 from ..extraction.surrogate import Surrogate, weights_digest
@@ -38,7 +39,7 @@ log = logging.getLogger(__name__)
 
 SURROGATE_METRICS = ("fidelity", "accuracy", "accuracy_norm", "kl", "l1")
 ATTACK_METRICS = ("queries", "fingerprint_queries", "victim_hit_rate", "fingerprint_accuracy", "detected",
-                  "queries_to_detection")
+                  "queries_to_detection", "eval_queries")
 COST_METRICS = ("goodput", "spec_goodput", "latency_p50_ms", "latency_p99_ms", "refused_benign", "dropped_benign",
                 "false_positive_clients", "benign_accuracy_drop", "perturbation", "latency_overhead",
                 "benign_requests")
@@ -233,6 +234,7 @@ def run_cell(zoo: Zoo, grid: GridConfig, cell: Cell, *, timeout_s: float | None 
     service = Service(zoo, defense=defense, config=cell.service, seed=cell.seed, budget=cell.budget,
                       policy=grid.policy, benign_queries=grid.benign_queries,
                       victim_id=victim_id if cell.attack_plugin.access == "victim" else None, device=device)
+    service.server.eval_guard = EvalInputGuard(zoo.splits["test_x"], zoo.splits["attacker_x"])
     knowledge = Knowledge(input_shape=zoo.input_shape, num_classes=zoo.num_classes, spec_range=service.spec_range,
                           pool=zoo.splits["attacker_x"], role=cell.victim,
                           latency_visible=cell.service.latency_visible, device=device.type)
@@ -262,6 +264,8 @@ def run_cell(zoo: Zoo, grid: GridConfig, cell: Cell, *, timeout_s: float | None 
         costs = dict.fromkeys(COST_METRICS, float("nan"))
         if row["status"] == "ok":
             row.update(status="failed", error=f"defense failed on the benign workload: {type(exc).__name__}: {exc}")
+    if service.server.eval_guard.count:
+        flags.append(f"queried {service.server.eval_guard.count} inputs the cell is scored on (eval_queries)")
     victim_index = [e.id for e in service.menu].index(victim_id)
     detected_at = service.detections.get(service.attacker_id)
     row.update(metrics)
@@ -271,6 +275,7 @@ def run_cell(zoo: Zoo, grid: GridConfig, cell: Cell, *, timeout_s: float | None 
         "fingerprint_accuracy": scoring.fingerprint_accuracy(service.log.requested_ids("extract"), victim_index),
         "detected": float(detected_at is not None),
         "queries_to_detection": float(detected_at) if detected_at is not None else float("nan"),
+        "eval_queries": float(service.server.eval_guard.count),
         **costs,
         "flags": "; ".join(flags),
         "wall_s": round(time.perf_counter() - started, 2),

@@ -26,6 +26,7 @@ from ..contract.spec import Spec, SpecRange
 from ..contract.target import Target
 from ..zoo.model_zoo import MenuEntry, Zoo
 from . import policies  # noqa: F401  (registers the built-in policies)
+from .eval_guard import EvalInputGuard
 
 FORWARD_BATCH = 1024
 
@@ -126,6 +127,8 @@ class Server:
         self.budget = budget
         self.rng = rng
         self.log = QueryLog()
+        self.eval_guard: EvalInputGuard | None = None
+        """Counts the client's queries that repeat an input the cell is scored on (set by the cell)."""
         self._accuracy = np.array([e.accuracy for e in self.menu])
         self._latency = np.array([e.latency_ms for e in self.menu])
         self.last_refused = torch.zeros(0, dtype=torch.bool)
@@ -212,6 +215,8 @@ class Server:
         if self.budget is not None and self.used + n > self.budget:
             raise BudgetExhausted(f"query of {n} inputs exceeds the remaining budget of {self.budget - self.used} "
                                   f"(budget {self.budget}); nothing was served")
+        if self.eval_guard is not None:
+            self.eval_guard.observe(inputs)
         return Requests(np.full(n, client, dtype=np.int64), inputs, min_accuracy, max_latency, np.full(n, arrival_ms))
 
     @torch.no_grad()
