@@ -92,3 +92,26 @@ def test_determinism_is_checked_over_more_than_two_calls(tiny_zoo, broken_defens
     assert not check.ok
     assert check.detail == (f"defense claims deterministic = True but answered identical calls differently "
                             f"(call 4 of {DETERMINISM_CALLS} differed from the first)")
+
+
+class RefusesEverything(Defense):
+    deterministic = False
+
+    def admit(self, requests, rng):
+        return np.zeros(len(requests), dtype=bool)
+
+
+def test_a_probe_failing_on_refused_rows_says_what_the_probe_sends(tiny_zoo):
+    DEFENSES.add("refuses-everything", RefusesEverything, source="test")
+    grid = _grid("refuses-everything")
+    flags = defense_flags(tiny_zoo, grid, Cell("rank:1", grid.attacks[0], grid.defenses[0], 60, 0))
+    assert flags == ["defense outputs are not probability vectors (128 NaN rows in the first two calls were refused "
+                     "requests: the probe is one client sending the same 64 inputs in each of 2 identical calls, and "
+                     "it must answer the first two)"]
+
+
+def test_validate_shows_a_defense_beside_the_undefended_service(tiny_zoo):
+    checks = defense_conformance(tiny_zoo, "label-only", [])
+    completes = next(c for c in checks if c.name == "defaults: a naive attack completes a cell")
+    assert completes.ok and "(undefended " in completes.detail and "false-positive benign clients 0.000" in \
+        completes.detail and "benign requests refused 0.000" in completes.detail, completes.detail

@@ -186,6 +186,9 @@ def defense_conformance(zoo: Zoo, name: str, sweep: list[dict[str, Any]]) -> lis
             return [Check(f"instantiates with {params or 'its defaults'}", False, detail)]
     checks = [Check("instantiates at its defaults and every sweep value", True)]
     attack = PluginSpec("naive", tuple(sorted(SMALL_SURROGATE.items())))
+    undefended = PluginSpec("none", ())
+    baseline = run_cell(zoo, _conformance_grid(attack, undefended), Cell("rank:1", attack, undefended,
+                                                                         CONFORMANCE_BUDGET, 0))
     for params in values:
         defense = PluginSpec(name, tuple(sorted(params.items())))
         grid = _conformance_grid(attack, defense)
@@ -200,6 +203,14 @@ def defense_conformance(zoo: Zoo, name: str, sweep: list[dict[str, Any]]) -> lis
         checks.append(Check(f"{label}: probability vectors, determinism as claimed over {DETERMINISM_CALLS} calls",
                             not flags, "; ".join(flags)))
         row = run_cell(zoo, grid, cell, timeout_s=VALIDATE_TIMEOUT_S, memory_mb=VALIDATE_MEMORY_MB)
-        checks.append(Check(f"{label}: a naive attack completes a cell (goodput {row['goodput']:.3f})",
-                            row["status"] == "ok", row["error"]))
+        checks.append(Check(f"{label}: a naive attack completes a cell", row["status"] == "ok",
+                            row["error"] if row["status"] != "ok" else cost_summary(row, baseline)))
     return checks
+
+
+def cost_summary(row: dict[str, Any], baseline: dict[str, Any]) -> str:
+    """What a defense cost the benign clients of a conformance cell, beside the same cell undefended."""
+    detected = "detected" if row["detected"] == 1 else "not detected"
+    return (f"goodput {row['goodput']:.3f} (undefended {baseline['goodput']:.3f}), benign requests refused "
+            f"{row['refused_benign']:.3f}, false-positive benign clients {row['false_positive_clients']:.3f}, "
+            f"benign accuracy drop {row['benign_accuracy_drop']:.3f}; the naive attacker {detected}")

@@ -47,7 +47,11 @@ def defense_flags(zoo: Zoo, grid: GridConfig, cell: Cell, probe_size: int = 64, 
     flags = []
     # only the first two calls must be answered: a stateful defense may refuse (NaN rows) a client that repeats itself
     if not all(are_probability_vectors(a, zoo.num_classes) for a in answers[:2]):
-        flags.append("defense outputs are not probability vectors")
+        refused = sum(int(torch.isnan(a).all(dim=1).sum()) for a in answers[:2] if isinstance(a, torch.Tensor))
+        flags.append("defense outputs are not probability vectors" + (
+            f" ({refused} NaN rows in the first two calls were refused requests: the probe is one client sending the "
+            f"same {len(inputs)} inputs in each of {calls} identical calls, and it must answer the first two)"
+            if refused else ""))
     differ = next((i for i, a in enumerate(answers) if not torch.equal(a, answers[0])), None)
     if defense.deterministic and differ is not None:
         flags.append("defense claims deterministic = True but answered identical calls differently"
