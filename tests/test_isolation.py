@@ -73,11 +73,15 @@ class ReachesTheWorker(Attack):
 
 class CatchesBudget(Attack):
     def run(self, target, knowledge, budget, rng):
+        assert target.remaining_budget == budget
         try:
             target.query(knowledge.pool[:budget + 1], _spec(knowledge))
         except BudgetExhausted as exc:
             caught = (type(exc) is BudgetExhausted, str(exc))
-        inputs = knowledge.pool[:budget]
+        assert target.remaining_budget == budget  # nothing of the refused call was served
+        target.query(knowledge.pool[:3], _spec(knowledge))
+        assert target.remaining_budget == budget - 3  # the server's count, sent with the answers
+        inputs = knowledge.pool[3:budget]
         answers = query_batched(target, inputs, _spec(knowledge))
         try:
             target.query(knowledge.pool[:1], _spec(knowledge))

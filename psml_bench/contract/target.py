@@ -20,15 +20,17 @@ class Target:
     latency each row took (a timing side channel).
     """
 
-    __slots__ = ("_query", "_remaining", "_refused", "_latency")
+    __slots__ = ("_query", "_remaining", "_refused", "_latency", "_reported")
 
-    def __init__(self, query: Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | torch.Tensor],
-                 remaining: Callable[[], int | None]):
-        """``query(inputs, spec, purpose)`` returns (answers, refused, latency or None), or just the answers."""
+    def __init__(self, query: Callable[..., tuple | torch.Tensor], remaining: Callable[[], int | None]):
+        """``query(inputs, spec, purpose)`` returns (answers, refused, latency or None), optionally followed by the
+        server's remaining budget after the query, or just the answers; ``remaining()`` asks the server for its
+        count (used until a query has reported it)."""
         self._query = query
         self._remaining = remaining
         self._refused = torch.zeros(0, dtype=torch.bool)
         self._latency: torch.Tensor | None = None
+        self._reported: tuple[int | None] | None = None
 
     def query(self, inputs: torch.Tensor, spec: Spec | Sequence[Spec], *, purpose: str = "extract") -> torch.Tensor:
         """Class probabilities for each input row, served under ``spec`` (one Spec or one per row).
@@ -42,7 +44,9 @@ class Target:
         """
         reply = self._query(inputs, spec, purpose)
         if isinstance(reply, tuple):
-            answers, self._refused, self._latency = reply
+            answers, self._refused, self._latency = reply[:3]
+            if len(reply) > 3:  # the server's count after this query, sent with its answers
+                self._reported = (reply[3],)
         else:  # a query callable of protocol 2: answers only
             answers, self._latency = reply, None
             self._refused = ~torch.isfinite(answers).all(dim=1)
@@ -50,7 +54,8 @@ class Target:
 
     @property
     def remaining_budget(self) -> int | None:
-        return self._remaining()
+        """The queries the server will still answer (``None``: no budget), as the server counts them."""
+        return self._reported[0] if self._reported is not None else self._remaining()
 
     @property
     def last_refused(self) -> torch.Tensor:

@@ -214,7 +214,10 @@ def _caller(conn: Connection) -> Callable[..., Any]:
     return call
 
 
-def _remote_target(call: Callable[..., Any]) -> Target:
+def _remote_target(call: Callable[..., Any], budget: int | None) -> Target:
+    """The attack's :class:`Target` over its channel: every answer comes with the server's remaining budget, so
+    reading it costs no message (before the first query it is the ``budget`` the attack was given)."""
+
     def query(inputs: Any, spec: Any, purpose: str) -> torch.Tensor:
         if isinstance(inputs, np.ndarray):
             inputs = torch.from_numpy(inputs)
@@ -229,10 +232,9 @@ def _remote_target(call: Callable[..., Any]) -> Target:
                 items = [None]
             specs = ([[float(s.min_accuracy), float(s.max_latency_ms)] for s in items]
                      if all(isinstance(s, Spec) for s in items) else None)
-        answers, refused, latency = call({"op": "query", "purpose": str(purpose), "spec": specs}, {"inputs": inputs})
-        return answers, refused, latency
+        return call({"op": "query", "purpose": str(purpose), "spec": specs}, {"inputs": inputs})
 
-    return Target(query, lambda: call({"op": "remaining"}))
+    return Target(query, lambda: budget)
 
 
 def receive_setup(conn: Connection) -> dict[str, Any] | None:
@@ -272,7 +274,7 @@ def attack_main(conn: Connection) -> None:
             torch.manual_seed(setup["global_seed"])
         call = _caller(conn)
         train_elsewhere(remote_trainer(call, setup["knowledge"], setup["max_message"]))
-        surrogate = attack.run(_remote_target(call), setup["knowledge"], setup["budget"], setup["rng"])
+        surrogate = attack.run(_remote_target(call, setup["budget"]), setup["knowledge"], setup["budget"], setup["rng"])
         if not isinstance(surrogate, torch.nn.Module):
             raise TypeError(f"attack returned {type(surrogate).__name__}, not a torch.nn.Module")
         if type(surrogate) is not Surrogate:
@@ -425,8 +427,6 @@ def run_attack(server: Server | Service, locator: AttackLocator, knowledge: Know
                 conn.send_bytes(pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL))
             elif op == "train":  # trained here, once per identical request (see psml_bench.isolation.trainer)
                 conn.send_bytes(pickle.dumps(trainer.answer(header, tensors), protocol=pickle.HIGHEST_PROTOCOL))
-            elif op == "remaining":
-                conn.send_bytes(pickle.dumps(("ok", server.remaining)))
             elif op == "done":
                 finished = True
                 return _rebuild_surrogate(header, tensors, knowledge)
@@ -469,7 +469,7 @@ def _answer(server: Server | Service, header: dict[str, Any], tensors: dict[str,
         return ("error", "BudgetExhausted", str(exc))
     except InvalidQueryError as exc:
         return ("error", "InvalidQueryError", str(exc))
-    return ("ok", (answers, server.last_refused, server.last_latency_ms))
+    return ("ok", (answers, server.last_refused, server.last_latency_ms, server.remaining))
 
 
 def prestart(locator: AttackLocator | None = None, gpu: bool = False) -> None:
