@@ -101,7 +101,8 @@ def provenance(device: torch.device | str = "cpu") -> dict[str, str]:
     """Versions and machine that produce a run's results (computed once per run, by the driver)."""
     import timm
 
-    return {"psml_bench": __version__, "git_commit": _git_commit(), "torch": torch.__version__,
+    return {"psml_bench": __version__, "protocol": str(PROTOCOL_VERSION), "git_commit": _git_commit(),
+            "torch": torch.__version__,
             "timm": timm.__version__, "device": device_label(device), "threads": str(CELL_THREADS)}
 
 
