@@ -15,7 +15,7 @@ from .serving.http_client import HttpTarget
 from .contract.parameters import Allowed
 from .contract.plugins import Attack, Defense
 from .contract.registries import (ATTACKS, DEFENSES, POLICIES, STRATEGIES, register_attack, register_defense,
-    register_strategy)
+                                   register_policy, register_strategy)
 from .contract.registry import Registry
 from .contract.target import Knowledge, Target
 from .contract.policy import Policy
@@ -31,5 +31,5 @@ __all__ = [
     "Requests",
     "Registry", "STRATEGIES", "SURROGATE_DEFAULTS", "Spec", "SpecRange", "Strategy", "Surrogate", "SurrogateConfig",
     "Target", "UnknownPluginError", "__version__", "extract", "query_batched", "register_attack",
-    "register_defense", "register_strategy", "sample_pool", "train_surrogate",
+    "register_defense", "register_policy", "register_strategy", "sample_pool", "train_surrogate",
 ]

@@ -14,7 +14,7 @@ EXPECTED = {
     "HttpTarget", "InvalidQueryError", "Knowledge", "POLICIES", "PROTOCOL_VERSION", "Policy", "PsmlError", "QuerySession",
     "Registry", "Requests", "STRATEGIES", "SURROGATE_DEFAULTS", "Spec", "SpecRange", "Strategy", "Surrogate", "SurrogateConfig",
     "Target", "UnknownPluginError", "__version__", "extract", "query_batched", "register_attack",
-    "register_defense", "register_strategy", "sample_pool", "train_surrogate",
+    "register_defense", "register_policy", "register_strategy", "sample_pool", "train_surrogate",
 }
 
 

@@ -22,7 +22,8 @@ DEFENSES: Registry[type[Defense]] = Registry("defense", "psml_bench.contract.plu
                               entry_point_group="psml_bench.defenses")
 STRATEGIES: Registry[type[Strategy]] = Registry("strategy", "psml_bench.contract.strategy:Strategy", builtin_package="strategies",
                                 entry_point_group="psml_bench.strategies")
-POLICIES: Registry[type[Policy]] = Registry("policy", "psml_bench.contract.policy:Policy")
+POLICIES: Registry[type[Policy]] = Registry("policy", "psml_bench.contract.policy:Policy",
+                                            builtin_package="psml_bench.serving.policies")
 
 
 def register_attack(name: str):
@@ -38,6 +39,11 @@ def register_defense(name: str):
 def register_strategy(name: str):
     """Class decorator registering a built-in or third-party extraction strategy."""
     return STRATEGIES.register(name)
+
+
+def register_policy(name: str):
+    """Class decorator registering a built-in or third-party routing policy (a :class:`~psml_bench.Policy`)."""
+    return POLICIES.register(name)
 
 
 def make_defense(name: str, params: dict[str, Any] | None = None) -> Defense:

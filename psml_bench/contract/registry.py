@@ -33,9 +33,9 @@ class Registry(Generic[T]):
     """Plugins of one kind, looked up by name.
 
     Built-ins register with :meth:`register` as a decorator when their package is imported
-    (``builtin_package``: every module in it is imported on first use). ``base`` may be given as a
-    ``module:Class`` target, so that registries can be declared below the modules defining their
-    base classes (see :mod:`psml_bench.contract.registries`). Third parties register
+    (``builtin_package``: every module in it, or that module itself, is imported on first use).
+    ``base`` may be given as a ``module:Class`` target, so that registries can be declared below the
+    modules defining their base classes (see :mod:`psml_bench.contract.registries`). Third parties register
     through the entry-point group ``entry_point_group`` (``name = "module:Class"``), loaded on
     first use too, so a plugin never goes missing because nobody imported its module.
     """
@@ -94,7 +94,7 @@ class Registry(Generic[T]):
         self._loaded = True
         if self.builtin_package:
             package = importlib.import_module(self.builtin_package)
-            for module in pkgutil.iter_modules(package.__path__):
+            for module in pkgutil.iter_modules(getattr(package, "__path__", [])):  # a module: imported is enough
                 if not module.name.startswith("_"):
                     importlib.import_module(f"{self.builtin_package}.{module.name}")
         if self.entry_point_group:

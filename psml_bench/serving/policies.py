@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 
 from ..contract.policy import Policy
-from ..contract.registries import POLICIES
+from ..contract.registries import register_policy
 
 
-@POLICIES.register("infaas")
+@register_policy("infaas")
 class InfaasPolicy(Policy):
     """INFaaS-style selection.
 
