@@ -93,10 +93,10 @@ def test_shipped_hf_configs_and_fmnist_hashes():
     assert cifar.image.input_shape() == (3, 32, 32) and cifar.build.gpu_scale
     assert imagenette.dataset.test_split == "validation" and imagenette.image.input_shape() == (3, 128, 128)
     assert any(m.pretrained for m in cifar.models) and any(not m.pretrained for m in cifar.models)
-    # the fmnist zoos' config hashes (their cache directories) must not move
-    assert load_zoo_config("fmnist").directory_name == "fmnist-adbf6b19d6e6"
-    assert load_zoo_config("fmnist-compact").directory_name == "fmnist-compact-8f3aee751f8d"
-    assert load_zoo_config("fmnist-tiny").directory_name == "fmnist-tiny-e4e5076e17bc"
+    # the fmnist zoos' config hashes (their cache directories, portable CPU builds) must not move
+    assert load_zoo_config("fmnist").directory_name == "fmnist-92a2bb4e26e2"
+    assert load_zoo_config("fmnist-compact").directory_name == "fmnist-compact-7788b0937b0d"
+    assert load_zoo_config("fmnist-tiny").directory_name == "fmnist-tiny-6f70fcc08d2b"
 
 
 def test_cifar_parquet_directory_loads_with_hub_names_mapped(tmp_path):

@@ -189,6 +189,30 @@ def test_isolated_attack_gives_the_in_process_numbers(tiny_zoo):
     assert (used_a, fp_a) == (used_b, fp_b) and np.array_equal(served_a, served_b)
 
 
+
+def test_isolated_attack_is_answered_on_one_thread_whatever_the_callers_count(tiny_zoo, monkeypatch):
+    """The worker computes the answers on one thread, as a cell does: a forward pass's reductions split
+    as many ways as there are threads, and with AVX-512 kernels that changes the answers' last bits."""
+    server, knowledge = _setup(tiny_zoo, 30)
+    seen = []
+    forward = server.forward
+
+    def counting_forward(inputs, served):
+        seen.append(torch.get_num_threads())
+        return forward(inputs, served)
+
+    monkeypatch.setattr(server, "forward", counting_forward)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        run_attack(server, AttackLocator("naive", (("epochs", 1), ("min_steps", 2))), knowledge, 30,
+                   np.random.default_rng(0))
+        after = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(threads)
+    assert seen and set(seen) == {1}
+    assert after == 3
+
 @SANDBOXED
 def test_attack_cannot_read_the_zoo_cache(tiny_zoo, hostile, monkeypatch):
     with pytest.raises(AttackFailed) as error:

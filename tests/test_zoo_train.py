@@ -97,3 +97,26 @@ def test_opening_a_zoo_built_on_other_threads_than_its_config_fixes_warns(tmp_pa
     with caplog.at_level("WARNING", logger="psml_bench.zoo.build"):
         open_zoo("fmnist-tiny", cache_dir, build=False, progress=False)
     assert not caplog.records
+
+
+GENERIC_KERNELS = {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41", "MKL_CBWR": "COMPATIBLE"}
+"""Kernel settings that stand for an older x86-64 CPU (generic torch kernels, SSE4.1 oneDNN, MKL's compatible branch)."""
+
+
+def test_portable_training_gives_the_same_weights_under_another_cpus_kernels(tmp_path, monkeypatch):
+    from psml_bench.zoo.kernels import PORTABLE_PINS
+
+    def weights(environment):
+        jobs = [replace(job, initial_weights="") for job in _jobs(tmp_path)]
+        train_members(jobs, 1, "test", progress=False, environment=environment)
+        out = [Path(job.weights_path).read_bytes() for job in jobs]
+        for job in jobs:
+            Path(job.weights_path).unlink()
+        return out
+
+    native = weights({})
+    portable = weights(dict(PORTABLE_PINS))
+    for name, value in GENERIC_KERNELS.items():  # this process's environment, inherited by its children
+        monkeypatch.setenv(name, value)
+    assert weights({}) != native  # the setting does change the kernels, and the weights
+    assert weights(dict(PORTABLE_PINS)) == portable

@@ -64,7 +64,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ATTACK_THREADS = 1
-"""Torch threads in the attack process (the same as a cell, so numbers do not depend on isolation)."""
+"""Torch threads in the attack process and of the answers its worker computes (the same as a cell, so
+numbers do not depend on isolation or on the caller's thread count)."""
 
 FORWARDED_ERRORS: dict[str, type[PsmlError]] = {"BudgetExhausted": BudgetExhausted,
                                                 "InvalidQueryError": InvalidQueryError}
@@ -366,6 +367,9 @@ def run_attack(server: Server | Service, locator: AttackLocator, knowledge: Know
                transcript: Any = None) -> Surrogate:
     """Run an attack in its own sandboxed process against ``server``; return its surrogate.
 
+    The server's answers and the surrogate trainings are computed in this process on one thread
+    (:data:`ATTACK_THREADS`, as in a cell), whatever this process's thread count.
+
     Args:
         server: the service the attack queries (the budget is enforced here, in this process): a
             :class:`Server`, or a cell's :class:`~psml_bench.serving.service.Service` on its simulated clock.
@@ -393,6 +397,11 @@ def run_attack(server: Server | Service, locator: AttackLocator, knowledge: Know
         limit = (memory_mb * 2**20, memory_mb * 2**20)
     overrun = ""  # the server's own words when it refused the last query for the budget
     finished = False
+    # The answers are computed here: on one thread, as in a cell, whatever this process's count. The
+    # reductions of a forward pass split that many ways, which changes the answers' last bits (with
+    # AVX-512 kernels), and with them the surrogate trained on them.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(ATTACK_THREADS)
     try:
         conn.send_bytes(pickle.dumps({
             "locator": locator, "sources": plugin_sources(locator), "knowledge": knowledge, "budget": budget,
@@ -441,6 +450,7 @@ def run_attack(server: Server | Service, locator: AttackLocator, knowledge: Know
                 raise ProtocolError(f"ProtocolError: the attack process sent an unknown message "
                                     f"{sanitise(op, 40)!r}")
     finally:
+        torch.set_num_threads(threads)
         if not (finished and _exited(conn)):
             sandbox.stop()  # ends the attack process and everything it started
         conn.close()

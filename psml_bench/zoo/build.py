@@ -28,12 +28,14 @@ from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from ..common.files import validate
 from .data import Splits, load_dataset, make_splits
 from ..contract.errors import PsmlError
+from .kernels import build_environment, check_portable, training_environment
 from .profiling import environment, load_profile, measure_latency, resolve_device, routing_latencies
 from .model_zoo import Zoo, ZooModel, disagreement, pareto_frontier, reference_profile, service_ranges
 from .config import ModelConfig, TrainConfig, ZooConfig, default_cache_dir, load_zoo_config, zoo_directory
@@ -232,6 +234,10 @@ def _build_into(work: Path, config: ZooConfig, splits: Splits, source: str, in_c
                "benign_x": splits.benign_x, "test_x": splits.test_x, "test_y": splits.test_y},
               str(work / "splits.safetensors"))
     weights_source = PretrainedWeights()
+    kernels = config.build.kernels if torch_device.type == "cpu" else "native"
+    pins = training_environment(kernels, torch_device)
+    if pins is not None:
+        (work / "predictions").mkdir()
     train_jobs, inits, costs = [], {}, {}
     for model_cfg in config.models:  # initialised here, so the Hub is asked once per build, not per worker
         with torch.random.fork_rng():
@@ -241,24 +247,32 @@ def _build_into(work: Path, config: ZooConfig, splits: Splits, source: str, in_c
         costs[model_cfg.id] = (train_steps(model_cfg.train, len(splits.owner_y)) * model_cfg.train.batch_size
                                * sum(p.numel() for p in model.parameters()))
         initial = work / "initial" / f"{model_cfg.id}.safetensors"
-        save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(initial))
+        if pins is None or inits[model_cfg.id] is not None:  # a portable build initialises from scratch where it trains
+            save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(initial))
         train_jobs.append(TrainJob(model_cfg, in_chans, num_classes, config.mean, config.std,
-                                   str(work / "splits.safetensors"), str(initial),
+                                   str(work / "splits.safetensors"), str(initial) if initial.is_file() else "",
                                    str(work / "weights" / f"{model_cfg.id}.safetensors"), str(torch_device), amp,
-                                   config.build.threads, progress))
+                                   config.build.threads, progress,
+                                   str(work / "predictions" / f"{model_cfg.id}.safetensors") if pins is not None else "",
+                                   config.build.eval_batch_size))
     workers = parallel_workers(config.build.threads, len(train_jobs), torch_device, jobs)
-    log.info("zoo %s: training %d models, %d at a time, %d threads each", config.name, len(train_jobs), workers,
-             config.build.threads)
+    log.info("zoo %s: training %d models, %d at a time, %d threads each, %s kernels", config.name, len(train_jobs),
+             workers, config.build.threads, kernels)
     longest_first = sorted(train_jobs, key=lambda job: -costs[job.model.id])  # a short makespan when parallel
-    train_seconds = train_members(longest_first, workers, f"zoo {config.name}", progress)
+    train_seconds = train_members(longest_first, workers, f"zoo {config.name}", progress, pins)
     shutil.rmtree(work / "initial")
-    cards, predictions = [], {}
+    cards, predictions, capabilities = [], {}, set()
     for job in tqdm(train_jobs, desc=f"measure {config.name}", disable=not progress, unit="model"):
         model_cfg, weights_path = job.model, Path(job.weights_path)
         model = job.network()
         model.load_state_dict(load_file(weights_path))
         model.to(torch_device)
-        probs = predict_proba(model, splits.test_x, config.build.eval_batch_size)
+        if job.predictions_path:  # computed where it trained, with the same kernels
+            with safe_open(job.predictions_path, "pt") as handle:
+                probs, meta = handle.get_tensor("probs"), handle.metadata() or {}
+            capabilities.add(meta.get("capability", "unknown"))
+        else:
+            probs = predict_proba(model, splits.test_x, config.build.eval_batch_size)
         predictions[model_cfg.id] = probs
         accuracy = float((probs.argmax(1) == splits.test_y).float().mean())
         example = splits.test_x[:1].to(torch_device)
@@ -279,6 +293,10 @@ def _build_into(work: Path, config: ZooConfig, splits: Splits, source: str, in_c
         model.to("cpu")
         if torch_device.type == "cuda":
             torch.cuda.empty_cache()
+    if pins is not None:
+        shutil.rmtree(work / "predictions")
+    training_capability = "/".join(sorted(capabilities)) if capabilities else None
+    check_portable(kernels, training_capability or "")
     reference = reference_profile(config.reference_profile)
     latencies = ({c["id"]: c["latency"]["p50_ms"] for c in cards} if reference is None
                  else routing_latencies(load_profile(reference), [c["id"] for c in cards], str(reference)))
@@ -306,7 +324,7 @@ def _build_into(work: Path, config: ZooConfig, splits: Splits, source: str, in_c
                     "reference_profile": config.reference_profile,
                     "accuracy_margin": config.accuracy_margin, "latency_margin": config.latency_margin,
                     "accuracy_range": list(accuracy_range), "latency_range_ms": list(latency_range)},
-        "environment": {**environment(), "timm": timm.__version__,
+        "environment": {**environment(), "timm": timm.__version__, **build_environment(kernels, training_capability),
                         "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds")},
     }
     if torch_device.type != "cpu":

@@ -58,6 +58,7 @@ class BuildConfig:
     amp: str = "auto"
     eval_batch_size: int = 1024
     threads: int = 1
+    kernels: str = "portable"
     gpu_scale: bool = False
     expected_gpu_minutes: float | None = None
 
@@ -84,6 +85,11 @@ class ZooConfig:
     @property
     def directory_name(self) -> str:
         return f"{self.name}-{self.config_hash[:12]}"
+
+
+def _portable(build: dict[str, Any]) -> bool:
+    """Whether a ``[build]`` table asks for a CPU build with portable kernels (the default)."""
+    return build.get("kernels", BuildConfig.kernels) == "portable" and build.get("device", BuildConfig.device) == "cpu"
 
 
 def load_zoo_config(name_or_path: str | Path) -> ZooConfig:
@@ -121,9 +127,11 @@ def load_zoo_config(name_or_path: str | Path) -> ZooConfig:
                      for m in raw["models"]),
         reference_profile=raw.get("reference_profile"),
         # the reference profile routes and [build] says where to train; neither determines what
-        # is trained: keep them out of the hash (absent optional fields leave the hash unchanged)
-        config_hash=content_hash({k: v for k, v in raw.items()
-                                  if k not in ("description", "reference_profile", "build")}),
+        # is trained: keep them out of the hash (absent optional fields leave the hash unchanged),
+        # except a CPU build's portable kernels, which give other weights than the native ones
+        config_hash=content_hash({**{k: v for k, v in raw.items()
+                                     if k not in ("description", "reference_profile", "build")},
+                                  **({"kernels": "portable"} if _portable(raw.get("build", {})) else {})}),
         source=str(path),
         image=image, build=BuildConfig(**raw.get("build", {})),
     )

@@ -4,7 +4,9 @@ A zoo model's weights depend on how many threads its matrix products are split o
 runs every training and evaluation step under the config's ``build.threads`` (whatever the
 machine's core count) with deterministic algorithms on. Each model trains from its own saved
 initial weights and its own seeds, so :func:`train_members` gives the same weights whether the
-models train one after another in this process or side by side in worker processes.
+models train one after another in this process or side by side in worker processes. A portable
+build (see :mod:`psml_bench.zoo.kernels`) trains and evaluates in worker processes started with its
+kernel pins, which makes the weights the same on CPUs with other instruction sets too.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from ..common.device import intra_op_threads
+from .kernels import capability, child_environment
 from .model_zoo import ZooModel
 from .config import ModelConfig, TrainConfig
 
@@ -165,11 +168,15 @@ class TrainJob:
     std: tuple[float, ...]
     splits_path: str
     initial_weights: str
+    """Initial weights ('': initialised in the training process from the model's seed)."""
     weights_path: str
     device: str
     amp: str
     threads: int
     progress: bool
+    predictions_path: str = ""
+    """Where to write the test split's probabilities, computed in the training process ('': not here)."""
+    eval_batch_size: int = 1024
 
     def network(self) -> ZooModel:
         """The model's architecture (its initial weights come from ``initial_weights``)."""
@@ -183,8 +190,14 @@ def train_member(job: TrainJob) -> float:
     """Train ``job``'s model from its initial weights, save its weights; return the training seconds."""
     with reproducible(job.threads):
         splits = load_file(job.splits_path)
-        model = job.network()
-        model.load_state_dict(load_file(job.initial_weights))
+        if job.initial_weights:
+            model = job.network()
+            model.load_state_dict(load_file(job.initial_weights))
+        else:  # initialised here, from the model's seed: the initialisers' kernels are this process's too
+            with torch.random.fork_rng():
+                torch.manual_seed(job.model.train.seed)
+                cfg = job.model
+                model = ZooModel(cfg.arch, cfg.kwargs, job.in_chans, job.num_classes, job.mean, job.std, cfg.input_size)
         device = torch.device(job.device)
         start = time.perf_counter()
         with torch.random.fork_rng():  # global randomness (dropout, if any) is seeded per model, not by build order
@@ -195,16 +208,24 @@ def train_member(job: TrainJob) -> float:
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - start
         save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, job.weights_path)
+        if job.predictions_path:  # with the same kernels as the training (the kernel capability as metadata)
+            save_file({"probs": predict_proba(model, splits["test_x"], job.eval_batch_size)}, job.predictions_path,
+                      metadata={"capability": capability()})
     return seconds
 
 
-def train_members(jobs: Sequence[TrainJob], workers: int, label: str, progress: bool) -> dict[str, float]:
-    """Train every job, ``workers`` at a time in spawned processes (in this one when 1); return the
-    training seconds per model id. The weights are the same either way."""
+def train_members(jobs: Sequence[TrainJob], workers: int, label: str, progress: bool,
+                  environment: dict[str, str] | None = None) -> dict[str, float]:
+    """Train every job, ``workers`` at a time in spawned processes (in this one when 1 and no
+    ``environment``); return the training seconds per model id. The weights are the same either way.
+
+    ``environment``: variables the training processes start with (a portable build's kernel pins);
+    given, every job trains in a spawned process, even with one worker.
+    """
     bar = tqdm(total=len(jobs), desc=f"train {label}", disable=not progress, unit="model")
     seconds: dict[str, float] = {}
-    with bar:
-        if workers <= 1:
+    with bar, child_environment(environment or {}):
+        if workers <= 1 and environment is None:
             for job in jobs:
                 seconds[job.model.id] = train_member(job)
                 bar.update()
