@@ -11,6 +11,7 @@ from typing import Sequence
 
 from tabulate import tabulate
 
+from .common.cli_numbers import MAX_BUDGET, MIN_MEMORY_MB, integer, number, victim_role
 from .contract.errors import ConfigError, PsmlError
 
 
@@ -302,8 +303,15 @@ def _endpoint_arguments(parser: argparse.ArgumentParser, key_help: str) -> None:
     parser.add_argument("--key", required=True, help=key_help)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a bad argument told on one line (the option, the value, the range) and exit status 2."""
+
+    def error(self, message: str) -> None:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="psml-bench", description=__doc__)
+    parser = _Parser(prog="psml-bench", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--cache", type=Path, default=None,
@@ -313,7 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run a grid and regenerate the leaderboard")
     run.add_argument("--grid", default="default", help="grid name (shipped) or path to a grid .toml")
     run.add_argument("--out", default="leaderboard", help="leaderboard directory (default: leaderboard/)")
-    run.add_argument("--jobs", type=int, default=0,
+    run.add_argument("--jobs", type=integer(0), default=0,
                      help="cells to run in parallel processes (default 0: one per CPU core)")
     run.add_argument("--profile", default=None, metavar="reference|cpu|cuda|PATH",
                      help="latency profile to route on: the zoo's committed reference profile, its committed (else "
@@ -321,10 +329,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--executor", default="local", choices=["local", "ray", "inline"],
                      help="where cells run: local process pool (default), a Ray cluster, or this process")
     run.add_argument("--address", default=None, help="Ray cluster address (default: start a local Ray instance)")
-    run.add_argument("--timeout", type=float, default=3600.0,
+    run.add_argument("--timeout", type=number(0), default=3600.0,
                      help="per-cell wall-clock limit in seconds; 0 for none (default 3600)")
-    run.add_argument("--memory-mb", type=int, default=8192,
-                     help="per-cell memory limit in MiB (local executor); 0 for none (default 8192)")
+    run.add_argument("--memory-mb", type=integer(MIN_MEMORY_MB, zero="none"), default=8192,
+                     help=f"per-cell memory limit in MiB (local executor), at least {MIN_MEMORY_MB}; 0 for none "
+                          "(default 8192)")
     run.add_argument("--retry-failed", action="store_true", help="recompute cells whose stored result failed")
     run.add_argument("--device", default="cpu", metavar="cpu|cuda|auto",
                      help="where cells serve, train and score their surrogates: cpu (default), cuda (cuda:N) or auto "
@@ -340,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--force", action="store_true", help="rebuild even if the zoo is cached")
     build.add_argument("--data", default=None, metavar="DIR|SPLIT=FILE,...", help=data_help)
     build.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto (default: the config's build.device)")
-    build.add_argument("--jobs", type=int, default=0,
+    build.add_argument("--jobs", type=integer(0), default=0,
                        help="models trained side by side, each on the config's build.threads threads (default 0: "
                             "CPU cores // threads); the weights are the same for every value")
     build.set_defaults(func=_cmd_zoo_build)
@@ -364,9 +373,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="weights and inputs in this precision (default fp32)")
     profile.add_argument("--batch-sizes", type=_batch_sizes, default=[1, 2, 4, 8, 16, 32, 64],
                          help="comma-separated batch sizes, including 1 (default 1,2,4,8,16,32,64)")
-    profile.add_argument("--warmup", type=int, default=20, help="untimed calls per batch size (default 20)")
-    profile.add_argument("--repeats", type=int, default=200, help="timed calls per batch size (default 200)")
-    profile.add_argument("--threads", type=int, default=None,
+    profile.add_argument("--warmup", type=integer(0), default=20, help="untimed calls per batch size (default 20)")
+    profile.add_argument("--repeats", type=integer(1), default=200, help="timed calls per batch size (default 200)")
+    profile.add_argument("--threads", type=integer(1), default=None,
                          help="intra-op threads of every timed call (default: torch's, usually the core count); "
                               "cells serve on 1")
     profile.add_argument("--untrained", action="store_true",
@@ -383,24 +392,25 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("paths", nargs="*", metavar="PATH",
                           help="submission folders or manifest.json files (default: every folder of submissions/)")
     validate.add_argument("--manifest-only", action="store_true",
-                          help="check the manifests (and import defenses) without running the conformance tests")
+                          help="check the manifests and register them (no plugin code is imported or run), "
+                               "without the conformance tests")
     validate.set_defaults(func=_cmd_validate)
 
     serve = commands.add_parser("serve", help="serve a zoo over HTTP behind the policy and a defense (docs/serving.md)")
     serve.add_argument("zoo", metavar="ZOO", help="a built zoo (name or config path)")
     serve.add_argument("--defense", default="none", metavar="NAME[:k=v,...]", help="defense (default none)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free port)")
+    serve.add_argument("--port", type=integer(0, 65535), default=8000, help="port (default 8000; 0: any free port)")
     serve.add_argument("--keys", default=None, metavar="FILE",
                        help="JSON object of API key: budget (default: one fresh operator key, printed)")
     serve.add_argument("--profile", default=None, metavar="reference|cpu|cuda|PATH",
                        help="latency profile to route on (default: the reference profile, as in cells)")
-    serve.add_argument("--max-batch", type=int, default=256, help="most inputs per forward batch (default 256)")
-    serve.add_argument("--max-wait-ms", type=float, default=2.0,
+    serve.add_argument("--max-batch", type=integer(1), default=256, help="most inputs per forward batch (default 256)")
+    serve.add_argument("--max-wait-ms", type=number(0), default=2.0,
                        help="how long a model's worker waits for its batch to fill (default 2)")
-    serve.add_argument("--max-body-mb", type=float, default=64.0, help="largest query body in MiB (default 64)")
-    serve.add_argument("--threads", type=int, default=1, help="torch threads per forward pass (default 1)")
-    serve.add_argument("--forward-threads", type=int, default=1,
+    serve.add_argument("--max-body-mb", type=number(0, exclusive=True), default=64.0, help="largest query body in MiB (default 64)")
+    serve.add_argument("--threads", type=integer(1), default=1, help="torch threads per forward pass (default 1)")
+    serve.add_argument("--forward-threads", type=integer(1), default=1,
                        help="forward passes run at once, all models together (default 1)")
     serve.add_argument("--seed", type=int, default=0, help="seeds the defense and the clients' ids (default 0)")
     serve.set_defaults(func=_cmd_serve)
@@ -408,23 +418,24 @@ def build_parser() -> argparse.ArgumentParser:
     attack = commands.add_parser("attack", help="run an attack against a live endpoint (psml-bench serve or yours)")
     _endpoint_arguments(attack, "the attacker's API key")
     attack.add_argument("--attack", required=True, metavar="NAME[:k=v,...]", help="a registered or submitted attack")
-    attack.add_argument("--budget", type=int, default=None,
+    attack.add_argument("--budget", type=integer(1, MAX_BUDGET), default=None,
                         help="most queries to send (default: the key's remaining budget)")
-    attack.add_argument("--role", default="rank:1", help="the model to steal, rank:k (default rank:1)")
+    attack.add_argument("--role", type=victim_role, default="rank:1", help="the model to steal, rank:k (default rank:1)")
     attack.add_argument("--out", default="attack-out", help="where the surrogate and summary go (default attack-out/)")
     attack.add_argument("--zoo", default=None, help="the zoo the endpoint serves: the pool, and local scoring")
     attack.add_argument("--pool", default=None, metavar="FILE",
                         help="the attacker's unlabelled inputs (.npy or safetensors; default: the zoo's attacker split)")
     attack.add_argument("--seed", type=int, default=0, help="seeds the attack (default 0)")
-    attack.add_argument("--timeout", type=float, default=3600.0, help="attack wall-clock limit in s (default 3600)")
+    attack.add_argument("--timeout", type=number(0), default=3600.0,
+                        help="attack wall-clock limit in s; 0 for none (default 3600)")
     attack.set_defaults(func=_cmd_attack)
 
     load = commands.add_parser("load", help="benign load on a live endpoint with MLPerf LoadGen's server scenario")
     _endpoint_arguments(load, "an operator API key")
     load.add_argument("--zoo", required=True, help="the zoo the endpoint serves (benign inputs and specs)")
-    load.add_argument("--qps", type=float, required=True, help="target queries per second (Poisson arrivals)")
-    load.add_argument("--duration", type=float, required=True, help="minimum duration in seconds")
-    load.add_argument("--latency-bound-ms", type=float, default=None,
+    load.add_argument("--qps", type=number(0, exclusive=True), required=True, help="target queries per second (Poisson arrivals)")
+    load.add_argument("--duration", type=number(0, exclusive=True), required=True, help="minimum duration in seconds")
+    load.add_argument("--latency-bound-ms", type=number(0, exclusive=True), default=None,
                       help="LoadGen's p99 latency bound (default: the advertised maximum latency)")
     load.add_argument("--seed", type=int, default=0, help="seeds the inputs and specs (default 0)")
     load.add_argument("--log-dir", default=None, help="keep LoadGen's logs here")

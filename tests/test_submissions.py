@@ -287,15 +287,3 @@ def test_a_grid_naming_a_submission_says_its_sweep_is_not_used(tmp_path, caplog,
     assert "names submission 'round-probs' itself, so its manifest's sweep is not used" in caplog.text
     assert [d.kwargs for d in grid.defenses if d.name == "round-probs"] == [{"decimals": 3}]
 
-
-def test_an_attack_manifest_implies_the_surrogate_parameters(tmp_path):
-    manifest = {**_attack_manifest("brief"), "parameters": {"floor": {"type": "number", "default": 1.0},
-                                                           "epochs": {"type": "integer", "default": 3}}}
-    folder = write_submission(tmp_path, manifest, {"brief.py": "class Hostile:\n    pass\n"})
-    loaded = load_manifest(folder)
-    assert loaded.defaults == {"floor": 1.0, "epochs": 3, "surrogate": "test_resnet", "min_steps": 200,
-                               "labels": "soft", "strategy": "random"}
-    assert loaded.allowed["labels"].choices == ("soft", "hard")
-    defense = load_manifest(write_submission(tmp_path, {**_defense_manifest("plain", "plain:Plain"),
-                                                        "parameters": {}}, {"plain.py": "class Plain:\n    pass\n"}))
-    assert defense.defaults == {}

@@ -248,6 +248,11 @@ def run_cell(zoo: Zoo, grid: GridConfig, cell: Cell, *, timeout_s: float | None 
                                attack_generator(cell.seed), timeout_s=timeout_s, memory_mb=memory_mb,
                                global_seed=global_seed, transcript=transcript)
         metrics, surrogate_problems = score_surrogate(zoo, victim_id, surrogate, device)
+        unscored = [name for name in ("kl", "l1") if not np.isfinite(metrics[name])]
+        if unscored:  # finite weights whose outputs overflow: no number of this cell means anything
+            metrics = dict.fromkeys(SURROGATE_METRICS, float("nan"))
+            raise AttackFailed(f"the attack's surrogate predicts non-finite probabilities on the test split "
+                               f"({' and '.join(unscored).upper()} not finite): it cannot be scored")
         row["surrogate_recipe"] = surrogate.recipe
         flags += surrogate_problems
     except AttackFailed as exc:

@@ -23,6 +23,15 @@ class Allowed:
     choices: tuple[Any, ...] = ()
     registry: Registry | None = None
 
+    def __post_init__(self) -> None:
+        for bound in ("minimum", "maximum"):
+            value = getattr(self, bound)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value != value):
+                raise ConfigError(f"Allowed({bound}=...) must be a number, got {value!r}")
+        if self.minimum is not None and self.maximum is not None and self.minimum > self.maximum:
+            raise ConfigError(f"Allowed(minimum={self.minimum!r}, maximum={self.maximum!r}): the minimum is above "
+                              "the maximum, so no value is allowed")
+
     def check(self, value: Any) -> None:
         """Raise if ``value`` is not allowed (a registry's error says "did you mean")."""
         if self.registry is not None:

@@ -7,6 +7,7 @@ import difflib
 import importlib
 import logging
 import pkgutil
+import re
 import sys
 from dataclasses import dataclass
 from importlib import metadata
@@ -18,6 +19,8 @@ from .errors import PsmlError, UnknownPluginError
 log = logging.getLogger(__name__)
 
 T = TypeVar("T", bound=type)
+PLUGIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+"""What a decorator-registered plugin may be called (its label appends ``(param=value,...)``)."""
 
 
 @dataclass(frozen=True)
@@ -64,7 +67,13 @@ class Registry(Generic[T]):
         ``module <name>`` otherwise; entry points and submissions relabel their plugins when loaded.
         """
 
+        if not isinstance(name, str) or not PLUGIN_NAME.match(name):
+            raise PsmlError(f"{self.kind} name {name!r} must be letters, digits, '-', '_' or '.', starting with a "
+                            "letter or digit (a label adds '(param=value)' to it)")
+
         def decorate(cls: T) -> T:
+            if not isinstance(cls, type):
+                raise PsmlError(f"register_{self.kind}('{name}') decorates a class, got {type(cls).__name__}")
             self.add(name, cls, source=source or self._default_source(cls))
             return cls
 

@@ -7,6 +7,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .checks import generator, pool_size
 from .errors import InvalidQueryError
 from .spec import Spec
 from .target import Knowledge, Target
@@ -16,7 +17,8 @@ QUERY_BATCH = 512
 
 def sample_pool(knowledge: Knowledge, n: int, rng: np.random.Generator) -> torch.Tensor:
     """``n`` distinct pool indices (fewer if the pool is smaller), drawn with ``rng``."""
-    n = min(n, len(knowledge.pool))
+    n = min(pool_size("sample_pool's n", n), len(knowledge.pool))
+    generator("sample_pool's rng", rng)
     return torch.from_numpy(np.sort(rng.choice(len(knowledge.pool), size=n, replace=False)))
 
 
@@ -49,7 +51,7 @@ class QuerySession:
     def __init__(self, target: Target, knowledge: Knowledge, spec: Spec | Sequence[Spec], n_queries: int):
         self.target = target
         self.knowledge = knowledge
-        self.n_queries = int(n_queries)
+        self.n_queries = pool_size("n_queries", n_queries)
         self._spec = spec if isinstance(spec, Spec) else list(spec)
         self._inputs: list[torch.Tensor] = []
         self._answers: list[torch.Tensor] = []

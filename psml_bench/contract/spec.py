@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .checks import interval, spec_values
+
 
 @dataclass(frozen=True)
 class Spec:
@@ -14,6 +16,9 @@ class Spec:
     min_accuracy: float
     max_latency_ms: float
 
+    def __post_init__(self) -> None:
+        spec_values(self)
+
 
 @dataclass(frozen=True)
 class SpecRange:
@@ -21,6 +26,10 @@ class SpecRange:
 
     accuracy: tuple[float, float]
     latency_ms: tuple[float, float]
+
+    def __post_init__(self) -> None:
+        interval("spec range accuracy", self.accuracy)
+        interval("spec range latency_ms", self.latency_ms)
 
     def clip(self, min_accuracy: np.ndarray, max_latency_ms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return (np.clip(min_accuracy, *self.accuracy), np.clip(max_latency_ms, *self.latency_ms))

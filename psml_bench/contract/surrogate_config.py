@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+from .checks import TimmArchitecture, count, finite, surrogate_arch
 from .errors import ConfigError
 from .parameters import Allowed
 from .registries import STRATEGIES
@@ -46,6 +47,18 @@ class SurrogateConfig:
         check_surrogate_params({"labels": config.labels, "strategy": config.strategy})
         return config
 
+    def __post_init__(self) -> None:
+        surrogate_arch(self.arch)
+        count("epochs", self.epochs)
+        count("min_steps", self.min_steps)
+        count("batch_size", self.batch_size, 1)
+        finite("lr", self.lr, 0.0, exclusive=True)
+        finite("weight_decay", self.weight_decay, 0.0)
+        if self.labels not in ("soft", "hard"):
+            raise ConfigError(f"parameter 'labels' must be 'soft' or 'hard', got {self.labels!r}")
+        if not isinstance(self.strategy, str):
+            raise ConfigError(f"strategy must be a registered strategy's name, got {self.strategy!r}")
+
     def steps(self, n: int) -> int:
         """Optimiser steps :func:`train_surrogate` takes on ``n`` examples."""
         return max(self.min_steps, self.epochs * math.ceil(n / self.batch_size))
@@ -70,7 +83,10 @@ SURROGATE_DEFAULTS: dict[str, Any] = {"surrogate": SurrogateConfig.arch, "epochs
 
 
 SURROGATE_ALLOWED: dict[str, Allowed] = {"labels": Allowed(choices=("soft", "hard")),
-                                         "strategy": Allowed(registry=STRATEGIES)}
+                                         "strategy": Allowed(registry=STRATEGIES),
+                                         "epochs": Allowed(minimum=0, integer=True),
+                                         "min_steps": Allowed(minimum=0, integer=True),
+                                         "surrogate": TimmArchitecture()}
 """The values the surrogate parameters accept; :class:`psml_bench.Attack` applies them to every attack."""
 
 

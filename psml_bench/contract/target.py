@@ -7,6 +7,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from .checks import knowledge_fields
 from .spec import Spec, SpecRange
 
 
@@ -92,6 +93,9 @@ class Knowledge:
     menu: tuple[tuple[float, float], ...] | None = None
     latency_visible: bool = False
     device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        knowledge_fields(self)
 
     @property
     def rank(self) -> int:

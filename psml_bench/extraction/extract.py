@@ -9,6 +9,8 @@ from typing import Any, ClassVar, Sequence
 import numpy as np
 import torch
 
+from ..contract.checks import generator
+from ..contract.errors import ConfigError
 from ..contract.registries import STRATEGIES
 from ..contract.session import QuerySession, sample_pool
 from ..contract.spec import Spec
@@ -65,6 +67,9 @@ def extract(target: Target, knowledge: Knowledge, spec: Spec | Sequence[Spec], n
         spec: one spec for all queries, or a sequence of ``n_queries`` specs, consumed in order.
         extra: answers the attack already holds (inputs, probabilities), added to the training set.
     """
+    if not isinstance(config, SurrogateConfig):
+        raise ConfigError(f"config must be a psml_bench.SurrogateConfig, got {type(config).__name__}")
+    generator("extract's rng", rng)
     strategy = STRATEGIES.get(config.strategy)()
     session = QuerySession(target, knowledge, spec, n_queries)
     strategy.collect(session, knowledge, config, rng)

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..common.device import make_deterministic
+from ..contract.checks import count, generator, surrogate_arch
+from ..contract.errors import ConfigError, sanitise
 from ..contract.surrogate_config import SurrogateConfig, check_surrogate_params
 from ..contract.target import Knowledge
 
@@ -21,8 +23,13 @@ def tensor_bytes(tensor: torch.Tensor) -> bytes:
 
 def weights_digest(model: torch.nn.Module) -> str:
     """sha256 of a model's weights and buffers (to tell whether it changed since it was trained)."""
+    return state_digest(model.state_dict())
+
+
+def state_digest(state: dict[str, torch.Tensor]) -> str:
+    """sha256 of a state dict's names and tensors (:func:`weights_digest` of a model with that state)."""
     digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
+    for name, tensor in sorted(state.items()):
         digest.update(name.encode())
         digest.update(tensor_bytes(tensor))
     return digest.hexdigest()
@@ -42,6 +49,14 @@ class Surrogate(torch.nn.Module):
         super().__init__()
         import timm
 
+        surrogate_arch(arch)
+        count("in_chans", in_chans, 1)
+        count("num_classes", num_classes, 2)
+        for name, value in (("mean", mean), ("std", std)):
+            if not isinstance(value, torch.Tensor) or value.numel() not in (1, in_chans):
+                got = f"{value.numel()} values" if isinstance(value, torch.Tensor) else type(value).__name__
+                allowed = "1 value" if in_chans == 1 else f"1 or {in_chans} values (one per input channel)"
+                raise ConfigError(f"surrogate {name} must be a tensor of {allowed}, got {got}")
         self.net = timm.create_model(arch, pretrained=False, in_chans=in_chans, num_classes=num_classes)
         self.register_buffer("mean", mean.view(1, -1, 1, 1).clone())
         self.register_buffer("std", std.view(1, -1, 1, 1).clone())
@@ -79,10 +94,29 @@ def train_surrogate(inputs: torch.Tensor, answers: torch.Tensor, knowledge: Know
         init: a surrogate to train further (in place) instead of a fresh one, e.g. a strategy's
             interim surrogate of the previous round.
     """
-    seed = int(rng.integers(2**31))
+    _check_training_set(inputs, answers, knowledge, config)
+    seed = int(generator("train_surrogate's rng", rng).integers(2**31))
     check_surrogate_params({"labels": config.labels})
     trained = _TRAINER[0](inputs, answers, config, seed, init) if _TRAINER else None
     return trained if trained is not None else fit_surrogate(inputs, answers, knowledge, config, seed, init=init)
+
+
+def _check_training_set(inputs: Any, answers: Any, knowledge: Knowledge, config: Any) -> None:
+    """One sentence for training data that do not fit the knowledge (instead of an IndexError mid-training)."""
+    if not isinstance(config, SurrogateConfig):
+        raise ConfigError(f"config must be a psml_bench.SurrogateConfig, got {type(config).__name__}")
+    shape = tuple(knowledge.input_shape)
+    if not (isinstance(inputs, torch.Tensor) and inputs.ndim == 1 + len(shape) and tuple(inputs.shape[1:]) == shape):
+        got = tuple(inputs.shape) if isinstance(inputs, torch.Tensor) else type(inputs).__name__
+        raise ConfigError(f"train_surrogate's inputs must be a tensor of shape (N, {', '.join(map(str, shape))}), "
+                          f"got {got}")
+    if not (isinstance(answers, torch.Tensor) and tuple(answers.shape) == (len(inputs), knowledge.num_classes)):
+        got = tuple(answers.shape) if isinstance(answers, torch.Tensor) else type(answers).__name__
+        raise ConfigError(f"train_surrogate's answers must be a tensor of shape ({len(inputs)}, "
+                          f"{knowledge.num_classes}), one probability row per input, got {got}")
+    if not (inputs.is_floating_point() and answers.is_floating_point()):
+        raise ConfigError(f"train_surrogate's inputs and answers must be floating point, got {inputs.dtype} and "
+                          f"{answers.dtype}")
 
 
 def fresh_surrogate(knowledge: Knowledge, arch: str, seed: int) -> Surrogate:
@@ -136,7 +170,14 @@ def trained_by(model: Surrogate, config: SurrogateConfig) -> Surrogate:
     return model
 
 
-def trained_recipe(model: Surrogate) -> str:
-    """The recipe ``model`` was trained with by :func:`train_surrogate`; '' if its weights changed since
-    (or it never was): the harness then cannot say how it was trained."""
-    return model.recipe if model.recipe and weights_digest(model) == model.digest else ""
+def nonfinite_weights(state: dict[str, torch.Tensor]) -> str:
+    """How many weights of ``state`` are NaN or infinite, and the first tensor holding one ('' if none)."""
+    bad = {name: int((~torch.isfinite(t)).sum()) for name, t in sorted(state.items())
+           if t.is_floating_point() or t.is_complex()}
+    bad = {name: n for name, n in bad.items() if n}
+    if not bad:
+        return ""
+    first = next(iter(bad))
+    total = sum(bad.values())
+    return (f"{total} non-finite weight value{'s' if total != 1 else ''} (NaN or infinity), the first in "
+            f"'{sanitise(first, 80)}'")

@@ -52,7 +52,7 @@ from ..contract.errors import (AttackFailed, BudgetExhausted, ConfigError, Inval
 from ..contract.parameters import declaration_mismatches
 from ..contract.registries import ATTACKS, STRATEGIES
 from .sandbox import MemoryFinder, Sandbox, read_sources, sandbox_problem, visible
-from ..extraction.surrogate import Surrogate, train_elsewhere, trained_recipe
+from ..extraction.surrogate import Surrogate, nonfinite_weights, train_elsewhere
 from .trainer import SurrogateTrainer, remote_trainer
 from ..contract.target import Knowledge, Target
 from ..serving.server import Server
@@ -284,7 +284,7 @@ def attack_main(conn: Connection) -> None:
         arch = surrogate.net.pretrained_cfg.get("architecture") if hasattr(surrogate.net, "pretrained_cfg") else None
         if not isinstance(arch, str):
             raise TypeError("the returned Surrogate's network does not name its timm architecture")
-        message = pack({"op": "done", "arch": arch, "recipe": trained_recipe(surrogate)}, dict(surrogate.state_dict()))
+        message = pack({"op": "done", "arch": arch}, dict(surrogate.state_dict()))
     except BaseException as exc:  # noqa: BLE001 - everything the plugin does wrong is reported
         message = pack({**failure_header(exc), "traceback": traceback.format_exc()[-4000:]})
     try:
@@ -342,10 +342,16 @@ def _spec_from_header(value: Any) -> Spec | list[Spec | None]:
     return [None]  # the server answers: spec must be one Spec or a sequence of N Specs
 
 
-def _rebuild_surrogate(header: dict[str, Any], state: dict[str, torch.Tensor], knowledge: Knowledge) -> Surrogate:
+def _rebuild_surrogate(header: dict[str, Any], state: dict[str, torch.Tensor], knowledge: Knowledge,
+                       trainer: SurrogateTrainer) -> Surrogate:
+    """The returned surrogate, rebuilt here; its ``recipe`` is the worker's record of the training that produced
+    exactly these weights ('' if it trained none such: own training, whatever the attack says)."""
     arch = header.get("arch")
     if not isinstance(arch, str) or "mean" not in state or "std" not in state:
         raise AttackFailed("the attack returned a surrogate without an architecture or normalisation")
+    problem = nonfinite_weights(state)
+    if problem:
+        raise AttackFailed(f"the attack's surrogate has {problem}: it cannot be scored")
     if not timm.is_model(arch):
         raise AttackFailed(f"the attack's surrogate names '{sanitise(arch, 80)}', which is not a timm architecture "
                            "(surrogates are built locally; hub names are refused)")
@@ -356,8 +362,7 @@ def _rebuild_surrogate(header: dict[str, Any], state: dict[str, torch.Tensor], k
         model.load_state_dict(state, strict=True)
     except Exception as exc:  # noqa: BLE001
         raise AttackFailed(f"the attack's surrogate ({arch}) could not be rebuilt: {sanitise(exc, MAX_ERROR_CHARS)}") from None
-    recipe = header.get("recipe")
-    model.recipe = recipe if isinstance(recipe, str) else ""  # checked against the weights in the attack process
+    model.recipe = trainer.recipe_of(state)
     return model.eval()
 
 
@@ -438,7 +443,7 @@ def run_attack(server: Server | Service, locator: AttackLocator, knowledge: Know
                 conn.send_bytes(pickle.dumps(trainer.answer(header, tensors), protocol=pickle.HIGHEST_PROTOCOL))
             elif op == "done":
                 finished = True
-                return _rebuild_surrogate(header, tensors, knowledge)
+                return _rebuild_surrogate(header, tensors, knowledge, trainer)
             elif op == "failed":
                 finished = True
                 kind, message = sanitise(header.get("type", "Error"), 60), sanitise(header.get("message", ""), MAX_ERROR_CHARS)

@@ -34,6 +34,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Callable
@@ -49,13 +50,17 @@ TMPFS_SIZE = "512m"
 """Size limit of an attack process's private ``/tmp`` and ``/dev/shm`` each."""
 START_TIMEOUT_S = 300.0
 """How long a zygote may take to import its preloads."""
+STASH = "/opt/psml-bench-stash"
+"""Where an attack process keeps the jail's ``/tmp`` while it mounts its private one (see :func:`_private_tmpfs`)."""
+PRIVATE_POINTS = ("/tmp", "/dev/shm")
+"""Where every attack process mounts its own tmpfs."""
 SYSTEM_TREES = ("/usr/lib", "/usr/lib64", "/usr/lib32", "/usr/local/lib", "/etc/ld.so.cache", "/etc/ld.so.conf",
                 "/etc/ld.so.conf.d")
 _LINKS = ("/lib", "/lib64", "/lib32")
 
 _CLONE_NEWNS, _CLONE_NEWIPC, _CLONE_NEWUSER, _CLONE_NEWPID, _CLONE_NEWNET = (
     0x00020000, 0x08000000, 0x10000000, 0x20000000, 0x40000000)
-_MS_NOSUID, _MS_NODEV = 2, 4
+_MS_NOSUID, _MS_NODEV, _MS_BIND, _MS_REC, _MNT_DETACH = 2, 4, 4096, 16384, 2
 _PR_SET_PDEATHSIG, _PR_SET_DUMPABLE = 1, 4
 
 
@@ -102,14 +107,23 @@ def visible(path: Path | str) -> bool:
 
 
 def sandbox_sys_path() -> list[str]:
-    """``sys.path`` of the zygote: the harness packages, then this process's entries inside the Python trees."""
+    """``sys.path`` of the zygote: the harness packages, then this process's entries inside the Python trees
+    (resolved, since the jail binds each tree at its real path: a symlinked prefix is not there)."""
     trees = python_trees()
     entries = [SANDBOX_ROOT]
     for entry in sys.path:
-        if entry and os.path.isabs(entry) and any(_inside(str(Path(entry).resolve()), t) for t in trees) \
-                and Path(entry).exists() and entry not in entries:
-            entries.append(entry)
+        if not (entry and os.path.isabs(entry) and Path(entry).exists()):
+            continue
+        resolved = str(Path(entry).resolve())
+        if any(_inside(resolved, t) for t in trees) and resolved not in entries:
+            entries.append(resolved)
     return entries
+
+
+def kept_trees() -> list[str]:
+    """The bound Python trees that lie under a place where each attack process mounts its private tmpfs
+    (a venv under ``/tmp``): the attack process binds them back (:func:`_private_tmpfs`)."""
+    return [tree for tree in python_trees() if any(_inside(tree, point) for point in PRIVATE_POINTS)]
 
 
 def hidden_paths() -> list[str]:
@@ -138,6 +152,9 @@ def bwrap_command(executable: str, argv: list[str], gpu: bool = False) -> list[s
                                  "bubblewrap; scripts/install.sh installs it)")
     command = [bwrap, "--unshare-all", "--die-with-parent", "--new-session", "--clearenv",
                "--setenv", "HOME", "/tmp", "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "LANG", "C.UTF-8"]
+    # The jail's own mounts first: a tmpfs on /tmp (or a fresh /dev) made after the binds would hide a
+    # Python installation or harness that lives there (a venv under /tmp).
+    command += ["--dev", "/dev", "--proc", "/proc", "--size", str(2**20), "--tmpfs", "/tmp"]
     for tree in SYSTEM_TREES:
         command += ["--ro-bind-try", tree, tree]
     for link in _LINKS:
@@ -154,8 +171,9 @@ def bwrap_command(executable: str, argv: list[str], gpu: bool = False) -> list[s
     for path in hidden_paths():
         if any(_inside(path, tree) and path != tree for tree in bound):
             command += ["--tmpfs", path]
-    command += ["--dev", "/dev", *(gpu_binds() if gpu else []), "--proc", "/proc", "--size", str(2**20),
-                "--tmpfs", "/tmp", "--remount-ro", "/dev", "--remount-ro", "/",
+    if kept_trees():
+        command += ["--dir", STASH]
+    command += [*(gpu_binds() if gpu else []), "--remount-ro", "/dev", "--remount-ro", "/",
                 "--uid", str(SANDBOX_ID), "--gid", str(SANDBOX_ID), "--chdir", "/", executable, *argv]
     return command
 
@@ -172,9 +190,17 @@ def sandbox_problem() -> str:
     except (OSError, subprocess.SubprocessError) as exc:
         return f"the attack sandbox cannot start: bwrap failed ({exc})"
     if done.returncode != 0:
-        reason = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1][:200]
-        return f"the attack sandbox cannot start: bwrap could not create its namespaces here ({reason})"
+        reason = last_line(done.stderr) or f"exit code {done.returncode}"
+        return f"the attack sandbox cannot start: bwrap failed here ({reason})"
     return ""
+
+
+def last_line(text: str | bytes) -> str:
+    """The last non-empty line of a process's stderr, on one line and bounded (its own words on why it ended)."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return " ".join("".join(c if c.isprintable() else " " for c in lines[-1]).split())[:300] if lines else ""
 
 
 class Sandbox:
@@ -191,6 +217,7 @@ class Sandbox:
         self.targets = targets
         self.process: subprocess.Popen | None = None
         self.control: socket.socket | None = None
+        self.stderr: Any = None  # the zygote's start-up output (it silences itself once ready)
         self.ready = False
 
     def start(self) -> None:
@@ -200,12 +227,16 @@ class Sandbox:
         functions = ", ".join(f"target{i}" for i in range(len(self.targets)))
         boot = (f"import sys; sys.path[:] = {sandbox_sys_path() if self.jailed else _plain_sys_path()!r}; "
                 f"from psml_bench.isolation.sandbox import zygote; {imports}; "
-                f"zygote({child.fileno()}, ({functions},), {self.preload!r}, {self.jailed!r})")
+                f"zygote({child.fileno()}, ({functions},), {self.preload!r}, {self.jailed!r}, "
+                f"{kept_trees() if self.jailed else []!r})")
         executable = str(Path(sys.executable).resolve())
         argv = ["-I", "-S", "-c", boot]
         command = bwrap_command(executable, argv, self.gpu) if self.jailed else [executable, *argv]
+        if self.stderr is not None:
+            self.stderr.close()
+        self.stderr = tempfile.TemporaryFile()
         self.process = subprocess.Popen(command, pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL,
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd="/",
+                                        stdout=subprocess.DEVNULL, stderr=self.stderr, cwd="/",
                                         env={} if self.jailed else {"PATH": "/usr/bin:/bin"})
         child.close()
         self.control = parent
@@ -220,12 +251,26 @@ class Sandbox:
             if self.control.recv(1) != b"r":
                 raise OSError("the zygote ended before it was ready")
         except OSError as exc:
+            reason = self._startup_error()
             self.stop()
-            raise SandboxUnavailable(f"the attack sandbox did not start ({exc})") from None
+            raise SandboxUnavailable(f"the attack sandbox did not start ({exc})" + (f": {reason}" if reason else "")
+                                     ) from None
         finally:
             if self.control is not None:
                 self.control.settimeout(None)
         self.ready = True
+
+    def _startup_error(self) -> str:
+        """bubblewrap's or the zygote's last line on stderr (e.g. ``bwrap: execvp /x/bin/python3: No such file``)."""
+        if self.stderr is None or self.process is None:
+            return ""
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+        self.stderr.seek(0, os.SEEK_END)
+        self.stderr.seek(max(0, self.stderr.tell() - 8192))
+        return last_line(self.stderr.read())
 
     def fork(self, target: int = 0) -> Connection:
         """A new process running ``targets[target]``; returns the worker's end of its channel."""
@@ -314,14 +359,18 @@ class MemoryFinder:
 
 
 def zygote(fd: int, targets: tuple[Callable[[Connection], None], ...], preload: tuple[str, ...],
-           jailed: bool) -> None:
+           jailed: bool, kept: list[str] = ()) -> None:
     """Import ``preload``, then fork one process per request on ``fd``, running the target it names
-    with its channel."""
+    with its channel (``kept``: the Python trees under ``/tmp`` that each such process binds back)."""
     for module in preload:
         try:
             importlib.import_module(module)
         except ImportError:
             pass
+    quiet = os.open(os.devnull, os.O_WRONLY)  # start-up went well: the worker reads stderr only when it did not
+    os.dup2(quiet, 1)
+    os.dup2(quiet, 2)
+    os.close(quiet)
     _libc().prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)  # attack processes cannot trace it or read its memory
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # forked children are reaped by the kernel
     control = socket.socket(fileno=fd)
@@ -336,13 +385,13 @@ def zygote(fd: int, targets: tuple[Callable[[Connection], None], ...], preload: 
         if os.fork() == 0:
             control.close()
             try:
-                _cell_process(fds[0], targets[message[0]], jailed)
+                _cell_process(fds[0], targets[message[0]], jailed, tuple(kept))
             finally:
                 os._exit(0)
         os.close(fds[0])
 
 
-def _cell_process(fd: int, target: Callable[[Connection], None], jailed: bool) -> None:
+def _cell_process(fd: int, target: Callable[[Connection], None], jailed: bool, kept: tuple[str, ...] = ()) -> None:
     libc = _libc()
     if not jailed:  # a built-in without bubblewrap: dies with the zygote, which dies with its worker
         libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
@@ -358,12 +407,28 @@ def _cell_process(fd: int, target: Callable[[Connection], None], jailed: bool) -
     if os.fork() != 0:  # the attack process is PID 1 of the new namespace: all its children end with it
         return
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    for point in ("/tmp", "/dev/shm"):
-        if libc.mount(b"tmpfs", point.encode(), b"tmpfs", _MS_NOSUID | _MS_NODEV,
-                      f"size={TMPFS_SIZE},mode=1777".encode()) != 0:
-            raise OSError(ctypes.get_errno(), f"mounting a private {point} failed")
+    for point in PRIVATE_POINTS:
+        _private_tmpfs(libc, point, [tree for tree in kept if _inside(tree, point)])
     _drop_capabilities(libc)
     target(Connection(fd))
+
+
+def _private_tmpfs(libc: Any, point: str, kept: list[str]) -> None:
+    """Mount a fresh tmpfs on ``point``, binding back the Python trees under it (``kept``), which the
+    tmpfs would hide: the jail's ``point`` is first bound at :data:`STASH`, then unmounted from there."""
+    def mount(source: str, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
+        if libc.mount(source.encode(), target.encode(), fstype.encode() if fstype else None, flags,
+                      data.encode() if data else None) != 0:
+            raise OSError(ctypes.get_errno(), f"mounting {source} on {target} failed")
+
+    if kept:
+        mount(point, STASH, None, _MS_BIND | _MS_REC)
+    mount("tmpfs", point, "tmpfs", _MS_NOSUID | _MS_NODEV, f"size={TMPFS_SIZE},mode=1777")
+    for tree in kept:
+        os.makedirs(tree, exist_ok=True)
+        mount(STASH + tree[len(point.rstrip("/")):], tree, None, _MS_BIND | _MS_REC)  # read-only, as bound
+    if kept and libc.umount2(STASH.encode(), _MNT_DETACH) != 0:
+        raise OSError(ctypes.get_errno(), f"unmounting {STASH} failed")
 
 
 class _CapHeader(ctypes.Structure):

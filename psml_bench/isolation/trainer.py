@@ -38,8 +38,10 @@ from safetensors.torch import load_file, save_file
 
 from ..extraction import surrogate as _surrogate
 from ..common.device import intra_op_threads
+from ..contract.errors import PsmlError
 from ..contract.target import Knowledge
-from ..extraction.surrogate import Surrogate, Trainer, fit_surrogate, fresh_surrogate, tensor_bytes, trained_by
+from ..extraction.surrogate import (Surrogate, Trainer, fit_surrogate, fresh_surrogate, state_digest, tensor_bytes,
+    trained_by)
 from ..contract.surrogate_config import SurrogateConfig
 
 log = logging.getLogger(__name__)
@@ -149,7 +151,10 @@ def _config(value: Any) -> SurrogateConfig | None:
             and isinstance(value["arch"], str) and timm.is_model(value["arch"])
             and value["labels"] in ("soft", "hard") and isinstance(value["strategy"], str)):
         return None
-    return SurrogateConfig(**value)
+    try:
+        return SurrogateConfig(**value)
+    except PsmlError:  # e.g. a learning rate of 0: not the worker's to train
+        return None
 
 
 class SurrogateTrainer:
@@ -160,6 +165,7 @@ class SurrogateTrainer:
         self.knowledge = knowledge
         self.cache_dir = Path(cache_dir) / CACHE_DIR if cache_dir is not None else None
         pool = knowledge.pool
+        self.produced: dict[str, str] = {}  # digest of each state sent to the attack process -> its recipe
         self._context = [_code_identity(), list(knowledge.input_shape), knowledge.num_classes,
                          torch.device(knowledge.device).type, _tensor_digest(pool.mean(dim=(0, 2, 3))),
                          _tensor_digest(pool.std(dim=(0, 2, 3)))]
@@ -181,7 +187,13 @@ class SurrogateTrainer:
             result = self._train(inputs, answers, config, seed, rng)
             self._store(key, result)
         state = {k: v for k, v in result.items() if not k.startswith(_RNG)}
+        self.produced[state_digest(state)] = config.recipe()
         return ("ok", (state, {k: v for k, v in result.items() if k.startswith(_RNG)}))
+
+    def recipe_of(self, state: dict[str, torch.Tensor]) -> str:
+        """The recipe of this trainer's training that produced exactly ``state`` (the weights an attack
+        returned), or '' when it trained none such: only then is a fixed-recipe claim accepted."""
+        return self.produced.get(state_digest(state), "")
 
     def _key(self, header: dict[str, Any], tensors: dict[str, torch.Tensor]) -> str:
         digest = hashlib.sha256(repr([self._context, sorted(header["config"].items()), header["seed"]]).encode())

@@ -37,7 +37,6 @@ from ..common.files import schema
 from ..contract.errors import ManifestError, PsmlError
 from ..isolation.jailed_defense import SubmittedDefense
 from ..contract.parameters import Allowed
-from ..contract.surrogate_config import SURROGATE_ALLOWED, SURROGATE_DEFAULTS
 from ..contract.registries import ATTACKS, DEFENSES, STRATEGIES
 from .folders import MANIFEST, folder_hash, folder_problems, submission_folders, submissions_dirs
 
@@ -69,15 +68,6 @@ class Parameter:
         if self.minimum is None and self.maximum is None and not self.choices:
             return None
         return Allowed(minimum=self.minimum, maximum=self.maximum, choices=self.choices)
-
-
-SURROGATE_PARAMETERS = tuple(
-    Parameter(name, {bool: "boolean", int: "integer", float: "number", str: "string"}[type(default)], default,
-              "the surrogate's training (psml_bench.SURROGATE_DEFAULTS)",
-              choices=tuple(SURROGATE_ALLOWED[name].choices or ()) if name in SURROGATE_ALLOWED else ())
-    for name, default in SURROGATE_DEFAULTS.items())
-"""What an attack's manifest implies when it leaves them out: the surrogate parameters every attack declares with
-``**SURROGATE_DEFAULTS``, at those defaults (a manifest lists one only to give it another default or a rule)."""
 
 
 @dataclass(frozen=True)
@@ -275,8 +265,6 @@ def load_manifest(path: Path | str) -> Manifest:
     declared = tuple(Parameter(n, p["type"], p["default"], p.get("description", ""), p.get("minimum"),
                                p.get("maximum"), tuple(p.get("choices", ())))
                      for n, p in raw["parameters"].items())
-    if raw["kind"] == "attack":  # the surrogate's parameters, declared once for every attack
-        declared += tuple(p for p in SURROGATE_PARAMETERS if p.name not in raw["parameters"])
     return Manifest(
         folder=folder.resolve(), name=raw["name"], kind=raw["kind"], entry=raw["entry"], version=raw["version"],
         authors=tuple(raw["authors"]), description=raw["description"], license=raw["license"],

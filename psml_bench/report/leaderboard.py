@@ -21,6 +21,7 @@ from tabulate import tabulate
 
 from ..common.files import write_atomic
 from ..bench.grid import GridConfig
+from .page_text import csv_text, markdown_text
 from .plots import figure_names, write_figures
 from .ranking import (FIXED, GOODPUT_SHARE, attack_ranking, block_rows, crossover_notes, defense_ranking,
     describe_grid, estimate, protection_table, recipe_text)
@@ -39,6 +40,10 @@ RESULT_COLUMNS = [
 VOLATILE_COLUMNS = ("wall_s",)
 COUNT_METRICS = ("queries", "fingerprint_queries")
 PROVENANCE = ("psml_bench", "git_commit", "torch", "timm", "device", "threads", "profile")
+
+
+PLUGIN_TEXT_COLUMNS = ("attack", "defense", "error", "flags", "surrogate_recipe")
+"""Columns of results.csv whose text a plugin can influence (kept from reading as spreadsheet formulas)."""
 
 
 def results_frame(rows: Sequence[dict[str, Any]]) -> pd.DataFrame:
@@ -106,11 +111,11 @@ def attack_table(ranking: list[dict[str, Any]]) -> Table:
     for entry in ranking:
         group = entry["cells"]
         failed = f" ({entry['failed']} failed)" if entry["failed"] else ""
-        rows.append([entry["defense"], str(entry["budget"]), str(entry["load"]), entry["rank"], entry["attack"],
-                     entry["track"]]
+        rows.append([markdown_text(entry["defense"]), str(entry["budget"]), str(entry["load"]), entry["rank"],
+                     markdown_text(entry["attack"]), entry["track"]]
                     + [estimate(group, m).format(1 if m in COUNT_METRICS else 3) + (failed if m == "fidelity" else "")
                        for _, m in ATTACK_COLUMNS]
-                    + ["; ".join(entry["flags"]) or "—"])
+                    + [markdown_text("; ".join(entry["flags"])) or "—"])
         cells.append(_keys(group))
     return Table(["defense", "budget", "load", "rank", "attack", "track", *(h for h, _ in ATTACK_COLUMNS), "flags"],
                  rows, cells)
@@ -121,18 +126,18 @@ def defense_tables(table: pd.DataFrame) -> tuple[Table, Table]:
     ranked = defense_ranking(table)
     families = Table(["budget", "load", "rank", "defense", "protection", "at setting", "goodput", "AUC",
                       "benign acc. drop", "perturbation", "latency overhead", "eligible settings"],
-                     [[str(r["budget"]), str(r["load"]), r["rank"], r["family"], r["protection_estimate"].format(),
-                       r["at"], _f(r["goodput"]), _f(r["auc"]), _f(r["benign_accuracy_drop"]), _f(r["perturbation"]),
+                     [[str(r["budget"]), str(r["load"]), r["rank"], markdown_text(r["family"]),
+                       r["protection_estimate"].format(), markdown_text(r["at"]), _f(r["goodput"]), _f(r["auc"]), _f(r["benign_accuracy_drop"]), _f(r["perturbation"]),
                        _f(r["latency_overhead"]), r["eligible"]] for _, r in ranked.iterrows()],
                      [list(r["cell_keys"]) for _, r in ranked.iterrows()])
     settings = Table(["budget", "load", "defense", "eligible", "goodput", "benign acc. drop", "perturbation",
                       "latency overhead", "false-positive clients", "refused benign", "strongest attack",
                       "its fidelity", "protection", "flags"],
-                     [[str(r["budget"]), str(r["load"]), r["defense"], "yes" if not r["ineligible"] else
-                       f"no: {r['ineligible']}", _f(r["goodput"]), _f(r["benign_accuracy_drop"]), _f(r["perturbation"]),
+                     [[str(r["budget"]), str(r["load"]), markdown_text(r["defense"]), "yes" if not r["ineligible"] else
+                       f"no: {markdown_text(r['ineligible'])}", _f(r["goodput"]), _f(r["benign_accuracy_drop"]), _f(r["perturbation"]),
                        _f(r["latency_overhead"]), _f(r["false_positive_clients"]), _f(r["refused_benign"]),
-                       r["strongest_attack"], r["fidelity_estimate"].format(),
-                       r["protection_estimate"].format(), "; ".join(r["flags"]) or "—"] for _, r in table.iterrows()],
+                       markdown_text(r["strongest_attack"]), r["fidelity_estimate"].format(),
+                       r["protection_estimate"].format(), markdown_text("; ".join(r["flags"])) or "—"] for _, r in table.iterrows()],
                      [list(r["cell_keys"]) for _, r in table.iterrows()])
     return families, settings
 
@@ -217,11 +222,11 @@ def _comparison_table(comparisons: Sequence[Comparison], zoos: Sequence[str], wh
         headers += [f"`{zoo}`"] + [f"at setting (`{zoo}`)"] * settings_shown
     rows = []
     for c in comparisons:
-        row = [c.victim, c.block, str(c.budget), c.load, c.what]
+        row = [c.victim, c.block, str(c.budget), c.load, markdown_text(c.what)]
         for zoo in zoos:
             value = c.estimates[zoo]
             row += [f"{value.format()} (n={value.n})" if value.known else "—"] + \
-                [c.settings.get(zoo, "—")] * settings_shown
+                [markdown_text(c.settings[zoo]) if zoo in c.settings else "—"] * settings_shown
         rows.append(row + [c.agreement()])
     return Table(headers + ["on every zoo" if len(zoos) > 2 else "on both zoos"], rows)
 
@@ -301,7 +306,7 @@ def leaderboard_sections(frame: pd.DataFrame, zoos, grid: GridConfig, figures: S
     if len(failed):
         columns = ["zoo"] * several + ["victim", "attack", "defense", "budget", "seed", "error"]
         sections.append(Section(2, "Failed cells", [], Table(
-            columns, [[str(v) for v in r] for r in failed[columns].values], [[k] for k in failed["cell_key"]])))
+            columns, [[markdown_text(v) for v in r] for r in failed[columns].values], [[k] for k in failed["cell_key"]])))
     return sections
 
 
@@ -313,8 +318,10 @@ def _flagged_section(frame: pd.DataFrame, several: bool = False) -> list[Section
     flagged = frame[flags.apply(lambda f: not isinstance(f, str) or f != "")]
     if not len(flagged):
         return []
-    rows = [[r["zoo"]] * several + [r["victim"], r["attack"], r["defense"], str(r["budget"]), str(r["seed"]),
-             r["flags"] if isinstance(r["flags"], str) else "flags not computed"] for _, r in flagged.iterrows()]
+    rows = [[markdown_text(v) for v in [r["zoo"]] * several + [r["victim"], r["attack"], r["defense"], r["budget"],
+                                                              r["seed"]]]
+            + [markdown_text(r["flags"]) if isinstance(r["flags"], str) else "flags not computed"]
+            for _, r in flagged.iterrows()]
     return [Section(2, "Potentially unreliable", [
         "Cells that failed a sanity check (docs/submissions.md), or whose checks never ran: their numbers are shown "
         "above but should not be trusted until the flag is explained."],
@@ -358,7 +365,8 @@ def write_leaderboard(rows: Sequence[dict[str, Any]], zoos, grid, out_dir: Path,
     from .webpage import render_html
 
     frame = results_frame(rows)
-    write_atomic(out_dir / "results.csv", frame.to_csv(index=False, float_format="%.6f"))
+    csv = frame.assign(**{c: frame[c].map(csv_text) for c in PLUGIN_TEXT_COLUMNS if c in frame})
+    write_atomic(out_dir / "results.csv", csv.to_csv(index=False, float_format="%.6f"))
     opened = zoo_map(zoos, grid)
     blocks, settings = describe_grid(grid, _zoo_names(opened))
     _, protection = protection_by_zoo(frame, [zoo.name for zoo in opened.values()], blocks, settings,

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from ..common.files import write_atomic
+from .page_text import plot_text
 from .ranking import goodput_floor
 
 FRONTIER = "zoo_frontier.png"
@@ -72,7 +73,7 @@ def budget_figure(frame: pd.DataFrame, path: Path) -> bool:
         for attack, group in curves[curves["victim"] == victim].groupby("attack", sort=True):
             stats = group.groupby("budget")["fidelity"].agg(["mean", "std"]).sort_index()
             axis.errorbar(stats.index, stats["mean"], yerr=stats["std"].fillna(0), marker="o", capsize=3,
-                          label=attack)
+                          label=plot_text(attack))
         axis.set_xscale("log")
         axis.set_xticks(sorted(set(curves["budget"])), [str(b) for b in sorted(set(curves["budget"]))])
         axis.minorticks_off()
@@ -109,17 +110,17 @@ def tradeoff_figure(table: pd.DataFrame, path: Path) -> bool:
                 group = group.sort_values("goodput", ascending=False)
                 row[0].plot(np.concatenate([[start], group["goodput"].to_numpy(float)]),
                             np.concatenate([[0.0], group["protection"].to_numpy(float)]),
-                            marker="o", color=colours[family], label=family)
+                            marker="o", color=colours[family], label=plot_text(family))
             if not costs_goodput and (group["perturbation"] == 0.0).all():
                 group = group.sort_values("latency_overhead")
                 row[2].plot(np.concatenate([[0.0], group["latency_overhead"].to_numpy(float)]),
                             np.concatenate([[0.0], group["protection"].to_numpy(float)]),
-                            marker="o", color=colours[family], label=family)
+                            marker="o", color=colours[family], label=plot_text(family))
             if (group["perturbation"] > 0.0).any():
                 group = group.sort_values("perturbation")
                 row[1].plot(np.concatenate([[0.0], group["perturbation"].to_numpy(float)]),
                             np.concatenate([[0.0], group["protection"].to_numpy(float)]),
-                            marker="o", color=colours[family], label=family)
+                            marker="o", color=colours[family], label=plot_text(family))
         row[0].axvline(goodput_floor(start), color="0.5", linestyle="--", linewidth=1)  # the utility constraint
         row[0].set_xlabel("goodput")
         row[0].invert_xaxis()

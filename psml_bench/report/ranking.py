@@ -14,6 +14,7 @@ from typing import Any, Sequence
 import pandas as pd
 
 from ..bench.grid import DEFAULT_RECIPE, RECIPE_FIELDS, GridConfig, resolve
+from .page_text import markdown_code
 from ..contract.plugins import Defense
 from ..contract.surrogate_config import SurrogateConfig
 from .intervals import NO_ESTIMATE, Estimate, paired_difference, shared_ranks, t_interval
@@ -129,15 +130,25 @@ def block_rows(frame: pd.DataFrame, block: BlockView) -> pd.DataFrame:
 def track(row: pd.Series | dict[str, Any], block: BlockView) -> str:
     """A row's track: ``fixed recipe`` if its surrogate was trained with the block's recipe, else ``own training``.
 
-    A row that records the recipe its surrogate was trained with (``surrogate_recipe``, verified by
-    the harness) is judged by it; otherwise a built-in attack by its declared parameters, and a
-    submission, whose code nobody has verified, is on its own training.
+    A row that records the recipe of its surrogate's weights (``surrogate_recipe``: the recipe of the
+    worker's own training that produced exactly those weights, or '' when the worker did not train them)
+    is judged by it; a row without the field (written before the harness recorded it) by its declared
+    parameters for a built-in attack, and a submission, whose code nobody has verified, is on its own training.
     """
     recorded = row.get("surrogate_recipe") if hasattr(row, "get") else None
-    if isinstance(recorded, str) and recorded:
+    if isinstance(recorded, str):
         return FIXED if recorded == recipe_text(block.recipe) else OWN
     attack = row["attack"]
     return FIXED if block.declared.get(attack, False) and attack not in block.submitted else OWN
+
+
+def group_track(cells: pd.DataFrame, block: BlockView) -> str:
+    """An attack's track in a group of cells: fixed recipe only if every scored cell is (a group without one
+    is judged by its declaration, as a row that records no recipe)."""
+    ok = cells[cells["status"] == "ok"]
+    if not len(ok):
+        return track({"attack": cells["attack"].iloc[0]}, block)
+    return FIXED if all(track(row, block) == FIXED for _, row in ok.iterrows()) else OWN
 
 
 def ok_values(group: pd.DataFrame, metric: str) -> dict[int, float]:
@@ -194,7 +205,7 @@ def attack_ranking(frame: pd.DataFrame, block: BlockView) -> list[dict[str, Any]
                 if above.known and (above.low > 0 if not math.isnan(above.half_width) else above.mean > 0):
                     flags.append(f"beats oracle by {above.format()}")
             entries.append({"victim": victim, "defense": defense, "budget": int(budget), "load": load,
-                            "attack": attack, "track": track(cells.iloc[0], block), "fidelity": fidelity,
+                            "attack": attack, "track": group_track(cells, block), "fidelity": fidelity,
                             "cells": cells, "flags": flags + cell_flags(cells),
                             "failed": int((cells["status"] != "ok").sum())})
         for name in (FIXED, OWN):
@@ -368,15 +379,16 @@ def crossover_notes(ranking: list[dict[str, Any]]) -> list[str]:
         if not below:
             continue
         victim, defense, budget, _ = key
-        names = ", ".join(f"`{e['attack']}` ({e['fidelity'].format()}, {cost[e['attack']]:.0f} fingerprint queries)"
+        names = ", ".join(f"{markdown_code(e['attack'])} ({e['fidelity'].format()}, {cost[e['attack']]:.0f} fingerprint queries)"
                           for e in below)
-        note = (f"At budget {budget} (victim `{victim}`, defense `{defense}`) fingerprinting does not pay: {names} "
-                f"{'is' if len(below) == 1 else 'are'} below `{best['attack']}` ({best['fidelity'].format()}), which "
+        note = (f"At budget {budget} (victim {markdown_code(victim)}, defense {markdown_code(defense)}) fingerprinting "
+                f"does not pay: {names} {'is' if len(below) == 1 else 'are'} below {markdown_code(best['attack'])} "
+                f"({best['fidelity'].format()}), which "
                 "spends no query on it.")
         oracle = [e for e in entries if e["cells"]["attack_access"].iloc[0] == "victim"]
         if oracle and max(e["fidelity"].mean for e in oracle) <= best["fidelity"].mean:
             top = max(oracle, key=lambda e: e["fidelity"].mean)
-            note += (f" Even `{top['attack']}`, answered by the victim alone, reaches {top['fidelity'].format()}: at "
+            note += (f" Even {markdown_code(top['attack'])}, answered by the victim alone, reaches {top['fidelity'].format()}: at "
                      "this budget reaching the victim buys no fidelity.")
         notes.append(note)
     return notes

@@ -11,18 +11,17 @@ from pathlib import Path
 from typing import Sequence
 
 import jinja2
-from markupsafe import Markup, escape
+from markupsafe import Markup
 
 from .._version import PROTOCOL_VERSION
+from .page_text import inline_html
 
 TEMPLATES = Path(__file__).parents[1] / "templates"
 
 
 def _inline(text: str) -> Markup:
-    """Escape ``text`` and render its Markdown code spans (`x`) and emphasis (*x*)."""
-    html = str(escape(text))
-    html = re.sub(r"`([^`]+)`", r"<code>\1</code>", html)
-    return Markup(re.sub(r"\*([^*\s][^*]*)\*", r"<em>\1</em>", html))
+    """Escape ``text`` and render its Markdown escapes, code spans (`x`) and emphasis (*x*)."""
+    return inline_html(text)
 
 
 def _anchor(text: str) -> str:

@@ -13,7 +13,8 @@ from typing import Any, Sequence
 
 import torch
 
-from ..contract.errors import BudgetExhausted, InvalidQueryError, PsmlError
+from ..contract.checks import endpoint, finite
+from ..contract.errors import BudgetExhausted, ConfigError, InvalidQueryError, PsmlError
 from .http_wire import SAFETENSORS, decode_answers, encode_query
 from ..contract.target import Knowledge, Target
 from ..contract.spec import Spec, SpecRange
@@ -36,6 +37,10 @@ class HttpClient:
     def __init__(self, url: str, api_key: str, *, limit: int | None = None, timeout_s: float = 120.0):
         import httpx
 
+        endpoint(url)
+        finite("timeout_s", timeout_s, 0.0, exclusive=True)
+        if not isinstance(api_key, str):
+            raise ConfigError(f"api_key must be a string, got {type(api_key).__name__}")
         self.url = url.rstrip("/")
         self.limit = limit
         self.sent = 0

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..contract.checks import defense_answers, unit_interval
 from ..contract.errors import BudgetExhausted, DefenseError, InvalidQueryError
 from ..contract.registries import POLICIES
 from ..contract.requests import Requests
@@ -159,7 +160,7 @@ class Server:
         inputs = inputs.float()
         if not torch.isfinite(inputs).all():
             raise InvalidQueryError("inputs contain NaN or infinite values")
-        return inputs
+        return unit_interval(inputs)
 
     def _check_specs(self, min_accuracy: np.ndarray, max_latency: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The specs, each checked to lie in the advertised range and clipped onto it where it passes a bound
@@ -273,13 +274,7 @@ class Server:
         if len(rows):
             view = requests if len(rows) == len(requests) else requests.subset(rows)
             served.raw[torch.from_numpy(rows)] = produced
-            shaped = self.defense.answer(view, produced, rng)
-            if not isinstance(shaped, torch.Tensor) or shaped.shape != produced.shape:
-                hint = " (convert it with torch.from_numpy)" if isinstance(shaped, np.ndarray) else ""
-                got = (f"shape {tuple(shaped.shape)}, one row per answered query" if isinstance(shaped, torch.Tensor)
-                       else f"{type(shaped).__module__}.{type(shaped).__name__}{hint}")
-                raise DefenseError(f"defense '{self.defense.name}' answer()/postprocess() must return a torch.Tensor "
-                                   f"of shape ({len(rows)}, {self.zoo.num_classes}), got {got}")
+            shaped = defense_answers(self.defense.answer(view, produced, rng), produced, self.defense.name)
             served.answers[torch.from_numpy(rows)] = shaped
 
     @torch.no_grad()

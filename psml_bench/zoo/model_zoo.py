@@ -50,8 +50,16 @@ class ZooModel(torch.nn.Module):
         import timm
 
         overlay = {"file": pretrained_file} if pretrained and pretrained_file else None
-        self.net = timm.create_model(arch, pretrained=pretrained, pretrained_cfg_overlay=overlay, in_chans=in_chans,
-                                     num_classes=num_classes, **kwargs)
+        for name, values in (("mean", mean), ("std", std)):
+            if len(values) not in (1, in_chans):
+                raise ConfigError(f"the zoo's preprocess.{name} has {len(values)} values for {in_chans}-channel "
+                                  f"inputs (give 1 or {in_chans})")
+        try:
+            self.net = timm.create_model(arch, pretrained=pretrained, pretrained_cfg_overlay=overlay,
+                                         in_chans=in_chans, num_classes=num_classes, **kwargs)
+        except (TypeError, ValueError, AssertionError, KeyError) as exc:  # timm's way to reject an option
+            raise ConfigError(f"timm architecture '{arch}' rejects the zoo config's model options "
+                              f"{dict(kwargs)!r} (models.kwargs): {type(exc).__name__}: {exc}") from None
         self.input_size = input_size
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
