@@ -38,6 +38,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _cmd_render(args: argparse.Namespace) -> int:
+    from .bench.grid import load_grid
+    from .render import rerender
+
+    grid = load_grid(args.grid)
+    count = rerender(grid, Path(args.out))
+    print(f"grid {grid.name}: leaderboard re-rendered from {count} committed cells in {args.out} (none recomputed)")
+    return 0
+
+
 def _profile_path(zoo: str, choice: str | None, cache: Path | None) -> Path | None:
     """``run --profile reference|cpu|cuda|PATH`` as the profile file to route on (None: the default)."""
     from .zoo.config import load_zoo_config
@@ -339,6 +349,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="where cells serve, train and score their surrogates: cpu (default), cuda (cuda:N) or auto "
                           "(cuda when available); a cell's key and row name a device other than the CPU")
     run.set_defaults(func=_cmd_run)
+
+    render = commands.add_parser("render", help="re-render a leaderboard from its committed cells (no cell recomputed, "
+                                                "no zoo built)")
+    render.add_argument("--grid", default="default", help="grid name (shipped) or path to a grid .toml")
+    render.add_argument("--out", default="leaderboard", help="leaderboard directory (default: leaderboard/)")
+    render.set_defaults(func=_cmd_render)
 
     zoo = commands.add_parser("zoo", help="build, show, profile, export or import a zoo").add_subparsers(dest="zoo_command",
                                                                                            required=True)

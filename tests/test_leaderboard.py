@@ -111,7 +111,10 @@ def test_protection_is_the_drop_of_the_strongest_service_attack():
     # the same drop on both seeds: a paired difference with no spread, so an interval of width 0
     assert row["protection_estimate"].n == 2 and row["protection_estimate"].half_width == pytest.approx(0.0)
     # too much benign accuracy lost: ineligible (with the reason) and flagged as degenerate
-    assert row["ineligible"] == "goodput 0.700 < 0.800 (0.8 x undefended 1.000); benign acc. drop 0.600 > 0.01"
+    assert row["goodput_ratio"] == pytest.approx(0.7) and row["goodput_ratio_estimate"].n == 2
+    assert row["protection_values"] == pytest.approx({0: 0.1, 1: 0.1})
+    assert row["ineligible"] == ("goodput ratio 0.700 < 0.8 (goodput 0.700, undefended 1.000); "
+                                 "benign acc. drop 0.600 > 0.01")
     assert "benign accuracy drop 0.600 > 0.5" in row["flags"] and "flags not computed" in row["flags"]
     # the budgets block has no defense: no protection rows come from it
     assert set(table["block"]) == {"defenses"}
@@ -171,12 +174,14 @@ def test_tradeoff_auc_integrates_protection_over_goodput_above_the_floor():
 
 def test_under_load_a_setting_must_keep_a_share_of_the_undefended_goodput():
     # a service that already misses 28% of its latency bounds under load (the fmnist zoo at load 0.5)
-    # ranks a defense by what it costs on top of that, not by an absolute goodput
-    row = {"goodput": 0.65, "undefended_goodput": 0.72, "costs_goodput": True, "benign_accuracy_drop": 0.0}
+    # ranks a defense by what it costs on top of that (the paired goodput ratio), not by an absolute goodput
+    row = {"goodput": 0.65, "goodput_ratio": 0.9, "undefended_goodput": 0.72, "costs_goodput": True,
+           "benign_accuracy_drop": 0.0, "false_positive_clients": 0.0}
     assert ineligibility(row, 0.01) == ""
-    assert ineligibility({**row, "goodput": 0.55}, 0.01) == "goodput 0.550 < 0.576 (0.8 x undefended 0.720)"
-    # a setting within the tolerance of g0 costs no goodput and is never ineligible for it
-    assert ineligibility({**row, "goodput": 0.5, "costs_goodput": False}, 0.01) == ""
+    assert ineligibility({**row, "goodput": 0.55, "goodput_ratio": 0.76}, 0.01) == \
+        "goodput ratio 0.760 < 0.8 (goodput 0.550, undefended 0.720)"
+    # a drop just above the bound says so with the decimals that tell them apart
+    assert ineligibility({**row, "benign_accuracy_drop": 0.0103}, 0.01) == "benign acc. drop 0.0103 > 0.01"
 
 
 def test_defenses_rank_by_protection_of_their_eligible_settings():
@@ -191,7 +196,7 @@ def test_defenses_rank_by_protection_of_their_eligible_settings():
 def test_the_accuracy_constraint_is_a_grid_parameter():
     table = protection(max_accuracy_drop=0.7)
     row = table[(table["victim"] == "rank:1") & (table["defense"] == "spec-noise(scale=0.1)")].iloc[0]
-    assert row["ineligible"] == "goodput 0.700 < 0.800 (0.8 x undefended 1.000)"
+    assert row["ineligible"] == "goodput ratio 0.700 < 0.8 (goodput 0.700, undefended 1.000)"
 
 
 def test_every_zoo_of_a_grid_has_its_own_figures(tmp_path):

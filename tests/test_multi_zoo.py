@@ -247,7 +247,7 @@ def test_zoos_compared_sets_the_headline_comparisons_of_each_zoo_side_by_side():
         "0.010 ± 0.000 (n=3)", "spec-quantize(step=0.1)",
         f"-0.010 ± {_hw([-0.01, 0.0, -0.02]):.3f} (n=3)", "spec-noise(scale=0.05)",
         "Sign differs: + on `a`, - on `b`; the interval excludes 0 on `a`; it includes 0 on `b`."]
-    compared = text.split("## Victim")[0]
+    compared = text.split("## Zoos compared")[1].split("## Victim")[0]
     assert "top-k" not in compared and "spec-noise(scale=0.1)" not in compared
     one = render_markdown(results_frame(hand_rows(("a",))), hand_zoos(("a",)), hand_grid())
     assert "Zoos compared" not in one and "psml - oracle" not in one

@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "psml_bench"
 MAX_LINES = 500
 
 LAYERS = ("_version", "contract", "common", "zoo", "extraction", "serving", "isolation", "plugins", "bench", "report",
-          "runner", "cli", "__init__")
+          "runner", "render", "cli", "__init__")
 """Bottom to top. A subpackage is one layer; ``_version`` (version numbers) sits below everything, the run
 orchestration (``runner``), the command line and the public face (``psml_bench/__init__.py``) on top."""
 

@@ -61,3 +61,57 @@ def test_the_page_loads_without_errors_and_every_table_has_its_rows(browser, tmp
     assert "Protocol version" in browser.find_element(By.TAG_NAME, "body").text
     assert browser.save_screenshot(str(tmp_path / "leaderboard.png"))
     assert (tmp_path / "leaderboard.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("width", [1280, 1920])
+def test_the_page_fits_the_window_and_every_figure_loads(browser, tmp_path, width):
+    """Nothing but a table's own scroll box is wider than the window; the headline box, contents and links are there."""
+    from selenium.webdriver.common.by import By
+
+    write_leaderboard(rows(), CardOnlyZoo(), toy_grid(), tmp_path)
+    browser.set_window_size(width, 1000)
+    browser.get((tmp_path / "index.html").as_uri())
+    viewport = browser.execute_script("return document.documentElement.clientWidth")
+    assert browser.execute_script("return document.documentElement.scrollWidth") <= viewport
+    too_wide = browser.execute_script("""
+        const limit = document.documentElement.clientWidth;
+        return Array.from(document.querySelectorAll("body *"))
+            .filter(e => !e.closest(".table-box") || e.classList.contains("table-box"))
+            .filter(e => e.getBoundingClientRect().right > limit + 0.5)
+            .map(e => e.tagName + "." + e.className);""")
+    assert too_wide == []
+    images = browser.find_elements(By.TAG_NAME, "img")
+    assert len(images) == 3 and all(browser.execute_script(
+        "return arguments[0].complete && arguments[0].naturalWidth > 0", img) for img in images)
+    assert browser.find_element(By.CSS_SELECTOR, "section.headline li").text.startswith("Zoo toy")
+    contents = [a.get_attribute("href").split("#")[1] for a in browser.find_elements(By.CSS_SELECTOR, "nav a")]
+    assert contents and all(browser.find_elements(By.ID, anchor) for anchor in contents)
+    links = [a.get_attribute("href") for a in browser.find_elements(By.TAG_NAME, "a")]
+    assert any(link.endswith("/results.csv") for link in links) and any("/cells/" in link for link in links)
+    assert "`" not in browser.find_element(By.TAG_NAME, "body").text  # no Markdown left unrendered
+    header = browser.find_element(By.CSS_SELECTOR, "table.sortable th")
+    assert header.value_of_css_property("position") == "sticky"
+    assert browser.save_screenshot(str(tmp_path / f"leaderboard-{width}.png"))
+    assert (tmp_path / f"leaderboard-{width}.png").stat().st_size > 10_000
+
+
+def test_filters_change_the_visible_rows(browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    write_leaderboard(rows(), CardOnlyZoo(), toy_grid(), tmp_path)
+    browser.set_window_size(1280, 1000)
+    browser.get((tmp_path / "index.html").as_uri())
+    visible = lambda: sum(row.is_displayed() for row in browser.find_elements(By.CSS_SELECTOR, "tbody tr"))  # noqa: E731
+    everything = visible()
+    victim = Select(browser.find_element(By.CSS_SELECTOR, "select[data-facet='victim']"))
+    assert [o.text for o in victim.options] == ["all", "rank:1", "rank:2"]
+    victim.select_by_visible_text("rank:1")
+    one_victim = visible()
+    assert 0 < one_victim < everything
+    block = Select(browser.find_element(By.CSS_SELECTOR, "select[data-facet='block']"))
+    block.select_by_visible_text("defenses")
+    assert 0 < visible() < one_victim
+    victim.select_by_visible_text("all")
+    block.select_by_visible_text("all")
+    assert visible() == everything

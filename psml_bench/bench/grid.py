@@ -28,6 +28,7 @@ RECIPE_FIELDS = ("surrogate", "epochs", "min_steps")
 """The surrogate parameters a block's training recipe fixes (an attack still declares soft or hard labels)."""
 DEFAULT_RECIPE: tuple[tuple[str, Any], ...] = tuple((k, SURROGATE_DEFAULTS[k]) for k in RECIPE_FIELDS)
 MAX_ACCURACY_DROP = 0.01
+MAX_FALSE_POSITIVES = 0.05
 
 log = logging.getLogger(__name__)
 
@@ -155,8 +156,8 @@ class GridConfig:
     """A validated grid: the union of its blocks' cells, or the cross product of its lists.
 
     With ``blocks`` the top-level lists are the union of the blocks' lists (for display).
-    ``max_accuracy_drop`` and the blocks' ``recipe`` say how the leaderboard ranks, not what a cell
-    computes: neither is part of a cell key.
+    ``max_accuracy_drop``, ``max_false_positives`` and the blocks' ``recipe`` say how the leaderboard
+    ranks, not what a cell computes: none is part of a cell key.
     """
 
     name: str
@@ -171,6 +172,7 @@ class GridConfig:
     source: str
     blocks: tuple[Block, ...] = ()
     max_accuracy_drop: float = MAX_ACCURACY_DROP
+    max_false_positives: float = MAX_FALSE_POSITIVES
 
     def parts(self) -> tuple[Block, ...]:
         """The grid's blocks; a grid built without them is one block of its lists (default service)."""
@@ -226,6 +228,7 @@ def load_grid(name_or_path: str | Path) -> GridConfig:
         attacks=union("attacks"), defenses=union("defenses"), budgets=union("budgets"),
         seeds=tuple(raw["seeds"]), benign_queries=raw.get("benign_queries", 1000), source=str(path),
         blocks=blocks, max_accuracy_drop=float(raw.get("max_accuracy_drop", MAX_ACCURACY_DROP)),
+        max_false_positives=float(raw.get("max_false_positives", MAX_FALSE_POSITIVES)),
     )
 
 

@@ -22,16 +22,22 @@ from tabulate import tabulate
 from ..common.files import write_atomic
 from ..bench.grid import GridConfig
 from .page_text import csv_text, markdown_text
-from .plots import figure_names, write_figures
-from .ranking import (FIXED, GOODPUT_SHARE, attack_ranking, block_rows, crossover_notes, defense_ranking,
-    describe_grid, estimate, protection_table, recipe_text)
+from .plots import caption, figure_names, write_figures
+from .ranking import (FIXED, GOODPUT_SHARE, attack_ranking, block_rows, canonical_order, crossover_notes,
+    defense_ranking, describe_grid, estimate, goodput_ratios, protection_table, recipe_text)
 from .zoo_comparison import Comparison, attack_differences, spec_protections
+from .intervals import NO_ESTIMATE, Estimate
+from ..bench.grid import MAX_FALSE_POSITIVES
+from .detection import DETECTION_COLUMNS, detection_rows
+from .headline import attack_sentences, ceilings, defense_sentences
+from .paired_ranks import narrowing
+from .ranking import ok_values
 
 RESULT_COLUMNS = [
     "zoo", "victim", "victim_model", "attack", "attack_access", "defense", "budget", "seed", "load",
     "benign_clients", "attacker_rate", "latency_visible", "status",
     "fidelity", "accuracy", "accuracy_norm", "kl", "l1", "queries", "fingerprint_queries", "victim_hit_rate",
-    "fingerprint_accuracy", "detected", "queries_to_detection", "goodput", "spec_goodput", "latency_p50_ms",
+    "fingerprint_accuracy", "detected", "queries_to_detection", "goodput", "goodput_ratio", "spec_goodput", "latency_p50_ms",
     "latency_p99_ms", "refused_benign", "dropped_benign", "false_positive_clients", "benign_accuracy_drop", "perturbation",
     "latency_overhead", "benign_requests", "error",
     "cell_key", "grid", "profile", "psml_bench", "git_commit", "torch", "timm", "device", "threads",
@@ -47,11 +53,15 @@ PLUGIN_TEXT_COLUMNS = ("attack", "defense", "error", "flags", "surrogate_recipe"
 
 
 def results_frame(rows: Sequence[dict[str, Any]]) -> pd.DataFrame:
-    """One row per cell, protocol columns first, without the volatile ones."""
+    """One row per cell in the run's order (:func:`psml_bench.report.ranking.canonical_order`, whatever order the rows
+    came in), protocol columns first, without the volatile ones; ``goodput_ratio`` is derived here
+    (:func:`psml_bench.report.ranking.goodput_ratios`)."""
     frame = pd.DataFrame(list(rows))
     for column in RESULT_COLUMNS:
-        if column not in frame:
+        if column not in frame and column != "goodput_ratio":
             frame[column] = ""
+    frame["goodput_ratio"] = goodput_ratios(frame)
+    frame = canonical_order(frame)
     return frame[RESULT_COLUMNS + sorted(c for c in frame.columns
                                          if c not in RESULT_COLUMNS and c not in VOLATILE_COLUMNS)]
 
@@ -76,6 +86,14 @@ class Section:
     paragraphs: list[str] = field(default_factory=list)
     table: Table | None = None
     figures: list[str] = field(default_factory=list)
+    bullets: list[str] = field(default_factory=list)
+    kind: str = ""
+    """``headline`` for the box at the top of the page; ``""`` for any other section."""
+    captions: dict[str, str] = field(default_factory=dict)
+    """Per figure, what it shows (its file name when missing)."""
+    facets: dict[str, str] = field(default_factory=dict)
+    """What the page's filters match the section by (``zoo``, ``block``, ``victim``); rows also match by their
+    own ``zoo``, ``block``, ``load`` and ``victim`` columns."""
 
 
 def _f(value: float, digits: int = 3) -> str:
@@ -121,23 +139,34 @@ def attack_table(ranking: list[dict[str, Any]]) -> Table:
                  rows, cells)
 
 
-def defense_tables(table: pd.DataFrame) -> tuple[Table, Table]:
-    """The families ranked under the utility constraint, and every setting of the block."""
+def defense_tables(table: pd.DataFrame, ceilings: Mapping[tuple, Estimate] | None = None) -> tuple[Table, Table]:
+    """The families ranked under the utility constraint, and every setting of the block.
+
+    ``ceilings``: the zoo's ceiling of protection per (zoo, victim, budget, load) (:func:`psml_bench.report.headline.ceilings`).
+    """
+    ceilings = ceilings or {}
+    ceiling = lambda r: ceilings.get((r["zoo"], r["victim"], int(r["budget"]), str(r["load"])),  # noqa: E731
+                                     NO_ESTIMATE).format() if "zoo" in r else "—"
     ranked = defense_ranking(table)
-    families = Table(["budget", "load", "rank", "defense", "protection", "at setting", "goodput", "AUC",
-                      "benign acc. drop", "perturbation", "latency overhead", "eligible settings"],
-                     [[str(r["budget"]), str(r["load"]), r["rank"], markdown_text(r["family"]),
-                       r["protection_estimate"].format(), markdown_text(r["at"]), _f(r["goodput"]), _f(r["auc"]), _f(r["benign_accuracy_drop"]), _f(r["perturbation"]),
+    if "zoo" in table and len(ranked):
+        ranked = ranked.assign(zoo=table["zoo"].iloc[0])
+    families = Table(["budget", "load", "rank", "defense", "protection", "zoo ceiling", "at setting", "goodput",
+                      "goodput ratio", "AUC", "benign acc. drop", "false-positive clients", "perturbation",
+                      "latency overhead", "eligible settings"],
+                     [[str(r["budget"]), str(r["load"]), r["rank"], markdown_text(r["family"]), r["protection_estimate"].format(),
+                       ceiling(r), markdown_text(r["at"]), _f(r["goodput"]), _f(r["goodput_ratio"]), _f(r["auc"]),
+                       _f(r["benign_accuracy_drop"]), _f(r["false_positive_clients"]), _f(r["perturbation"]),
                        _f(r["latency_overhead"]), r["eligible"]] for _, r in ranked.iterrows()],
                      [list(r["cell_keys"]) for _, r in ranked.iterrows()])
-    settings = Table(["budget", "load", "defense", "eligible", "goodput", "benign acc. drop", "perturbation",
-                      "latency overhead", "false-positive clients", "refused benign", "strongest attack",
-                      "its fidelity", "protection", "flags"],
+    settings = Table(["budget", "load", "defense", "eligible", "protection", "zoo ceiling", "goodput", "goodput ratio",
+                      "benign acc. drop", "false-positive clients", "perturbation", "latency overhead",
+                      "refused benign", "strongest attack", "its fidelity", "flags"],
                      [[str(r["budget"]), str(r["load"]), markdown_text(r["defense"]), "yes" if not r["ineligible"] else
-                       f"no: {markdown_text(r['ineligible'])}", _f(r["goodput"]), _f(r["benign_accuracy_drop"]), _f(r["perturbation"]),
-                       _f(r["latency_overhead"]), _f(r["false_positive_clients"]), _f(r["refused_benign"]),
-                       markdown_text(r["strongest_attack"]), r["fidelity_estimate"].format(),
-                       r["protection_estimate"].format(), markdown_text("; ".join(r["flags"])) or "—"] for _, r in table.iterrows()],
+                       f"no: {markdown_text(r['ineligible'])}", r["protection_estimate"].format(), ceiling(r), _f(r["goodput"]),
+                       r["goodput_ratio_estimate"].format(), _f(r["benign_accuracy_drop"]),
+                       r["false_positive_estimate"].format(), _f(r["perturbation"]), _f(r["latency_overhead"]),
+                       _f(r["refused_benign"]), markdown_text(r["strongest_attack"]), r["fidelity_estimate"].format(),
+                       markdown_text("; ".join(r["flags"])) or "—"] for _, r in table.iterrows()],
                      [list(r["cell_keys"]) for _, r in table.iterrows()])
     return families, settings
 
@@ -145,12 +174,18 @@ def defense_tables(table: pd.DataFrame) -> tuple[Table, Table]:
 HOW_TO_READ = (
     "How to read a rank: every number is a mean over seeds ± the half-width of its 95% Student-t interval "
     "(protection: of the per-seed paired difference between the same block's undefended cells and the defended "
-    "ones, same seed). An entry's rank is 1 + the number of entries whose whole interval lies above its own, so "
+    "ones, same seed). The entries of one table ran on the same seeds, and a seed fixes the same common random "
+    "numbers in every cell (the attacker's pool draws and surrogate init, the benign arrivals and specs; "
+    "docs/protocol.md). An entry beats another when their per-seed paired difference is significant at 5% after "
+    "Holm's correction over every pair of the table; its rank is 1 + the number of entries that beat it, so "
     "entries the seeds cannot separate share a rank, shown `=k`. Attacks are ranked on the fixed-recipe track "
     "(the block's one surrogate training recipe); own-training rows are listed after them, labelled `own`. "
-    "A defense family is ranked by its best *eligible* setting (goodput >= {share:g} x the undefended "
-    "service's goodput g0 at that load, and benign accuracy drop <= {drop:g}); ties in the table's order are "
-    "broken by the AUC. A flag marks a number not to trust until explained.")
+    "A defense family is ranked by its best *eligible* setting: a goodput ratio >= {share:g} (each defended "
+    "cell's goodput over the goodput of the undefended cell with the same attack, seed, load and block), a benign "
+    "accuracy drop <= {drop:g} and false-positive clients (the share of benign clients it flags, whether or not it "
+    "refuses them) <= {false_positives:g}; ties in the table's order are broken by the AUC. The zoo ceiling beside "
+    "a protection is psml's fidelity minus naive's without a defense: the most a spec or routing defense can take "
+    "away. A flag marks a number not to trust until explained.")
 
 
 def zoo_map(zoos: Any, grid: GridConfig) -> dict[str, Any]:
@@ -179,7 +214,8 @@ def zoo_section(zoo, grid: GridConfig, figures: Sequence[str]) -> Section:
                   f"[{zoo.accuracy_range[0]}, {zoo.accuracy_range[1]}], latency in "
                   f"[{zoo.latency_range_ms[0]}, {zoo.latency_range_ms[1]}] ms. Policy: `{grid.policy}`.",
                   disagreement_text(zoo)]
-    return Section(2, f"Zoo `{zoo.name}`", [p for p in paragraphs if p], zoo_table(zoo), list(figures))
+    return Section(2, f"Zoo `{zoo.name}`", [p for p in paragraphs if p], zoo_table(zoo), list(figures),
+                   captions={name: caption(name) for name in figures}, facets={"zoo": zoo.name})
 
 
 def comparison_sections(frames: Mapping[str, pd.DataFrame], by_name: Mapping[str, Any], blocks, settings,
@@ -240,11 +276,11 @@ def _victim_title(victim: str, group: pd.DataFrame, by_name: dict[str, Any]) -> 
     return f"Victim `{victim}` ({'; '.join(parts)})"
 
 
-def protection_by_zoo(frame: pd.DataFrame, names: Sequence[str], blocks, settings,
-                      max_accuracy_drop: float) -> tuple[dict[str, pd.DataFrame], pd.DataFrame]:
+def protection_by_zoo(frame: pd.DataFrame, names: Sequence[str], blocks, settings, max_accuracy_drop: float,
+                      max_false_positives: float = MAX_FALSE_POSITIVES) -> tuple[dict[str, pd.DataFrame], pd.DataFrame]:
     """Each zoo's rows (the whole frame for a grid on one zoo) and every zoo's protection table, with a ``zoo`` column."""
     frames = {name: frame[frame["zoo"] == name] for name in names} if len(names) > 1 else {names[0]: frame}
-    table = pd.concat([protection_table(part, blocks, settings, max_accuracy_drop).assign(zoo=name)
+    table = pd.concat([protection_table(part, blocks, settings, max_accuracy_drop, max_false_positives).assign(zoo=name)
                        for name, part in frames.items()], ignore_index=True)
     return frames, table
 
@@ -268,39 +304,54 @@ def leaderboard_sections(frame: pd.DataFrame, zoos, grid: GridConfig, figures: S
             f"Numbers are fractions in [0, 1] (KL in nats, latency overhead a relative change), "
             f"mean ± half-width of the 95% t-interval over seeds {list(grid.seeds)} (a block may add seeds; "
             f"one seed: the mean alone). Do not edit by hand.",
-            HOW_TO_READ.format(share=GOODPUT_SHARE, drop=grid.max_accuracy_drop)]),
+            HOW_TO_READ.format(share=GOODPUT_SHARE, drop=grid.max_accuracy_drop,
+                               false_positives=grid.max_false_positives)]),
         *(zoo_section(zoo, grid, [f for f in figures if f in own[name]]) for name, zoo in by_name.items()),
     ]
-    frames, table = protection_by_zoo(frame, list(by_name), blocks, settings, grid.max_accuracy_drop)
+    frames, table = protection_by_zoo(frame, list(by_name), blocks, settings, grid.max_accuracy_drop,
+                                      grid.max_false_positives)
     table = table if protection is None else protection
+    found = ceilings(frame, blocks)
+    sections.insert(1, headline_section(frame, table, blocks, list(by_name), found))
+    ranked_values: list[list[dict[int, float]]] = []
     if len(by_name) > 1 and frame["zoo"].nunique() > 1:
         sections += comparison_sections(frames, by_name, blocks, settings, table)
     for victim, group in frame.groupby("victim", sort=False):
-        sections.append(Section(2, _victim_title(victim, group, by_name)))
+        sections.append(Section(2, _victim_title(victim, group, by_name), facets={"victim": str(victim)}))
         for block in blocks:
             for name, part in frames.items():
                 rows = part[part["victim"] == victim]
                 if block_rows(rows, block).empty:
                     continue
                 on = f", zoo `{name}`" if len(block.zoos) > 1 else ""
+                facets = {"zoo": name, "block": block.name, "victim": str(victim)}
                 ranking = attack_ranking(rows, block)
+                ranked_values += [[ok_values(e["cells"], "fidelity") for e in ranking
+                                   if e["track"] == FIXED and (e["defense"], e["budget"], e["load"]) == key]
+                                  for key in dict.fromkeys((e["defense"], e["budget"], e["load"]) for e in ranking)]
                 sections.append(Section(3, f"Attacks ranked per defense: block `{block.name}`{on}", [
                     f"Seeds {list(block.seeds)}. Training recipe of the block: {recipe_text(block.recipe)}; rows of "
-                    f"the {FIXED} track are ranked.", *crossover_notes(ranking)], attack_table(ranking)))
+                    f"the {FIXED} track are ranked.", *crossover_notes(ranking)], attack_table(ranking), facets=facets))
                 chosen = table[(table["victim"] == victim) & (table["block"] == block.name) & (table["zoo"] == name)] \
                     if len(table) else table
                 if chosen.empty:
                     continue
-                families, every = defense_tables(chosen)
+                families, every = defense_tables(chosen, found)
+                ranked = defense_ranking(chosen)
+                ranked_values += [list(group["protection_values"]) for _, group in
+                                  ranked.groupby(["budget", "load"], sort=False)] if len(ranked) else []
                 sections.append(Section(3, f"Defenses ranked: block `{block.name}`{on}", [
                     "Protection: per seed, the best attack's fidelity against the block's undefended service minus "
-                    "the strongest attack's against the setting (95% t-interval of the paired difference). Ranked by "
-                    f"the best eligible setting's protection (goodput >= {GOODPUT_SHARE:g} x g0, the undefended goodput at that load, "
-                    f"and benign accuracy drop <= {grid.max_accuracy_drop:g}); AUC: mean protection over goodput in "
-                    f"[{GOODPUT_SHARE:g} x g0, g0] along the family's protection-versus-goodput curve (docs/protocol.md), — "
-                    "for a family that never costs goodput."], families))
-                sections.append(Section(4, f"Every defense setting: block `{block.name}`{on}", [], every))
+                    "the strongest attack's against the setting (95% t-interval of the paired difference); zoo "
+                    "ceiling: psml - naive without a defense. Ranked by paired comparisons of the best eligible "
+                    f"setting's protection (goodput ratio >= {GOODPUT_SHARE:g}, benign accuracy drop <= "
+                    f"{grid.max_accuracy_drop:g}, false-positive clients <= {grid.max_false_positives:g}); AUC: mean "
+                    f"protection over the goodput ratio in [{GOODPUT_SHARE:g}, 1] along the family's curve "
+                    "(docs/protocol.md), — for a family that never costs goodput."], families, facets=facets))
+                sections.append(Section(4, f"Every defense setting: block `{block.name}`{on}", [], every, facets=facets))
     several = len(by_name) > 1
+    sections += detection_sections(frame)
+    sections[0].paragraphs.append(narrowing(ranked_values).sentence())
     sections += _flagged_section(frame, several)
     failed = frame[frame["status"] != "ok"]
     if len(failed):
@@ -308,6 +359,28 @@ def leaderboard_sections(frame: pd.DataFrame, zoos, grid: GridConfig, figures: S
         sections.append(Section(2, "Failed cells", [], Table(
             columns, [[markdown_text(v) for v in r] for r in failed[columns].values], [[k] for k in failed["cell_key"]])))
     return sections
+
+
+def headline_section(frame: pd.DataFrame, table: pd.DataFrame, blocks, zoos: Sequence[str], found) -> Section:
+    """The box at the top of the page: per zoo, the best attack per budget, the zoo's ceiling and each defense
+    family's best eligible setting, in words (:mod:`psml_bench.report.headline`)."""
+    bullets = []
+    for zoo in zoos:
+        bullets += attack_sentences(frame, blocks, zoo) + defense_sentences(table, zoo, found)
+    return Section(2, "Headline", ["Generated from the rows below (mean ± half-width of the 95% t-interval over "
+                                   "seeds; differences paired seed by seed)."], bullets=bullets, kind="headline")
+
+
+def detection_sections(frame: pd.DataFrame) -> list[Section]:
+    """Per defense setting that flags clients: detection rate per attack, queries to detection, false positives."""
+    rows, keys = detection_rows(frame)
+    if not rows:
+        return []
+    return [Section(2, "Detection", [
+        "For each defense setting that flagged anyone: the detection rate (share of seeds whose cell flagged the "
+        "attacker), the queries the attacker had sent when first flagged (median and range over the seeds that "
+        "flagged it) and the share of benign clients flagged (false-positive clients); 95% t-intervals over seeds."],
+        Table(DETECTION_COLUMNS, rows, keys))]
 
 
 def _flagged_section(frame: pd.DataFrame, several: bool = False) -> list[Section]:
@@ -344,9 +417,12 @@ def markdown_of(sections: Sequence[Section]) -> str:
         lines += ["#" * section.level + " " + section.title, ""]
         for paragraph in section.paragraphs:
             lines += [paragraph, ""]
+        if section.bullets:
+            lines += [f"- {bullet}" for bullet in section.bullets] + [""]
         if section.table is not None:
             lines += [markdown_table(section.table), ""]
-        lines += [f"![{name}]({name})" for name in section.figures] + ([""] if section.figures else [])
+        for name in section.figures:
+            lines += [f"![{name}]({name})", "", f"*{section.captions.get(name, name)}*", ""]
     return "\n".join(lines)
 
 
@@ -362,16 +438,18 @@ def write_leaderboard(rows: Sequence[dict[str, Any]], zoos, grid, out_dir: Path,
     ``zoos``: the opened zoos by the name the grid gives them (or the one zoo of a grid on one zoo);
     every zoo has its frontier, budget and protection figures.
     """
+    from .zoo_summary import write_zoo_summaries
     from .webpage import render_html
 
     frame = results_frame(rows)
     csv = frame.assign(**{c: frame[c].map(csv_text) for c in PLUGIN_TEXT_COLUMNS if c in frame})
     write_atomic(out_dir / "results.csv", csv.to_csv(index=False, float_format="%.6f"))
     opened = zoo_map(zoos, grid)
+    write_zoo_summaries(opened, out_dir)  # what a later re-render reads instead of the built zoos
     blocks, settings = describe_grid(grid, _zoo_names(opened))
     _, protection = protection_by_zoo(frame, [zoo.name for zoo in opened.values()], blocks, settings,
-                                      grid.max_accuracy_drop)
-    names = write_figures(frame, protection, list(opened.values()), out_dir) if figures else []
+                                      grid.max_accuracy_drop, grid.max_false_positives)
+    names = write_figures(frame, protection, list(opened.values()), out_dir, ceilings(frame, blocks)) if figures else []
     sections = leaderboard_sections(frame, zoos, grid, names, protection)
     write_atomic(out_dir / "README.md", markdown_of(sections))
     write_atomic(out_dir / "index.html", render_html(sections, provenance_of(frame)))

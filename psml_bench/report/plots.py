@@ -1,4 +1,4 @@
-"""The leaderboard's figures (matplotlib, PNG): zoo frontier, budget curves, protection-goodput curves.
+"""The leaderboard's figures (matplotlib, PNG): zoo frontier, budget curves, the Pareto figure of the defenses.
 
 Figures are written without timestamps or version metadata, so the same results give the same bytes.
 """
@@ -6,14 +6,16 @@ Figures are written without timestamps or version metadata, so the same results 
 from __future__ import annotations
 
 import io
+import math
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from ..common.files import write_atomic
 from .page_text import plot_text
-from .ranking import goodput_floor
+from .headline import ceiling_of
+from .intervals import t_interval
+from .pareto_plot import MARKERS, pareto_figure
 
 FRONTIER = "zoo_frontier.png"
 BUDGET_CURVES = "fidelity_vs_budget.png"
@@ -35,23 +37,40 @@ def _pyplot():
     return plt
 
 
+def log_ticks(low: float, high: float) -> list[float]:
+    """Tick positions for a log axis over [low, high]: the 1-2-5 values inside it (at least the two ends' decades)."""
+    ticks = [m * 10.0 ** e for e in range(math.floor(math.log10(low)) - 1, math.ceil(math.log10(high)) + 1)
+             for m in (1, 2, 5)]
+    inside = [t for t in ticks if low <= t <= high]
+    return inside if len(inside) >= 2 else [t for t in ticks if low / 10 <= t <= high * 10][:4]
+
+
 def frontier_figure(zoo, path: Path) -> None:
     """Accuracy against routing latency for every model of the zoo, frontier joined and ranked."""
     plt = _pyplot()
-    figure, axes = plt.subplots(figsize=(6, 4))
+    figure, axes = plt.subplots(figsize=(7, 4.5))
     ranks = {m: i + 1 for i, m in enumerate(sorted(zoo.frontier, key=lambda m: -zoo.entry(m).accuracy))}
-    for entry in zoo.menu:
+    for index, entry in enumerate(sorted(zoo.menu, key=lambda e: e.latency_ms)):
         on = entry.id in ranks
         axes.scatter(entry.latency_ms, entry.accuracy, color="C0" if on else "0.6", zorder=3)
+        # alternate the labels above and below the point: neighbours a few percent apart do not overlap
         axes.annotate(f"{entry.id}" + (f" (rank:{ranks[entry.id]})" if on else " (dominated)"),
-                      (entry.latency_ms, entry.accuracy), textcoords="offset points", xytext=(5, -10), fontsize=8)
+                      (entry.latency_ms, entry.accuracy), textcoords="offset points",
+                      xytext=(5, -12 if index % 2 else 6), fontsize=8)
     points = sorted((zoo.entry(m).latency_ms, zoo.entry(m).accuracy) for m in ranks)
     axes.step([p[0] for p in points], [p[1] for p in points], where="post", color="C0", alpha=0.5)
     axes.set_xscale("log")
-    from matplotlib.ticker import ScalarFormatter
+    latencies = [e.latency_ms for e in zoo.menu]
+    low, high = min(latencies) / 1.3, max(latencies) * 1.5
+    axes.set_xlim(low, high)
+    from matplotlib.ticker import FixedLocator, NullFormatter
 
-    axes.xaxis.set_major_formatter(ScalarFormatter())
-    axes.xaxis.set_minor_formatter(ScalarFormatter())
+    ticks = log_ticks(low, high)
+    axes.xaxis.set_major_locator(FixedLocator(ticks))
+    axes.set_xticklabels([f"{t:g}" for t in ticks])
+    axes.xaxis.set_minor_formatter(NullFormatter())
+    accuracies = [e.accuracy for e in zoo.menu]
+    axes.set_ylim(min(accuracies) - 0.02, max(accuracies) + 0.02)
     axes.set_xlabel(f"latency p50, ms ({zoo.profile_name}, log scale)")
     axes.set_ylabel("test accuracy")
     axes.set_title(f"zoo {zoo.name}: accuracy / latency frontier")
@@ -60,26 +79,33 @@ def frontier_figure(zoo, path: Path) -> None:
     plt.close(figure)
 
 
-def budget_figure(frame: pd.DataFrame, path: Path) -> bool:
-    """Fidelity against queries per attack (no defense), one panel per victim; mean ± std over seeds."""
+def budget_figure(frame: pd.DataFrame, path: Path, zoo_name: str = "") -> bool:
+    """Fidelity against queries per attack (no defense), one panel per victim: mean with its 95% t-interval over
+    seeds; each attack's points are shifted a little along the budget axis and drawn with their own marker, so an
+    attack whose curve lies on another's stays visible."""
     undefended = frame[(frame["defense"] == "none") & (frame["status"] == "ok")]
     curves = undefended.groupby(["victim", "attack"]).filter(lambda g: g["budget"].nunique() > 1)
     if curves.empty:
         return False
     plt = _pyplot()
     victims = list(dict.fromkeys(curves["victim"]))
-    figure, axes = plt.subplots(1, len(victims), figsize=(6 * len(victims), 4), squeeze=False)
+    figure, axes = plt.subplots(1, len(victims), figsize=(7 * len(victims), 4.5), squeeze=False)
     for axis, victim in zip(axes[0], victims):
-        for attack, group in curves[curves["victim"] == victim].groupby("attack", sort=True):
-            stats = group.groupby("budget")["fidelity"].agg(["mean", "std"]).sort_index()
-            axis.errorbar(stats.index, stats["mean"], yerr=stats["std"].fillna(0), marker="o", capsize=3,
-                          label=plot_text(attack))
+        attacks = sorted(set(curves[curves["victim"] == victim]["attack"]))
+        for index, attack in enumerate(attacks):
+            group = curves[(curves["victim"] == victim) & (curves["attack"] == attack)]
+            budgets = sorted(set(group["budget"].astype(int)))
+            estimates = [t_interval(group[group["budget"].astype(int) == b]["fidelity"].astype(float)) for b in budgets]
+            shift = 1.0 + 0.035 * (index - (len(attacks) - 1) / 2)  # a dodge on the log axis
+            axis.errorbar([b * shift for b in budgets], [e.mean for e in estimates],
+                          yerr=[0.0 if math.isnan(e.half_width) else e.half_width for e in estimates],
+                          marker=MARKERS[index % len(MARKERS)], capsize=3, label=plot_text(attack), alpha=0.9)
         axis.set_xscale("log")
-        axis.set_xticks(sorted(set(curves["budget"])), [str(b) for b in sorted(set(curves["budget"]))])
+        axis.set_xticks(sorted(set(curves["budget"].astype(int))), [str(b) for b in sorted(set(curves["budget"].astype(int)))])
         axis.minorticks_off()
         axis.set_xlabel("query budget (log scale)")
-        axis.set_ylabel("fidelity")
-        axis.set_title(f"victim {victim}, no defense")
+        axis.set_ylabel("fidelity (mean, 95% interval over seeds)")
+        axis.set_title(f"zoo {zoo_name}, victim {victim}, no defense" if zoo_name else f"victim {victim}, no defense")
         axis.grid(alpha=0.3)
         axis.legend(fontsize=7)
     _save(figure, path)
@@ -87,58 +113,22 @@ def budget_figure(frame: pd.DataFrame, path: Path) -> bool:
     return True
 
 
-def tradeoff_figure(table: pd.DataFrame, path: Path) -> bool:
-    """Protection against each defense family's cost, per (victim, block, budget, load): goodput (defenses that
-    cost goodput), output perturbation (defenses that change the answers) and latency (the rest)."""
-    if table.empty:
-        return False
-    defended = table[table["defense"] != "none"]
-    panels = list(dict.fromkeys(zip(defended["victim"], defended["block"], defended["budget"], defended["load"])))
-    if not panels:
-        return False
-    plt = _pyplot()
-    figure, axes = plt.subplots(len(panels), 3, figsize=(19, 4.5 * len(panels)), squeeze=False)
-    colours = {family: f"C{i % 10}" for i, family in enumerate(sorted(set(defended["family"])))}
-    for row, (victim, block, budget, load) in zip(axes, panels):
-        part = defended[(defended["victim"] == victim) & (defended["block"] == block) & (defended["budget"] == budget)
-                        & (defended["load"] == load)]
-        where = f"victim {victim}, block {block}, budget {budget}" + (f", load {load}" if load != "" else "")
-        start = float(part["undefended_goodput"].iloc[0]) if len(part) else 1.0
-        for family, group in part.groupby("family", sort=True):
-            costs_goodput = bool(group["costs_goodput"].any())
-            if costs_goodput:
-                group = group.sort_values("goodput", ascending=False)
-                row[0].plot(np.concatenate([[start], group["goodput"].to_numpy(float)]),
-                            np.concatenate([[0.0], group["protection"].to_numpy(float)]),
-                            marker="o", color=colours[family], label=plot_text(family))
-            if not costs_goodput and (group["perturbation"] == 0.0).all():
-                group = group.sort_values("latency_overhead")
-                row[2].plot(np.concatenate([[0.0], group["latency_overhead"].to_numpy(float)]),
-                            np.concatenate([[0.0], group["protection"].to_numpy(float)]),
-                            marker="o", color=colours[family], label=plot_text(family))
-            if (group["perturbation"] > 0.0).any():
-                group = group.sort_values("perturbation")
-                row[1].plot(np.concatenate([[0.0], group["perturbation"].to_numpy(float)]),
-                            np.concatenate([[0.0], group["protection"].to_numpy(float)]),
-                            marker="o", color=colours[family], label=plot_text(family))
-        row[0].axvline(goodput_floor(start), color="0.5", linestyle="--", linewidth=1)  # the utility constraint
-        row[0].set_xlabel("goodput")
-        row[0].invert_xaxis()
-        row[0].set_title(f"{where}:\ndefenses that cost goodput")
-        row[1].set_xlabel("output perturbation (mean halved L1 on benign answers)")
-        row[1].set_title(f"{where}:\ndefenses on the answers")
-        row[2].set_xlabel("latency overhead (mean end-to-end latency of benign requests, relative)")
-        row[2].set_title(f"{where}:\ndefenses that cost only latency")
-        for axis in row:
-            axis.axhline(0.0, color="0.5", linewidth=0.5)
-            axis.set_ylabel("protection (fidelity drop of the strongest attack)")
-            axis.grid(alpha=0.3)
-            if axis.get_legend_handles_labels()[0]:
-                axis.legend(fontsize=7)
-    figure.tight_layout()  # two-line panel titles must not run into the row above
-    _save(figure, path)
-    plt.close(figure)
-    return True
+CAPTIONS = {
+    FRONTIER: "Accuracy against routing latency of every model of the zoo; the frontier joined, ranked by accuracy.",
+    BUDGET_CURVES: "Fidelity against the query budget per attack without a defense: mean over seeds with its 95% "
+                   "t-interval (attacks shifted a little along the budget axis so that none hides another).",
+    TRADEOFF: "Every defense setting's protection against its paired goodput ratio, with 95% t-intervals on both; "
+              "filled: eligible, hollow: ineligible; labels: the strength; dashed: the goodput-ratio floor; dotted: "
+              "the zoo's ceiling (psml - naive without a defense).",
+}
+
+
+def caption(name: str) -> str:
+    """What a figure of :func:`figure_names` shows (by the main zoo's name of its kind)."""
+    for kind, text in CAPTIONS.items():
+        if name == kind or name.startswith(Path(kind).stem + "_"):
+            return text
+    return name
 
 
 def figure_names(zoo_name: str, main: bool) -> tuple[str, str, str]:
@@ -148,7 +138,7 @@ def figure_names(zoo_name: str, main: bool) -> tuple[str, str, str]:
     return names if main else tuple(f"{Path(name).stem}_{zoo_name}.png" for name in names)
 
 
-def write_figures(frame: pd.DataFrame, protection: pd.DataFrame, zoos, out_dir: Path) -> list[str]:
+def write_figures(frame: pd.DataFrame, protection: pd.DataFrame, zoos, out_dir: Path, ceilings=None) -> list[str]:
     """Write every figure the results support; return their file names.
 
     ``zoos``: the grid's opened zoos, the main zoo first (or one zoo). ``frame`` and ``protection``: the
@@ -166,8 +156,21 @@ def write_figures(frame: pd.DataFrame, protection: pd.DataFrame, zoos, out_dir: 
         if hasattr(zoo, "menu") and hasattr(zoo, "frontier"):
             frontier_figure(zoo, out_dir / frontier)
             names.append(frontier)
-        if budget_figure(rows, out_dir / budget):
+        if budget_figure(rows, out_dir / budget, zoo.name):
             names.append(budget)
-        if tradeoff_figure(table, out_dir / tradeoff):
+        figure = pareto_figure(table, zoo.name, _ceiling(table, zoo.name, ceilings or {}), _pyplot()) \
+            if len(table) else None
+        if figure is not None:
+            _save(figure, out_dir / tradeoff)
+            _pyplot().close(figure)
             names.append(tradeoff)
     return names
+
+
+def _ceiling(table: pd.DataFrame, zoo: str, ceilings):
+    """The zoo's ceiling at the (victim, budget, load) where most of its defense settings ran (None if unknown)."""
+    defended = table[table["defense"] != "none"]
+    if defended.empty:
+        return None
+    victim, budget, load = defended.groupby(["victim", "budget", "load"]).size().idxmax()
+    return ceiling_of(ceilings, zoo, victim, budget, load)

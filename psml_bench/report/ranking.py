@@ -1,8 +1,9 @@
 """Ranking a grid's rows: attacks per block and track, defense settings under the utility constraint, families.
 
 Every number that ranks comes with a 95% t-interval over seeds (:mod:`psml_bench.report.intervals`);
-entries whose intervals overlap share a rank. Protection is measured per block, against the
-same block's undefended cells, as a paired difference over seeds.
+entries are ranked by paired comparisons over their common seeds with Holm's correction
+(:mod:`psml_bench.report.paired_ranks`). Protection and the goodput ratio are measured per block,
+against the same block's undefended cells, as paired comparisons over seeds.
 """
 
 from __future__ import annotations
@@ -13,18 +14,22 @@ from typing import Any, Sequence
 
 import pandas as pd
 
-from ..bench.grid import DEFAULT_RECIPE, RECIPE_FIELDS, GridConfig, resolve
+from ..bench.grid import DEFAULT_RECIPE, MAX_FALSE_POSITIVES, RECIPE_FIELDS, GridConfig, resolve
 from .page_text import markdown_code
 from ..contract.plugins import Defense
 from ..contract.surrogate_config import SurrogateConfig
-from .intervals import NO_ESTIMATE, Estimate, paired_difference, shared_ranks, t_interval
+from .intervals import NO_ESTIMATE, Estimate, paired_difference, t_interval
+from .paired_ranks import paired_ranks
 
-# the utility constraint: a setting must keep this share of the undefended service's goodput at the
-# same load (without load that goodput is 1, so the floor is the paper's goodput >= 0.8)
+# the utility constraint: a setting must keep this share of the undefended service's goodput, as the
+# paired goodput ratio (without load the undefended goodput is 1, so this is the paper's goodput >= 0.8)
 GOODPUT_SHARE = 0.8
-# a setting whose goodput is within this of the undefended service's costs no goodput (under load,
-# a defense that does not touch routing still differs by the noise of one benign stream)
+# a setting whose goodput ratio is within this of 1 costs no goodput (under load, a defense that does
+# not touch routing still differs by the noise of one benign stream)
 GOODPUT_TOLERANCE = 0.005
+# the cells a goodput ratio pairs: the same cell with the defense replaced by none
+PAIR_FIELDS = ("zoo", "victim", "attack", "budget", "seed", "load", "benign_clients", "attacker_rate",
+               "latency_visible")
 NO_DEFENSE = "none"
 # sanity limits beyond which a defense setting is flagged as degenerate (it answers, in effect, something else)
 DEGENERATE_ACCURACY_DROP = 0.5
@@ -152,10 +157,30 @@ def group_track(cells: pd.DataFrame, block: BlockView) -> str:
 
 
 def ok_values(group: pd.DataFrame, metric: str) -> dict[int, float]:
-    """Per seed, the metric of the group's successful cells (one cell per seed within an attack's group)."""
+    """Per seed, the mean metric of the group's successful cells (one cell per seed within an attack's group;
+    a group of several attacks averages them), whatever the order of the rows."""
     ok = group[group["status"] == "ok"]
-    values = pd.to_numeric(ok[metric], errors="coerce")
-    return {int(s): float(v) for s, v in zip(ok["seed"], values) if not math.isnan(v)}
+    values = pd.to_numeric(ok[metric], errors="coerce") if metric in ok else pd.Series(math.nan, index=ok.index)
+    per_seed: dict[int, list[float]] = {}
+    for seed, value in zip(ok["seed"], values):
+        if not math.isnan(value):
+            per_seed.setdefault(int(seed), []).append(float(value))
+    return {seed: math.fsum(found) / len(found) for seed, found in sorted(per_seed.items())}
+
+
+def goodput_ratios(frame: pd.DataFrame) -> pd.Series:
+    """Per row, its goodput divided by the goodput of the undefended cell it pairs with (:data:`PAIR_FIELDS`:
+    same zoo, victim, attack, budget, seed and service); NaN for a failed row or one without that cell."""
+    fields = [f for f in PAIR_FIELDS if f in frame]
+    goodput = pd.to_numeric(frame["goodput"], errors="coerce") if "goodput" in frame else \
+        pd.Series(math.nan, index=frame.index)
+    ok = (frame["status"] == "ok") if "status" in frame else pd.Series(True, index=frame.index)
+    keys = [tuple(str(v) for v in values) for values in frame[fields].itertuples(index=False)]
+    base = {key: g for key, g, defense, good in zip(keys, goodput, frame["defense"], ok)
+            if defense == NO_DEFENSE and good and not math.isnan(g)}
+    ratios = [g / base[key] if good and key in base and base[key] > 0 and not math.isnan(g) else math.nan
+              for key, g, good in zip(keys, goodput, ok)]
+    return pd.Series(ratios, index=frame.index, dtype=float)
 
 
 def estimate(group: pd.DataFrame, metric: str) -> Estimate:
@@ -210,10 +235,42 @@ def attack_ranking(frame: pd.DataFrame, block: BlockView) -> list[dict[str, Any]
                             "failed": int((cells["status"] != "ok").sum())})
         for name in (FIXED, OWN):
             ranked = sorted((e for e in entries if e["track"] == name), key=lambda e: -np_mean(e["fidelity"]))
-            ranks = shared_ranks([e["fidelity"] for e in ranked]) if name == FIXED else ["own"] * len(ranked)
+            if name == FIXED:
+                ranks = paired_ranks([ok_values(e["cells"], "fidelity") for e in ranked]).ranks
+                ranked, ranks = by_rank(ranked, ranks)
+            else:
+                ranks = ["own"] * len(ranked)
             for rank, entry in zip(ranks, ranked):
                 out.append({**entry, "rank": rank})
     return out
+
+
+def by_rank(entries: list, ranks: list[str]) -> tuple[list, list[str]]:
+    """Entries (already in order of falling mean) and their ranks, stably ordered by rank (``—`` last)."""
+    number = lambda rank: int(rank.lstrip("=")) if rank.lstrip("=").isdigit() else math.inf  # noqa: E731
+    order = sorted(range(len(entries)), key=lambda i: number(ranks[i]))
+    return [entries[i] for i in order], [ranks[i] for i in order]
+
+
+def _order_value(value: Any) -> tuple[int, float | str]:
+    try:
+        return (0, float(value))
+    except (TypeError, ValueError):
+        return (1, str(value))
+
+
+ROW_ORDER = ("zoo", "victim", "attack", "defense", "budget", "load", "benign_clients", "attacker_rate",
+             "latency_visible", "seed", "cell_key")
+
+
+def canonical_order(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows in the run's order (by cell: zoo, victim, attack, defense, budget, service, seed), whatever order
+    they came in: every table and rank of the page is computed from this order."""
+    fields = [f for f in ROW_ORDER if f in frame]
+    keys = [tuple(_order_value(v) if f not in ("zoo", "victim", "attack", "defense") else (1, str(v))
+                  for f, v in zip(fields, values)) for values in frame[fields].itertuples(index=False)]
+    order = sorted(range(len(frame)), key=lambda i: keys[i])
+    return frame.iloc[order].reset_index(drop=True)
 
 
 def np_mean(value: Estimate) -> float:
@@ -222,15 +279,19 @@ def np_mean(value: Estimate) -> float:
 
 
 def protection_table(frame: pd.DataFrame, blocks: Sequence[BlockView], settings: dict[str, DefenseSetting],
-                     max_accuracy_drop: float) -> pd.DataFrame:
+                     max_accuracy_drop: float, max_false_positives: float = MAX_FALSE_POSITIVES) -> pd.DataFrame:
     """Per (victim, block, budget, load, defense setting): its costs, eligibility and protection.
 
     Within one block: the *strongest attack* against a setting is the block's service attack with the
     highest mean fidelity against it (among those the block also ran without a defense); ``protection``
     is, seed by seed, the undefended fidelity of the block's best such attack minus the strongest
-    attack's fidelity against the setting, with its 95% t-interval. The ``none`` row is the block's
-    own baseline. Blocks without an undefended service are left out.
+    attack's fidelity against the setting, with its 95% t-interval (``protection_values``: per seed).
+    ``goodput_ratio``: per seed, the mean over the setting's cells of each cell's goodput divided by
+    its undefended pair's (:func:`goodput_ratios`), with its t-interval. The ``none`` row is the
+    block's own baseline. Blocks without an undefended service are left out.
     """
+    if "goodput_ratio" not in frame:
+        frame = frame.assign(goodput_ratio=goodput_ratios(frame))
     out = []
     for block in blocks:
         part = block_rows(frame, block)
@@ -253,17 +314,23 @@ def protection_table(frame: pd.DataFrame, blocks: Sequence[BlockView], settings:
                                                ok_values(cells[cells["attack"] == strongest], "fidelity"))
                 setting = settings.get(defense, DefenseSetting(defense, None, None))
                 costs = everything[everything["defense"] == defense]
+                base_values = ok_values(base[base["attack"] == base_attack], "fidelity")
+                defended_values = ok_values(cells[cells["attack"] == strongest], "fidelity")
                 row = {"victim": victim, "block": block.name, "budget": int(budget), "load": load, "defense": defense,
                        "family": setting.family, "strength": setting.strength or "", "value": setting.value,
                        "undefended_goodput": start, "strongest_attack": strongest, "fidelity": fidelity[strongest].mean,
                        "fidelity_estimate": fidelity[strongest], "protection": protection.mean,
                        "protection_estimate": protection,
+                       "protection_values": {s: base_values[s] - defended_values[s]
+                                             for s in sorted(set(base_values) & set(defended_values))},
+                       "goodput_ratio_estimate": estimate(costs, "goodput_ratio"),
+                       "false_positive_estimate": estimate(costs, "false_positive_clients"),
                        "cell_keys": [k for k in costs.get("cell_key", []) if isinstance(k, str) and k],
-                       **{m: estimate(costs, m).mean for m in ("goodput", "benign_accuracy_drop", "perturbation",
-                                                              "latency_overhead", "false_positive_clients",
-                                                              "refused_benign")}}
-                row["costs_goodput"] = bool(row["goodput"] < start - GOODPUT_TOLERANCE)
-                row["ineligible"] = ineligibility(row, max_accuracy_drop)
+                       **{m: estimate(costs, m).mean for m in ("goodput", "goodput_ratio", "benign_accuracy_drop",
+                                                              "perturbation", "latency_overhead",
+                                                              "false_positive_clients", "refused_benign")}}
+                row["costs_goodput"] = bool(row["goodput_ratio"] < 1 - GOODPUT_TOLERANCE)
+                row["ineligible"] = ineligibility(row, max_accuracy_drop, max_false_positives)
                 row["flags"] = setting_flags(row) + cell_flags(costs)
                 out.append(row)
     return pd.DataFrame(out)
@@ -274,23 +341,37 @@ def goodput_floor(undefended_goodput: float) -> float:
     return GOODPUT_SHARE * undefended_goodput
 
 
-def ineligibility(row: dict[str, Any], max_accuracy_drop: float) -> str:
+def _exceeds(value: float, bound: float) -> str:
+    """``value > bound`` in words, with as many decimals as it takes for the two to read apart (0.0103 > 0.01)."""
+    for digits in range(3, 7):
+        if round(value, digits) != round(bound, digits):
+            return f"{value:.{digits}f} > {bound:g}"
+    return f"{value:.6g} > {bound:g}"
+
+
+def ineligibility(row: dict[str, Any], max_accuracy_drop: float, max_false_positives: float = MAX_FALSE_POSITIVES
+                  ) -> str:
     """Why a defense setting may not be ranked ('' if it may): the utility constraint of docs/protocol.md.
 
-    Goodput at least 0.8 times the undefended service's at the same load (a setting within
-    ``GOODPUT_TOLERANCE`` of it costs none), and a benign accuracy drop of at most ``max_accuracy_drop``.
+    A paired goodput ratio of at least ``GOODPUT_SHARE`` (each defended cell's goodput over its undefended
+    pair's; a ratio within ``GOODPUT_TOLERANCE`` of 1 costs nothing), a benign accuracy drop of at most
+    ``max_accuracy_drop`` and a share of false-positive benign clients of at most ``max_false_positives``,
+    whether or not the setting refuses anything.
     """
     reasons = []
-    goodput, drop = row["goodput"], row["benign_accuracy_drop"]
-    floor = goodput_floor(row["undefended_goodput"])
-    if math.isnan(goodput):
-        reasons.append("goodput unknown")
-    elif goodput < floor and row["costs_goodput"]:
-        reasons.append(f"goodput {goodput:.3f} < {floor:.3f} ({GOODPUT_SHARE:g} x undefended {row['undefended_goodput']:.3f})")
+    ratio, drop = row["goodput_ratio"], row["benign_accuracy_drop"]
+    false_positives = row.get("false_positive_clients", math.nan)
+    if math.isnan(ratio):
+        reasons.append("goodput ratio unknown")
+    elif ratio < GOODPUT_SHARE:
+        reasons.append(f"goodput ratio {ratio:.3f} < {GOODPUT_SHARE:g} (goodput {row['goodput']:.3f}, undefended "
+                       f"{row['undefended_goodput']:.3f})")
     if math.isnan(drop):
         reasons.append("benign accuracy drop unknown")
     elif drop > max_accuracy_drop:
-        reasons.append(f"benign acc. drop {drop:.3f} > {max_accuracy_drop:g}")
+        reasons.append(f"benign acc. drop {_exceeds(drop, max_accuracy_drop)}")
+    if not math.isnan(false_positives) and false_positives > max_false_positives:
+        reasons.append(f"false-positive clients {_exceeds(false_positives, max_false_positives)}")
     return "; ".join(reasons)
 
 
@@ -330,8 +411,8 @@ def tradeoff_auc(points: Sequence[tuple[float, float]], start: float = 1.0) -> f
 
 def defense_ranking(table: pd.DataFrame) -> pd.DataFrame:
     """Defense families per (victim, block, budget, load): ranked by the protection of their best eligible
-    setting (overlapping 95% intervals share a rank), ordered within a rank by AUC; families without an
-    eligible setting last, unranked."""
+    setting (paired comparisons over seeds with Holm's correction, :mod:`psml_bench.report.paired_ranks`), ordered
+    within a rank by AUC (over the goodput ratio); families without an eligible setting last, unranked."""
     out = []
     keys = ["victim", "block", "budget", "load"]
     for (victim, block, budget, load), part in table[table["defense"] != NO_DEFENSE].groupby(keys, sort=False):
@@ -341,22 +422,25 @@ def defense_ranking(table: pd.DataFrame) -> pd.DataFrame:
             best = usable.loc[usable["protection"].idxmax()] if len(usable) and usable["protection"].notna().any() \
                 else None
             pick = lambda column: best[column] if best is not None else math.nan  # noqa: E731
-            start = float(group["undefended_goodput"].iloc[0])
             families.append({
                 "victim": victim, "block": block, "budget": budget, "load": load, "family": family,
                 "protection": pick("protection"),
                 "protection_estimate": best["protection_estimate"] if best is not None else NO_ESTIMATE,
+                "protection_values": best["protection_values"] if best is not None else {},
+                "goodput_ratio": pick("goodput_ratio"), "false_positive_clients": pick("false_positive_clients"),
                 "at": best["defense"] if best is not None else "—", "goodput": pick("goodput"),
                 "benign_accuracy_drop": pick("benign_accuracy_drop"), "perturbation": pick("perturbation"),
                 "latency_overhead": pick("latency_overhead"),
                 # a family that never costs goodput has no curve to integrate
-                "auc": tradeoff_auc(list(zip(group["goodput"], group["protection"])), start=start)
+                "auc": tradeoff_auc(list(zip(group["goodput_ratio"], group["protection"])))
                 if group["costs_goodput"].any() else math.nan,
                 "eligible": f"{len(usable)} of {len(group)}",
                 "cell_keys": best["cell_keys"] if best is not None else []})
         families.sort(key=lambda f: (-np_mean(f["protection_estimate"]),
                                      -(f["auc"] if not math.isnan(f["auc"]) else -math.inf)))
-        for family, rank in zip(families, shared_ranks([f["protection_estimate"] for f in families])):
+        ranks = paired_ranks([f["protection_values"] for f in families]).ranks
+        families, ranks = by_rank(families, ranks)
+        for family, rank in zip(families, ranks):
             out.append({**family, "rank": rank})
     return pd.DataFrame(out)
 

@@ -1,0 +1,33 @@
+"""The docs' measured tables agree with the committed leaderboard (scripts/leaderboard_docs.py)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("leaderboard_docs", ROOT / "scripts" / "leaderboard_docs.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_generated_tables_match_the_committed_results():
+    script = _script()
+    frame = script._results()
+    for page in script.PAGES:
+        text = page.read_text()
+        assert script.render(text, frame) == text, f"{page.name} is out of date: run scripts/leaderboard_docs.py"
+    assert "<!-- leaderboard: stateful-detection -->" in (ROOT / "docs" / "defenses.md").read_text()
+
+
+def test_a_number_that_differs_from_the_results_fails_the_check():
+    script = _script()
+    frame = script._results()
+    text = (ROOT / "docs" / "defenses.md").read_text()
+    start = text.index("<!-- leaderboard: stateful-costs -->")
+    drifted = text[:start] + text[start:].replace("1.003 ± 0.001", "1.004 ± 0.001", 1)
+    assert drifted != text and script.render(drifted, frame) == text
