@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from psml_bench.serving.simulator import BatchingConfig, BatchingSimulator, capacity, poisson_arrivals
+from psml_bench.serving.simulator import BatchingConfig, BatchingSimulator, poisson_arrivals, saturation_capacity
 
 
 def main() -> None:
@@ -32,7 +32,7 @@ def main() -> None:
     intercept, slope = rng.uniform(1.0, 5.0, args.models), rng.uniform(0.1, 1.0, args.models)
     shares = rng.dirichlet(np.ones(args.models))
     config = BatchingConfig(max_batch=8, max_wait_ms=2.0)
-    rate = 0.7 * capacity(intercept, slope, shares, config.max_batch)
+    rate = 0.7 * saturation_capacity(intercept, slope, shares, config.max_batch)
     benign = args.requests - args.round_trips
     benign_times = poisson_arrivals(rate, benign, rng)
     benign_models = rng.choice(args.models, size=benign, p=shares)

@@ -250,6 +250,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from .serving.http_app import HttpLimits, bind, serve_forever
     from .serving.live import LiveService, default_keys, load_keys
     from .plugins.manifests import load_submissions
+    from .contract.registries import POLICIES
     from .bench.remote_attack import parse_plugin
     from .serving.simulator import BatchingConfig
     from .zoo.build import open_zoo
@@ -258,6 +259,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     defense = resolve("defense", parse_plugin(args.defense))
     keys = load_keys(args.keys) if args.keys else default_keys()
     limits = BatchingConfig(args.max_batch, args.max_wait_ms)
+    POLICIES.get(args.policy)  # an unknown policy: one line, before the zoo is opened
     if args.max_body_mb <= 0 or args.threads < 1:
         raise PsmlError("--max-body-mb must be > 0 and --threads >= 1")
     zoo = open_zoo(args.zoo, args.cache, build=False, progress=False,
@@ -265,7 +267,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     sock = bind(args.host, args.port)
     torch.set_num_threads(args.threads)
     service = LiveService(zoo, defense=defense.instantiate(), keys=keys, limits=limits,
-                          forward_threads=args.forward_threads, seed=args.seed)
+                          forward_threads=args.forward_threads, seed=args.seed, policy=args.policy)
     host, port = sock.getsockname()[:2]
     print(f"psml-bench serve: zoo {zoo.name}, defense {defense.label}, on http://{host}:{port}", file=sys.stderr,
           flush=True)
@@ -429,6 +431,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--forward-threads", type=integer(1), default=1,
                        help="forward passes run at once, all models together (default 1)")
     serve.add_argument("--seed", type=int, default=0, help="seeds the defense and the clients' ids (default 0)")
+    serve.add_argument("--policy", default="infaas-slo",
+                       help="routing policy (default infaas-slo: routes on the workers' queues, as cells do)")
     serve.set_defaults(func=_cmd_serve)
 
     attack = commands.add_parser("attack", help="run an attack against a live endpoint (psml-bench serve or yours)")

@@ -19,13 +19,14 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from .serving.capacity import CapacityCache
 from .bench.cell import CellTask, cell_key, failed_row, provenance, zoo_identity
 from .common.files import content_hash, write_atomic
 from .contract.errors import ConfigError, sanitise
 from .bench.executor import Executor, InlineExecutor, LocalExecutor, RayExecutor
 from .bench.grid import Cell, GridConfig
 from .report.leaderboard import write_leaderboard
-from .serving.service import PoolAnswers
+from .serving.service import CAPACITY_FILE, PoolAnswers, slo_capacity
 from .zoo.model_zoo import Zoo
 from .zoo.build import open_zoo
 
@@ -111,12 +112,29 @@ def run_grid(grid: GridConfig, out_dir: Path, *, cache_dir: Path | None = None, 
     if device.type == "cpu":
         for name in dict.fromkeys(grid.zoo_of(task.cell) for task in tasks):
             PoolAnswers.of(zoos[name])  # every model's answers on the pool, once here rather than in each worker
+    check_capacities(grid, zoos, [task.cell for task in tasks])
     executor.map(tasks, on_result)
     bar.close()
     ordered = sorted(rows.values(), key=_row_order)
     write_leaderboard(ordered, zoos, grid, out_dir)
     failed = sum(r["status"] != "ok" for r in ordered)
     return RunSummary(ordered, cached, len(tasks), failed, time.perf_counter() - started, out_dir)
+
+
+def check_capacities(grid: GridConfig, zoos: dict[str, Zoo], cells: list[Cell]) -> None:
+    """Search each zoo's capacity at the SLO for every service config of ``cells`` here, once, into the zoo's file
+    (the workers read it), so that a service with no load meeting its SLO fails the run before any cell.
+
+    Raises:
+        ConfigError: a ``replicas`` table names a model the zoo lacks, or no load meets a service's SLO target.
+    """
+    for name, zoo in zoos.items():
+        capacities = CapacityCache(zoo.directory / CAPACITY_FILE)
+        for config in dict.fromkeys(cell.service for cell in cells if grid.zoo_of(cell) == name):
+            try:
+                slo_capacity(zoo, grid.policy, config, capacities)
+            except ConfigError as exc:
+                raise ConfigError(f"{grid.source}: zoo {name}: field 'service': {exc}") from None
 
 
 def check_profile(grid: GridConfig, profile: Path | str | None) -> None:

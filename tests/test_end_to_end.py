@@ -94,9 +94,10 @@ def test_attacks_behave_as_specified_without_defense(tiny_run, tiny_zoo):
             assert row["victim_hit_rate"] == 1.0 and row["fingerprint_queries"] == 0
             assert row["queries"] == row["budget"]
         if row["attack"].startswith("psml"):
-            # fingerprinting finds the victim's region: every extraction query reaches it
+            # fingerprinting finds the victim's region: every extraction query asks for it, and the SLO-aware
+            # router serves almost all there (a few go elsewhere when the victim's queue would miss the bound)
             assert 0 < row["fingerprint_queries"] < row["budget"] / 2
-            assert row["victim_hit_rate"] == 1.0 and row["fingerprint_accuracy"] == 1.0
+            assert row["victim_hit_rate"] >= 0.95 and row["fingerprint_accuracy"] == 1.0
     psml = {r["budget"]: r["fingerprint_queries"] for r in rows_by(summary, attack="psml(", defense="none",
                                                                    victim="rank:2")}
     assert psml[200] < psml[400]  # at 200 the sweep is scaled down to 10% of the budget
@@ -108,7 +109,9 @@ def test_spec_noise_costs_goodput(tiny_run):
     summary, _ = tiny_run
     clean = {r["spec_goodput"] for r in rows_by(summary, defense="none")}
     noisy = [r["spec_goodput"] for r in rows_by(summary, defense="spec-noise")]
-    assert clean == {1.0}  # feasible specs, undefended: routing meets every one
+    # feasible specs, undefended: routing meets nearly every one by the profile (the SLO-aware router falls back
+    # to another model when every model meeting a spec is predicted to miss its bound)
+    assert min(clean) >= 0.99
     assert all(g < 1.0 for g in noisy)
     for row in rows_by(summary, defense="none"):  # end to end, queueing at load 0.5 misses some bounds
         assert 0.0 < row["goodput"] <= row["spec_goodput"] and row["latency_p99_ms"] > row["latency_p50_ms"]
@@ -121,10 +124,10 @@ def test_defense_costs_show_where_each_defense_acts(tiny_run):
         assert row["refused_benign"] == 0.0 and row["false_positive_clients"] == 0.0 and row["detected"] == 0.0
     for row in rows_by(summary, defense="random-routing"):
         # every candidate meets the spec, but slower models serve
-        assert row["spec_goodput"] == 1.0 and row["latency_overhead"] > 0.0 and row["perturbation"] == 0.0
+        assert row["spec_goodput"] >= 0.99 and row["latency_overhead"] > 0.0 and row["perturbation"] == 0.0
     for row in rows_by(summary, defense="label-only"):
         # answers become one-hot vectors with the same argmax; routing and timing are untouched
-        assert row["spec_goodput"] == 1.0 and row["perturbation"] > 0.05 and row["benign_accuracy_drop"] == 0.0
+        assert row["spec_goodput"] >= 0.99 and row["perturbation"] > 0.05 and row["benign_accuracy_drop"] == 0.0
         assert row["latency_overhead"] == 0.0
 
 
@@ -203,5 +206,7 @@ def test_adaptive_psml_reaches_the_victim_more_often_under_random_routing(tiny_r
     [plain] = rows_by(summary, attack="psml(", defense="random-routing")
     [adaptive] = rows_by(summary, attack="psml-adaptive", defense="random-routing")
     # a latency bound below the faster alternatives leaves the victim the only candidate more often
-    assert adaptive["victim_hit_rate"] > plain["victim_hit_rate"] + 0.1
+    # (protocol 4: the candidates are the models *predicted* to meet the bound and the victim itself is predicted
+    # to miss tight bounds when busy, so the advantage shrinks; measured 0.352 against 0.333 on the tiny grid)
+    assert adaptive["victim_hit_rate"] > plain["victim_hit_rate"]
     assert adaptive["fingerprint_queries"] > plain["fingerprint_queries"]

@@ -47,11 +47,14 @@ def _cli(cache_dir: Path, *args: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def live(tiny_zoo, cache_dir, tmp_path_factory):
-    """A server on a free loopback port: (process, base URL, stderr lines)."""
+    """A server on a free loopback port: (process, base URL, stderr lines). It routes with the queue-blind
+    policy, so that its answers can equal the in-process server's (the SLO-aware policy's choices depend on
+    the queues at the moment: tests/test_slo_serving.py)."""
     keys = tmp_path_factory.mktemp("serve") / "keys.json"
     keys.write_text(json.dumps(KEYS))
     process = subprocess.Popen(_cli(cache_dir, "serve", "fmnist-tiny", "--port", "0", "--keys", str(keys),
-                                    "--threads", "1", "--max-wait-ms", "1", "--max-body-mb", str(MAX_BODY_MB)),
+                                    "--threads", "1", "--max-wait-ms", "1", "--max-body-mb", str(MAX_BODY_MB),
+                                    "--policy", "infaas"),
                                stderr=subprocess.PIPE, text=True)
     lines: list[str] = []
     url = None

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from psml_bench.contract.errors import ConfigError
-from psml_bench.serving.simulator import BatchingConfig, BatchingSimulator, capacity, poisson_arrivals
+from psml_bench.serving.simulator import BatchingConfig, BatchingSimulator, poisson_arrivals, saturation_capacity
 
 
 def reference(times, models, intercept, slope, config):
@@ -162,14 +162,14 @@ def test_bad_service_times():
         BatchingSimulator([-1.0], [2.0], BatchingConfig())
 
 
-def test_capacity_of_two_models():
+def test_saturation_capacity_of_two_models():
     # model 0: 8 / (2 + 0.5*8) = 4/3 per ms, model 1: 8 / (4 + 1*8) = 2/3 per ms.
     # With 3/4 of traffic to model 0 it saturates at (4/3)/(3/4) = 16/9 < (2/3)/(1/4) = 8/3.
-    assert capacity([2.0, 4.0], [0.5, 1.0], [0.75, 0.25], 8) == pytest.approx(16 / 9)
-    assert capacity([2.0, 4.0], [0.5, 1.0], [0.25, 0.75], 8) == pytest.approx(8 / 9)
-    assert capacity([2.0, 4.0], [0.5, 1.0], [1.0, 0.0], 8) == pytest.approx(4 / 3)
+    assert saturation_capacity([2.0, 4.0], [0.5, 1.0], [0.75, 0.25], 8) == pytest.approx(16 / 9)
+    assert saturation_capacity([2.0, 4.0], [0.5, 1.0], [0.25, 0.75], 8) == pytest.approx(8 / 9)
+    assert saturation_capacity([2.0, 4.0], [0.5, 1.0], [1.0, 0.0], 8) == pytest.approx(4 / 3)
     with pytest.raises(ConfigError, match="shares"):
-        capacity([2.0, 4.0], [0.5, 1.0], [0.0, 0.0], 8)
+        saturation_capacity([2.0, 4.0], [0.5, 1.0], [0.0, 0.0], 8)
 
 
 def test_poisson_arrivals_are_seeded_with_the_right_rate():

@@ -127,10 +127,11 @@ def service_costs(zoo: Zoo, service: Service) -> dict[str, float]:
     within the client's latency bound end to end (queueing, batching and service included);
     ``spec_goodput``: share answered by a model meeting the spec by its routing latency alone (the
     protocol-2 figure); ``latency_p50_ms``/``latency_p99_ms``: end-to-end latency of the answered
-    ones; ``refused_benign`` (by the defense); ``dropped_benign`` (timed out in an overloaded queue);
-    ``false_positive_clients``: share of benign clients the defense detected or blocked; ``benign_accuracy_drop``: top-1 accuracy of the answers the same requests
-    get from the undefended service minus that of the defended answers (a refused request counts
-    as wrong); ``perturbation``: mean halved L1 between each answer and the serving model's own
+    ones; ``refused_benign`` (by the defense); ``dropped_benign`` (timed out in an overloaded queue, or
+    rejected at admission by the policy); ``false_positive_clients``: share of benign clients the defense
+    detected or blocked; ``benign_accuracy_drop``: top-1 accuracy of the answers the same requests get
+    from the undefended service (the same policy, no defense: :meth:`Service.undefended_run`) minus that
+    of the defended answers (a refused or rejected request counts as wrong); ``perturbation``: mean halved L1 between each answer and the serving model's own
     output; ``latency_overhead``: mean end-to-end latency of the answered requests over that of the
     same requests, at the same times, routed with no defense, minus 1.
     """
@@ -144,9 +145,11 @@ def service_costs(zoo: Zoo, service: Service) -> dict[str, float]:
     in_time = answered & (outcome["latency"] <= outcome["max_latency"])
     labels = zoo.splits["attacker_y"][torch.from_numpy(outcome["pool_row"])].numpy()
     defended_correct = answered & (outcome["answers"].nan_to_num(-1.0).argmax(1).numpy() == labels)
-    undefended = service.pool_answers(outcome["pool_row"], outcome["requested"]).argmax(1).numpy()
+    undefended_served, undefended_latency = service.undefended_run(outcome)
+    undefended = service.pool_answers(outcome["pool_row"], np.maximum(undefended_served, 0)).argmax(1).numpy()
+    undefended_correct = (undefended_served >= 0) & (undefended == labels)
     latency = outcome["latency"][answered]
-    baseline = service.undefended_latency(outcome)[answered]
+    baseline = undefended_latency[answered]
     both = np.isfinite(baseline)  # requests the undefended service would have dropped have no latency to compare
     detected = service.defense.detected
     benign_detected = sum(int(c) in detected for c in service.benign_ids)
@@ -158,7 +161,7 @@ def service_costs(zoo: Zoo, service: Service) -> dict[str, float]:
         "refused_benign": float(np.mean(outcome["refused"])) if n else float("nan"),
         "dropped_benign": float(np.mean(dropped)) if n else float("nan"),
         "false_positive_clients": benign_detected / len(service.benign_ids),
-        "benign_accuracy_drop": scoring.accuracy(undefended, labels) - float(np.mean(defended_correct)) if n
+        "benign_accuracy_drop": float(np.mean(undefended_correct)) - float(np.mean(defended_correct)) if n
         else float("nan"),
         "perturbation": scoring.l1_distance(outcome["answers"][torch.from_numpy(answered)],
                                             outcome["raw"][torch.from_numpy(answered)]) if answered.any() else 0.0,

@@ -215,7 +215,7 @@ def load_grid(name_or_path: str | Path) -> GridConfig:
     path = resolve_config("grids", name_or_path)
     raw = read_toml(path)
     validate(raw, "grid", str(path))
-    policy = raw.get("policy", "infaas")
+    policy = raw.get("policy", "infaas-slo")
     try:
         POLICIES.get(policy)
     except PsmlError as exc:

@@ -8,9 +8,11 @@ import numpy as np
 
 
 class Policy(ABC):
-    """Chooses a model for each query from the menu."""
+    """Chooses a model for each query from the menu (a ``queue_aware`` one also routes online on the workers'
+    predicted latency, ``route_online``: :mod:`psml_bench.serving.slo_routing`; ``select`` is its choice when idle)."""
 
     name: str = ""
+    queue_aware: bool = False
 
     @abstractmethod
     def select(self, accuracy: np.ndarray, latency_ms: np.ndarray, min_accuracy: np.ndarray,

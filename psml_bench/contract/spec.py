@@ -36,6 +36,5 @@ class SpecRange:
 
     def sample(self, n: int, rng: np.random.Generator) -> list[Spec]:
         """``n`` specs drawn uniformly from the advertised ranges."""
-        accuracy = rng.uniform(*self.accuracy, size=n)
-        latency = rng.uniform(*self.latency_ms, size=n)
+        accuracy, latency = rng.uniform(*self.accuracy, size=n), rng.uniform(*self.latency_ms, size=n)
         return [Spec(float(a), float(l)) for a, l in zip(accuracy, latency)]

@@ -5,7 +5,10 @@ own :class:`~psml_bench.serving.server.Server` (its own budget and hidden log), 
 instance and one defense generator, so the defense sees every client under its opaque id. A
 query is checked, admitted and routed (and counted against the key's budget) in one step with no
 ``await`` in between, so concurrent queries on one key can never overspend it; the admitted rows
-then wait in their model's queue. One worker per model takes what is queued, waiting up to
+then wait in their model's queue. The SLO-aware policy (``infaas-slo``, the default) routes each row with
+the cells' implementation (:meth:`~psml_bench.serving.slo_routing.InfaasSloPolicy.route_online`) on these real
+queues: :class:`LiveQueues` predicts each model's latency from its queued inputs and its batch in
+progress with the batch-latency fit the cells use (:func:`~psml_bench.serving.service.service_times`). One worker per model takes what is queued, waiting up to
 ``max_wait_ms`` for a batch of up to ``max_batch`` inputs, and runs the forward pass on a pool
 of ``forward_threads`` threads shared by all models; the defense's ``answer`` runs when the rows
 come back.
@@ -27,6 +30,7 @@ import numpy as np
 import torch
 
 from ..contract.errors import ConfigError
+from .service import service_times
 from .server import Server, opaque_client_ids
 from ..contract.spec import Spec
 from .simulator import BatchingConfig
@@ -86,8 +90,10 @@ class ModelWorker:
     """One model's queue and worker: dynamic batching on the real clock, forward passes on ``executor``'s threads."""
 
     def __init__(self, server: Server, index: int, limits: BatchingConfig, executor: ThreadPoolExecutor,
-                 metrics: Any = None):
+                 metrics: Any = None, service_ms: tuple[float, float] = (0.0, 0.0)):
         self.server, self.index, self.limits, self.metrics = server, index, limits, metrics
+        self.intercept_ms, self.slope_ms = service_ms
+        self.busy_until = 0.0  # perf_counter seconds when the batch in progress is predicted to finish
         self.model_id = server.menu[index].id
         self._items: deque[_Item] = deque()
         self._queued = 0
@@ -133,6 +139,7 @@ class ModelWorker:
                 size += len(taken[-1].inputs)
             self._queued -= size
             batch = torch.cat([item.inputs for item in taken]) if len(taken) > 1 else taken[0].inputs
+            self.busy_until = time.perf_counter() + self.predict_ms(size) / 1000
             try:
                 outputs, started, done = await loop.run_in_executor(self._thread, self._forward, batch)
             except Exception as exc:  # noqa: BLE001 - the requests waiting on it get the error
@@ -140,6 +147,8 @@ class ModelWorker:
                     if not item.future.done():
                         item.future.set_exception(exc)
                 continue
+            finally:
+                self.busy_until = 0.0
             if self.metrics is not None:
                 self.metrics.batch(self.model_id, size, done - started)
             offset = 0
@@ -147,6 +156,42 @@ class ModelWorker:
                 if not item.future.done():
                     item.future.set_result((outputs[offset:offset + len(item.inputs)], done))
                 offset += len(item.inputs)
+
+
+    def predict_ms(self, size: int) -> float:
+        """The batch-latency fit's service time of a batch of ``size``."""
+        return self.intercept_ms + self.slope_ms * size
+
+    @property
+    def queued(self) -> int:
+        """Inputs waiting in the queue (not the batch in progress)."""
+        return self._queued
+
+
+class LiveQueues:
+    """Online routing's view of the live workers (the queues protocol of :mod:`psml_bench.serving.slo_routing`).
+
+    A row's predicted latency on a model is the rest of its batch in progress, then its queued inputs (and
+    the rows of this query already sent there) in batches of ``max_batch``, then the batch holding the row,
+    each taking the batch-latency fit's time. All rows of one query arrive together, at ``now``.
+    """
+
+    def __init__(self, workers: Sequence[ModelWorker], now: float):
+        self.workers, self.now = workers, now
+        self.reserved = [0] * len(workers)
+
+    def predict(self, position: int, bound_ms: float) -> list[float]:
+        predicted = []
+        for worker, reserved in zip(self.workers, self.reserved):
+            ahead = worker.queued + reserved
+            full, rest = divmod(ahead, worker.limits.max_batch)
+            busy = max(worker.busy_until - self.now, 0.0) * 1000
+            predicted.append(busy + full * worker.predict_ms(worker.limits.max_batch) + worker.predict_ms(rest + 1))
+        return predicted
+
+    def commit(self, position: int, model: int, bound_ms: float) -> None:
+        if model >= 0:
+            self.reserved[model] += 1
 
 
 @dataclass(frozen=True)
@@ -180,7 +225,7 @@ class LiveService:
 
     def __init__(self, zoo: Zoo, *, defense, keys: dict[str, ApiKey],
                  limits: BatchingConfig = BatchingConfig(max_batch=256, max_wait_ms=2.0), forward_threads: int = 1,
-                 seed: int = 0, policy: str = "infaas", metrics: Any = None):
+                 seed: int = 0, policy: str = "infaas-slo", metrics: Any = None):
         if isinstance(forward_threads, bool) or not isinstance(forward_threads, int) or forward_threads < 1:
             raise ConfigError(f"forward_threads must be an integer >= 1, got {forward_threads!r}")
         if limits.timeout_ms is not None:
@@ -213,8 +258,9 @@ class LiveService:
         for entry in self.server.menu:
             self.zoo.model(entry.id)
         self._executor = ThreadPoolExecutor(max_workers=self.forward_threads, thread_name_prefix="psml-forward")
-        self.workers = [ModelWorker(self.server, i, self.limits, self._executor, self.metrics)
-                        for i in range(len(self.server.menu))]
+        intercept, slope = service_times(self.zoo)
+        self.workers = [ModelWorker(self.server, i, self.limits, self._executor, self.metrics, (a, b))
+                        for i, (a, b) in enumerate(zip(intercept.tolist(), slope.tolist()))]
         self._tasks = [asyncio.create_task(worker.run()) for worker in self.workers]
 
     async def stop(self) -> None:
@@ -235,7 +281,8 @@ class LiveService:
         # check, admit, route and count in one step: no await until the rows are queued
         requests = server.check(inputs, spec, self.client_ids[key], arrival * 1000)
         inputs, n = requests.inputs, len(requests)
-        served = server.plan(requests, self.rng)
+        queues = LiveQueues(self.workers, arrival) if server.policy.queue_aware else None
+        served = server.plan(requests, self.rng, queues)
         server.record(served, purpose)
         rows = np.flatnonzero(~served.refused)
         latency = np.full(n, np.nan)

@@ -10,12 +10,8 @@ from ..contract.registries import register_policy
 
 @register_policy("infaas")
 class InfaasPolicy(Policy):
-    """INFaaS-style selection.
-
-    Feasible spec: among models with accuracy >= min_accuracy and latency <= max_latency_ms,
-    the lowest-latency one (ties: the lower accuracy). Infeasible spec (an SLO miss): the most
-    accurate model within the latency bound (ties: the faster), else the fastest model.
-    """
+    """INFaaS-style selection on routing latency alone (queue-blind). Feasible spec: the lowest-latency model meeting
+    it (ties: the lower accuracy); else the most accurate within the bound (ties: the faster), else the fastest."""
 
     def select(self, accuracy, latency_ms, min_accuracy, max_latency_ms):
         within_latency = latency_ms[None, :] <= max_latency_ms[:, None]

@@ -13,6 +13,7 @@ When a request's answer is computed is the business of the simulated clock
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Callable, Sequence
 
 import numpy as np
@@ -21,7 +22,7 @@ import torch.nn.functional as F
 
 from ..contract.checks import defense_answers, unit_interval
 from ..contract.errors import BudgetExhausted, DefenseError, InvalidQueryError
-from ..contract.registries import POLICIES
+from ..contract.registries import DEFENSES, POLICIES
 from ..contract.requests import Requests
 from ..contract.spec import Spec, SpecRange
 from ..contract.target import Target
@@ -64,7 +65,7 @@ class Served:
     Attributes:
         answers: the answers, one row per request; a refused request's row is NaN.
         raw: the served models' own outputs (before the defense's ``answer``); NaN where refused.
-        refused: per request, whether it was refused (by ``admit`` or because its client is blocked).
+        refused: per request, whether it was refused (by ``admit``, its client blocked, or rejected by the policy).
         served: menu index of the model that answered (-1 where refused).
         requested: menu index of the model the client's own spec selects with no defense.
         meets_spec: whether the serving model meets the client's spec by its profile latency.
@@ -107,26 +108,23 @@ class Server:
     """A zoo behind a policy and a defense, answering per-input queries within a budget.
 
     Args:
-        zoo: the built zoo.
-        model_ids: the models this service offers (default: the whole zoo).
-        policy: registered policy name.
-        defense: the defense whose hooks run around routing.
+        zoo: the built zoo; ``model_ids``: the models this service offers (default: the whole zoo).
+        policy: registered policy name; ``reject``: a queue-aware policy rejects a request it predicts
+            no model meeting its floor serves within its bound (admission control), instead of its fallback.
+        defense: the defense whose hooks run around routing; ``rng``: its randomness.
         budget: the number of queries the client may send (``None``: unlimited).
-        rng: randomness of the defense.
         device: where the models' forward passes run (answers come back on the CPU).
     """
 
     def __init__(self, zoo: Zoo, *, defense, rng: np.random.Generator, model_ids: Sequence[str] | None = None,
-                 policy: str = "infaas", budget: int | None = None, device: torch.device | str = "cpu"):
-        self.zoo = zoo
-        self.device = torch.device(device)
+                 policy: str = "infaas", budget: int | None = None, device: torch.device | str = "cpu",
+                 reject: bool = False):
+        self.zoo, self.device = zoo, torch.device(device)
         self.menu: tuple[MenuEntry, ...] = tuple(
             e for e in zoo.menu if model_ids is None or e.id in set(model_ids))
         self.spec_range = SpecRange(zoo.accuracy_range, zoo.latency_range_ms)
         self.policy = POLICIES.get(policy)()
-        self.defense = defense
-        self.budget = budget
-        self.rng = rng
+        self.reject, self.defense, self.budget, self.rng = reject, defense, budget, rng
         self.log = QueryLog()
         self.eval_guard: EvalInputGuard | None = None
         """Counts the client's queries that repeat an input the cell is scored on (set by the cell)."""
@@ -176,9 +174,10 @@ class Server:
                                     f"range [{l_lo}, {l_hi}]")
         return self.spec_range.clip(min_accuracy, max_latency)
 
-    def route(self, min_accuracy: np.ndarray, max_latency: np.ndarray,
-              rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Apply the defense's spec hook, the policy and the defense's reroute; return (menu index, meets spec)."""
+    def route(self, min_accuracy: np.ndarray, max_latency: np.ndarray, rng: np.random.Generator | None = None,
+              queues=None, positions: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Apply the defense's spec hook, the policy and the defense's reroute; return (menu index, -1 where
+        rejected; meets spec). Given the workers' ``queues``, a queue-aware policy routes online on them."""
         rng = self.rng if rng is None else rng
         noisy_accuracy, noisy_latency = (np.asarray(a, dtype=float) for a in self.defense.perturb_spec(
             min_accuracy, max_latency, self.spec_range, rng))
@@ -187,15 +186,24 @@ class Server:
                                f"{min_accuracy.shape}, one spec per request, got shapes {noisy_accuracy.shape} "
                                f"and {noisy_latency.shape}")
         noisy_accuracy, noisy_latency = self.spec_range.clip(noisy_accuracy, noisy_latency)
-        served, _ = self.policy.select(self._accuracy, self._latency, noisy_accuracy, noisy_latency)
-        candidates = (self._accuracy[None, :] >= noisy_accuracy[:, None]) & \
-            (self._latency[None, :] <= noisy_latency[:, None])
-        served = np.asarray(self.defense.reroute(served, candidates, rng), dtype=np.int64)
-        if served.shape != min_accuracy.shape or ((served < 0) | (served >= len(self.menu))).any():
-            raise DefenseError(f"defense '{self.defense.name}' rerouted to models outside the menu")
+        if queues is not None and self.policy.queue_aware:  # the defense's reroute is called per request if it has one
+            reroute = None if type(self.defense).reroute is DEFENSES.base.reroute else partial(self._reroute, rng=rng)
+            served = self.policy.route_online(self._accuracy, self._latency, noisy_accuracy, noisy_latency, queues,
+                                              positions, reroute, self.reject)
+        else:
+            served, _ = self.policy.select(self._accuracy, self._latency, noisy_accuracy, noisy_latency)
+            candidates = (self._accuracy[None, :] >= noisy_accuracy[:, None]) & \
+                (self._latency[None, :] <= noisy_latency[:, None])
+            served = self._reroute(served, candidates, rng)
         # an SLO miss is judged against what the client asked for, not the perturbed spec
-        meets = (self._accuracy[served] >= min_accuracy) & (self._latency[served] <= max_latency)
+        meets = (served >= 0) & (self._accuracy[served] >= min_accuracy) & (self._latency[served] <= max_latency)
         return served, meets
+
+    def _reroute(self, served: np.ndarray, candidates: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        rerouted = np.asarray(self.defense.reroute(served, candidates, rng), dtype=np.int64)
+        if rerouted.shape != served.shape or ((rerouted < 0) | (rerouted >= len(self.menu))).any():
+            raise DefenseError(f"defense '{self.defense.name}' rerouted to models outside the menu")
+        return rerouted
 
     def requested(self, min_accuracy: np.ndarray, max_latency: np.ndarray) -> np.ndarray:
         """The model the policy picks for the client's own spec, with no defense."""
@@ -232,7 +240,7 @@ class Server:
                                        for i in range(0, len(batch), FORWARD_BATCH)])
         return outputs
 
-    def plan(self, requests: Requests, rng: np.random.Generator) -> Served:
+    def plan(self, requests: Requests, rng: np.random.Generator, queues=None) -> Served:
         """Admit and route a batch of requests (the defense's ``admit``, spec and reroute hooks).
 
         Returns what will be served, with every answer still NaN: :meth:`fill` adds the answers
@@ -240,8 +248,7 @@ class Server:
         passes in between.
 
         Raises:
-            DefenseError: the defense's ``admit`` returned a malformed mask, its ``perturb_spec`` specs of
-                the wrong shape, or it rerouted outside the menu.
+            DefenseError: a malformed ``admit`` mask or ``perturb_spec`` specs, or a reroute off the menu.
         """
         n = len(requests)
         admitted = np.ones(n, dtype=bool)
@@ -262,8 +269,8 @@ class Server:
         meets = np.zeros(n, dtype=bool)
         if len(rows):
             view = requests if len(rows) == n else requests.subset(rows)
-            served[rows], meets[rows] = self.route(view.min_accuracy, view.max_latency_ms, rng)
-        return Served(answers, answers.clone(), ~admitted, served,
+            served[rows], meets[rows] = self.route(view.min_accuracy, view.max_latency_ms, rng, queues, rows)
+        return Served(answers, answers.clone(), ~admitted | (served < 0), served,
                       self.requested(requests.min_accuracy, requests.max_latency_ms), meets)
 
     @torch.no_grad()
@@ -279,7 +286,7 @@ class Server:
 
     @torch.no_grad()
     def serve(self, requests: Requests, rng: np.random.Generator,
-              outputs: Callable[[np.ndarray, np.ndarray], torch.Tensor] | None = None) -> Served:
+              outputs: Callable[[np.ndarray, np.ndarray], torch.Tensor] | None = None, queues=None) -> Served:
         """Pass a batch of requests through the defense and the policy; return what was served.
 
         Args:
@@ -288,12 +295,12 @@ class Server:
             outputs: (positions in ``requests``, menu index per position) -> the served models'
                 probabilities on those requests; default a live forward pass (:meth:`forward`).
 
+            queues: the workers, for a queue-aware policy to route on (see :meth:`route`).
+
         Raises:
-            DefenseError: the defense's ``admit`` returned a malformed mask, its ``perturb_spec`` specs of
-                the wrong shape, it rerouted outside the menu, or its ``answer`` returned no tensor of
-                one row per answered query.
+            DefenseError: as :meth:`plan`, or the defense's ``answer`` returned no tensor of one row per answered query.
         """
-        served = self.plan(requests, rng)
+        served = self.plan(requests, rng, queues)
         rows = np.flatnonzero(~served.refused)
         if len(rows):
             inputs = requests.inputs if len(rows) == len(requests) else requests.inputs[torch.from_numpy(rows)]

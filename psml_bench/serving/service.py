@@ -1,19 +1,18 @@
 """A cell's multi-tenant service on a simulated clock: benign clients, the attacker, model workers under load.
 
-Protocol version 3 (docs/protocol.md, section 4). The service hosts the zoo behind one
-:class:`~psml_bench.serving.server.Server` (policy and defense) and one worker per model with a FIFO
-queue and dynamic batching (:mod:`psml_bench.serving.simulator`). Its clients are the attacker and
-``benign_clients`` benign clients, each with an opaque id shuffled per cell. Benign requests
-arrive as a Poisson process of total rate ``load`` times the service's capacity on the benign
-spec mix, each from a client drawn uniformly, with an input drawn from the attacker's pool split
-and a spec drawn like today's benign workload. The attacker is a closed-loop client: each
-``Target.query`` call arrives at once, at its pace (``attacker_rate`` times one benign
-client's rate), and the next call arrives no earlier than the previous one's answers.
+Protocol version 4 (docs/protocol.md, section 4). The service hosts the zoo behind one
+:class:`~psml_bench.serving.server.Server` (policy and defense) and ``replicas`` workers per model sharing a
+FIFO queue with deadline-aware dynamic batching (:mod:`psml_bench.serving.simulator`). Its clients are the
+attacker and ``benign_clients`` benign clients, each with an opaque id shuffled per cell. Benign requests
+arrive as a Poisson process of total rate ``load`` times the service's capacity at the SLO
+(:mod:`psml_bench.serving.capacity`), each from a client drawn uniformly, with an input from the attacker's pool
+split and a spec drawn like the benign workload. The attacker is a closed-loop client: each
+``Target.query`` call arrives at once, its rows reach the queues at its pace (``attacker_rate`` times one
+benign client's rate), and the next call arrives no earlier than the previous one's answers.
 
-Every request passes the defense in arrival order: before each attacker call the server routes
-every benign request that arrived before it; while the call is in flight, the benign requests
-that arrive before each batch dispatch of the models it waits on. Nothing depends on the host's
-clock: the same seed gives the same results.
+Every request passes the defense in arrival order (benign requests that arrived before an attacker
+call, or before a batch dispatch it waits on, first). ``infaas-slo`` routes each request on arrival on
+the queues' state (:mod:`psml_bench.serving.slo_routing`); ``infaas`` routes a batch at once. No host clock.
 """
 
 from __future__ import annotations
@@ -30,6 +29,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from .capacity import CapacityCache, capacity_problem
 from ..common.device import intra_op_threads
 from ..contract.errors import ConfigError
 from ..zoo.profiling import load_profile, reference_profile_path
@@ -37,11 +37,12 @@ from ..common.metrics import benign_specs
 from ..contract.requests import Requests
 from .server import Served, Server, opaque_client_ids
 from ..contract.spec import Spec
-from .simulator import BatchingConfig, BatchingSimulator, capacity
-from ..zoo.model_zoo import Zoo
+from .simulator import BatchingConfig, BatchingSimulator
+from .slo_routing import SimulatedQueues, simulate_routing
+from ..zoo.model_zoo import MenuEntry, Zoo
 
 BENIGN_CHUNK = 1024
-CAPACITY_SAMPLE = 20000
+CAPACITY_FILE = "capacity_at_slo.json"
 POOL_ANSWERS = "pool_predictions.safetensors"
 
 
@@ -50,9 +51,8 @@ class ServiceConfig:
     """The load and clients of a cell's service (grid parameters; all part of the cell key).
 
     Attributes:
-        load: benign arrival rate as a fraction of the undefended service's capacity, in (0, 1].
-            Above 1 the queues grow without bound and every figure would depend only on how long
-            the cell runs, so it is refused.
+        load: benign arrival rate as a fraction of the undefended service's capacity at the SLO, in (0, 1]
+            (:mod:`psml_bench.serving.capacity`; the serving figure goes past 1 on the simulator alone).
         benign_clients: number of benign clients (at least 1).
         attacker_rate: the attacker's pace as a multiple of one benign client's mean rate (> 0).
         latency_visible: whether the attacker sees each answer's latency (a timing side channel).
@@ -60,6 +60,11 @@ class ServiceConfig:
         max_wait_ms: how long a worker waits for a batch to fill (0: serve what is queued at once).
         timeout: a request still queued this many times the advertised maximum latency after it
             arrived is dropped (answered as refused): the overload protection of a real server.
+        replicas: workers per model: one integer for every model, or a table ``{model id: workers}``
+            (models it does not name have one).
+        admission: what a queue-aware policy does with a request no model meeting its floor is predicted to serve
+            within its bound: ``"fallback"`` (INFaaS's) or ``"reject"`` (Clockwork's: no service time, an SLO miss).
+        slo_target: the SLO attainment the capacity is measured at, in (0, 1] (MLPerf's 0.99).
     """
 
     load: float = 0.5
@@ -69,6 +74,9 @@ class ServiceConfig:
     max_batch: int = 8
     max_wait_ms: float = 0.0
     timeout: float = 10.0
+    replicas: int | tuple[tuple[str, int], ...] = 1
+    admission: str = "fallback"
+    slo_target: float = 0.99
 
     def __post_init__(self) -> None:
         def number(value: object) -> bool:
@@ -89,6 +97,28 @@ class ServiceConfig:
             raise ConfigError(f"timeout must be a finite number > 0 (a multiple of the advertised maximum latency), "
                               f"got {self.timeout!r}")
         BatchingConfig(self.max_batch, self.max_wait_ms)
+        if isinstance(self.replicas, dict):
+            object.__setattr__(self, "replicas", tuple(sorted((str(k), v) for k, v in self.replicas.items())))
+        counts = [v for _, v in self.replicas] if isinstance(self.replicas, tuple) else [self.replicas]
+        if not counts or any(isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in counts):
+            raise ConfigError(f"replicas must be an integer >= 1 or a table of model id = integer >= 1 (workers per "
+                              f"model), got {self.replicas!r}")
+        if self.admission not in ("fallback", "reject"):
+            raise ConfigError(f"admission must be 'fallback' or 'reject', got {self.admission!r}")
+        if not (number(self.slo_target) and 0 < self.slo_target <= 1):
+            raise ConfigError(f"slo_target must be a number in (0, 1] (the SLO attainment capacity is measured at), "
+                              f"got {self.slo_target!r}")
+
+    def replica_counts(self, model_ids: Sequence[str]) -> list[int]:
+        """Workers per model of a menu, in its order (a ConfigError if the table names a model it lacks)."""
+        if isinstance(self.replicas, int):
+            return [self.replicas] * len(model_ids)
+        table = dict(self.replicas)
+        unknown = sorted(set(table) - set(model_ids))
+        if unknown:
+            raise ConfigError(f"replicas names model(s) {', '.join(unknown)} that the zoo does not serve; "
+                              f"its models: {', '.join(model_ids)}")
+        return [table.get(model_id, 1) for model_id in model_ids]
 
     def batching(self, max_latency_ms: float) -> BatchingConfig:
         """The workers' batching, for a service whose advertised maximum latency is ``max_latency_ms``."""
@@ -97,7 +127,9 @@ class ServiceConfig:
     def as_dict(self) -> dict[str, object]:
         return {"load": self.load, "benign_clients": self.benign_clients, "attacker_rate": self.attacker_rate,
                 "latency_visible": self.latency_visible, "max_batch": self.max_batch, "max_wait_ms": self.max_wait_ms,
-                "timeout": self.timeout}
+                "timeout": self.timeout,
+                "replicas": self.replicas if isinstance(self.replicas, int) else dict(self.replicas),
+                "admission": self.admission, "slo_target": self.slo_target}
 
 
 def service_times(zoo: Zoo) -> tuple[np.ndarray, np.ndarray]:
@@ -109,14 +141,19 @@ def service_times(zoo: Zoo) -> tuple[np.ndarray, np.ndarray]:
     intercept clipped to 0. A model without any fit costs its routing latency per request
     (no batching gain).
     """
+    return batch_service_times(zoo.menu, (zoo.profile_path, reference_profile_path(f"{zoo.name}-cpu.json")))
+
+
+def batch_service_times(menu: Sequence[MenuEntry], profiles: Sequence[Path | None]) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`service_times` of a menu from the first of ``profiles`` with a batch fit for each model."""
     fits: dict[str, dict] = {}
-    for path in (zoo.profile_path, reference_profile_path(f"{zoo.name}-cpu.json")):
+    for path in profiles:
         if path is not None and Path(path).is_file():
             stat = Path(path).stat()
             for model_id, fit in _profile_fits(str(path), stat.st_mtime_ns, stat.st_size).items():
                 fits.setdefault(model_id, fit)
     intercept, slope = [], []
-    for entry in zoo.menu:
+    for entry in menu:
         fit = fits.get(entry.id)
         a, s = (max(float(fit["intercept_ms"]), 0.0), max(float(fit["slope_ms"]), 0.0)) if fit else (0.0, 0.0)
         if a + s > 0:
@@ -134,25 +171,17 @@ def _profile_fits(path: str, mtime_ns: int, size: int) -> dict[str, dict]:
     return {model_id: entry["fit"] for model_id, entry in load_profile(Path(path))["models"].items() if "fit" in entry}
 
 
-_CAPACITY: dict[tuple, float] = {}
+def slo_capacity(zoo: Zoo, policy: str, config: ServiceConfig, capacities: CapacityCache | None = None) -> float:
+    """Requests per ms: the undefended service's capacity at the SLO under ``policy`` and ``config`` (its workers,
+    batching, admission, target; :mod:`psml_bench.serving.capacity`), from ``capacities`` (default: the zoo's file).
 
-
-def service_capacity(server: Server, intercept: np.ndarray, slope: np.ndarray, max_batch: int) -> float:
-    """Requests per ms the undefended service sustains on the benign spec mix (see :func:`capacity`).
-
-    The mix's share of each model is estimated from ``CAPACITY_SAMPLE`` benign specs drawn with a
-    fixed generator, so the capacity is a property of the zoo, profile and policy, not of a seed.
-    """
-    key = (str(server.zoo.directory), server.zoo.profile_name, server.policy.name, tuple(intercept), tuple(slope),
-           max_batch)
-    if key not in _CAPACITY:
-        specs = benign_specs(server._accuracy, server._latency, server.spec_range, CAPACITY_SAMPLE,
-                             np.random.default_rng(0))
-        requested = server.requested(np.array([s.min_accuracy for s in specs]),
-                                     np.array([s.max_latency_ms for s in specs]))
-        shares = np.bincount(requested, minlength=len(server.menu)).astype(float)
-        _CAPACITY[key] = capacity(intercept, slope, shares, max_batch)
-    return _CAPACITY[key]
+    Raises:
+        ConfigError: ``replicas`` names a model the zoo does not serve, or no load meets the SLO target."""
+    server = Server(zoo, defense=None, rng=np.random.default_rng(0), policy=policy)
+    problem = capacity_problem(server, *service_times(zoo), config.replica_counts([e.id for e in server.menu]),
+                               config.batching(server.spec_range.latency_ms[1]), config.admission == "reject",
+                               config.slo_target)
+    return (capacities if capacities is not None else CapacityCache(zoo.directory / CAPACITY_FILE)).get(problem)
 
 
 class PoolAnswers:
@@ -270,33 +299,38 @@ class Service:
         benign_queries: the fewest benign requests the cell sends; the benign stream also runs at
             least as long as the attacker does.
         victim_id: for an attack with ``access = "victim"``, the one model its queries reach (it
-            still shares that model's worker with the benign clients).
+            still shares that model's workers with the benign clients).
         device: where the models' forward passes run.
+        capacities: where the capacity at the SLO is looked up (:func:`slo_capacity`; it may raise ConfigError).
     """
 
-    def __init__(self, zoo: Zoo, *, defense, config: ServiceConfig, seed: int, budget: int, policy: str = "infaas",
-                 benign_queries: int = 1000, victim_id: str | None = None, device: torch.device | str = "cpu"):
+    def __init__(self, zoo: Zoo, *, defense, config: ServiceConfig, seed: int, budget: int,
+                 policy: str = "infaas-slo", benign_queries: int = 1000, victim_id: str | None = None,
+                 device: torch.device | str = "cpu", capacities: CapacityCache | None = None):
         self.zoo, self.config, self.benign_queries = zoo, config, benign_queries
+        reject = config.admission == "reject"
         self.benign_server = Server(zoo, defense=defense, rng=np.random.default_rng([seed, 4]), policy=policy,
-                                    device=device)
+                                    device=device, reject=reject)
         self.server = Server(zoo, defense=defense, rng=np.random.default_rng([seed, 2]), budget=budget,
-                             model_ids=[victim_id] if victim_id else None, policy=policy, device=device)
+                             model_ids=[victim_id] if victim_id else None, policy=policy, device=device, reject=reject)
         self.defense = defense
+        self.online = self.benign_server.policy.queue_aware
         self.menu_index = np.array([[e.id for e in self.benign_server.menu].index(e.id) for e in self.server.menu])
         intercept, slope = service_times(zoo)
         self.intercept, self.slope = intercept, slope
-        self.capacity_per_ms = service_capacity(self.benign_server, intercept, slope, config.max_batch)
+        self.batching = config.batching(self.benign_server.spec_range.latency_ms[1])
+        self.replicas = config.replica_counts([e.id for e in self.benign_server.menu])
+        self.capacity_per_ms = slo_capacity(zoo, policy, config, capacities)
         rate = config.load * self.capacity_per_ms
         ids = opaque_client_ids(seed, config.benign_clients + 1)
         self.attacker_id, self.benign_ids = int(ids[0]), ids[1:]
         self.answers = PoolAnswers.of(zoo, device)
         self.benign = _BenignStream(rate, self.benign_ids, len(zoo.splits["attacker_x"]), self.benign_server, seed)
         self.attacker_pace_ms = config.benign_clients / (config.attacker_rate * rate)
-        self.batching = config.batching(self.benign_server.spec_range.latency_ms[1])
-        self.simulator = BatchingSimulator(intercept, slope, self.batching)
+        self.simulator = BatchingSimulator(intercept, slope, self.batching, self.replicas)
         self.clock = 0.0
-        self._benign: list[tuple[slice, Served, np.ndarray]] = []
-        self._attacker_requests: list[tuple[np.ndarray, np.ndarray]] = []  # (arrival, requested full-menu index)
+        self._benign: list[tuple[slice, Served, np.ndarray, np.ndarray]] = []  # (rows, served, sim ids, rejected)
+        self._attacker_requests: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # arrival, requested, bound
         self.detections: dict[int, int] = {}  # client -> its requests sent when first detected
         self._sent: dict[int, int] = {}
         self.last_refused = torch.zeros(0, dtype=torch.bool)
@@ -340,16 +374,20 @@ class Service:
         requests = self.server.check(inputs, spec, self.attacker_id, now)
         n = len(requests)
         self._route_benign(now)
-        served = self.server.serve(requests, self.server.rng)  # a live forward pass, as without benign traffic
+        # the call's rows reach the model queues at the attacker's pace, from now on; a queue-aware policy
+        # routes each when it arrives, after the benign requests arriving before it
+        arrivals = now + np.arange(n) * self.attacker_pace_ms
+        queues = SimulatedQueues(self.simulator, arrivals, self._route_benign, self.menu_index) if self.online else None
+        served = self.server.serve(requests, self.server.rng, queues=queues)  # a live forward pass, as alone
         self._note_detections(requests)
         answered = np.flatnonzero(~served.refused)
-        # the call's rows reach the model queues at the attacker's pace, from now on
-        arrivals = now + np.arange(n) * self.attacker_pace_ms
-        self._attacker_requests.append((arrivals, self.menu_index[served.requested]))
+        self._attacker_requests.append((arrivals, self.menu_index[served.requested], requests.max_latency_ms))
         latency = torch.full((n,), float("nan"), dtype=torch.float64)
         done = now
         if len(answered):
-            sim_ids = self.simulator.add(arrivals[answered], self.menu_index[served.served[answered]])
+            sim_ids = queues.ids[answered] if queues is not None else self.simulator.add(
+                arrivals[answered], self.menu_index[served.served[answered]],
+                arrivals[answered] + requests.max_latency_ms[answered])
             completion = self._complete(sim_ids)
             finished = np.isfinite(completion)
             latency[torch.from_numpy(answered[finished])] = torch.from_numpy((completion - arrivals[answered])[finished])
@@ -397,13 +435,18 @@ class Service:
         rows = stream.pool_row[taken]
         requests = Requests(stream.client[taken], self.zoo.splits["attacker_x"][torch.from_numpy(rows)],
                             stream.min_accuracy[taken], stream.max_latency[taken], stream.times[taken])
+        queues = SimulatedQueues(self.simulator, requests.arrival_ms) if self.online else None
         served = self.benign_server.serve(requests, self.benign_server.rng,
-                                          lambda positions, models: self.pool_answers(rows[positions], models))
+                                          lambda positions, models: self.pool_answers(rows[positions], models), queues)
         self._note_detections(requests)
-        answered = np.flatnonzero(~served.refused)
-        sim_ids = np.full(len(rows), -1, dtype=np.int64)
-        sim_ids[answered] = self.simulator.add(requests.arrival_ms[answered], served.served[answered])
-        self._benign.append((taken, served, sim_ids))
+        if queues is not None:
+            sim_ids, rejected = queues.ids, queues.rejected
+        else:
+            answered = np.flatnonzero(~served.refused)
+            sim_ids, rejected = np.full(len(rows), -1, dtype=np.int64), np.zeros(len(rows), dtype=bool)
+            sim_ids[answered] = self.simulator.add(requests.arrival_ms[answered], served.served[answered],
+                                                   requests.arrival_ms[answered] + requests.max_latency_ms[answered])
+        self._benign.append((taken, served, sim_ids, rejected))
 
     def _note_detections(self, requests: Requests) -> None:
         clients, counts = np.unique(requests.clients, return_counts=True)
@@ -424,16 +467,19 @@ class Service:
     def benign_outcome(self) -> dict[str, np.ndarray]:
         """Per benign request, after :meth:`finish`: what happened to it (harness only)."""
         stream = self.benign
-        taken = [t for t, _, _ in self._benign]
+        taken = [t for t, _, _, _ in self._benign]
         index = np.concatenate([np.arange(t.start, t.stop) for t in taken]) if taken else np.empty(0, dtype=np.int64)
-        served = [s for _, s, _ in self._benign]
-        sim_ids = np.concatenate([i for _, _, i in self._benign]) if taken else np.empty(0, dtype=np.int64)
+        served = [s for _, s, _, _ in self._benign]
+        sim_ids = np.concatenate([i for _, _, i, _ in self._benign]) if taken else np.empty(0, dtype=np.int64)
+        rejected = np.concatenate([r for _, _, _, r in self._benign]) if taken else np.empty(0, dtype=bool)
         completion = np.full(len(sim_ids), np.nan)
         completion[sim_ids >= 0] = self.simulator.completion_of(sim_ids[sim_ids >= 0])
+        completion[rejected] = math.inf  # rejected at admission: an SLO miss, counted with the dropped
+        refused = np.concatenate([s.refused for s in served]) if served else np.empty(0, dtype=bool)
         return {
             "client": stream.client[index], "pool_row": stream.pool_row[index], "arrival": stream.times[index],
             "min_accuracy": stream.min_accuracy[index], "max_latency": stream.max_latency[index],
-            "refused": np.concatenate([s.refused for s in served]) if served else np.empty(0, dtype=bool),
+            "refused": refused & ~rejected,
             "served": np.concatenate([s.served for s in served]) if served else np.empty(0, dtype=np.int64),
             "requested": np.concatenate([s.requested for s in served]) if served else np.empty(0, dtype=np.int64),
             "meets_spec": np.concatenate([s.meets_spec for s in served]) if served else np.empty(0, dtype=bool),
@@ -442,11 +488,13 @@ class Service:
             "latency": completion - stream.times[index],
         }
 
-    def undefended_latency(self, outcome: dict[str, np.ndarray]) -> np.ndarray:
-        """Per benign request, its latency had the same requests, at the same times, been routed with no defense."""
-        times = np.concatenate([outcome["arrival"]] + [t for t, _ in self._attacker_requests])
-        models = np.concatenate([outcome["requested"]] + [m for _, m in self._attacker_requests]).astype(np.int64)
-        simulator = BatchingSimulator(self.intercept, self.slope, self.batching)
-        simulator.add(times, models)
-        simulator.finish()
-        return simulator.completion_ms[:len(outcome["arrival"])] - outcome["arrival"]
+    def undefended_run(self, outcome: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Per benign request, (the model that serves it, -1 if rejected; its latency) had the same benign
+        requests, at the same times, been routed by the same policy with no defense, beside the attacker's
+        rows on the models their own specs select."""
+        pinned = tuple(np.concatenate([r[i] for r in self._attacker_requests]) if self._attacker_requests
+                       else np.empty(0) for i in range(3))
+        simulator = BatchingSimulator(self.intercept, self.slope, self.batching, self.replicas)
+        return simulate_routing(self.benign_server.policy, self.benign_server._accuracy, self.benign_server._latency,
+                                outcome["min_accuracy"], outcome["max_latency"], outcome["arrival"], simulator,
+                                self.benign_server.reject, pinned)

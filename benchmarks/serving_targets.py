@@ -1,0 +1,67 @@
+"""Protocol 4's serving targets on the simulator, from the committed profiles of ``fmnist`` and ``fmnist-compact``.
+
+    python benchmarks/serving_targets.py [--requests 20000]
+
+No zoo is built: each zoo's menu is its models' test accuracy (as the zoo cards record it; leaderboard/README.md
+lists them) and its committed reference profile's batch-1 p50, its batch service times the fits of the
+committed profiles (``psml_bench.serving.service.batch_service_times``), its advertised ranges from the zoo config's
+margins (0.05, 0.5), one worker per model and the default service (max batch 8, no wait, timeout 10). For each
+zoo and policy (``infaas-slo``, ``infaas``) it searches the capacity at the SLO (``psml_bench.serving.capacity``), then
+prints the undefended service's goodput (SLO attainment of benign requests) and p99 at loads 0.5, 0.8 and 0.95
+of that capacity, on the search's fixed-seed benign workload, and both policies at common rates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from psml_bench.serving.capacity import CapacityProblem, attainment, search_capacity
+from psml_bench.zoo.profiling import load_profile, reference_profile_path
+from psml_bench.serving.service import ServiceConfig, batch_service_times
+from psml_bench.contract.spec import SpecRange
+from psml_bench.zoo.model_zoo import MenuEntry, service_ranges
+
+ACCURACY = {
+    "fmnist": {"resnet10t": 0.7294, "mobilenetv3-s050": 0.7890, "convnext-atto": 0.8380, "resnet26t": 0.8430,
+               "resnet34": 0.8894},
+    "fmnist-compact": {"resnet-xs": 0.7909, "effnet-xs": 0.8363, "byobnet-xs": 0.8868, "vit-xs": 0.7778,
+                       "resnet18": 0.9007},
+}
+
+
+def problem(zoo: str, policy: str) -> CapacityProblem:
+    profile = load_profile(reference_profile_path(f"{zoo}.json"))
+    menu = [MenuEntry(m, a, profile["models"][m]["p50_ms"]) for m, a in ACCURACY[zoo].items()]
+    intercept, slope = batch_service_times(menu, [reference_profile_path(f"{zoo}.json"),
+                                                  reference_profile_path(f"{zoo}-cpu.json")])
+    accuracy_range, latency_range = service_ranges([e.accuracy for e in menu], [e.latency_ms for e in menu], 0.05, 0.5)
+    return CapacityProblem(tuple(ACCURACY[zoo]), tuple(e.accuracy for e in menu), tuple(e.latency_ms for e in menu),
+                           tuple(intercept), tuple(slope), (1,) * len(menu), SpecRange(accuracy_range, latency_range),
+                           policy, ServiceConfig().batching(latency_range[1]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.parse_args()
+    for zoo in ACCURACY:
+        capacities = {}
+        for policy in ("infaas-slo", "infaas"):
+            p = problem(zoo, policy)
+            started = time.perf_counter()
+            capacities[policy] = capacity = search_capacity(p)
+            saturation = p.saturation()
+            print(f"{zoo} {policy}: largest bound {p.spec_range.latency_ms[1]} ms; capacity at the SLO "
+                  f"{capacity * 1000:.1f} req/s = {capacity / saturation:.4f} of the saturation rate "
+                  f"{saturation * 1000:.0f} req/s (search {time.perf_counter() - started:.1f} s)")
+            for load in (0.5, 0.8, 0.95):
+                result = attainment(p, load * capacity)
+                print(f"  load {load}: goodput {result.attainment:.4f}, p99 {result.p99_ms():.2f} ms")
+        rate = capacities["infaas-slo"]
+        for load in (0.5, 1.0, 2.0, 5.0):
+            pair = [attainment(problem(zoo, policy), load * rate).attainment for policy in ("infaas-slo", "infaas")]
+            print(f"  at {load} x the infaas-slo capacity: goodput infaas-slo {pair[0]:.4f}, infaas {pair[1]:.4f}")
+
+
+if __name__ == "__main__":
+    main()
