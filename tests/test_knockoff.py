@@ -120,3 +120,15 @@ def test_adaptive_sampling_favours_the_clusters_that_reward_it(tiny_zoo):
     assert counts[mean_certainty.argmax()] > budget / arms
     assert counts[mean_certainty.argmax()] > counts[mean_certainty.argmin()]
 
+
+
+def test_random_knockoff_matches_arts_knockoffnets(tiny_zoo):
+    """ART's KnockoffNets (random, probabilities) with our training recipe lands where ours does (one seed, small
+    budget; benchmarks/knockoff_vs_art.py is the five-seed comparison)."""
+    pytest.importorskip("art", reason="ART is in the test extra: pip install adversarial-robustness-toolbox")
+    from benchmarks.knockoff_vs_art import compare
+    from psml_bench import SurrogateConfig
+
+    (row,) = compare(tiny_zoo, 300, [0], SurrogateConfig(epochs=5, min_steps=100))
+    assert row["ours_queries"] == row["art_queries"] == 300
+    assert row["ours_fidelity"] > 0.6 and abs(row["ours_fidelity"] - row["art_fidelity"]) <= 0.03, row
