@@ -22,6 +22,7 @@ from ..contract.registries import ATTACKS, DEFENSES, POLICIES, STRATEGIES
 from ..contract.registry import Registry
 from ..serving.service import ServiceConfig
 from ..contract.surrogate_config import SURROGATE_DEFAULTS
+from ..zoo.attacker_data import IN_DISTRIBUTION, SOURCES, check_attacker_data
 from ..zoo.config import load_zoo_config
 
 RECIPE_FIELDS = ("surrogate", "epochs", "min_steps")
@@ -107,10 +108,12 @@ def resolve(kind: str, spec: PluginSpec) -> ResolvedPlugin:
 
 @dataclass(frozen=True)
 class Cell:
-    """One (victim, attack, defense, budget, seed, service load and clients, zoo) of a grid.
+    """One (victim, attack, defense, budget, seed, service load and clients, zoo, attacker data) of a grid.
 
     ``zoo`` is the zoo the cell runs on, as the grid names it (``""``: the grid's main zoo); the
     victim role resolves on it. It is in the cell key through the zoo's identity, not by name.
+    ``attacker_data`` is where the attacker's pool comes from (:mod:`psml_bench.zoo.attacker_data`);
+    it is in the cell key only when it is not ``in-distribution``, so older keys stand.
     """
 
     victim: str
@@ -120,6 +123,7 @@ class Cell:
     seed: int
     service: ServiceConfig = ServiceConfig()
     zoo: str = ""
+    attacker_data: str = IN_DISTRIBUTION
 
     @cached_property
     def attack_plugin(self) -> ResolvedPlugin:
@@ -144,10 +148,13 @@ class Block:
     recipe: tuple[tuple[str, Any], ...] = DEFAULT_RECIPE
     zoos: tuple[str, ...] = ("",)
     """The zoos the block runs on, as the grid names them (``""``: the grid's main zoo)."""
+    attacker_data: tuple[str, ...] = (IN_DISTRIBUTION,)
+    """Where the attacker's pool comes from, one cell per source."""
 
     def cells(self) -> list[Cell]:
-        return [Cell(v, a, d, b, s, c, z) for z, v, a, d, b, c, s in itertools.product(
-            self.zoos, self.victims, self.attacks, self.defenses, self.budgets, self.services, self.seeds)]
+        return [Cell(v, a, d, b, s, c, z, x) for z, v, a, d, b, c, x, s in itertools.product(
+            self.zoos, self.victims, self.attacks, self.defenses, self.budgets, self.services, self.attacker_data,
+            self.seeds)]
 
 
 @dataclass(frozen=True)
@@ -290,8 +297,30 @@ def _blocks(raw: dict[str, Any], source: str) -> tuple[Block, ...]:
                             tuple(entry.get("seeds", raw["seeds"]) if "blocks" in raw else raw["seeds"]), services,
                             _recipe(raw.get("recipe", {}), entry.get("recipe", {}) if "blocks" in raw else {}),
                             _zoos(entry.get("zoos", [raw["zoo"]]) if "blocks" in raw else [raw["zoo"]], source,
-                                  where)))
+                                  where),
+                            _attacker_data(raw.get("attacker_data", IN_DISTRIBUTION),
+                                           entry.get("attacker_data") if "blocks" in raw else None,
+                                           tuple(entry.get("budgets", raw.get("budgets"))), source, where)))
     return tuple(blocks)
+
+
+def _attacker_data(grid_level: str | list[str], block_level: str | list[str] | None, budgets: tuple[int, ...],
+                   source: str, where: str) -> tuple[str, ...]:
+    """The block's attacker data sources (the block's field, else the grid's; a list sweeps), each checked:
+    known, its package installed, and at least as many inputs as the block's largest budget."""
+    value = grid_level if block_level is None else block_level
+    field_name = f"{where}attacker_data" if block_level is not None else "attacker_data"
+    names = value if isinstance(value, list) else [value]
+    for name in names:
+        try:
+            check_attacker_data(name)
+        except PsmlError as exc:
+            raise ConfigError(f"{source}: field '{field_name}': {exc}") from None
+        size = SOURCES[name].size if name in SOURCES else None
+        if size is not None and max(budgets) > size:
+            raise ConfigError(f"{source}: field '{field_name}': attacker_data '{name}' has {size} inputs, fewer than "
+                              f"the budget {max(budgets)}")
+    return tuple(dict.fromkeys(names))
 
 
 def _zoos(entries: list[str], source: str, where: str) -> tuple[str, ...]:
