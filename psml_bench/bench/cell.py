@@ -85,6 +85,8 @@ def cell_key(zoo: Zoo, grid: GridConfig, cell: Cell, identity: str | None = None
     }
     if cell.attacker_data != IN_DISTRIBUTION:  # absent at the default, so every key made before it stands
         hashed["attacker_data"] = cell.attacker_data
+    if cell.attacker_identities != 1:
+        hashed["attacker_identities"] = cell.attacker_identities
     if key_part(device) is not None:
         hashed["device"] = key_part(device)
     return content_hash(hashed)[:32]
@@ -180,6 +182,9 @@ def row_identity(zoo: Zoo, cell: Cell) -> dict[str, Any]:
         # the attack's label carries the pool's source, so that tables keep the two apart; the column
         # exists only then, so a grid without the parameter writes the results it wrote before it
         row.update(attack=f"{attack.label} on {cell.attacker_data}", attacker_data=cell.attacker_data)
+    if cell.attacker_identities != 1:  # likewise for a Sybil attacker
+        row.update(attack=f"{row['attack']} as {cell.attacker_identities} clients",
+                   attacker_identities=cell.attacker_identities)
     return row
 
 
@@ -240,7 +245,8 @@ def run_cell(zoo: Zoo, grid: GridConfig, cell: Cell, *, timeout_s: float | None 
     defense = cell.defense_plugin.instantiate()
     service = Service(zoo, defense=defense, config=cell.service, seed=cell.seed, budget=cell.budget,
                       policy=grid.policy, benign_queries=grid.benign_queries,
-                      victim_id=victim_id if cell.attack_plugin.access == "victim" else None, device=device)
+                      victim_id=victim_id if cell.attack_plugin.access == "victim" else None, device=device,
+                      attacker_identities=cell.attacker_identities)
     knowledge = Knowledge(input_shape=zoo.input_shape, num_classes=zoo.num_classes, spec_range=service.spec_range,
                           pool=attacker_pool(zoo, cell.attacker_data), role=cell.victim,
                           latency_visible=cell.service.latency_visible, device=device.type)
@@ -271,7 +277,10 @@ def run_cell(zoo: Zoo, grid: GridConfig, cell: Cell, *, timeout_s: float | None 
         if row["status"] == "ok":
             row.update(status="failed", error=f"defense failed on the benign workload: {type(exc).__name__}: {exc}")
     victim_index = [e.id for e in service.menu].index(victim_id)
-    detected_at = service.detections.get(service.attacker_id)
+    detected_at = service.attacker_detected_at  # the first of its identities detected, counting all their queries
+    if cell.attacker_identities != 1:
+        row["identities_detected"] = sum(int(c) in service.detections for c in service.attacker_ids) / len(
+            service.attacker_ids)
     row.update(metrics)
     row.update({
         "queries": service.used, "fingerprint_queries": service.log.count("fingerprint"),

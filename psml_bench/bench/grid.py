@@ -29,6 +29,8 @@ RECIPE_FIELDS = ("surrogate", "epochs", "min_steps")
 """The surrogate parameters a block's training recipe fixes (an attack still declares soft or hard labels)."""
 DEFAULT_RECIPE: tuple[tuple[str, Any], ...] = tuple((k, SURROGATE_DEFAULTS[k]) for k in RECIPE_FIELDS)
 MAX_ACCURACY_DROP = 0.01
+MAX_ATTACKER_IDENTITIES = 64
+"""The most client ids a Sybil attacker may spread its queries over (``attacker_identities``)."""
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +116,8 @@ class Cell:
     victim role resolves on it. It is in the cell key through the zoo's identity, not by name.
     ``attacker_data`` is where the attacker's pool comes from (:mod:`psml_bench.zoo.attacker_data`);
     it is in the cell key only when it is not ``in-distribution``, so older keys stand.
+    ``attacker_identities`` is how many client ids the attacker spreads its queries over, round-robin
+    (in the key only when it is not 1).
     """
 
     victim: str
@@ -124,6 +128,7 @@ class Cell:
     service: ServiceConfig = ServiceConfig()
     zoo: str = ""
     attacker_data: str = IN_DISTRIBUTION
+    attacker_identities: int = 1
 
     @cached_property
     def attack_plugin(self) -> ResolvedPlugin:
@@ -150,11 +155,13 @@ class Block:
     """The zoos the block runs on, as the grid names them (``""``: the grid's main zoo)."""
     attacker_data: tuple[str, ...] = (IN_DISTRIBUTION,)
     """Where the attacker's pool comes from, one cell per source."""
+    attacker_identities: tuple[int, ...] = (1,)
+    """How many client ids the attacker spreads its queries over, one cell per value."""
 
     def cells(self) -> list[Cell]:
-        return [Cell(v, a, d, b, s, c, z, x) for z, v, a, d, b, c, x, s in itertools.product(
+        return [Cell(v, a, d, b, s, c, z, x, k) for z, v, a, d, b, c, x, k, s in itertools.product(
             self.zoos, self.victims, self.attacks, self.defenses, self.budgets, self.services, self.attacker_data,
-            self.seeds)]
+            self.attacker_identities, self.seeds)]
 
 
 @dataclass(frozen=True)
@@ -300,8 +307,25 @@ def _blocks(raw: dict[str, Any], source: str) -> tuple[Block, ...]:
                                   where),
                             _attacker_data(raw.get("attacker_data", IN_DISTRIBUTION),
                                            entry.get("attacker_data") if "blocks" in raw else None,
-                                           tuple(entry.get("budgets", raw.get("budgets"))), source, where)))
+                                           tuple(entry.get("budgets", raw.get("budgets"))), source, where),
+                            _attacker_identities(raw.get("attacker_identities", 1),
+                                                 entry.get("attacker_identities") if "blocks" in raw else None,
+                                                 source, where)))
     return tuple(blocks)
+
+
+def _attacker_identities(grid_level: int | list[int], block_level: int | list[int] | None, source: str,
+                         where: str) -> tuple[int, ...]:
+    """The block's attacker identity counts (the block's field, else the grid's; a list sweeps), each an integer
+    from 1 to :data:`MAX_ATTACKER_IDENTITIES`."""
+    value = grid_level if block_level is None else block_level
+    field_name = f"{where}attacker_identities" if block_level is not None else "attacker_identities"
+    counts = value if isinstance(value, list) else [value]
+    for count in counts:
+        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_ATTACKER_IDENTITIES:
+            raise ConfigError(f"{source}: field '{field_name}': attacker_identities must be an integer from 1 to "
+                              f"{MAX_ATTACKER_IDENTITIES}, got {count!r}")
+    return tuple(dict.fromkeys(counts))
 
 
 def _attacker_data(grid_level: str | list[str], block_level: str | list[str] | None, budgets: tuple[int, ...],

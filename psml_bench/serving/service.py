@@ -272,10 +272,13 @@ class Service:
         victim_id: for an attack with ``access = "victim"``, the one model its queries reach (it
             still shares that model's worker with the benign clients).
         device: where the models' forward passes run.
+        attacker_identities: the opaque client ids the attacker's rows are spread over, round-robin in the
+            order it sends them (a Sybil attacker; the budget still counts them all together).
     """
 
     def __init__(self, zoo: Zoo, *, defense, config: ServiceConfig, seed: int, budget: int, policy: str = "infaas",
-                 benign_queries: int = 1000, victim_id: str | None = None, device: torch.device | str = "cpu"):
+                 benign_queries: int = 1000, victim_id: str | None = None, device: torch.device | str = "cpu",
+                 attacker_identities: int = 1):
         self.zoo, self.config, self.benign_queries = zoo, config, benign_queries
         self.benign_server = Server(zoo, defense=defense, rng=np.random.default_rng([seed, 4]), policy=policy,
                                     device=device)
@@ -287,8 +290,14 @@ class Service:
         self.intercept, self.slope = intercept, slope
         self.capacity_per_ms = service_capacity(self.benign_server, intercept, slope, config.max_batch)
         rate = config.load * self.capacity_per_ms
-        ids = opaque_client_ids(seed, config.benign_clients + 1)
-        self.attacker_id, self.benign_ids = int(ids[0]), ids[1:]
+        if isinstance(attacker_identities, bool) or not isinstance(attacker_identities, int) or attacker_identities < 1:
+            raise ConfigError(f"attacker_identities must be an integer >= 1, got {attacker_identities!r}")
+        ids = opaque_client_ids(seed, config.benign_clients + attacker_identities)
+        self.attacker_id, self.benign_ids = int(ids[0]), ids[1:config.benign_clients + 1]
+        # a Sybil attacker's other ids follow the benign ones: with one identity, every id is as before
+        self.attacker_ids = np.concatenate([ids[:1], ids[config.benign_clients + 1:]])
+        self._attacker_rows = 0
+        self.attacker_detected_at: int | None = None  # the attacker's requests, all ids, when one was first detected
         self.answers = PoolAnswers.of(zoo, device)
         self.benign = _BenignStream(rate, self.benign_ids, len(zoo.splits["attacker_x"]), self.benign_server, seed)
         self.attacker_pace_ms = config.benign_clients / (config.attacker_rate * rate)
@@ -338,6 +347,10 @@ class Service:
         """One attacker call: arrives now on the clock, is served, and moves the clock past its answers."""
         now = self.clock
         requests = self.server.check(inputs, spec, self.attacker_id, now)
+        if len(self.attacker_ids) > 1:  # round-robin over the attacker's identities, across calls
+            turn = (self._attacker_rows + np.arange(len(requests))) % len(self.attacker_ids)
+            requests = replace(requests, clients=self.attacker_ids[turn])
+        self._attacker_rows += len(requests)
         n = len(requests)
         self._route_benign(now)
         served = self.server.serve(requests, self.server.rng)  # a live forward pass, as without benign traffic
@@ -412,6 +425,8 @@ class Service:
         for client in self.defense.detected:
             if client not in self.detections:
                 self.detections[client] = self._sent.get(client, 0)
+                if self.attacker_detected_at is None and client in self.attacker_ids:
+                    self.attacker_detected_at = sum(self._sent.get(int(c), 0) for c in self.attacker_ids)
 
     def finish(self) -> None:
         """Send the rest of the benign stream (at least ``benign_queries`` requests, and until the
