@@ -33,6 +33,7 @@ from ..serving.service import Service, service_times
 from ..contract.target import Knowledge
 from ..extraction.surrogate import Surrogate, weights_digest
 from .._version import PROTOCOL_VERSION, __version__
+from ..zoo.attacker_data import IN_DISTRIBUTION, attacker_pool
 from ..zoo.model_zoo import Zoo
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,10 @@ def cell_key(zoo: Zoo, grid: GridConfig, cell: Cell, identity: str | None = None
         "budget": cell.budget, "seed": cell.seed, "benign_queries": grid.benign_queries,
         "service": cell.service.as_dict(),
     }
+    if cell.attacker_data != IN_DISTRIBUTION:  # absent at the default, so every key made before it stands
+        hashed["attacker_data"] = cell.attacker_data
+    if cell.attacker_identities != 1:
+        hashed["attacker_identities"] = cell.attacker_identities
     if key_part(device) is not None:
         hashed["device"] = key_part(device)
     return content_hash(hashed)[:32]
@@ -173,11 +178,19 @@ def service_costs(zoo: Zoo, service: Service) -> dict[str, float]:
 def row_identity(zoo: Zoo, cell: Cell) -> dict[str, Any]:
     """The columns that say which cell a row is, from the cell's resolved plugins."""
     attack, defense = cell.attack_plugin, cell.defense_plugin
-    return {"zoo": zoo.name, "victim": cell.victim, "victim_model": zoo.role(cell.victim),
-            "attack": attack.label, "attack_access": attack.access, "defense": defense.label,
-            "budget": cell.budget, "seed": cell.seed, "load": cell.service.load,
-            "benign_clients": cell.service.benign_clients, "attacker_rate": cell.service.attacker_rate,
-            "latency_visible": cell.service.latency_visible, "status": "ok", "error": ""}
+    row = {"zoo": zoo.name, "victim": cell.victim, "victim_model": zoo.role(cell.victim),
+           "attack": attack.label, "attack_access": attack.access, "defense": defense.label,
+           "budget": cell.budget, "seed": cell.seed, "load": cell.service.load,
+           "benign_clients": cell.service.benign_clients, "attacker_rate": cell.service.attacker_rate,
+           "latency_visible": cell.service.latency_visible, "status": "ok", "error": ""}
+    if cell.attacker_data != IN_DISTRIBUTION:
+        # the attack's label carries the pool's source, so that tables keep the two apart; the column
+        # exists only then, so a grid without the parameter writes the results it wrote before it
+        row.update(attack=f"{attack.label} on {cell.attacker_data}", attacker_data=cell.attacker_data)
+    if cell.attacker_identities != 1:  # likewise for a Sybil attacker
+        row.update(attack=f"{row['attack']} as {cell.attacker_identities} clients",
+                   attacker_identities=cell.attacker_identities)
+    return row
 
 
 def failed_row(zoo: Zoo, task: CellTask, error: str) -> dict[str, Any]:
@@ -237,10 +250,11 @@ def run_cell(zoo: Zoo, grid: GridConfig, cell: Cell, *, timeout_s: float | None 
     defense = cell.defense_plugin.instantiate()
     service = Service(zoo, defense=defense, config=cell.service, seed=cell.seed, budget=cell.budget,
                       policy=grid.policy, benign_queries=grid.benign_queries,
-                      victim_id=victim_id if cell.attack_plugin.access == "victim" else None, device=device)
+                      victim_id=victim_id if cell.attack_plugin.access == "victim" else None, device=device,
+                      attacker_identities=cell.attacker_identities)
     service.server.eval_guard = EvalInputGuard(zoo.splits["test_x"], zoo.splits["attacker_x"])
     knowledge = Knowledge(input_shape=zoo.input_shape, num_classes=zoo.num_classes, spec_range=service.spec_range,
-                          pool=zoo.splits["attacker_x"], role=cell.victim,
+                          pool=attacker_pool(zoo, cell.attacker_data), role=cell.victim,
                           latency_visible=cell.service.latency_visible, device=device.type)
     row = row_identity(zoo, cell)
     row["surrogate_recipe"] = ""  # the recipe of train_surrogate that produced the returned weights, if any
@@ -276,7 +290,10 @@ def run_cell(zoo: Zoo, grid: GridConfig, cell: Cell, *, timeout_s: float | None 
     if service.server.eval_guard.count:
         flags.append(f"queried {service.server.eval_guard.count} inputs the cell is scored on (eval_queries)")
     victim_index = [e.id for e in service.menu].index(victim_id)
-    detected_at = service.detections.get(service.attacker_id)
+    detected_at = service.attacker_detected_at  # the first of its identities detected, counting all their queries
+    if cell.attacker_identities != 1:
+        row["identities_detected"] = sum(int(c) in service.detections for c in service.attacker_ids) / len(
+            service.attacker_ids)
     row.update(metrics)
     row.update({
         "queries": service.used, "fingerprint_queries": service.log.count("fingerprint"),

@@ -14,7 +14,7 @@ from .grid import Cell, GridConfig, PluginSpec
 from ..isolation.jailed_defense import SubmittedDefense
 from ..plugins.manifests import MANIFEST, load_manifest, name_clashes, register
 from ..contract.registries import ATTACKS, DEFENSES
-from ..serving.service import ServiceConfig
+from ..serving.config import ServiceConfig
 from .sanity import defense_flags
 from ..zoo.model_zoo import Zoo
 from ..zoo.build import open_zoo

@@ -20,8 +20,9 @@ from ..contract.errors import ConfigError, PsmlError
 from ..plugins.manifests import grid_entries, load_submissions
 from ..contract.registries import ATTACKS, DEFENSES, POLICIES, STRATEGIES
 from ..contract.registry import Registry
-from ..serving.service import ServiceConfig
+from ..serving.config import ServiceConfig
 from ..contract.surrogate_config import SURROGATE_DEFAULTS
+from ..zoo.attacker_data import IN_DISTRIBUTION, SOURCES, check_attacker_data
 from ..zoo.config import load_zoo_config
 
 RECIPE_FIELDS = ("surrogate", "epochs", "min_steps")
@@ -29,6 +30,8 @@ RECIPE_FIELDS = ("surrogate", "epochs", "min_steps")
 DEFAULT_RECIPE: tuple[tuple[str, Any], ...] = tuple((k, SURROGATE_DEFAULTS[k]) for k in RECIPE_FIELDS)
 MAX_ACCURACY_DROP = 0.01
 MAX_FALSE_POSITIVES = 0.05
+MAX_ATTACKER_IDENTITIES = 64
+"""The most client ids a Sybil attacker may spread its queries over (``attacker_identities``)."""
 
 log = logging.getLogger(__name__)
 
@@ -108,10 +111,14 @@ def resolve(kind: str, spec: PluginSpec) -> ResolvedPlugin:
 
 @dataclass(frozen=True)
 class Cell:
-    """One (victim, attack, defense, budget, seed, service load and clients, zoo) of a grid.
+    """One (victim, attack, defense, budget, seed, service load and clients, zoo, attacker data) of a grid.
 
     ``zoo`` is the zoo the cell runs on, as the grid names it (``""``: the grid's main zoo); the
     victim role resolves on it. It is in the cell key through the zoo's identity, not by name.
+    ``attacker_data`` is where the attacker's pool comes from (:mod:`psml_bench.zoo.attacker_data`);
+    it is in the cell key only when it is not ``in-distribution``, so older keys stand.
+    ``attacker_identities`` is how many client ids the attacker spreads its queries over, round-robin
+    (in the key only when it is not 1).
     """
 
     victim: str
@@ -121,6 +128,8 @@ class Cell:
     seed: int
     service: ServiceConfig = ServiceConfig()
     zoo: str = ""
+    attacker_data: str = IN_DISTRIBUTION
+    attacker_identities: int = 1
 
     @cached_property
     def attack_plugin(self) -> ResolvedPlugin:
@@ -145,10 +154,15 @@ class Block:
     recipe: tuple[tuple[str, Any], ...] = DEFAULT_RECIPE
     zoos: tuple[str, ...] = ("",)
     """The zoos the block runs on, as the grid names them (``""``: the grid's main zoo)."""
+    attacker_data: tuple[str, ...] = (IN_DISTRIBUTION,)
+    """Where the attacker's pool comes from, one cell per source."""
+    attacker_identities: tuple[int, ...] = (1,)
+    """How many client ids the attacker spreads its queries over, one cell per value."""
 
     def cells(self) -> list[Cell]:
-        return [Cell(v, a, d, b, s, c, z) for z, v, a, d, b, c, s in itertools.product(
-            self.zoos, self.victims, self.attacks, self.defenses, self.budgets, self.services, self.seeds)]
+        return [Cell(v, a, d, b, s, c, z, x, k) for z, v, a, d, b, c, x, k, s in itertools.product(
+            self.zoos, self.victims, self.attacks, self.defenses, self.budgets, self.services, self.attacker_data,
+            self.attacker_identities, self.seeds)]
 
 
 @dataclass(frozen=True)
@@ -293,8 +307,47 @@ def _blocks(raw: dict[str, Any], source: str) -> tuple[Block, ...]:
                             tuple(entry.get("seeds", raw["seeds"]) if "blocks" in raw else raw["seeds"]), services,
                             _recipe(raw.get("recipe", {}), entry.get("recipe", {}) if "blocks" in raw else {}),
                             _zoos(entry.get("zoos", [raw["zoo"]]) if "blocks" in raw else [raw["zoo"]], source,
-                                  where)))
+                                  where),
+                            _attacker_data(raw.get("attacker_data", IN_DISTRIBUTION),
+                                           entry.get("attacker_data") if "blocks" in raw else None,
+                                           tuple(entry.get("budgets", raw.get("budgets"))), source, where),
+                            _attacker_identities(raw.get("attacker_identities", 1),
+                                                 entry.get("attacker_identities") if "blocks" in raw else None,
+                                                 source, where)))
     return tuple(blocks)
+
+
+def _attacker_identities(grid_level: int | list[int], block_level: int | list[int] | None, source: str,
+                         where: str) -> tuple[int, ...]:
+    """The block's attacker identity counts (the block's field, else the grid's; a list sweeps), each an integer
+    from 1 to :data:`MAX_ATTACKER_IDENTITIES`."""
+    value = grid_level if block_level is None else block_level
+    field_name = f"{where}attacker_identities" if block_level is not None else "attacker_identities"
+    counts = value if isinstance(value, list) else [value]
+    for count in counts:
+        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_ATTACKER_IDENTITIES:
+            raise ConfigError(f"{source}: field '{field_name}': attacker_identities must be an integer from 1 to "
+                              f"{MAX_ATTACKER_IDENTITIES}, got {count!r}")
+    return tuple(dict.fromkeys(counts))
+
+
+def _attacker_data(grid_level: str | list[str], block_level: str | list[str] | None, budgets: tuple[int, ...],
+                   source: str, where: str) -> tuple[str, ...]:
+    """The block's attacker data sources (the block's field, else the grid's; a list sweeps), each checked:
+    known, its package installed, and at least as many inputs as the block's largest budget."""
+    value = grid_level if block_level is None else block_level
+    field_name = f"{where}attacker_data" if block_level is not None else "attacker_data"
+    names = value if isinstance(value, list) else [value]
+    for name in names:
+        try:
+            check_attacker_data(name)
+        except PsmlError as exc:
+            raise ConfigError(f"{source}: field '{field_name}': {exc}") from None
+        size = SOURCES[name].size if name in SOURCES else None
+        if size is not None and max(budgets) > size:
+            raise ConfigError(f"{source}: field '{field_name}': attacker_data '{name}' has {size} inputs, fewer than "
+                              f"the budget {max(budgets)}")
+    return tuple(dict.fromkeys(names))
 
 
 def _zoos(entries: list[str], source: str, where: str) -> tuple[str, ...]:

@@ -187,7 +187,8 @@ class Server:
                                f"and {noisy_latency.shape}")
         noisy_accuracy, noisy_latency = self.spec_range.clip(noisy_accuracy, noisy_latency)
         if queues is not None and self.policy.queue_aware:  # the defense's reroute is called per request if it has one
-            reroute = None if type(self.defense).reroute is DEFENSES.base.reroute else partial(self._reroute, rng=rng)
+            own = getattr(type(self.defense), "reroute", DEFENSES.base.reroute)
+            reroute = None if own is DEFENSES.base.reroute else partial(self._reroute, rng=rng)
             served = self.policy.route_online(self._accuracy, self._latency, noisy_accuracy, noisy_latency, queues,
                                               positions, reroute, self.reject)
         else:

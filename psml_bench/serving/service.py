@@ -20,8 +20,7 @@ from __future__ import annotations
 import functools
 import math
 import os
-from dataclasses import dataclass, replace
-from numbers import Real
+from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
@@ -37,99 +36,14 @@ from ..common.metrics import benign_specs
 from ..contract.requests import Requests
 from .server import Served, Server, opaque_client_ids
 from ..contract.spec import Spec
-from .simulator import BatchingConfig, BatchingSimulator
+from .config import ServiceConfig
+from .simulator import BatchingSimulator
 from .slo_routing import SimulatedQueues, simulate_routing
 from ..zoo.model_zoo import MenuEntry, Zoo
 
 BENIGN_CHUNK = 1024
 CAPACITY_FILE = "capacity_at_slo.json"
 POOL_ANSWERS = "pool_predictions.safetensors"
-
-
-@dataclass(frozen=True)
-class ServiceConfig:
-    """The load and clients of a cell's service (grid parameters; all part of the cell key).
-
-    Attributes:
-        load: benign arrival rate as a fraction of the undefended service's capacity at the SLO, in (0, 1]
-            (:mod:`psml_bench.serving.capacity`; the serving figure goes past 1 on the simulator alone).
-        benign_clients: number of benign clients (at least 1).
-        attacker_rate: the attacker's pace as a multiple of one benign client's mean rate (> 0).
-        latency_visible: whether the attacker sees each answer's latency (a timing side channel).
-        max_batch: the most requests a model's worker serves in one batch.
-        max_wait_ms: how long a worker waits for a batch to fill (0: serve what is queued at once).
-        timeout: a request still queued this many times the advertised maximum latency after it
-            arrived is dropped (answered as refused): the overload protection of a real server.
-        replicas: workers per model: one integer for every model, or a table ``{model id: workers}``
-            (models it does not name have one).
-        admission: what a queue-aware policy does with a request no model meeting its floor is predicted to serve
-            within its bound: ``"fallback"`` (INFaaS's) or ``"reject"`` (Clockwork's: no service time, an SLO miss).
-        slo_target: the SLO attainment the capacity is measured at, in (0, 1] (MLPerf's 0.99).
-    """
-
-    load: float = 0.5
-    benign_clients: int = 8
-    attacker_rate: float = 1.0
-    latency_visible: bool = False
-    max_batch: int = 8
-    max_wait_ms: float = 0.0
-    timeout: float = 10.0
-    replicas: int | tuple[tuple[str, int], ...] = 1
-    admission: str = "fallback"
-    slo_target: float = 0.99
-
-    def __post_init__(self) -> None:
-        def number(value: object) -> bool:
-            return isinstance(value, Real) and not isinstance(value, bool)
-
-        if not (number(self.load) and 0 < self.load <= 1):
-            raise ConfigError(f"service load must be a number in (0, 1] (a fraction of the service's capacity), "
-                              f"got {self.load!r}")
-        if isinstance(self.benign_clients, bool) or not isinstance(self.benign_clients, int) or self.benign_clients < 1:
-            raise ConfigError(f"benign_clients must be an integer >= 1 (goodput is measured on benign clients), "
-                              f"got {self.benign_clients!r}")
-        if not (number(self.attacker_rate) and math.isfinite(self.attacker_rate) and self.attacker_rate > 0):
-            raise ConfigError(f"attacker_rate must be a finite number > 0 (a multiple of one benign client's rate), "
-                              f"got {self.attacker_rate!r}")
-        if not isinstance(self.latency_visible, bool):
-            raise ConfigError(f"latency_visible must be true or false, got {self.latency_visible!r}")
-        if not (number(self.timeout) and math.isfinite(self.timeout) and self.timeout > 0):
-            raise ConfigError(f"timeout must be a finite number > 0 (a multiple of the advertised maximum latency), "
-                              f"got {self.timeout!r}")
-        BatchingConfig(self.max_batch, self.max_wait_ms)
-        if isinstance(self.replicas, dict):
-            object.__setattr__(self, "replicas", tuple(sorted((str(k), v) for k, v in self.replicas.items())))
-        counts = [v for _, v in self.replicas] if isinstance(self.replicas, tuple) else [self.replicas]
-        if not counts or any(isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in counts):
-            raise ConfigError(f"replicas must be an integer >= 1 or a table of model id = integer >= 1 (workers per "
-                              f"model), got {self.replicas!r}")
-        if self.admission not in ("fallback", "reject"):
-            raise ConfigError(f"admission must be 'fallback' or 'reject', got {self.admission!r}")
-        if not (number(self.slo_target) and 0 < self.slo_target <= 1):
-            raise ConfigError(f"slo_target must be a number in (0, 1] (the SLO attainment capacity is measured at), "
-                              f"got {self.slo_target!r}")
-
-    def replica_counts(self, model_ids: Sequence[str]) -> list[int]:
-        """Workers per model of a menu, in its order (a ConfigError if the table names a model it lacks)."""
-        if isinstance(self.replicas, int):
-            return [self.replicas] * len(model_ids)
-        table = dict(self.replicas)
-        unknown = sorted(set(table) - set(model_ids))
-        if unknown:
-            raise ConfigError(f"replicas names model(s) {', '.join(unknown)} that the zoo does not serve; "
-                              f"its models: {', '.join(model_ids)}")
-        return [table.get(model_id, 1) for model_id in model_ids]
-
-    def batching(self, max_latency_ms: float) -> BatchingConfig:
-        """The workers' batching, for a service whose advertised maximum latency is ``max_latency_ms``."""
-        return BatchingConfig(self.max_batch, self.max_wait_ms, self.timeout * max_latency_ms)
-
-    def as_dict(self) -> dict[str, object]:
-        return {"load": self.load, "benign_clients": self.benign_clients, "attacker_rate": self.attacker_rate,
-                "latency_visible": self.latency_visible, "max_batch": self.max_batch, "max_wait_ms": self.max_wait_ms,
-                "timeout": self.timeout,
-                "replicas": self.replicas if isinstance(self.replicas, int) else dict(self.replicas),
-                "admission": self.admission, "slo_target": self.slo_target}
 
 
 def service_times(zoo: Zoo) -> tuple[np.ndarray, np.ndarray]:
@@ -302,11 +216,14 @@ class Service:
             still shares that model's workers with the benign clients).
         device: where the models' forward passes run.
         capacities: where the capacity at the SLO is looked up (:func:`slo_capacity`; it may raise ConfigError).
+        attacker_identities: the opaque client ids the attacker's rows are spread over, round-robin in the
+            order it sends them (a Sybil attacker; the budget still counts them all together).
     """
 
     def __init__(self, zoo: Zoo, *, defense, config: ServiceConfig, seed: int, budget: int,
                  policy: str = "infaas-slo", benign_queries: int = 1000, victim_id: str | None = None,
-                 device: torch.device | str = "cpu", capacities: CapacityCache | None = None):
+                 device: torch.device | str = "cpu", capacities: CapacityCache | None = None,
+                 attacker_identities: int = 1):
         self.zoo, self.config, self.benign_queries = zoo, config, benign_queries
         reject = config.admission == "reject"
         self.benign_server = Server(zoo, defense=defense, rng=np.random.default_rng([seed, 4]), policy=policy,
@@ -322,8 +239,14 @@ class Service:
         self.replicas = config.replica_counts([e.id for e in self.benign_server.menu])
         self.capacity_per_ms = slo_capacity(zoo, policy, config, capacities)
         rate = config.load * self.capacity_per_ms
-        ids = opaque_client_ids(seed, config.benign_clients + 1)
-        self.attacker_id, self.benign_ids = int(ids[0]), ids[1:]
+        if isinstance(attacker_identities, bool) or not isinstance(attacker_identities, int) or attacker_identities < 1:
+            raise ConfigError(f"attacker_identities must be an integer >= 1, got {attacker_identities!r}")
+        ids = opaque_client_ids(seed, config.benign_clients + attacker_identities)
+        self.attacker_id, self.benign_ids = int(ids[0]), ids[1:config.benign_clients + 1]
+        # a Sybil attacker's other ids follow the benign ones: with one identity, every id is as before
+        self.attacker_ids = np.concatenate([ids[:1], ids[config.benign_clients + 1:]])
+        self._attacker_rows = 0
+        self.attacker_detected_at: int | None = None  # the attacker's requests, all ids, when one was first detected
         self.answers = PoolAnswers.of(zoo, device)
         self.benign = _BenignStream(rate, self.benign_ids, len(zoo.splits["attacker_x"]), self.benign_server, seed)
         self.attacker_pace_ms = config.benign_clients / (config.attacker_rate * rate)
@@ -372,6 +295,10 @@ class Service:
         """One attacker call: arrives now on the clock, is served, and moves the clock past its answers."""
         now = self.clock
         requests = self.server.check(inputs, spec, self.attacker_id, now)
+        if len(self.attacker_ids) > 1:  # round-robin over the attacker's identities, across calls
+            turn = (self._attacker_rows + np.arange(len(requests))) % len(self.attacker_ids)
+            requests = replace(requests, clients=self.attacker_ids[turn])
+        self._attacker_rows += len(requests)
         n = len(requests)
         self._route_benign(now)
         # the call's rows reach the model queues at the attacker's pace, from now on; a queue-aware policy
@@ -455,6 +382,8 @@ class Service:
         for client in self.defense.detected:
             if client not in self.detections:
                 self.detections[client] = self._sent.get(client, 0)
+                if self.attacker_detected_at is None and client in self.attacker_ids:
+                    self.attacker_detected_at = sum(self._sent.get(int(c), 0) for c in self.attacker_ids)
 
     def finish(self) -> None:
         """Send the rest of the benign stream (at least ``benign_queries`` requests, and until the
