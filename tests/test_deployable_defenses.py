@@ -117,3 +117,56 @@ def test_bad_parameters_are_one_config_error(params, message):
             ATTACKS.get("psml-jitter")(**params)
         else:
             make_defense("query-hash", params)
+
+
+# --- api-watermark and the ownership test ----------------------------------------------------------
+
+@pytest.mark.parametrize("fraction", [0.0, -0.01, 0.06, float("nan")])
+def test_a_watermark_fraction_outside_its_range_is_one_config_error(fraction):
+    with pytest.raises(ConfigError, match=rf"^defense 'api-watermark' parameter 'fraction' must be [^\n]*, "
+                                          rf"got {fraction!r}$"):
+        make_defense("api-watermark", {"fraction": fraction})
+
+
+def test_watermarked_answers_are_keyed_wrong_top_classes_kept_per_client(tiny_zoo):
+    pool = tiny_zoo.splits["attacker_x"][:2000]
+    probabilities = torch.softmax(torch.randn(len(pool), 10, generator=torch.Generator().manual_seed(0)), dim=1)
+    defense = make_defense("api-watermark", {"fraction": 0.05})
+    answers = defense.answer(_requests(pool, 3), probabilities, None)
+    changed = np.flatnonzero((answers != probabilities).any(dim=1).numpy())
+    assert 0.03 < len(changed) / len(pool) < 0.07
+    inputs, labels = defense.watermark_pairs(3)
+    assert len(labels) == len(changed) and torch.equal(inputs, pool[changed])
+    assert torch.equal(answers[changed].argmax(1), labels)
+    assert (labels != probabilities[changed].argmax(1)).all()
+    assert torch.allclose(answers.sum(1), torch.ones(len(pool)))
+    again = defense.answer(_requests(pool, 3), probabilities, None)  # the same inputs: the same answers, no new pairs
+    assert torch.equal(again, answers) and len(defense.watermark_pairs(3)[1]) == len(changed)
+    assert len(defense.watermark_pairs(4)[1]) == 0 and make_defense("none").watermark_pairs(3) is None
+    other_key = make_defense("api-watermark", {"fraction": 0.05, "key": 1}).answer(_requests(pool, 3), probabilities, None)
+    assert not torch.equal(other_key, answers)
+
+
+def test_ownership_needs_four_agreeing_queries_on_ten_classes_and_rarely_claims_chance():
+    from psml_bench.bench.ownership import ownership_queries
+    assert ownership_queries(np.ones(4, dtype=bool), 10) == 4.0  # (1/9)^4 <= 1e-3 / 4
+    assert np.isnan(ownership_queries(np.ones(3, dtype=bool), 10))  # (1/9)^3 > 1e-3 / 3
+    assert ownership_queries(np.array([0, 1, 1, 1, 1, 1, 0, 0], dtype=bool), 10) == 6.0
+    assert np.isnan(ownership_queries(np.zeros(0, dtype=bool), 10))
+    rng = np.random.default_rng(0)
+    claims = [not np.isnan(ownership_queries(rng.random(40) < 1 / 9, 10)) for _ in range(5000)]
+    assert np.mean(claims) <= 1e-3
+
+
+def test_a_watermark_cell_scores_ownership_and_claims_no_innocent_model(tiny_zoo):
+    from psml_bench.bench.cell import run_cell
+    from psml_bench.bench.grid import Cell, GridConfig, PluginSpec
+    attack = PluginSpec("psml", (("epochs", 5), ("min_steps", 40)))
+    defense = PluginSpec("api-watermark", (("fraction", 0.05),))
+    grid = GridConfig("wm", "fmnist-tiny", "infaas", ("rank:2",), (attack,), (defense,), (400,), (0,), 300, "test")
+    row = run_cell(tiny_zoo, grid, Cell("rank:2", attack, defense, 400, 0))
+    assert row["status"] == "ok", row["error"]
+    assert row["watermark_pairs"] >= 8 and 0 <= row["watermark_agreement"] <= 1
+    assert row["innocent_claims"] == 0 and row["innocent_agreement"] <= 1 / 9 + 0.1
+    assert row["ownership_claimed"] == float(not np.isnan(row["ownership_queries"]))
+    assert 0 < row["benign_accuracy_drop"] < 0.1
