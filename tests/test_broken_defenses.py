@@ -105,9 +105,9 @@ def test_a_probe_failing_on_refused_rows_says_what_the_probe_sends(tiny_zoo):
     DEFENSES.add("refuses-everything", RefusesEverything, source="test")
     grid = _grid("refuses-everything")
     flags = defense_flags(tiny_zoo, grid, Cell("rank:1", grid.attacks[0], grid.defenses[0], 60, 0))
-    assert flags == ["defense outputs are not probability vectors (128 NaN rows in the first two calls were refused "
+    assert flags == ["defense outputs are not probability vectors (64 NaN rows in the first call were refused "
                      "requests: the probe is one client sending the same 64 inputs in each of 2 identical calls, and "
-                     "it must answer the first two)"]
+                     "it must answer the first)"]
 
 
 def test_validate_shows_a_defense_beside_the_undefended_service(tiny_zoo):

@@ -24,6 +24,7 @@ from ..common.files import content_hash
 from ..common.device import device_label, intra_op_threads, key_part, make_deterministic
 from ..contract.errors import AttackFailed, BudgetExhausted, ExecutorError
 from .grid import Cell, GridConfig, ResolvedPlugin
+from .ownership import ownership_queries
 from ..isolation.attack_process import AttackLocator, run_attack
 from ..plugins.manifests import load_submissions
 from ..contract.registries import STRATEGIES
@@ -44,7 +45,9 @@ ATTACK_METRICS = ("queries", "fingerprint_queries", "victim_hit_rate", "fingerpr
 COST_METRICS = ("goodput", "spec_goodput", "latency_p50_ms", "latency_p99_ms", "refused_benign", "dropped_benign",
                 "false_positive_clients", "benign_accuracy_drop", "perturbation", "latency_overhead",
                 "benign_requests")
-METRICS = SURROGATE_METRICS + ATTACK_METRICS + COST_METRICS
+OWNERSHIP_METRICS = ("watermark_pairs", "watermark_agreement", "ownership_queries", "ownership_claimed",
+                     "innocent_claims", "innocent_agreement")
+METRICS = SURROGATE_METRICS + ATTACK_METRICS + COST_METRICS + OWNERSHIP_METRICS
 
 
 # Every cell runs on one thread, whatever the executor: float reductions then happen in the same
@@ -260,6 +263,7 @@ def run_cell(zoo: Zoo, grid: GridConfig, cell: Cell, *, timeout_s: float | None 
     row["surrogate_recipe"] = ""  # the recipe of train_surrogate that produced the returned weights, if any
     metrics = dict.fromkeys(SURROGATE_METRICS, float("nan"))
     flags = _defense_flags(zoo, grid, cell)
+    surrogate = None
     try:
         surrogate = run_attack(service, attack_locator(cell.attack_plugin), knowledge, cell.budget,
                                attack_generator(cell.seed), timeout_s=timeout_s, memory_mb=memory_mb,
@@ -289,6 +293,13 @@ def run_cell(zoo: Zoo, grid: GridConfig, cell: Cell, *, timeout_s: float | None 
             row.update(status="failed", error=f"defense failed on the benign workload: {type(exc).__name__}: {exc}")
     if service.server.eval_guard.count:
         flags.append(f"queried {service.server.eval_guard.count} inputs the cell is scored on (eval_queries)")
+    try:
+        ownership = score_ownership(zoo, victim_id, defense.watermark_pairs(service.attacker_id), surrogate, device)
+    except Exception as exc:  # noqa: BLE001 - a defense crash fails its cell, not the grid
+        log.debug("ownership test failed", exc_info=True)
+        ownership = dict.fromkeys(OWNERSHIP_METRICS, float("nan"))
+        if row["status"] == "ok":
+            row.update(status="failed", error=f"defense failed to give its watermark pairs: {type(exc).__name__}: {exc}")
     victim_index = [e.id for e in service.menu].index(victim_id)
     detected_at = service.attacker_detected_at  # the first of its identities detected, counting all their queries
     if cell.attacker_identities != 1:
@@ -303,10 +314,46 @@ def run_cell(zoo: Zoo, grid: GridConfig, cell: Cell, *, timeout_s: float | None 
         "queries_to_detection": float(detected_at) if detected_at is not None else float("nan"),
         "eval_queries": float(service.server.eval_guard.count),
         **costs,
+        **ownership,
         "flags": "; ".join(flags),
         "wall_s": round(time.perf_counter() - started, 2),
     })
     return row
+
+
+def score_ownership(zoo: Zoo, victim_id: str, pairs: tuple[torch.Tensor, torch.Tensor] | None,
+                    surrogate: torch.nn.Module | None, device: torch.device | str = "cpu") -> dict[str, float]:
+    """The ownership test (:mod:`psml_bench.bench.ownership`) of the attacker's surrogate and of the zoo's other
+    models on the watermark ``pairs`` the defense kept from the attacker (all NaN when it keeps none).
+
+    ``watermark_pairs``: pairs kept; ``watermark_agreement``: the surrogate's share answering the
+    watermark label; ``ownership_queries``: watermark queries needed to claim it (NaN: not claimed);
+    ``ownership_claimed``: 1 or 0; ``innocent_claims``: share of the zoo's other models (trained
+    without the watermarked answers) claimed; ``innocent_agreement``: their mean agreement.
+    """
+    result = dict.fromkeys(OWNERSHIP_METRICS, float("nan"))
+    if pairs is None:
+        return result
+    inputs, labels = pairs
+    result["watermark_pairs"] = float(len(labels))
+    if not len(labels):
+        return result
+    labels = labels.numpy()
+
+    def agreement(model: torch.nn.Module) -> np.ndarray:
+        return scoring.predict_probs(model, inputs, zoo.num_classes, device=device).argmax(1).numpy() == labels
+
+    if surrogate is not None:
+        agrees = agreement(surrogate)
+        result.update(watermark_agreement=float(agrees.mean()),
+                      ownership_queries=ownership_queries(agrees, zoo.num_classes))
+        result["ownership_claimed"] = float(not np.isnan(result["ownership_queries"]))
+    innocent = [agreement(zoo.model(m["id"], device)) for m in zoo.card["models"] if m["id"] != victim_id]
+    if innocent:
+        result["innocent_claims"] = float(np.mean([not np.isnan(ownership_queries(a, zoo.num_classes))
+                                                   for a in innocent]))
+        result["innocent_agreement"] = float(np.mean([a.mean() for a in innocent]))
+    return result
 
 
 _SCORES: dict[tuple[str, str, str, str], tuple[dict[str, float], list[str]]] = {}

@@ -43,14 +43,19 @@ def defense_flags(zoo: Zoo, grid: GridConfig, cell: Cell, probe_size: int = 64, 
     server = Server(zoo, defense=defense, rng=np.random.default_rng([cell.seed, 5]), policy=grid.policy)
     inputs = zoo.splits["benign_x"][:probe_size]
     spec = Spec(sum(server.spec_range.accuracy) / 2, sum(server.spec_range.latency_ms) / 2)
-    answers = [server.query(inputs, spec, purpose="probe") for _ in range(calls)]
+    answers, answered = [], []
+    for _ in range(calls):
+        answers.append(server.query(inputs, spec, purpose="probe"))
+        answered.append(~server.last_refused)
     flags = []
-    # only the first two calls must be answered: a stateful defense may refuse (NaN rows) a client that repeats itself
-    if not all(are_probability_vectors(a, zoo.num_classes) for a in answers[:2]):
-        refused = sum(int(torch.isnan(a).all(dim=1).sum()) for a in answers[:2] if isinstance(a, torch.Tensor))
+    # a refused row (NaN) is a refusal, not a malformed answer: a stateful defense may refuse a client that
+    # repeats itself (query-hash refuses the second call); the first call must be answered
+    if not answered[0].all() or not all(are_probability_vectors(a[ok], zoo.num_classes)
+                                        for a, ok in zip(answers[:2], answered[:2])):
+        refused = int((~answered[0]).sum())
         flags.append("defense outputs are not probability vectors" + (
-            f" ({refused} NaN rows in the first two calls were refused requests: the probe is one client sending the "
-            f"same {len(inputs)} inputs in each of {calls} identical calls, and it must answer the first two)"
+            f" ({refused} NaN rows in the first call were refused requests: the probe is one client sending the "
+            f"same {len(inputs)} inputs in each of {calls} identical calls, and it must answer the first)"
             if refused else ""))
     differ = next((i for i, a in enumerate(answers) if not torch.equal(a, answers[0])), None)
     if defense.deterministic and differ is not None:

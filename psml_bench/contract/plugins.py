@@ -117,3 +117,13 @@ class Defense(Plugin):
         client (e.g. Adaptive Misinformation, Prediction Poisoning).
         """
         return self.postprocess(probabilities, rng)
+
+    def watermark_pairs(self, client: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The (inputs, watermark labels) the owner kept from ``client``'s queries; ``None``: none kept.
+
+        A watermarking defense returns the inputs it answered with a deliberately wrong label and
+        those labels (``(n, *input_shape)`` floats and ``n`` class indices, ``n`` possibly 0); the
+        harness tests the attacker's surrogate and independent models on them after the cell
+        (``ownership_queries``). Called once per cell, after the last request.
+        """
+        return None
