@@ -261,4 +261,5 @@ def test_cells_of_hostile_attacks_fail_alone(tiny_zoo, hostile, monkeypatch):
                            ("hostile_isolation:ReturnsAModule", "the attack raised TypeError: attack returned a Linear")):
         row = run_cell(tiny_zoo, grid, Cell("rank:1", PluginSpec(name), defense, 20, 0))
         assert row["status"] == "failed" and row["error"].startswith(expected), row["error"]
-        assert row["spec_goodput"] == 1.0 and row["benign_requests"] >= grid.benign_queries  # costs still measured
+        # costs still measured (the SLO-aware router may route a request off its spec when the model is busy)
+        assert row["spec_goodput"] >= 0.99 and row["benign_requests"] >= grid.benign_queries
