@@ -210,3 +210,27 @@ def test_requests_an_overloaded_worker_drops_come_back_refused_and_cost_budget(t
     assert (service.log.served_ids() == -1).sum() == int(refused.sum())
     service.finish()
     assert len(service.benign_outcome()["latency"]) >= 100
+
+
+def test_benign_clients_send_distinct_inputs_from_disjoint_shares(tiny_zoo):
+    """Users upload new images: no client repeats an input before it has sent its whole share, no two clients
+    share an input (the pool is dealt into disjoint shares), and a client past its share starts it again."""
+    service = Service(tiny_zoo, defense=make_defense("none"), config=ServiceConfig(benign_clients=8), seed=4,
+                      budget=10, benign_queries=2600)
+    service.query(tiny_zoo.splits["attacker_x"][:10], Spec(tiny_zoo.accuracy_range[0], tiny_zoo.latency_range_ms[1]))
+    service.finish()
+    outcome = service.benign_outcome()
+    share = len(tiny_zoo.splits["attacker_x"]) // 8  # 250 on fmnist-tiny's 2,000-image pool
+    owner: dict[int, int] = {}
+    restarted = 0
+    for client in np.unique(outcome["client"]).tolist():
+        rows = outcome["pool_row"][outcome["client"] == client].tolist()
+        assert len(set(rows[:share])) == min(len(rows), share)  # no repeat within the first pass
+        assert set(rows[share:]) <= set(rows[:share])  # the second pass is the same share
+        restarted += len(rows) > share
+        for row in rows:
+            assert owner.setdefault(row, client) == client  # disjoint shares
+    assert restarted > 0  # 2,600 requests over 8 clients: some pass their share of 250
+
+    row = run_cell(tiny_zoo, _grid(), Cell("rank:2", _grid().attacks[0], PluginSpec("none"), 60, 0))
+    assert row["benign_requests"] / 8 < share and row["benign_repeats"] == 0.0

@@ -44,7 +44,7 @@ ATTACK_METRICS = ("queries", "fingerprint_queries", "victim_hit_rate", "fingerpr
                   "queries_to_detection", "eval_queries")
 COST_METRICS = ("goodput", "spec_goodput", "latency_p50_ms", "latency_p99_ms", "refused_benign", "dropped_benign",
                 "false_positive_clients", "benign_accuracy_drop", "perturbation", "latency_overhead",
-                "benign_requests")
+                "benign_requests", "benign_repeats")
 OWNERSHIP_METRICS = ("watermark_pairs", "watermark_agreement", "ownership_queries", "ownership_claimed",
                      "innocent_claims", "innocent_agreement")
 METRICS = SURROGATE_METRICS + ATTACK_METRICS + COST_METRICS + OWNERSHIP_METRICS
@@ -175,7 +175,16 @@ def service_costs(zoo: Zoo, service: Service) -> dict[str, float]:
                                             outcome["raw"][torch.from_numpy(answered)]) if answered.any() else 0.0,
         "latency_overhead": scoring.latency_overhead(latency[both], baseline[both]) if both.any() else float("nan"),
         "benign_requests": float(n),
+        "benign_repeats": _repeat_share(outcome["client"], outcome["pool_row"]),
     }
+
+
+def _repeat_share(clients: np.ndarray, rows: np.ndarray) -> float:
+    """Share of the requests whose input their client had already sent (0 while no client exhausts its share)."""
+    if not len(rows):
+        return float("nan")
+    pairs = np.stack([np.asarray(clients, dtype=np.int64), np.asarray(rows, dtype=np.int64)], axis=1)
+    return 1.0 - len(np.unique(pairs, axis=0)) / len(pairs)
 
 
 def row_identity(zoo: Zoo, cell: Cell) -> dict[str, Any]:

@@ -153,6 +153,41 @@ def _save_atomically(path: Path, tensors: dict[str, torch.Tensor]) -> None:
         pass
 
 
+class _DistinctInputs:
+    """Each benign client's inputs: distinct images from its own share of the pool, like a user's uploads.
+
+    The pool's rows are shuffled once per cell (seeded) and dealt to the clients round-robin, so the
+    shares are disjoint and each holds ``pool_size // clients`` rows or one more. A client sends its
+    share in that shuffled order, so it repeats no input until it has sent all of its share; only then
+    does it start the share again in a fresh order (the documented policy for a stream longer than
+    the share; see docs/protocol.md, section 4).
+    """
+
+    def __init__(self, clients: int, pool_size: int, seed: int):
+        order = np.random.default_rng([seed, 7]).permutation(pool_size)
+        self.shares = [order[c::clients] for c in range(clients)]
+        self.sent = np.zeros(clients, dtype=np.int64)
+        self.seed = seed
+        self._rounds: dict[tuple[int, int], np.ndarray] = {}
+
+    def _row(self, client: int, count: int) -> int:
+        share = self.shares[client]
+        round_, offset = divmod(count, len(share))
+        if round_ == 0:
+            return int(share[offset])
+        if (client, round_) not in self._rounds:
+            self._rounds[(client, round_)] = np.random.default_rng([self.seed, 7, client, round_]).permutation(share)
+        return int(self._rounds[(client, round_)][offset])
+
+    def next_rows(self, which: np.ndarray) -> np.ndarray:
+        """The pool rows of the next requests, the i-th from client index ``which[i]``."""
+        rows = np.empty(len(which), dtype=np.int64)
+        for i, client in enumerate(which.tolist()):
+            rows[i] = self._row(client, int(self.sent[client]))
+            self.sent[client] += 1
+        return rows
+
+
 class _BenignStream:
     """The benign requests of a cell, generated lazily in fixed chunks (so the stream does not depend
     on how far it is read)."""
@@ -164,12 +199,14 @@ class _BenignStream:
         self.times, self.client, self.pool_row = np.empty(0), np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
         self.min_accuracy, self.max_latency = np.empty(0), np.empty(0)
         self.routed = 0
+        self._inputs = _DistinctInputs(len(clients), pool_size, seed)
 
     def _extend(self) -> None:
         last = self.times[-1] if len(self.times) else 0.0
         gaps = self._arrivals.exponential(1.0 / self.rate, BENIGN_CHUNK)
-        client = self.clients[self._arrivals.integers(len(self.clients), size=BENIGN_CHUNK)]
-        rows = self._arrivals.integers(self.pool_size, size=BENIGN_CHUNK)
+        which = self._arrivals.integers(len(self.clients), size=BENIGN_CHUNK)
+        client = self.clients[which]
+        rows = self._inputs.next_rows(which)
         specs = benign_specs(self.server._accuracy, self.server._latency, self.server.spec_range, BENIGN_CHUNK,
                              self._specs)
         self.times = np.concatenate([self.times, last + np.cumsum(gaps)])
