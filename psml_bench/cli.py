@@ -203,7 +203,7 @@ def _cmd_zoo_profile(args: argparse.Namespace) -> int:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from .plugins.manifests import load_submissions
+    from .plugins.registration import load_submissions
     from .contract.registries import ATTACKS, DEFENSES, POLICIES, STRATEGIES
 
     load_submissions()
@@ -249,7 +249,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from .bench.grid import resolve
     from .serving.http_app import HttpLimits, bind, serve_forever
     from .serving.live import LiveService, default_keys, load_keys
-    from .plugins.manifests import load_submissions
+    from .plugins.registration import load_submissions
     from .contract.registries import POLICIES
     from .bench.remote_attack import parse_plugin
     from .serving.simulator import BatchingConfig

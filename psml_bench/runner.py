@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from .serving.capacity import CapacityCache
 from .bench.cell import CellTask, cell_key, failed_row, provenance, zoo_identity
+from .bench.context import RunContext
 from .common.files import content_hash, write_atomic
 from .contract.errors import ConfigError, sanitise
 from .bench.executor import Executor, InlineExecutor, LocalExecutor, RayExecutor
@@ -63,16 +64,18 @@ def make_executor(name: str, *, jobs: int = 0, timeout_s: float | None = None, m
 
 def run_grid(grid: GridConfig, out_dir: Path, *, cache_dir: Path | None = None, executor: Executor | None = None,
              progress: bool = True, profile: Path | None = None, retry_failed: bool = False,
-             device: torch.device | str = "cpu") -> RunSummary:
+             device: torch.device | str = "cpu", context: RunContext | None = None) -> RunSummary:
     """Run every cell of ``grid`` not already in ``out_dir/cells``; return all rows of the grid.
 
     Each finished cell is written at once (atomically) by this process, so an interrupted run
     keeps every cell that finished. ``retry_failed`` recomputes cells whose stored row failed.
     ``device``: where the cells' forward passes, surrogate training and scoring run (part of the
-    key of any cell not on the CPU).
+    key of any cell not on the CPU). ``context``: the run's state for cells run in this process
+    (default: a fresh :class:`~psml_bench.bench.context.RunContext`; workers hold their own).
     """
     started = time.perf_counter()
     device = torch.device(device)
+    context = context or RunContext()
     executor = executor or make_executor("local", device=device)
     cells = grid.cells()
     zoos = open_zoos(grid, cells, cache_dir, progress=progress, profile=profile)
@@ -113,7 +116,7 @@ def run_grid(grid: GridConfig, out_dir: Path, *, cache_dir: Path | None = None, 
         for name in dict.fromkeys(grid.zoo_of(task.cell) for task in tasks):
             PoolAnswers.of(zoos[name])  # every model's answers on the pool, once here rather than in each worker
     check_capacities(grid, zoos, [task.cell for task in tasks])
-    executor.map(tasks, on_result)
+    executor.map(tasks, on_result, context)
     bar.close()
     ordered = sorted(rows.values(), key=_row_order)
     write_leaderboard(ordered, zoos, grid, out_dir)

@@ -122,6 +122,45 @@ def test_grid_with_unknown_or_mistyped_parameter(tmp_path):
         load_grid(write(tmp_path, GRID.format(attack="psml", params='{ grid = "many" }')))
 
 
+LOAD_IS_PURE = """
+import sys
+from psml_bench.bench.grid import load_grid, PluginSpec
+from psml_bench.contract.registries import ATTACKS, DEFENSES, STRATEGIES
+grid = load_grid("default")
+assert not [m for m in sys.modules if m.startswith("psml_bench.isolation")], "loading a grid imported the sandbox"
+registered = {e.name for r in (ATTACKS, DEFENSES, STRATEGIES) for e in r if e.source.startswith("submission ")}
+assert not registered, registered
+submitted = {p.spec.name for p in grid.plugins if p.submitted}
+assert submitted == {"round-probs", "uncertainty-sampling"}, submitted
+for bad in BAD:
+    try:
+        load_grid(bad)
+    except Exception as exc:
+        print(type(exc).__name__, exc)
+from psml_bench.bench.context import RunContext
+RunContext().submissions()
+assert DEFENSES.entry("round-probs").source.startswith("submission round-probs/")
+"""
+
+
+def test_loading_a_grid_registers_nothing_and_imports_no_sandbox(tmp_path):
+    """A fresh process: the grid's submissions are read, checked and resolved, not registered; a run registers
+    them. A bad parameter of a submission the grid names is still one line at load."""
+    import subprocess
+    import sys
+
+    bad = [write(tmp_path, GRID.format(attack="uncertainty-sampling", params="{ warmup = 2 }"), "a.toml"),
+           write(tmp_path, GRID.format(attack="naive", params="{}").replace(
+               'name = "none"', 'name = "round-probs"\nparams = { decimals = "two" }'), "d.toml")]
+    result = subprocess.run([sys.executable, "-c", LOAD_IS_PURE.replace("BAD", repr([str(b) for b in bad]))],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        f"ConfigError {bad[0]}: field 'attacks.0': attack 'uncertainty-sampling' parameter 'warmup' must be in "
+        "[0.01, 1], got 2",
+        f"ConfigError {bad[1]}: field 'defenses.0': defense 'round-probs' parameter 'decimals' must be int, got 'two'"]
+
+
 def test_grid_schema_errors(tmp_path):
     text = GRID.format(attack="psml", params="{}").replace('victims = ["rank:1"]', 'victims = ["best"]')
     with pytest.raises(ConfigError, match="field 'victims.0'"):

@@ -396,7 +396,8 @@ def test_a_submitted_defense_runs_jailed_and_is_never_imported_by_the_harness(ti
     import json
 
     from psml_bench.contract.errors import DefenseError
-    from psml_bench.plugins.manifests import load_manifest, register
+    from psml_bench.plugins.manifests import load_manifest
+    from psml_bench.plugins.registration import register
     from psml_bench.runner import prepare_out_dir
     from psml_bench.contract.spec import Spec
 

@@ -9,7 +9,8 @@ import pytest
 
 from psml_bench.isolation.attack_process import sandbox_available
 from psml_bench.isolation.jailed_defense import SubmittedDefense
-from psml_bench.plugins.manifests import load_manifest, register
+from psml_bench.plugins.manifests import load_manifest
+from psml_bench.plugins.registration import register
 from psml_bench.contract.registries import DEFENSES
 from psml_bench.contract.requests import Requests
 from psml_bench.serving.server import Server

@@ -14,7 +14,8 @@ from psml_bench.bench.cell import attack_locator
 from psml_bench.bench.conformance import attack_conformance, validate_submission
 from psml_bench.bench.grid import PluginSpec, resolve
 from psml_bench.isolation.attack_process import STRATEGY_PACKAGE, plugin_sources
-from psml_bench.plugins.manifests import grid_entries, load_manifest, register
+from psml_bench.plugins.manifests import grid_entries, load_manifest
+from psml_bench.plugins.registration import register
 from psml_bench.plugins.folders import folder_hash
 
 from test_submissions import cli

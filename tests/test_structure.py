@@ -161,3 +161,14 @@ def test_the_readme_layout_names_every_module():
         elif leaf.split(".")[-1] not in sections.get(top, "").replace(",", " ").split():
             missing.append(module)
     assert not missing, f"README.md's Layout does not name: {missing}"
+
+
+def test_loading_a_grid_reaches_no_sandbox():
+    """A grid is data: bench.grid's imports, at any depth and followed through, reach nothing of the isolation layer."""
+    seen, stack = set(), ["bench.grid"]
+    while stack:
+        module = stack.pop()
+        if module not in seen:
+            seen.add(module)
+            stack.extend(imports(module, KNOWN, type_only=False))
+    assert not sorted(m for m in seen if m.startswith("isolation")), sorted(seen)

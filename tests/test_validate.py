@@ -16,7 +16,8 @@ from psml_bench.bench.conformance import attack_conformance, defense_conformance
 from psml_bench.isolation.attack_process import sandbox_available
 from psml_bench.contract.errors import DefenseError, ManifestError
 from psml_bench.bench.grid import load_grid
-from psml_bench.plugins.manifests import load_manifest, load_submissions, register
+from psml_bench.plugins.manifests import load_manifest
+from psml_bench.plugins.registration import load_submissions, register
 from psml_bench.plugins.folders import SUBMISSIONS_ENV
 from psml_bench.serving.server import Server
 

@@ -23,10 +23,10 @@ from ..common import metrics as scoring
 from ..common.files import content_hash
 from ..common.device import device_label, intra_op_threads, key_part, make_deterministic
 from ..contract.errors import AttackFailed, BudgetExhausted, ExecutorError
+from .context import RunContext, default_context
 from .grid import Cell, GridConfig, ResolvedPlugin
 from .ownership import ownership_queries
 from ..isolation.attack_process import AttackLocator, run_attack
-from ..plugins.manifests import load_submissions
 from ..contract.registries import STRATEGIES
 from .sanity import defense_flags, surrogate_flags
 from ..serving.eval_guard import EvalInputGuard
@@ -246,9 +246,11 @@ def _submitted(name: str, cls: type, params: dict[str, Any] | None = None) -> At
 
 def run_cell(zoo: Zoo, grid: GridConfig, cell: Cell, *, timeout_s: float | None = None,
              memory_mb: int | None = None, global_seed: int | None = None, transcript: Any = None,
-             device: torch.device | str = "cpu") -> dict[str, Any]:
+             device: torch.device | str = "cpu", context: RunContext | None = None) -> dict[str, Any]:
     """Run one cell on its service and score it; a failing plugin gives a failed row, never an exception.
 
+    ``context``: the run's state in this process (its submissions registered there); default: the
+    process's :func:`~psml_bench.bench.context.default_context`.
     ``device``: where the service's forward passes, the surrogate's training and its scoring run.
     ``timeout_s`` and ``memory_mb`` limit the attack process (default: the executor's limits on the worker).
     ``global_seed`` and ``transcript`` are for conformance tests (see :func:`run_attack`): reseed
@@ -257,7 +259,8 @@ def run_cell(zoo: Zoo, grid: GridConfig, cell: Cell, *, timeout_s: float | None 
     started = time.perf_counter()
     device = torch.device(device)
     make_deterministic(device)
-    load_submissions()  # a fresh worker process registers them too
+    context = context or default_context()
+    context.submissions()  # registered in this process (a worker's own context registers them there)
     victim_id = zoo.role(cell.victim)
     defense = cell.defense_plugin.instantiate()
     service = Service(zoo, defense=defense, config=cell.service, seed=cell.seed, budget=cell.budget,
@@ -419,8 +422,10 @@ def _defense_flags(zoo: Zoo, grid: GridConfig, cell: Cell) -> list[str]:
 _ZOOS: dict[tuple[str, str | None], tuple[Zoo, str]] = {}
 
 
-def execute(task: CellTask) -> dict[str, Any]:
+def execute(task: CellTask, context: RunContext | None = None) -> dict[str, Any]:
     """Run one cell in this process (an executor's worker) on one thread; return its row.
+
+    ``context``: the worker's run context (default: the process's :func:`default_context`).
 
     Raises:
         ExecutorError: the zoo this worker opened differs from the driver's.
@@ -434,4 +439,4 @@ def execute(task: CellTask) -> dict[str, Any]:
         raise ExecutorError(f"the zoo at {task.zoo_dir} on this worker differs from the driver's "
                             "(different weights); share the zoo cache between nodes")
     with intra_op_threads(CELL_THREADS):
-        return finish_row(run_cell(zoo, task.grid, task.cell, device=task.device), zoo, task)
+        return finish_row(run_cell(zoo, task.grid, task.cell, device=task.device, context=context), zoo, task)

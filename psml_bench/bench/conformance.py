@@ -12,7 +12,8 @@ from .cell import run_cell
 from ..contract.errors import DefenseError, ManifestError, PsmlError
 from .grid import Cell, GridConfig, PluginSpec
 from ..isolation.jailed_defense import SubmittedDefense
-from ..plugins.manifests import MANIFEST, load_manifest, name_clashes, register
+from ..plugins.manifests import MANIFEST, load_manifest, name_clashes
+from ..plugins.registration import register
 from ..contract.registries import ATTACKS, DEFENSES
 from ..serving.config import ServiceConfig
 from .sanity import defense_flags

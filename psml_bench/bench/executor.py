@@ -6,7 +6,9 @@
 - ``ray``: the same cells as Ray tasks, on a local Ray instance or a cluster (``address``).
 
 Workers compute rows; the driver writes every cell file, so a worker on another node needs no
-access to the output directory, only to the zoo cache (see docs/running.md).
+access to the output directory, only to the zoo cache (see docs/running.md). A worker process holds
+its own :class:`~psml_bench.bench.context.RunContext` for the cells it runs (a Ray worker: its
+process's default one); the inline executor runs cells in the driver's.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any, Callable, Iterable
 import torch
 
 from .cell import CELL_THREADS, CellTask, execute
+from .context import RunContext
 from ..contract.errors import PsmlError
 from ..isolation.attack_process import prestart
 
@@ -35,17 +38,18 @@ OnResult = Callable[[CellTask, "dict[str, Any] | None", str], None]
 
 class Executor(ABC):
     @abstractmethod
-    def map(self, tasks: Iterable[CellTask], on_result: OnResult) -> None:
-        """Run every task; report each through ``on_result`` as it finishes."""
+    def map(self, tasks: Iterable[CellTask], on_result: OnResult, context: RunContext | None = None) -> None:
+        """Run every task; report each through ``on_result`` as it finishes (``context``: the run's, for cells
+        run in this process; a worker process holds its own)."""
 
 
 class InlineExecutor(Executor):
     """Runs cells one by one in this process: no timeout, no memory limit (for debugging)."""
 
-    def map(self, tasks, on_result):
+    def map(self, tasks, on_result, context=None):
         for task in tasks:
             try:
-                on_result(task, execute(task), "")
+                on_result(task, execute(task, context), "")
             except Exception as exc:  # noqa: BLE001
                 on_result(task, None, f"{type(exc).__name__}: {exc}")
 
@@ -79,13 +83,14 @@ def _worker_main(conn: Connection, memory_mb: int | None, parent: int, gpu: bool
         import timm  # noqa: F401 - map timm and friends before measuring
         limit = _vm_size() + memory_mb * 2**20
         resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))
+    context = RunContext()  # this worker's: its cells share the submissions it registers
     try:
         while True:
             task = conn.recv()
             if task is None:
                 return
             try:
-                result = (execute(task), "")
+                result = (execute(task, context), "")
             except Exception as exc:  # noqa: BLE001 - reported to the driver as the cell's failure
                 result = (None, f"{type(exc).__name__}: {exc}")
             conn.send(result)
@@ -116,7 +121,7 @@ class LocalExecutor(Executor):
         child.close()
         return process, parent
 
-    def map(self, tasks, on_result):
+    def map(self, tasks, on_result, context=None):
         pending = deque(tasks)
         workers = [self._start() for _ in range(min(self.jobs, len(pending)))]
         busy: dict[Connection, tuple[Any, CellTask, float]] = {}
@@ -169,7 +174,7 @@ class RayExecutor(Executor):
         self.timeout_s = timeout_s
         self.num_cpus = num_cpus
 
-    def map(self, tasks, on_result):
+    def map(self, tasks, on_result, context=None):
         try:
             import ray
         except ImportError:

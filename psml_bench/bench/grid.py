@@ -2,22 +2,25 @@
 
 A grid (TOML, ``schemas/grid.schema.json``) is the union of its blocks; a block is the cross
 product of its zoos, victims, attacks, defenses, budgets and seeds. Every plugin a grid names is
-resolved once, when the grid loads (:func:`resolve`): its class, label, family, strength and
-source identity are computed then and carried on the cells and their rows.
+resolved once, when the grid loads (:func:`resolve`): its label, family, strength and source
+identity are computed then, kept on the grid (``GridConfig.plugins``) and carried on its cells
+and their rows. Loading a grid is pure: it reads and checks the submissions it names without
+registering them (a run registers them, :mod:`psml_bench.bench.context`).
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from ..common.files import read_toml, resolve_config, validate
 from ..contract.errors import ConfigError, PsmlError
-from ..plugins.manifests import grid_entries, load_submissions
+from ..contract.plugins import Defense
+from ..plugins.manifests import Loaded, declared_submissions, grid_entries, scan_submissions
 from ..contract.registries import ATTACKS, DEFENSES, POLICIES, STRATEGIES
 from ..contract.registry import Registry
 from ..serving.config import ServiceConfig
@@ -60,6 +63,10 @@ class ResolvedPlugin:
         access: an attack's access (``service`` or ``victim``).
         identity: name, version, source hash and parameters (and the extraction strategy's version and
             source hash): the plugin's part of a cell key.
+        defaults: the class's parameters with their default values.
+        submitted: whether the plugin is a submission (run in the sandbox, its recipe verified).
+        acts_on_routing: a defense that changes only the spec or the routing choice
+            (:func:`acts_on_routing`).
     """
 
     kind: str
@@ -70,6 +77,9 @@ class ResolvedPlugin:
     strength_value: Any
     access: str
     identity: dict[str, Any]
+    defaults: dict[str, Any] = field(default_factory=dict)
+    submitted: bool = False
+    acts_on_routing: bool = False
 
     @property
     def cls(self) -> type:
@@ -82,31 +92,42 @@ class ResolvedPlugin:
 
 
 _REGISTRIES: dict[str, Registry] = {"attack": ATTACKS, "defense": DEFENSES}
-_RESOLVED: dict[tuple[str, PluginSpec], ResolvedPlugin] = {}
+
+
+def acts_on_routing(cls: type) -> bool:
+    """Whether a defense class overrides a spec or routing hook (``perturb_spec``, ``reroute``) and no other.
+
+    A submission never counts: its sandboxed proxy overrides every hook.
+    """
+    if getattr(cls, "submission_folder", None) is not None:
+        return False
+    changed = {hook for hook in ("admit", "perturb_spec", "reroute", "answer", "postprocess")
+               if getattr(cls, hook, None) is not getattr(Defense, hook)}
+    return bool(changed) and changed <= {"perturb_spec", "reroute"}
 
 
 def resolve(kind: str, spec: PluginSpec) -> ResolvedPlugin:
-    """Resolve an ``attack`` or ``defense`` spec (once per process; later calls return the same object).
+    """Resolve an ``attack`` or ``defense`` spec against the registries as they stand (no memo: a grid
+    keeps what it resolved, and its cells carry it).
 
     Raises:
         UnknownPluginError: the name is not registered.
         ConfigError: a parameter is unknown, of the wrong type or not allowed.
     """
-    key = (kind, spec)
-    if key not in _RESOLVED:
-        cls = _REGISTRIES[kind].get(spec.name)
-        plugin = cls(**spec.kwargs)  # checks names, types and allowed values
-        identity: dict[str, Any] = {"name": spec.name, "version": cls.version, "source_sha256": cls.source_hash(),
-                                    "params": spec.kwargs}
-        if "strategy" in cls.defaults:  # the extraction strategy is code the attack runs: its source counts too
-            strategy = STRATEGIES.get(plugin.params["strategy"])
-            identity["strategy"] = {"version": strategy.version, "source_sha256": strategy.source_hash()}
-        strength = getattr(plugin, "strength", None)
-        _RESOLVED[key] = ResolvedPlugin(
-            kind=kind, spec=spec, label=plugin.label, family=plugin.family, strength=strength,
-            strength_value=plugin.params[strength] if strength else None, access=getattr(plugin, "access", ""),
-            identity=identity)
-    return _RESOLVED[key]
+    cls = _REGISTRIES[kind].get(spec.name)
+    plugin = cls(**spec.kwargs)  # checks names, types and allowed values
+    identity: dict[str, Any] = {"name": spec.name, "version": cls.version, "source_sha256": cls.source_hash(),
+                                "params": spec.kwargs}
+    if "strategy" in cls.defaults:  # the extraction strategy is code the attack runs: its source counts too
+        strategy = STRATEGIES.get(plugin.params["strategy"])
+        identity["strategy"] = {"version": strategy.version, "source_sha256": strategy.source_hash()}
+    strength = getattr(plugin, "strength", None)
+    return ResolvedPlugin(
+        kind=kind, spec=spec, label=plugin.label, family=plugin.family, strength=strength,
+        strength_value=plugin.params[strength] if strength else None, access=getattr(plugin, "access", ""),
+        identity=identity, defaults=dict(cls.defaults),
+        submitted=getattr(cls, "submission_folder", None) is not None,
+        acts_on_routing=kind == "defense" and acts_on_routing(cls))
 
 
 @dataclass(frozen=True)
@@ -133,11 +154,20 @@ class Cell:
 
     @cached_property
     def attack_plugin(self) -> ResolvedPlugin:
+        """The resolved attack: carried from the grid that made the cell, else resolved here (once per cell)."""
         return resolve("attack", self.attack)
 
     @cached_property
     def defense_plugin(self) -> ResolvedPlugin:
+        """The resolved defense: carried from the grid that made the cell, else resolved here (once per cell)."""
         return resolve("defense", self.defense)
+
+    def carrying(self, attack: ResolvedPlugin | None, defense: ResolvedPlugin | None) -> Cell:
+        """This cell holding its grid's resolved plugins (None: resolve it when asked); returns the cell."""
+        for name, plugin in (("attack_plugin", attack), ("defense_plugin", defense)):
+            if plugin is not None:
+                self.__dict__[name] = plugin  # what the cached property would hold (the dataclass is frozen)
+        return self
 
 
 @dataclass(frozen=True)
@@ -187,14 +217,28 @@ class GridConfig:
     blocks: tuple[Block, ...] = ()
     max_accuracy_drop: float = MAX_ACCURACY_DROP
     max_false_positives: float = MAX_FALSE_POSITIVES
+    plugins: tuple[ResolvedPlugin, ...] = field(default=(), compare=False, repr=False)
+    """Every plugin of the grid's blocks, resolved when it loaded (a grid built in code has none: its
+    cells resolve their own)."""
+
+    def plugin(self, kind: str, spec: PluginSpec) -> ResolvedPlugin:
+        """The grid's resolved ``attack`` or ``defense`` for ``spec`` (resolved now if it has none)."""
+        found = self._resolved.get((kind, spec))
+        return found if found is not None else resolve(kind, spec)
+
+    @cached_property
+    def _resolved(self) -> dict[tuple[str, PluginSpec], ResolvedPlugin]:
+        return {(p.kind, p.spec): p for p in self.plugins}
 
     def parts(self) -> tuple[Block, ...]:
         """The grid's blocks; a grid built without them is one block of its lists (default service)."""
         return self.blocks or (Block("", self.victims, self.attacks, self.defenses, self.budgets, self.seeds),)
 
     def cells(self) -> list[Cell]:
+        """The grid's cells, each carrying the plugins the grid resolved when it loaded."""
         cells = (replace(cell, zoo=self.zoo_of(cell)) for block in self.parts() for cell in block.cells())
-        return list(dict.fromkeys(cells))
+        return [cell.carrying(self._resolved.get(("attack", cell.attack)), self._resolved.get(("defense", cell.defense)))
+                for cell in dict.fromkeys(cells)]
 
     def zoo_of(self, cell: Cell) -> str:
         """The zoo a cell runs on, as the grid names it."""
@@ -205,7 +249,8 @@ class GridConfig:
         return tuple(dict.fromkeys([self.zoo, *(z or self.zoo for block in self.parts() for z in block.zoos)]))
 
 
-def _expand(entries: list[dict[str, Any]], kind: str, source: str, field_name: str) -> tuple[PluginSpec, ...]:
+def _expand(entries: list[dict[str, Any]], kind: str, source: str, field_name: str,
+            resolved: dict[tuple[str, PluginSpec], ResolvedPlugin]) -> tuple[PluginSpec, ...]:
     specs = []
     for index, entry in enumerate(entries):
         try:
@@ -217,7 +262,8 @@ def _expand(entries: list[dict[str, Any]], kind: str, source: str, field_name: s
         for values in itertools.product(*(sweep[k] for k in keys)):
             spec = PluginSpec(entry["name"], tuple(sorted({**entry.get("params", {}), **dict(zip(keys, values))}.items())))
             try:
-                resolve(kind, spec)  # validates names and types now, not mid-run
+                if (kind, spec) not in resolved:
+                    resolved[(kind, spec)] = resolve(kind, spec)  # validates names and types now, not mid-run
             except PsmlError as exc:
                 raise ConfigError(f"{source}: field '{field_name}.{index}': {exc}") from None
             specs.append(spec)
@@ -225,7 +271,11 @@ def _expand(entries: list[dict[str, Any]], kind: str, source: str, field_name: s
 
 
 def load_grid(name_or_path: str | Path) -> GridConfig:
-    """Load and validate a grid config by shipped name or path; plugin names are checked too."""
+    """Load and validate a grid config by shipped name or path; plugin names and parameters are checked too.
+
+    Pure: the submissions are read and checked, and the grid's plugins resolved against the registries and
+    the valid submissions, but nothing is registered (a run does that, :class:`~psml_bench.bench.context.RunContext`).
+    """
     path = resolve_config("grids", name_or_path)
     raw = read_toml(path)
     validate(raw, "grid", str(path))
@@ -234,8 +284,15 @@ def load_grid(name_or_path: str | Path) -> GridConfig:
         POLICIES.get(policy)
     except PsmlError as exc:
         raise ConfigError(f"{path}: field 'policy': {exc}") from None
-    load_submissions()  # registers every valid submission; invalid ones are logged and skipped
-    blocks = _blocks(raw, str(path))
+    loaded = scan_submissions()  # read and checked, not registered; invalid ones are logged and skipped
+    resolved: dict[tuple[str, PluginSpec], ResolvedPlugin] = {}
+    with declared_submissions(loaded):
+        blocks = _blocks(raw, str(path), loaded, resolved)
+        for block in blocks:
+            for kind, specs in (("attack", block.attacks), ("defense", block.defenses)):
+                for spec in specs:
+                    if (kind, spec) not in resolved:
+                        resolved[(kind, spec)] = resolve(kind, spec)
     union = lambda field: tuple(dict.fromkeys(x for block in blocks for x in getattr(block, field)))  # noqa: E731
     return GridConfig(
         name=raw["name"], zoo=raw["zoo"], policy=policy, victims=union("victims"),
@@ -243,6 +300,7 @@ def load_grid(name_or_path: str | Path) -> GridConfig:
         seeds=tuple(raw["seeds"]), benign_queries=raw.get("benign_queries", 1000), source=str(path),
         blocks=blocks, max_accuracy_drop=float(raw.get("max_accuracy_drop", MAX_ACCURACY_DROP)),
         max_false_positives=float(raw.get("max_false_positives", MAX_FALSE_POSITIVES)),
+        plugins=tuple(resolved.values()),
     )
 
 
@@ -267,7 +325,8 @@ def _recipe(grid_level: dict[str, Any], block_level: dict[str, Any]) -> tuple[tu
     return tuple((k, recipe[k]) for k in RECIPE_FIELDS)
 
 
-def _blocks(raw: dict[str, Any], source: str) -> tuple[Block, ...]:
+def _blocks(raw: dict[str, Any], source: str, loaded: list[Loaded],
+            resolved: dict[tuple[str, PluginSpec], ResolvedPlugin]) -> tuple[Block, ...]:
     """The grid's blocks (a grid without ``blocks`` is one block that every submission joins)."""
     if "blocks" not in raw:
         missing = [f for f in ("attacks", "defenses", "budgets") if f not in raw]
@@ -276,7 +335,7 @@ def _blocks(raw: dict[str, Any], source: str) -> tuple[Block, ...]:
         entries = [{**raw, "name": "", "submissions": ["attack", "defense"]}]
     else:
         entries = raw["blocks"]
-    submitted_attacks, submitted_defenses = grid_entries(raw["name"])
+    submitted_attacks, submitted_defenses = grid_entries(raw["name"], loaded=loaded)
     blocks = []
     for index, entry in enumerate(entries):
         where = f"blocks.{index}." if "blocks" in raw else ""
@@ -284,8 +343,8 @@ def _blocks(raw: dict[str, Any], source: str) -> tuple[Block, ...]:
             if field_name not in entry and field_name not in raw:
                 raise ConfigError(f"{source}: field '{where}{field_name}' is missing (and has no grid-level default)")
         attack_entries, defense_entries = entry.get("attacks", raw.get("attacks")), entry.get("defenses", raw.get("defenses"))
-        attacks = _expand(attack_entries, "attack", source, f"{where}attacks")
-        defenses = _expand(defense_entries, "defense", source, f"{where}defenses")
+        attacks = _expand(attack_entries, "attack", source, f"{where}attacks", resolved)
+        defenses = _expand(defense_entries, "defense", source, f"{where}defenses", resolved)
         named = {e["name"] for e in attack_entries + defense_entries}
         joining = entry.get("submissions", [])
         if "attack" in joining:
@@ -298,7 +357,9 @@ def _blocks(raw: dict[str, Any], source: str) -> tuple[Block, ...]:
         services = _services(raw.get("service", {}), entry.get("service", {}) if "blocks" in raw else {}, source,
                              where)
         for attack in attacks:
-            if resolve("attack", attack).cls.requires_latency and not all(s.latency_visible for s in services):
+            if ("attack", attack) not in resolved:
+                resolved[("attack", attack)] = resolve("attack", attack)
+            if resolved[("attack", attack)].cls.requires_latency and not all(s.latency_visible for s in services):
                 raise ConfigError(f"{source}: field '{where}service.latency_visible': attack '{attack.name}' needs "
                                   "the service to show latencies; set latency_visible = true")
         blocks.append(Block(entry["name"], tuple(entry.get("victims", raw.get("victims"))),

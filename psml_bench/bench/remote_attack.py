@@ -25,7 +25,7 @@ from ..contract.errors import AttackFailed, ConfigError, PsmlError
 from .grid import PluginSpec, resolve
 from ..serving.http_client import HttpClient
 from ..isolation.attack_process import run_attack
-from ..plugins.manifests import load_submissions
+from ..plugins.registration import load_submissions
 from ..zoo.model_zoo import Zoo
 
 

@@ -9,10 +9,11 @@ import logging
 import pkgutil
 import re
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Callable, Generic, Iterator, TypeVar
+from typing import Callable, Generic, Iterable, Iterator, TypeVar
 
 from .errors import PsmlError, UnknownPluginError
 
@@ -96,6 +97,23 @@ class Registry(Generic[T]):
                 raise PsmlError(f"{self.kind} name '{name}' from {source} collides with the one from {existing.source}")
         cls.name = name
         self._entries[name] = Registered(name, cls, source)
+
+    @contextmanager
+    def including(self, entries: Iterable[tuple[str, T, str]]) -> Iterator[None]:
+        """Within the block, lookups also find ``entries`` (name, class, source), added as :meth:`add` adds;
+        after it the registry holds exactly what it held before.
+
+        For checking plugins that are read but not registered, such as the submissions a grid names
+        while it loads (loading a grid registers nothing).
+        """
+        self._load()
+        saved = dict(self._entries)
+        try:
+            for name, cls, source in entries:
+                self.add(name, cls, source=source)
+            yield
+        finally:
+            self._entries = saved
 
     def _load(self) -> None:
         if self._loaded:

@@ -1,7 +1,9 @@
-"""Submitted plugins: manifests, their validation, registration and loading into the registries.
+"""Submitted plugins: manifests, their validation, and reading a submissions directory (no registration).
 
 A submission is a folder ``submissions/<name>/`` with a ``manifest.json`` (schema
-``schemas/manifest.schema.json``) and the plugin's code. Valid submissions are registered under
+``schemas/manifest.schema.json``) and the plugin's code. Reading one (:func:`load_manifest`,
+:func:`scan_submissions`) is pure: it checks the manifest, the folder and whether the name is free,
+and registers nothing. A run registers the valid ones (:mod:`psml_bench.plugins.registration`) under
 their name with the source ``submission <folder> v<version>``:
 
 - a submitted **attack** is never imported by the harness: it is registered as a stand-in class
@@ -14,6 +16,8 @@ their name with the source ``submission <folder> v<version>``:
   (:class:`~psml_bench.isolation.jailed_defense.SubmittedDefense`) has each hook the server calls answered
   by the submission's class in a defense process of the sandbox (:mod:`psml_bench.isolation.jailed_defense`).
 
+A grid checks the plugins it names against the registries and the valid submissions
+(:func:`declared_submissions`), so loading a grid registers nothing.
 ``psml-bench validate`` checks the manifest and runs the conformance tests on ``fmnist-tiny``
 (:mod:`psml_bench.bench.conformance`); ``psml-bench run`` adds every valid submission to the grids its
 manifest names and reports (and skips) every invalid one.
@@ -25,17 +29,16 @@ import ast
 import difflib
 import json
 import logging
-import os
 import sys
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import jsonschema
 
 from ..common.files import schema
 from ..contract.errors import ManifestError, PsmlError
-from ..isolation.jailed_defense import SubmittedDefense
 from ..contract.parameters import Allowed
 from ..contract.registries import ATTACKS, DEFENSES, STRATEGIES
 from .folders import MANIFEST, folder_hash, folder_problems, submission_folders, submissions_dirs
@@ -274,13 +277,18 @@ def load_manifest(path: Path | str) -> Manifest:
     )
 
 
-def _stand_in(manifest: Manifest) -> type:
+def declared_class(manifest: Manifest, defense_base: type | None = None) -> type:
     """The harness's view of a submission: parameters and identity, no code of the submission (an
     attack's or strategy's runs only in the isolated attack process, a defense's only in its
-    defense process, :mod:`psml_bench.isolation.jailed_defense`)."""
+    defense process, :mod:`psml_bench.isolation.jailed_defense`).
+
+    ``defense_base``: the base of a defense's class. The default, :class:`~psml_bench.Defense`, checks
+    parameters and labels the plugin as the registered stand-in does; a run registers the subclass of
+    :class:`~psml_bench.isolation.jailed_defense.SubmittedDefense` (:mod:`psml_bench.plugins.registration`).
+    """
     attrs: dict[str, Any] = {}
     if manifest.kind == "defense":
-        base = SubmittedDefense
+        base = defense_base or DEFENSES.base
         attrs["strength"] = manifest.sweep[0] if manifest.sweep else None
     else:
         base, method = {"attack": (ATTACKS.base, "run"), "strategy": (STRATEGIES.base, "collect")}[manifest.kind]
@@ -299,7 +307,8 @@ def _stand_in(manifest: Manifest) -> type:
     })
 
 
-_REGISTRIES = {"attack": ATTACKS, "defense": DEFENSES, "strategy": STRATEGIES}
+KIND_REGISTRIES = {"attack": ATTACKS, "defense": DEFENSES, "strategy": STRATEGIES}
+"""The registry of each kind of submission."""
 
 
 def _raw_name(folder: Path) -> str | None:
@@ -324,7 +333,7 @@ def name_clashes(folder: Path, directories: list[Path] | None = None) -> list[st
         if other.resolve() != folder and _raw_name(other) == name:
             problems.append(f"{source}: field 'name': '{name}' is also the name of the submission in {other}; "
                             "a submission's name must be unique")
-    for kind, registry in _REGISTRIES.items():
+    for kind, registry in KIND_REGISTRIES.items():
         entry = registry.find(name)
         if entry is not None and getattr(entry.plugin, "submission_folder", None) is None \
                 and not entry.source.startswith("submission "):
@@ -338,24 +347,23 @@ def _where(cls: type) -> str:
     return str(getattr(module, "__file__", None) or cls.__module__)
 
 
-def register(manifest: Manifest) -> None:
-    """Register a valid submission in the attack, defense or strategy registry.
-
-    Raises:
-        ManifestError: its name is taken by a submission in another folder or by a built-in, or (a
-            defense) it cannot be imported or disagrees with its manifest.
-    """
-    registry = _REGISTRIES[manifest.kind]
-    existing = registry.find(manifest.name)
+def registration_errors(manifest: Manifest, claimed: dict[tuple[str, str], Path] | None = None) -> list[str]:
+    """Why ``manifest`` cannot be registered (empty: it can): its name is that of a built-in, installed or
+    ``module:Class`` plugin, or of a submission in another folder, registered or in ``claimed``
+    ((kind, name) -> folder of the submissions read before it)."""
+    existing = KIND_REGISTRIES[manifest.kind].find(manifest.name)
+    folder = None
     if existing is not None:
         folder = getattr(existing.plugin, "submission_folder", None)
         if folder is None:
-            raise ManifestError([f"{manifest.folder / MANIFEST}: field 'name': '{manifest.name}' is also the name of "
-                                 f"the {existing.source} {manifest.kind} ({_where(existing.plugin)})"])
-        if Path(folder) != manifest.folder:
-            raise ManifestError([f"{manifest.folder / MANIFEST}: field 'name': '{manifest.name}' is also the name of "
-                                 f"the submission in {folder}; a submission's name must be unique"])
-    registry.add(manifest.name, _stand_in(manifest), source=manifest.source)
+            return [f"{manifest.folder / MANIFEST}: field 'name': '{manifest.name}' is also the name of "
+                    f"the {existing.source} {manifest.kind} ({_where(existing.plugin)})"]
+    elif claimed:
+        folder = claimed.get((manifest.kind, manifest.name))
+    if folder is not None and Path(folder) != manifest.folder:
+        return [f"{manifest.folder / MANIFEST}: field 'name': '{manifest.name}' is also the name of "
+                f"the submission in {folder}; a submission's name must be unique"]
+    return []
 
 
 @dataclass(frozen=True)
@@ -371,38 +379,59 @@ class Loaded:
         return self.manifest is not None and not self.errors
 
 
-_LOADED: dict[str, list[Loaded]] = {}
+def scan_submissions(directories: list[Path] | None = None) -> list[Loaded]:
+    """Read and check every submission of ``directories`` (default :func:`submissions_dirs`), registering
+    none; never raises. Invalid submissions are logged as warnings and marked (``ok`` is False).
 
-
-def load_submissions(directories: list[Path] | None = None) -> list[Loaded]:
-    """Validate and register every submission of ``directories`` (default :func:`submissions_dirs`),
-    once per process; never raises. Invalid submissions are logged as warnings and left out."""
+    A submission is invalid when its manifest or folder is (:func:`load_manifest`) or its name is not
+    free (:func:`registration_errors`; of two folders with one name, the first read keeps it).
+    """
     directories = directories if directories is not None else submissions_dirs()
-    key = os.pathsep.join(str(d.resolve()) for d in directories)
-    if key in _LOADED:
-        return _LOADED[key]
-    results = []
+    results: list[Loaded] = []
+    claimed: dict[tuple[str, str], Path] = {}
     for folder in submission_folders(directories):
         try:
             manifest = load_manifest(folder)
-            register(manifest)
-            results.append(Loaded(folder, manifest))
         except ManifestError as exc:
             results.append(Loaded(folder, None, tuple(exc.errors)))
+            continue
         except PsmlError as exc:
             results.append(Loaded(folder, None, (str(exc),)))
+            continue
+        errors = registration_errors(manifest, claimed)
+        if errors:
+            results.append(Loaded(folder, None, tuple(errors)))
+            continue
+        claimed[(manifest.kind, manifest.name)] = manifest.folder
+        results.append(Loaded(folder, manifest))
     for result in results:
         for error in result.errors:
             log.warning("submission %s skipped: %s", result.folder.name, error)
-    _LOADED[key] = results
     return results
 
 
-def grid_entries(grid_name: str, directories: list[Path] | None = None
+@contextmanager
+def declared_submissions(loaded: list[Loaded]) -> Iterator[None]:
+    """Within the block, the registries also find every valid submission of ``loaded`` not registered yet (as
+    its :func:`declared_class`); after it they hold what they held before. A grid checks and resolves the
+    plugins it names inside such a block, so loading it registers nothing."""
+    entries: dict[str, list[tuple[str, type, str]]] = {kind: [] for kind in KIND_REGISTRIES}
+    for result in loaded:
+        manifest = result.manifest
+        if result.ok and KIND_REGISTRIES[manifest.kind].find(manifest.name) is None:
+            entries[manifest.kind].append((manifest.name, declared_class(manifest), manifest.source))
+    with ExitStack() as stack:
+        for kind, registry in KIND_REGISTRIES.items():
+            stack.enter_context(registry.including(entries[kind]))
+        yield
+
+
+def grid_entries(grid_name: str, directories: list[Path] | None = None, loaded: list[Loaded] | None = None
                  ) -> tuple[list[tuple[str, dict[str, Any]]], list[tuple[str, dict[str, Any]]]]:
-    """(attacks, defenses) of valid submissions joining ``grid_name``, as (name, params) pairs."""
+    """(attacks, defenses) of valid submissions joining ``grid_name``, as (name, params) pairs (``loaded``: the
+    submissions already read, else those of ``directories``, read now)."""
     attacks, defenses = [], []
-    for loaded in load_submissions(directories):
+    for loaded in (loaded if loaded is not None else scan_submissions(directories)):
         manifest = loaded.manifest
         if not loaded.ok or manifest.kind == "strategy":  # a strategy joins through an attack's parameter
             continue

@@ -14,9 +14,8 @@ from typing import Any, Sequence
 
 import pandas as pd
 
-from ..bench.grid import DEFAULT_RECIPE, MAX_FALSE_POSITIVES, RECIPE_FIELDS, GridConfig, resolve
+from ..bench.grid import DEFAULT_RECIPE, MAX_FALSE_POSITIVES, RECIPE_FIELDS, GridConfig
 from .page_text import markdown_code
-from ..contract.plugins import Defense
 from ..contract.surrogate_config import SurrogateConfig
 from .intervals import NO_ESTIMATE, Estimate, paired_difference, t_interval
 from .paired_ranks import paired_ranks
@@ -42,23 +41,13 @@ FLAGS_NOT_COMPUTED = "flags not computed"
 class DefenseSetting:
     """How a defense label reads: its family (the label without the strength) and its strength.
 
-    ``routing``: whether the defense acts on the spec or the routing choice only (see :func:`acts_on_routing`).
+    ``routing``: whether the defense acts on the spec or the routing choice only (see :func:`psml_bench.bench.grid.acts_on_routing`).
     """
 
     family: str
     strength: str | None
     value: Any
     routing: bool = False
-
-
-def acts_on_routing(cls: type) -> bool:
-    """Whether a defense class overrides a spec or routing hook (``perturb_spec``, ``reroute``) and no other.
-
-    A sandboxed submission's proxy overrides every hook, so it never counts.
-    """
-    changed = {hook for hook in ("admit", "perturb_spec", "reroute", "answer", "postprocess")
-               if getattr(cls, hook, None) is not getattr(Defense, hook)}
-    return bool(changed) and changed <= {"perturb_spec", "reroute"}
 
 
 @dataclass(frozen=True)
@@ -98,21 +87,21 @@ def describe_grid(grid: GridConfig, zoo_names: dict[str, str] | None = None
     """
     settings = {}
     for spec in grid.defenses:
-        defense = resolve("defense", spec)
+        defense = grid.plugin("defense", spec)
         settings[defense.label] = DefenseSetting(defense.family, defense.strength, defense.strength_value,
-                                                  acts_on_routing(defense.cls))
+                                                  defense.acts_on_routing)
     views = []
     for block in grid.parts():
         declared, submitted = {}, set()
         for spec in block.attacks:
-            attack = resolve("attack", spec)
-            params = {**attack.cls.defaults, **spec.kwargs}
+            attack = grid.plugin("attack", spec)
+            params = {**attack.defaults, **spec.kwargs}
             declared[attack.label] = all(k in params for k in RECIPE_FIELDS) and \
                 tuple((k, params[k]) for k in RECIPE_FIELDS) == block.recipe
-            if getattr(attack.cls, "submission_folder", None) is not None:
+            if attack.submitted:
                 submitted.add(attack.label)
-        views.append(BlockView(block.name or grid.name, tuple(resolve("attack", a).label for a in block.attacks),
-                               tuple(resolve("defense", d).label for d in block.defenses), tuple(block.budgets),
+        views.append(BlockView(block.name or grid.name, tuple(grid.plugin("attack", a).label for a in block.attacks),
+                               tuple(grid.plugin("defense", d).label for d in block.defenses), tuple(block.budgets),
                                tuple(dict.fromkeys(s.load for s in block.services)), block.recipe, declared,
                                frozenset(submitted), tuple(block.seeds),
                                tuple(zoo_names[z or grid.zoo] for z in block.zoos) if zoo_names else ()))
