@@ -28,9 +28,9 @@ from pathlib import Path
 
 import torch
 
-from psml_bench.bench import cell as _cell
 from psml_bench.isolation import trainer as _training
 from psml_bench.bench.cell import CELL_THREADS, METRICS, cell_key, run_cell, zoo_identity
+from psml_bench.bench.context import RunContext
 from psml_bench.bench.grid import load_grid
 from psml_bench.isolation.attack_process import prestart
 from psml_bench.serving.service import PoolAnswers
@@ -82,8 +82,8 @@ def main() -> None:
     for _ in range(args.repeats):
         for mode in ("off", "on"):
             with tempfile.TemporaryDirectory() as cache:
-                _training._MEMORY.clear()
-                _cell._SCORES.clear()
+                _training.clear_memory()
+                context = RunContext()  # a fresh score memo for each mode
                 _training.SurrogateTrainer.answer = answer if mode == "on" else (lambda self, h, t: ("ok", None))
                 init = _training.SurrogateTrainer.__init__
 
@@ -94,15 +94,15 @@ def main() -> None:
                 try:
                     for selector, cell in zip(args.cells, cells):
                         if mode == "off":
-                            _cell._SCORES.clear()
-                        before, scores = dict(_training.STATS), len(_cell._SCORES)
+                            context.scores.clear()
+                        before, scores = dict(_training.STATS), len(context.scores)
                         started = time.perf_counter()
-                        row = json.loads(json.dumps(run_cell(zoo, grid, cell)))
+                        row = json.loads(json.dumps(run_cell(zoo, grid, cell, context=context)))
                         walls[selector][mode].append(time.perf_counter() - started)
                         if mode == "on":
                             delta = {k: _training.STATS[k] - before[k] for k in before}
                             hits[selector] = [k for k in ("memory_hits", "disk_hits") if delta[k]] + \
-                                (["scores"] if len(_cell._SCORES) == scores else [])
+                                (["scores"] if len(context.scores) == scores else [])
                         committed = json.loads((args.leaderboard / "cells" /
                                                 f"{cell_key(zoo, grid, cell, identity)}.json").read_text())
                         equal[selector] &= all(_same(row[k], committed[k]) for k in COMPARED)

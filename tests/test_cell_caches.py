@@ -9,9 +9,10 @@ import torch
 from psml_bench.bench import cell as _cell
 from psml_bench.isolation import trainer as _training
 from psml_bench.bench.cell import score_surrogate, surrogate_metrics
+from psml_bench.bench.context import RunContext, default_context
 from psml_bench.isolation.attack_process import pack, unpack
 from psml_bench.bench.sanity import surrogate_flags
-from psml_bench.extraction.surrogate import Surrogate, train_elsewhere, train_surrogate, weights_digest
+from psml_bench.extraction.surrogate import Surrogate, train_surrogate, training_elsewhere, weights_digest
 from psml_bench.contract.surrogate_config import SurrogateConfig
 
 
@@ -35,6 +36,10 @@ def test_identical_weights_are_scored_once_with_the_fresh_numbers(tiny_zoo, monk
     assert calls == []
     score_surrogate(tiny_zoo, victim, other)
     assert len(calls) == 1  # other weights are scored
+    run = RunContext()  # a run's own context starts empty and is the only one it fills
+    before = len(default_context().scores)
+    assert score_surrogate(tiny_zoo, victim, twin, context=run) == (fresh, fresh_flags)
+    assert len(calls) == 2 and len(run.scores) == 1 and len(default_context().scores) == before
 
 
 def _knowledge(zoo):
@@ -76,17 +81,15 @@ def _train_both_ways(zoo, cache_dir):
         sent.append(header)
         return worker.answer(*unpack(pack(header, tensors)))[1]
 
-    train_elsewhere(_training.remote_trainer(call, knowledge, 2**30))
-    _training._MEMORY.clear()
+    _training.clear_memory()
     before = dict(_training.STATS)
-    try:
+    with training_elsewhere(_training.remote_trainer(call, knowledge, 2**30)):
         results = [train(), train()]
-        _training._MEMORY.clear()
+        _training.clear_memory()
         results.append(train())
         results.append(train(torch.nn.functional.one_hot(answers.argmax(1), zoo.num_classes).float()))
         further, _ = train(init=_surrogate(zoo, 0))  # not taken by the worker: trained here
-    finally:
-        train_elsewhere(None)
+    assert not sent[4:] and train()[0].recipe == local.recipe and len(sent) == 4  # after the block: trained here
     assert len(sent) == 4 and further.recipe == config.recipe()
     for surrogate, after in results:
         assert weights_digest(surrogate) == weights_digest(local) and surrogate.recipe == local.recipe

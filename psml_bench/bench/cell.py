@@ -280,7 +280,7 @@ def run_cell(zoo: Zoo, grid: GridConfig, cell: Cell, *, timeout_s: float | None 
         surrogate = run_attack(service, attack_locator(cell.attack_plugin), knowledge, cell.budget,
                                attack_generator(cell.seed), timeout_s=timeout_s, memory_mb=memory_mb,
                                global_seed=global_seed, transcript=transcript)
-        metrics, surrogate_problems = score_surrogate(zoo, victim_id, surrogate, device)
+        metrics, surrogate_problems = score_surrogate(zoo, victim_id, surrogate, device, context)
         unscored = [name for name in ("kl", "l1") if not np.isfinite(metrics[name])]
         if unscored:  # finite weights whose outputs overflow: no number of this cell means anything
             metrics = dict.fromkeys(SURROGATE_METRICS, float("nan"))
@@ -368,29 +368,24 @@ def score_ownership(zoo: Zoo, victim_id: str, pairs: tuple[torch.Tensor, torch.T
     return result
 
 
-_SCORES: dict[tuple[str, str, str, str], tuple[dict[str, float], list[str]]] = {}
-SCORE_MEMO_SIZE = 4096
-"""Most surrogate scores a worker keeps (a few hundred bytes each)."""
-
-
-def score_surrogate(zoo: Zoo, victim_id: str, surrogate: Surrogate,
-                    device: torch.device | str = "cpu") -> tuple[dict[str, float], list[str]]:
+def score_surrogate(zoo: Zoo, victim_id: str, surrogate: Surrogate, device: torch.device | str = "cpu",
+                    context: RunContext | None = None) -> tuple[dict[str, float], list[str]]:
     """A rebuilt surrogate's metrics and sanity flags against ``victim_id``.
 
     Both are a pure function of the surrogate's architecture and weights (and the zoo, victim and
-    device), so a worker computes them once for identical weights: cells whose attacks trained on
-    identical data (a hard-label attack against a defense that keeps the argmax, say) get the same
-    numbers without predicting the test split again.
+    device), so a context (``context``, default the process's) computes them once for identical weights:
+    cells whose attacks trained on identical data (a hard-label attack against a defense that keeps the
+    argmax, say) get the same numbers without predicting the test split again.
     """
+    context = context or default_context()
     layout = tuple((name, tuple(t.shape), str(t.dtype)) for name, t in surrogate.state_dict().items())
-    key = (str(zoo.directory), victim_id, torch.device(device).type,
+    key = (zoo_identity(zoo), victim_id, torch.device(device).type,
            content_hash([surrogate.net.pretrained_cfg.get("architecture"), repr(layout), weights_digest(surrogate)]))
-    if key not in _SCORES:
+    if key not in context.scores:
         metrics = surrogate_metrics(zoo, victim_id, surrogate, device)
-        if len(_SCORES) >= SCORE_MEMO_SIZE:
-            _SCORES.pop(next(iter(_SCORES)))
-        _SCORES[key] = (metrics, surrogate_flags(zoo, victim_id, surrogate, metrics["fidelity"], device))
-    metrics, flags = _SCORES[key]
+        flags = surrogate_flags(zoo, victim_id, surrogate, metrics["fidelity"], device, context.victim_labels)
+        context.remember_score(key, (metrics, flags))
+    metrics, flags = context.scores[key]
     return dict(metrics), list(flags)
 
 
@@ -419,9 +414,6 @@ def _defense_flags(zoo: Zoo, grid: GridConfig, cell: Cell) -> list[str]:
         return []
 
 
-_ZOOS: dict[tuple[str, str | None], tuple[Zoo, str]] = {}
-
-
 def execute(task: CellTask, context: RunContext | None = None) -> dict[str, Any]:
     """Run one cell in this process (an executor's worker) on one thread; return its row.
 
@@ -430,10 +422,11 @@ def execute(task: CellTask, context: RunContext | None = None) -> dict[str, Any]
     Raises:
         ExecutorError: the zoo this worker opened differs from the driver's.
     """
-    opened = _ZOOS.get((task.zoo_dir, task.profile))
+    context = context or default_context()
+    opened = context.zoos.get((task.zoo_dir, task.profile))
     if opened is None:
         zoo = Zoo(Path(task.zoo_dir), Path(task.profile) if task.profile else None)
-        opened = _ZOOS[(task.zoo_dir, task.profile)] = (zoo, zoo_identity(zoo))
+        opened = context.zoos[(task.zoo_dir, task.profile)] = (zoo, zoo_identity(zoo))
     zoo, identity = opened
     if identity != task.zoo_identity:
         raise ExecutorError(f"the zoo at {task.zoo_dir} on this worker differs from the driver's "

@@ -237,7 +237,8 @@ class GridConfig:
     def cells(self) -> list[Cell]:
         """The grid's cells, each carrying the plugins the grid resolved when it loaded."""
         cells = (replace(cell, zoo=self.zoo_of(cell)) for block in self.parts() for cell in block.cells())
-        return [cell.carrying(self._resolved.get(("attack", cell.attack)), self._resolved.get(("defense", cell.defense)))
+        resolved = self._resolved
+        return [cell.carrying(resolved.get(("attack", cell.attack)), resolved.get(("defense", cell.defense)))
                 for cell in dict.fromkeys(cells)]
 
     def zoo_of(self, cell: Cell) -> str:

@@ -76,22 +76,23 @@ def agreement_ceiling(unseen_agreement: float, n_unseen: int, n_test: int) -> fl
     return unseen_agreement + CEILING_Z * math.sqrt(p * (1 - p) * (1 / n_unseen + 1 / n_test)) + CEILING_SHIFT
 
 
-_VICTIM_LABELS: dict[tuple[str, str], np.ndarray] = {}
-
-
 def surrogate_flags(zoo: Zoo, victim_id: str, surrogate: torch.nn.Module, fidelity: float,
-                    device: torch.device | str = "cpu") -> list[str]:
+                    device: torch.device | str = "cpu",
+                    victim_labels: dict[tuple[str, str, str], np.ndarray] | None = None) -> list[str]:
     """Flag a surrogate that agrees with the victim on the test split more than the ceiling allows
-    (its predictions computed on ``device``; the victim's are the CPU's, once per process)."""
+    (its predictions computed on ``device``; the victim's are the CPU's, kept in ``victim_labels``, a run
+    context's memo, when given)."""
+    labels = victim_labels if victim_labels is not None else {}
     unseen = zoo.splits["benign_x"][:UNSEEN_SAMPLES]
-    key = (str(zoo.directory), victim_id)
-    if key not in _VICTIM_LABELS:
+    weights = next((m.get("weights_sha256", "") for m in zoo.card["models"] if m["id"] == victim_id), "")
+    key = (str(zoo.directory), victim_id, weights)
+    if key not in labels:
         with torch.no_grad():
             victim = zoo.model(victim_id)
-            _VICTIM_LABELS[key] = torch.cat([victim(unseen[i:i + 512]).argmax(1)
-                                             for i in range(0, len(unseen), 512)]).numpy()
-    victim_labels = _VICTIM_LABELS[key]
-    agreement = scoring.fidelity(scoring.predict_labels(surrogate, unseen, zoo.num_classes, device=device), victim_labels)
+            labels[key] = torch.cat([victim(unseen[i:i + 512]).argmax(1)
+                                     for i in range(0, len(unseen), 512)]).numpy()
+    agreement = scoring.fidelity(scoring.predict_labels(surrogate, unseen, zoo.num_classes, device=device),
+                                 labels[key])
     ceiling = agreement_ceiling(agreement, len(unseen), len(zoo.splits["test_x"]))
     if fidelity > ceiling:
         return [f"fidelity {fidelity:.3f} above the agreement ceiling {ceiling:.3f} (agreement {agreement:.3f} on "

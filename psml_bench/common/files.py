@@ -24,7 +24,7 @@ else:  # pragma: no cover
 _PACKAGE_CONFIGS = resources.files("psml_bench") / "configs"
 
 
-@lru_cache(maxsize=None)
+@lru_cache(maxsize=None)  # a pure memo: the shipped schema files do not change while the process runs
 def schema(name: str) -> dict[str, Any]:
     """Return the JSON Schema ``schemas/<name>.schema.json``."""
     text = (resources.files("psml_bench") / "schemas" / f"{name}.schema.json").read_text()

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -75,20 +76,32 @@ trained surrogate, or None to have it trained here."""
 
 
 _TRAINER: list[Trainer] = []
+"""The trainer :func:`train_surrogate` asks first, set only inside :func:`training_elsewhere` (empty: none)."""
 
 
-def train_elsewhere(trainer: Trainer | None) -> None:
-    """Have :func:`train_surrogate` ask ``trainer`` first (the attack process asks its worker); None: train here."""
-    _TRAINER[:] = [trainer] if trainer is not None else []
+@contextmanager
+def training_elsewhere(trainer: Trainer) -> Iterator[None]:
+    """Within the block, :func:`train_surrogate` offers each training to ``trainer`` first (process-wide, every
+    thread; the trainer before it is back after the block). A cell's attack process runs the attack inside
+    one whose trainer asks the worker (:func:`psml_bench.isolation.trainer.remote_trainer`)."""
+    previous = list(_TRAINER)
+    _TRAINER[:] = [trainer]
+    try:
+        yield
+    finally:
+        _TRAINER[:] = previous
 
 
 def train_surrogate(inputs: torch.Tensor, answers: torch.Tensor, knowledge: Knowledge, config: SurrogateConfig,
                     rng: np.random.Generator, *, init: Surrogate | None = None) -> Surrogate:
     """Fit a surrogate to (inputs, answers); answers are probability rows.
 
-    It trains on ``knowledge.device`` (the cell's device) and returns the surrogate on the CPU. In
-    a cell's attack process the worker trains it (the same code on the same data, seed and
-    generator state, so the same weights), once for identical requests (see :mod:`psml_bench.isolation.trainer`).
+    It trains on ``knowledge.device`` (the cell's device) and returns the surrogate on the CPU.
+    Called inside :func:`psml_bench.extraction.surrogate.training_elsewhere` (as an attack is in a
+    cell's attack process), it first offers the training to that block's trainer: there the worker
+    trains it (the same code on the same data, seed and generator state, so the same weights), once
+    for identical requests (see :mod:`psml_bench.isolation.trainer`); what the trainer declines is
+    trained here. Outside such a block it always trains here.
 
     Args:
         init: a surrogate to train further (in place) instead of a fresh one, e.g. a strategy's

@@ -52,7 +52,7 @@ from ..contract.errors import (AttackFailed, BudgetExhausted, ConfigError, Inval
 from ..contract.parameters import declaration_mismatches
 from ..contract.registries import ATTACKS, STRATEGIES
 from .sandbox import MemoryFinder, Sandbox, read_sources, sandbox_problem, visible
-from ..extraction.surrogate import Surrogate, nonfinite_weights, train_elsewhere
+from ..extraction.surrogate import Surrogate, nonfinite_weights, training_elsewhere
 from .trainer import SurrogateTrainer, remote_trainer
 from ..contract.target import Knowledge, Target
 from ..serving.server import Server
@@ -274,8 +274,9 @@ def attack_main(conn: Connection) -> None:
             np.random.seed(setup["global_seed"])
             torch.manual_seed(setup["global_seed"])
         call = _caller(conn)
-        train_elsewhere(remote_trainer(call, setup["knowledge"], setup["max_message"]))
-        surrogate = attack.run(_remote_target(call, setup["budget"]), setup["knowledge"], setup["budget"], setup["rng"])
+        with training_elsewhere(remote_trainer(call, setup["knowledge"], setup["max_message"])):
+            surrogate = attack.run(_remote_target(call, setup["budget"]), setup["knowledge"], setup["budget"],
+                                   setup["rng"])
         if not isinstance(surrogate, torch.nn.Module):
             raise TypeError(f"attack returned {type(surrogate).__name__}, not a torch.nn.Module")
         if type(surrogate) is not Surrogate:
@@ -296,6 +297,8 @@ def attack_main(conn: Connection) -> None:
 # --- the worker's side ----------------------------------------------------------------------------
 
 _SANDBOXES: dict[tuple[int, bool, bool], Sandbox] = {}
+"""This process's sandboxes (zygotes), by (pid, jailed, gpu): a process resource, not a result; kept
+process-wide so that every cell a worker runs reuses one started sandbox."""
 
 
 def _trusted(locator: AttackLocator) -> bool:

@@ -178,7 +178,7 @@ def bwrap_command(executable: str, argv: list[str], gpu: bool = False) -> list[s
     return command
 
 
-@functools.lru_cache(maxsize=None)
+@functools.lru_cache(maxsize=None)  # a probe of this machine, not a result: bubblewrap works or not for the process
 def sandbox_problem() -> str:
     """Why the sandbox cannot run here ("" when it can): bubblewrap missing, or refused namespaces."""
     try:

@@ -58,10 +58,10 @@ THREADS = 1
 _RNG = "__rng__."
 
 STATS = {"requests": 0, "memory_hits": 0, "disk_hits": 0, "trained": 0}
-"""This process's training requests and how they were served (for benchmarks)."""
+"""This process's training requests and how they were served (counters for benchmarks; no result reads them)."""
 
 
-@functools.lru_cache(maxsize=None)
+@functools.lru_cache(maxsize=None)  # a pure memo: the code this process runs does not change while it runs
 def _code_identity() -> str:
     """What else determines a training: the training code's source, torch's and timm's versions."""
     digest = hashlib.sha256()
@@ -136,6 +136,15 @@ def _set_rng_state(state: dict[str, torch.Tensor], knowledge: Knowledge) -> None
 # --- the worker's side ---------------------------------------------------------------------------------
 
 _MEMORY: OrderedDict[str, dict[str, torch.Tensor]] = OrderedDict()
+"""Trained weights by request hash, at most :data:`MEMORY_BYTES`, kept process-wide on purpose: a pure memo.
+The key hashes everything a training reads (data, recipe, seed, generator state, the cell's shapes,
+pool statistics and device type, the training code's source and the torch and timm versions), so an
+entry is exactly what training again would give."""
+
+
+def clear_memory() -> None:
+    """Forget every training this process kept in memory (for benchmarks and tests that time a cold cache)."""
+    _MEMORY.clear()
 
 
 def _config(value: Any) -> SurrogateConfig | None:
