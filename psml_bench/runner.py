@@ -89,7 +89,7 @@ def run_grid(grid: GridConfig, out_dir: Path, *, cache_dir: Path | None = None, 
     cells = grid.cells()
     zoos = open_zoos(grid, cells, cache_dir, progress=progress, profile=profile)
     cells_dir = out_dir / "cells"
-    prepare_out_dir(out_dir)
+    prepare_out_dir(out_dir, create=False)  # a foreign or linked directory is refused before its cells are read
     rows: dict[str, dict[str, Any]] = {}
     tasks = []
     profile_arg = str(profile) if profile else None
@@ -112,6 +112,7 @@ def run_grid(grid: GridConfig, out_dir: Path, *, cache_dir: Path | None = None, 
                      Counter(grid.zoo_of(task.cell) for task in tasks), executor.jobs)
     if require_cached and tasks:
         raise RecomputeRefused(plan.refusal())
+    prepare_out_dir(out_dir)
     if on_preflight is not None:
         on_preflight(plan)
     bar = tqdm(total=len(tasks), desc=f"grid {grid.name}", disable=not progress, unit="cell")
@@ -189,11 +190,16 @@ SEAL = "content_sha256"
 """The field of a cell file holding the sha256 of the rest of it."""
 
 
-def prepare_out_dir(out_dir: Path) -> None:
-    """Create ``out_dir`` and its ``cells/`` for this user alone to write; refuse a symlink or another owner's."""
+def prepare_out_dir(out_dir: Path, *, create: bool = True) -> None:
+    """Create ``out_dir`` and its ``cells/`` for this user alone to write; refuse a symlink or another owner's.
+
+    ``create=False`` only checks the ones that exist (before a run reads its cells, and may refuse to compute).
+    """
     for directory in (out_dir, out_dir / "cells"):
         if directory.is_symlink():
             raise ConfigError(f"output directory {directory} is a symbolic link; refusing to write through it")
+        if not create and not directory.is_dir():
+            continue
         directory.mkdir(mode=0o755, parents=True, exist_ok=True)
         info = directory.lstat()
         if info.st_uid != os.geteuid():
