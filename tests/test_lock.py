@@ -1,4 +1,4 @@
-"""The lock: a run writes each model's weights hash into zoos.json, zoo build matches against it, run tells a preflight."""
+"""The lock: a run writes each model's weights hash into zoos.json, zoo build matches it, run tells a preflight."""
 
 from __future__ import annotations
 
@@ -87,8 +87,8 @@ def test_zoo_build_says_whether_each_model_matches_the_lock(tiny_zoo, first_run,
     assert f"  {models[0]}: matches the committed leaderboard: yes\n" in printed
     assert f"  {models[1]}: matches the committed leaderboard: no (weights " in printed
     assert f"the lock's {'0' * 12}" in printed
-    assert f"why: the lock's zoo was built with CPU Some Other CPU, this one with CPU {tiny_zoo.card['environment']['cpu']}" \
-        in printed
+    here = tiny_zoo.card["environment"]["cpu"]
+    assert f"why: the lock's zoo was built with CPU Some Other CPU; this one with CPU {here}; the committed " in printed
 
     assert main(["--cache", cache, "zoo", "build", "fmnist-tiny", "--lock", str(tmp_path / "missing.json")]) == 2
     assert capsys.readouterr().err.strip() == f"psml-bench: error: lock {tmp_path / 'missing.json'} does not exist"
@@ -133,7 +133,7 @@ def test_the_preflight_says_why_a_zoo_differs_from_the_lock(tiny_zoo, first_run,
     model = tiny_zoo.card["models"][0]["id"]
     assert plan.differences == (
         f"zoo fmnist-tiny differs from the lock in {tmp_path / LOCK_FILE}: 1 of {len(tiny_zoo.card['models'])} models "
-        f"have other weights ({model}): the lock's zoo was built with training kernel capability AVX512, this one with "
+        f"have other weights ({model}): the lock's zoo was built with training kernel capability AVX512; this one with "
         f"training kernel capability {tiny_zoo.card['environment']['training_capability']}",)
     assert "Zoo fmnist-tiny differs from the lock" in plan.text() and "2 at a time" in plan.text()
     assert plan.refusal().startswith("--require-cached: 4 of 4 cells of grid lock-test are not in ")

@@ -138,7 +138,7 @@ def why_differs(card: Mapping[str, Any], lock: ZooLock) -> str:
         recorded = _environment_text(here, [key for key in ENVIRONMENT_FIELDS if key in here])
         return (f"the recorded build environments agree ({recorded}), so the training code or an unrecorded "
                 "library changed")
-    return (f"the lock's zoo was built with {_environment_text(lock.environment, differ)}, this one with "
+    return (f"the lock's zoo was built with {_environment_text(lock.environment, differ)}; this one with "
             f"{_environment_text(here, differ)}")
 
 
