@@ -137,3 +137,9 @@ def test_the_preflight_says_why_a_zoo_differs_from_the_lock(tiny_zoo, first_run,
         f"training kernel capability {tiny_zoo.card['environment']['training_capability']}",)
     assert "Zoo fmnist-tiny differs from the lock" in plan.text() and "2 at a time" in plan.text()
     assert plan.refusal().startswith("--require-cached: 4 of 4 cells of grid lock-test are not in ")
+    for model in lock["fmnist-tiny"]["models"]:
+        model.pop("weights_sha256")
+    (tmp_path / LOCK_FILE).write_text(json.dumps(lock))
+    plan = preflight("lock-test", tmp_path, {"fmnist-tiny": tiny_zoo.card}, 0, {"fmnist-tiny": 4}, jobs=2)
+    assert plan.differences == (f"the lock in {tmp_path / LOCK_FILE} records no weights hashes for zoo fmnist-tiny "
+                                "(it was written before the lock), so whether its weights differ cannot be told",)

@@ -31,7 +31,8 @@ class Preflight:
     reused: int
     to_compute: int
     differences: tuple[str, ...]
-    """One clause per zoo whose weights differ from the lock of the output directory, with the reason."""
+    """One clause per zoo whose weights differ from the lock of the output directory, with the reason (or whose
+    lock, written before the lock had hashes, cannot tell)."""
     estimate_s: float | None
     """The estimated wall time of the cells to compute (None: no stored cell of the grid records its time)."""
     seconds_per_cell: float | None
@@ -77,7 +78,12 @@ def preflight(grid: str, out_dir: Path, cards: Mapping[str, Mapping[str, Any]], 
     locks = _locks(out_dir / LOCK_FILE)
     for name, card in cards.items():
         lock = lock_of_zoo(locks, name)
-        if lock is None or not lock.hashed:
+        if lock is None:
+            continue
+        if not lock.hashed:
+            if to_compute.get(name):
+                differences.append(f"the lock in {out_dir / LOCK_FILE} records no weights hashes for zoo {name} "
+                                   "(it was written before the lock), so whether its weights differ cannot be told")
             continue
         changed = changed_models(card, lock)
         if changed:
