@@ -37,6 +37,7 @@ class Preflight:
     """The estimated wall time of the cells to compute (None: no stored cell of the grid records its time)."""
     seconds_per_cell: float | None
     jobs: int
+    """The cells computed at once (the executor's, at most the cells to compute)."""
 
     def text(self) -> str:
         """The paragraph a run tells before computing."""
@@ -97,8 +98,9 @@ def preflight(grid: str, out_dir: Path, cards: Mapping[str, Mapping[str, Any]], 
         return Preflight(grid, out_dir / "cells", reused, count, tuple(differences), None, None, jobs)
     cell_seconds = sum(n * _mean(times.get(str(cards[name].get("zoo", name))) or everywhere)
                        for name, n in to_compute.items() if n)
-    return Preflight(grid, out_dir / "cells", reused, count, tuple(differences),
-                     cell_seconds / max(1, min(jobs, count)), cell_seconds / count, jobs)
+    at_once = max(1, min(jobs, count))
+    return Preflight(grid, out_dir / "cells", reused, count, tuple(differences), cell_seconds / at_once,
+                     cell_seconds / count, at_once)
 
 
 def stored_cell_seconds(cells_dir: Path, grid: str) -> dict[str, list[float]]:
