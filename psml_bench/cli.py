@@ -28,7 +28,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     executor = make_executor(args.executor, jobs=args.jobs, timeout_s=args.timeout or None,
                              memory_mb=args.memory_mb or None, address=args.address, device=device)
     summary = run_grid(grid, Path(args.out), cache_dir=args.cache, executor=executor, progress=not args.quiet,
-                       profile=profile, retry_failed=args.retry_failed, device=device)
+                       profile=profile, retry_failed=args.retry_failed, device=device,
+                       on_preflight=lambda plan: print(plan.text(), flush=True), require_cached=args.require_cached)
     print(f"grid {grid.name}: {len(summary.rows)} cells ({summary.cached} cached, {summary.computed} computed, "
           f"{summary.failed} failed) in {summary.seconds:.1f}s; leaderboard written to {summary.out_dir}")
     failed = [row for row in summary.rows if row["status"] != "ok"]
@@ -66,7 +67,18 @@ def _cmd_zoo_build(args: argparse.Namespace) -> int:
     directory = build_zoo(config, args.cache, progress=not args.quiet, force=args.force, data=args.data,
                           device=args.device, jobs=args.jobs or None)
     print(f"zoo {config.name} built in {directory}")
-    return _show(args.name, args.cache)
+    _show(args.name, args.cache)
+    return _match_lock(directory, args.lock)
+
+
+def _match_lock(directory: Path, lock: str | None) -> int:
+    """Print, per model of the zoo in ``directory``, whether it matches the lock (default: the checkout's)."""
+    from .zoo.lock import checkout_lock, match_lines, read_locks
+
+    path = Path(lock) if lock else checkout_lock()
+    locks = read_locks(path) if lock or path.is_file() else None  # an explicit --lock must exist
+    print("\n" + "\n".join(match_lines(json.loads((directory / "card.json").read_text()), locks, str(path))))
+    return 0
 
 
 def _cmd_zoo_export(args: argparse.Namespace) -> int:
@@ -86,31 +98,8 @@ def _cmd_zoo_import(args: argparse.Namespace) -> int:
     installed = import_zoo(args.source, args.cache, sha256=args.sha256, config=args.config, force=args.force)
     print(f"zoo {installed.zoo} imported into {installed.directory}: {len(installed.files)} files, every hash "
           f"checked (archive sha256 {installed.sha256})")
-    return _show(installed.zoo if args.config is None else args.config, args.cache)
-
-
-def _profile_table(path: Path) -> str:
-    from .zoo.profiling import load_profile
-
-    profile = load_profile(path)
-    details = [str(profile["device"])]
-    details += [f"{key} {profile[key]}" for key in ("precision", "driver", "cuda", "weights") if key in profile]
-    details.append(f"measured {profile.get('measured_at', '?')}")
-    per_batch = any("batches" in entry for entry in profile["models"].values())
-    headers = ["model", "p50 ms (batch 1)", "p90 ms", "p99 ms"]
-    if per_batch:
-        headers += ["largest batch", "its p50 ms", "fit slope ms/input", "fit intercept ms", "fit r2"]
-    rows = []
-    for model_id, entry in profile["models"].items():
-        row = [model_id, entry["p50_ms"], entry["p90_ms"], entry["p99_ms"]]
-        if per_batch:
-            fit = entry.get("fit", {})
-            largest = max((int(b) for b in entry.get("batches", {})), default=None)
-            row += [largest or "", entry["batches"][str(largest)]["p50_ms"] if largest else "",
-                    fit.get("slope_ms", ""), fit.get("intercept_ms", ""), fit.get("r2", "")]
-        rows.append(row)
-    table = tabulate(rows, headers=headers, tablefmt="github")
-    return f"profile {path.name} ({', '.join(details)}):\n{table}"
+    _show(installed.zoo if args.config is None else args.config, args.cache)
+    return _match_lock(installed.directory, args.lock)
 
 
 def _show(name: str, cache: Path | None) -> int:
@@ -118,7 +107,7 @@ def _show(name: str, cache: Path | None) -> int:
     from .zoo.profiling import frontier_separation, load_profile
     from .zoo.model_zoo import Zoo
     from .zoo.config import load_zoo_config, zoo_directory
-    from .zoo.profiles import committed_profiles
+    from .zoo.profiles import committed_profiles, profile_table
 
     config = load_zoo_config(name)
     directory = zoo_directory(config, cache)
@@ -154,7 +143,7 @@ def _show(name: str, cache: Path | None) -> int:
     profiles = committed_profiles(config)
     for path in profiles:
         print()
-        print(_profile_table(path))
+        print(profile_table(path))
     if not profiles:
         print(f"\nno latency profile is committed for zoo {config.name}")
     if zoo is not None and zoo.profile_path is not None:
@@ -184,7 +173,7 @@ def _cmd_zoo_profile(args: argparse.Namespace) -> int:
     from .common.files import write_atomic
     from .zoo.profiling import dump_profile, profile_device_kind
     from .zoo.config import load_zoo_config
-    from .zoo.profiles import measured_profile_path, profile_zoo, resolve_profile
+    from .zoo.profiles import measured_profile_path, profile_table, profile_zoo, resolve_profile
 
     config = load_zoo_config(args.name)
     profile = profile_zoo(args.name, args.cache, device=args.device, precision=args.precision,
@@ -193,7 +182,7 @@ def _cmd_zoo_profile(args: argparse.Namespace) -> int:
     kind = profile_device_kind(profile)
     out = Path(args.out) if args.out else measured_profile_path(config, kind, args.cache)
     write_atomic(out, dump_profile(profile))
-    print(_profile_table(out))
+    print(profile_table(out))
     try:
         routes = kind if resolve_profile(config, kind, args.cache) == out else out  # a committed one goes first
     except ConfigError:  # written elsewhere (--out), and none of this kind is committed or cached
@@ -347,6 +336,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help=f"per-cell memory limit in MiB (local executor), at least {MIN_MEMORY_MB}; 0 for none "
                           "(default 8192)")
     run.add_argument("--retry-failed", action="store_true", help="recompute cells whose stored result failed")
+    run.add_argument("--require-cached", action="store_true",
+                     help="refuse (exit 2, computing nothing) when a cell is not already in OUT/cells; for CI")
     run.add_argument("--device", default="cpu", metavar="cpu|cuda|auto",
                      help="where cells serve, train and score their surrogates: cpu (default), cuda (cuda:N) or auto "
                           "(cuda when available); a cell's key and row name a device other than the CPU")
@@ -370,6 +361,9 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--jobs", type=integer(0), default=0,
                        help="models trained side by side, each on the config's build.threads threads (default 0: "
                             "CPU cores // threads); the weights are the same for every value")
+    lock_help = ("a leaderboard's zoos.json to match the weights against (default: the checkout's "
+                 "leaderboard/zoos.json, the committed leaderboard)")
+    build.add_argument("--lock", default=None, metavar="PATH", help=lock_help)
     build.set_defaults(func=_cmd_zoo_build)
     export = zoo.add_parser("export", help="write a built zoo (card, weights, splits, predictions, hashes) to one file")
     export.add_argument("name")
@@ -380,6 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     imported.add_argument("--sha256", default=None, help="the archive's sha256 (required for a URL; export prints it)")
     imported.add_argument("--config", default=None, help="the zoo config it was built from (default: the shipped one)")
     imported.add_argument("--force", action="store_true", help="replace a zoo of the same config already in the cache")
+    imported.add_argument("--lock", default=None, metavar="PATH", help=lock_help)
     imported.set_defaults(func=_cmd_zoo_import)
     show = zoo.add_parser("show", help="print a zoo's card (or its plan, when not built) and its committed profiles")
     show.add_argument("name")

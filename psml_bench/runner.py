@@ -4,6 +4,9 @@ Each finished cell is written at once, atomically, to ``<out>/cells/<key>.json``
 sealed with the sha256 of its row (``content_sha256``); a later run with the same key reuses it if
 the seal holds, and recomputes it, with a warning, if not (see :mod:`psml_bench.bench.cell` for what a
 key hashes). The driver creates the output directory, writable by it alone, before any attack runs.
+Before computing, a run tells its preflight (:mod:`psml_bench.bench.preflight`: the cells it reuses and
+computes, why a zoo differs from the lock in ``<out>/zoos.json``, an estimate of the time), or refuses
+to compute when asked to reuse every cell.
 """
 
 from __future__ import annotations
@@ -12,9 +15,10 @@ import json
 import logging
 import os
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from tqdm.auto import tqdm
@@ -23,9 +27,10 @@ from .serving.capacity import CapacityCache
 from .bench.cell import CellTask, cell_key, failed_row, provenance, zoo_identity
 from .bench.context import RunContext
 from .common.files import content_hash, write_atomic
-from .contract.errors import ConfigError, sanitise
+from .contract.errors import ConfigError, RecomputeRefused, sanitise
 from .bench.executor import Executor, InlineExecutor, LocalExecutor, RayExecutor
 from .bench.grid import Cell, GridConfig
+from .bench.preflight import Preflight, preflight
 from .report.leaderboard import write_leaderboard
 from .serving.service import CAPACITY_FILE, PoolAnswers, slo_capacity
 from .zoo.model_zoo import Zoo
@@ -42,6 +47,7 @@ class RunSummary:
     failed: int
     seconds: float
     out_dir: Path
+    preflight: Preflight | None = None
 
 
 def make_executor(name: str, *, jobs: int = 0, timeout_s: float | None = None, memory_mb: int | None = None,
@@ -64,7 +70,8 @@ def make_executor(name: str, *, jobs: int = 0, timeout_s: float | None = None, m
 
 def run_grid(grid: GridConfig, out_dir: Path, *, cache_dir: Path | None = None, executor: Executor | None = None,
              progress: bool = True, profile: Path | None = None, retry_failed: bool = False,
-             device: torch.device | str = "cpu", context: RunContext | None = None) -> RunSummary:
+             device: torch.device | str = "cpu", context: RunContext | None = None,
+             on_preflight: Callable[[Preflight], None] | None = None, require_cached: bool = False) -> RunSummary:
     """Run every cell of ``grid`` not already in ``out_dir/cells``; return all rows of the grid.
 
     Each finished cell is written at once (atomically) by this process, so an interrupted run
@@ -72,6 +79,12 @@ def run_grid(grid: GridConfig, out_dir: Path, *, cache_dir: Path | None = None, 
     ``device``: where the cells' forward passes, surrogate training and scoring run (part of the
     key of any cell not on the CPU). ``context``: the run's state for cells run in this process
     (default: a fresh :class:`~psml_bench.bench.context.RunContext`; workers hold their own).
+    ``on_preflight`` is told the run's preflight before any cell is computed (the zoos are opened,
+    and built if needed, first: their weights decide the keys).
+
+    Raises:
+        RecomputeRefused: ``require_cached`` and a cell of the grid is not in ``out_dir/cells``
+            (no cell is computed, no file written).
     """
     started = time.perf_counter()
     device = torch.device(device)
@@ -80,7 +93,7 @@ def run_grid(grid: GridConfig, out_dir: Path, *, cache_dir: Path | None = None, 
     cells = grid.cells()
     zoos = open_zoos(grid, cells, cache_dir, progress=progress, profile=profile)
     cells_dir = out_dir / "cells"
-    prepare_out_dir(out_dir)
+    prepare_out_dir(out_dir, create=False)  # a foreign or linked directory is refused before its cells are read
     rows: dict[str, dict[str, Any]] = {}
     tasks = []
     profile_arg = str(profile) if profile else None
@@ -99,6 +112,13 @@ def run_grid(grid: GridConfig, out_dir: Path, *, cache_dir: Path | None = None, 
         tasks.append(CellTask(str(zoo.directory), profile_arg, identities[name], grid, cell, key, run_provenance,
                               str(device)))
     cached = len(rows)
+    plan = preflight(grid.name, out_dir, {name: zoo.card for name, zoo in zoos.items()}, cached,
+                     Counter(grid.zoo_of(task.cell) for task in tasks), executor.jobs)
+    if require_cached and tasks:
+        raise RecomputeRefused(plan.refusal())
+    prepare_out_dir(out_dir)
+    if on_preflight is not None:
+        on_preflight(plan)
     bar = tqdm(total=len(tasks), desc=f"grid {grid.name}", disable=not progress, unit="cell")
     counts = {"failed": 0}
     bar.set_postfix(cached=cached, failed=0)
@@ -121,7 +141,7 @@ def run_grid(grid: GridConfig, out_dir: Path, *, cache_dir: Path | None = None, 
     ordered = sorted(rows.values(), key=_row_order)
     write_leaderboard(ordered, zoos, grid, out_dir)
     failed = sum(r["status"] != "ok" for r in ordered)
-    return RunSummary(ordered, cached, len(tasks), failed, time.perf_counter() - started, out_dir)
+    return RunSummary(ordered, cached, len(tasks), failed, time.perf_counter() - started, out_dir, plan)
 
 
 def check_capacities(grid: GridConfig, zoos: dict[str, Zoo], cells: list[Cell]) -> None:
@@ -174,11 +194,16 @@ SEAL = "content_sha256"
 """The field of a cell file holding the sha256 of the rest of it."""
 
 
-def prepare_out_dir(out_dir: Path) -> None:
-    """Create ``out_dir`` and its ``cells/`` for this user alone to write; refuse a symlink or another owner's."""
+def prepare_out_dir(out_dir: Path, *, create: bool = True) -> None:
+    """Create ``out_dir`` and its ``cells/`` for this user alone to write; refuse a symlink or another owner's.
+
+    ``create=False`` only checks the ones that exist (before a run reads its cells, and may refuse to compute).
+    """
     for directory in (out_dir, out_dir / "cells"):
         if directory.is_symlink():
             raise ConfigError(f"output directory {directory} is a symbolic link; refusing to write through it")
+        if not create and not directory.is_dir():
+            continue
         directory.mkdir(mode=0o755, parents=True, exist_ok=True)
         info = directory.lstat()
         if info.st_uid != os.geteuid():

@@ -308,6 +308,10 @@ def test_the_out_directory_cannot_be_squatted_or_symlinked(tmp_path):
     (tmp_path / "linked").symlink_to(elsewhere)
     with pytest.raises(ConfigError, match="is a symbolic link"):
         prepare_out_dir(tmp_path / "linked")
+    with pytest.raises(ConfigError, match="is a symbolic link"):  # checked before a run reads its cells
+        prepare_out_dir(tmp_path / "linked", create=False)
+    prepare_out_dir(tmp_path / "absent", create=False)
+    assert not (tmp_path / "absent").exists()  # a run that refuses to compute creates nothing
     (tmp_path / "open" / "cells").mkdir(parents=True)
     for directory in (tmp_path / "open", tmp_path / "open" / "cells"):
         directory.chmod(0o777)

@@ -132,6 +132,10 @@ CLI = {
     "bad role": (["attack", "--target", "http://127.0.0.1:9", "--key", "k", "--attack", "naive", "--role", "best",
                   "--zoo", "fmnist-tiny"], r"^psml-bench attack: error: argument --role: role must be 'rank:k' "
                                            r"with k >= 1 \(the k-th most accurate model\), got 'best'"),
+    "a cell to compute under --require-cached": (["run", "--grid", "tiny", "--out", "lb", "--require-cached",
+                                                  "--executor", "inline"],
+                                                 r"^psml-bench: error: --require-cached: (\d+) of \1 cells of grid "
+                                                 r"tiny are not in lb/cells; no cell was computed$"),
 }
 
 

@@ -37,6 +37,9 @@ OnResult = Callable[[CellTask, "dict[str, Any] | None", str], None]
 
 
 class Executor(ABC):
+    jobs: int = 1
+    """Cells run at once (what a run's preflight divides its time estimate by)."""
+
     @abstractmethod
     def map(self, tasks: Iterable[CellTask], on_result: OnResult, context: RunContext | None = None) -> None:
         """Run every task; report each through ``on_result`` as it finishes (``context``: the run's, for cells
@@ -173,6 +176,7 @@ class RayExecutor(Executor):
         self.address = address
         self.timeout_s = timeout_s
         self.num_cpus = num_cpus
+        self.jobs = num_cpus or 1
 
     def map(self, tasks, on_result, context=None):
         try:

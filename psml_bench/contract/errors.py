@@ -56,6 +56,10 @@ class ProtocolError(AttackFailed):
     """The attack process broke the channel's protocol."""
 
 
+class RecomputeRefused(PsmlError):
+    """A run asked to reuse every cell (``--require-cached``) would have to compute some; it computed none."""
+
+
 class ExecutorError(PsmlError):
     """An executor cannot run a cell (e.g. a worker's zoo differs from the driver's)."""
 

@@ -1,7 +1,10 @@
-"""A zoo's summary: the parts of its card the leaderboard reads, kept as ``zoos.json`` beside the cells.
+"""A zoo's summary: the parts of its card the leaderboard reads, and its lock, kept as ``zoos.json`` beside the cells.
 
 :func:`psml_bench.report.leaderboard.write_leaderboard` writes it from the opened zoos, so the page can
-be rendered again later (:mod:`psml_bench.render`) where the zoo weights are not built.
+be rendered again later (:mod:`psml_bench.render`) where the zoo weights are not built. It also
+carries the lock (:mod:`psml_bench.zoo.lock`): each zoo's config hash and recorded build environment,
+and each model's weights sha256 beside its accuracy. A ``zoos.json`` written before the lock has none
+of them and still renders.
 """
 
 from __future__ import annotations
@@ -13,9 +16,12 @@ from typing import Any, Mapping
 
 from ..common.files import write_atomic
 from ..contract.errors import ConfigError
+from ..zoo.lock import LOCK_FILE, card_of_summary, lock_fields
 from ..zoo.model_zoo import MenuEntry
 
-ZOO_SUMMARIES = "zoos.json"
+ZOO_SUMMARIES = LOCK_FILE
+MODEL_FIELDS = ("id", "arch", "params", "macs", "accuracy", "weights_sha256")
+"""What a summary keeps of each model of the card (the last two are the lock's; older cards may lack them)."""
 
 
 @dataclass(frozen=True)
@@ -37,17 +43,25 @@ class ZooSummary:
     @classmethod
     def of(cls, zoo: Any) -> "ZooSummary":
         """The summary of an opened zoo (or of another summary)."""
-        models = [{k: m[k] for k in ("id", "arch", "params", "macs")} for m in zoo.card["models"]]
+        card = zoo.card
+        kept = {"zoo": card.get("zoo", zoo.name), **{k: card[k] for k in ("config_hash", "environment", "build")
+                                                      if k in card},
+                "models": [{k: m[k] for k in MODEL_FIELDS if k in m} for m in card["models"]]}
         return cls(zoo.name, zoo.profile_name, tuple(zoo.accuracy_range), tuple(zoo.latency_range_ms),
                    tuple(zoo.frontier), dict(zoo.disagreement) if getattr(zoo, "disagreement", None) else None,
-                   tuple(zoo.menu), {"models": models})
+                   tuple(zoo.menu), kept)
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "profile_name": self.profile_name, "accuracy_range": list(self.accuracy_range),
                 "latency_range_ms": list(self.latency_range_ms), "frontier": list(self.frontier),
-                "disagreement": self.disagreement,
-                "models": [{**model, "accuracy": self.entry(model["id"]).accuracy,
-                            "latency_ms": self.entry(model["id"]).latency_ms} for model in self.card["models"]]}
+                "disagreement": self.disagreement, **lock_fields(self.card),
+                "models": [self._model_json(model) for model in self.card["models"]]}
+
+    def _model_json(self, model: Mapping[str, Any]) -> dict[str, Any]:
+        entry = self.entry(model["id"])
+        data = {**{k: model[k] for k in ("id", "arch", "params", "macs")}, "accuracy": entry.accuracy,
+                "latency_ms": entry.latency_ms}
+        return {**data, "weights_sha256": model["weights_sha256"]} if model.get("weights_sha256") else data
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> "ZooSummary":
@@ -55,7 +69,7 @@ class ZooSummary:
         return cls(data["name"], data["profile_name"], tuple(data["accuracy_range"]), tuple(data["latency_range_ms"]),
                    tuple(data["frontier"]), data.get("disagreement"),
                    tuple(MenuEntry(m["id"], float(m["accuracy"]), float(m["latency_ms"])) for m in models),
-                   {"models": [{k: m[k] for k in ("id", "arch", "params", "macs")} for m in models]})
+                   card_of_summary(data))
 
 
 def write_zoo_summaries(zoos: Mapping[str, Any], out_dir: Path) -> None:

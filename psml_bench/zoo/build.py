@@ -147,7 +147,8 @@ def estimate_train_seconds(config: ZooConfig, device: torch.device, input_shape:
     return estimates
 
 
-def _format_duration(seconds: float) -> str:
+def format_duration(seconds: float) -> str:
+    """A duration as a person reads it: ``40 s``, ``12 min``, ``3.5 h``, ``2.0 days``."""
     if seconds < 120:
         return f"{seconds:.0f} s"
     if seconds < 2 * 3600:
@@ -161,11 +162,11 @@ def _warn_cpu_build(config: ZooConfig, device: torch.device, input_shape: Sequen
     log.warning("zoo %s is GPU-scale and is about to be built on the CPU; estimating how long that takes "
                 "(one training step per model)", config.name)
     estimate = sum(estimate_train_seconds(config, device, input_shape, num_classes).values())
-    gpu = (f"; on one GPU it takes about {_format_duration(config.build.expected_gpu_minutes * 60)}"
+    gpu = (f"; on one GPU it takes about {format_duration(config.build.expected_gpu_minutes * 60)}"
            if config.build.expected_gpu_minutes else "")
     log.warning("zoo %s is GPU-scale: training it on this CPU (%d threads) takes about %s (measured from one "
                 "training step per model)%s. Build it on a GPU with `psml-bench zoo build %s --device cuda`, "
-                "or interrupt now.", config.name, torch.get_num_threads(), _format_duration(estimate), gpu,
+                "or interrupt now.", config.name, torch.get_num_threads(), format_duration(estimate), gpu,
                 config.name)
 
 

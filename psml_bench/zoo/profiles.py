@@ -1,4 +1,4 @@
-"""Latency profile choice: which profile a run routes on, and measuring one for a zoo."""
+"""Latency profile choice: which profile a run routes on, measuring one for a zoo, and a profile as a table."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+from tabulate import tabulate
 from tqdm.auto import tqdm
 
 from ..common.device import intra_op_threads
@@ -130,3 +131,26 @@ def profile_zoo(name_or_path: str | Path, cache_dir: Path | None = None, *, devi
         return make_batch_profile(config.name, entries, torch_device, precision=precision, batch_sizes=batch_sizes,
                                   warmup=warmup, repeats=repeats, weights="untrained" if untrained else "trained",
                                   provenance=provenance)
+
+
+def profile_table(path: Path) -> str:
+    """A profile file as ``zoo show`` prints it: its device and measurement, then a table of its models."""
+    profile = load_profile(path)
+    details = [str(profile["device"])]
+    details += [f"{key} {profile[key]}" for key in ("precision", "driver", "cuda", "weights") if key in profile]
+    details.append(f"measured {profile.get('measured_at', '?')}")
+    per_batch = any("batches" in entry for entry in profile["models"].values())
+    headers = ["model", "p50 ms (batch 1)", "p90 ms", "p99 ms"]
+    if per_batch:
+        headers += ["largest batch", "its p50 ms", "fit slope ms/input", "fit intercept ms", "fit r2"]
+    rows = []
+    for model_id, entry in profile["models"].items():
+        row = [model_id, entry["p50_ms"], entry["p90_ms"], entry["p99_ms"]]
+        if per_batch:
+            fit = entry.get("fit", {})
+            largest = max((int(b) for b in entry.get("batches", {})), default=None)
+            row += [largest or "", entry["batches"][str(largest)]["p50_ms"] if largest else "",
+                    fit.get("slope_ms", ""), fit.get("intercept_ms", ""), fit.get("r2", "")]
+        rows.append(row)
+    table = tabulate(rows, headers=headers, tablefmt="github")
+    return f"profile {path.name} ({', '.join(details)}):\n{table}"
