@@ -25,6 +25,7 @@ from .common.files import content_hash, write_atomic
 from .contract.errors import ConfigError, sanitise
 from .bench.executor import Executor, InlineExecutor, LocalExecutor, RayExecutor
 from .bench.grid import Cell, GridConfig
+from .bench import serving_curves
 from .report.leaderboard import write_leaderboard
 from .serving.service import CAPACITY_FILE, PoolAnswers, slo_capacity
 from .zoo.model_zoo import Zoo
@@ -115,6 +116,8 @@ def run_grid(grid: GridConfig, out_dir: Path, *, cache_dir: Path | None = None, 
     check_capacities(grid, zoos, [task.cell for task in tasks])
     executor.map(tasks, on_result)
     bar.close()
+    # the serving curves and capacity kept of every defense setting (benign clients only; missing entries only)
+    serving_curves.update(grid, zoos, cells, out_dir, progress=tqdm.write if progress else None)
     ordered = sorted(rows.values(), key=_row_order)
     write_leaderboard(ordered, zoos, grid, out_dir)
     failed = sum(r["status"] != "ok" for r in ordered)
