@@ -22,8 +22,9 @@ DEFENSES: Registry[type[Defense]] = Registry("defense", "psml_bench.contract.plu
                               entry_point_group="psml_bench.defenses")
 STRATEGIES: Registry[type[Strategy]] = Registry("strategy", "psml_bench.contract.strategy:Strategy", builtin_package="strategies",
                                 entry_point_group="psml_bench.strategies")
+# the SLO-aware policy's module imports the queue-blind ones' (psml_bench.serving.policies): importing it registers all
 POLICIES: Registry[type[Policy]] = Registry("policy", "psml_bench.contract.policy:Policy",
-                                            builtin_package="psml_bench.serving.policies")
+                                            builtin_package="psml_bench.serving.slo_routing")
 
 
 def register_attack(name: str):
