@@ -31,6 +31,7 @@ from .contract.errors import ConfigError, RecomputeRefused, sanitise
 from .bench.executor import Executor, InlineExecutor, LocalExecutor, RayExecutor
 from .bench.grid import Cell, GridConfig
 from .bench.preflight import Preflight, preflight
+from .bench import serving_curves
 from .report.leaderboard import write_leaderboard
 from .serving.service import CAPACITY_FILE, PoolAnswers, slo_capacity
 from .zoo.model_zoo import Zoo
@@ -138,6 +139,8 @@ def run_grid(grid: GridConfig, out_dir: Path, *, cache_dir: Path | None = None, 
     check_capacities(grid, zoos, [task.cell for task in tasks])
     executor.map(tasks, on_result, context)
     bar.close()
+    # the serving curves and capacity kept of every defense setting (benign clients only; missing entries only)
+    serving_curves.update(grid, zoos, cells, out_dir, progress=tqdm.write if progress else None)
     ordered = sorted(rows.values(), key=_row_order)
     write_leaderboard(ordered, zoos, grid, out_dir)
     failed = sum(r["status"] != "ok" for r in ordered)

@@ -204,3 +204,15 @@ def test_grid_block_errors_name_the_field(tmp_path):
     with pytest.raises(ConfigError, match="needs the field\\(s\\) attacks"):
         load_grid(write(tmp_path, GRID.format(attack="psml", params="{}").replace('[[attacks]]\nname = "psml"\n'
                                                                                   'params = {}\n', "")))
+
+
+@pytest.mark.parametrize("name", ["default", "headline-extended"])
+def test_a_shipped_grid_loads_in_a_fresh_interpreter(name):
+    """Loading a grid alone (no other harness module imported first) knows every policy, the default one included."""
+    import subprocess
+    import sys
+
+    code = f"from psml_bench.bench.grid import load_grid; g = load_grid({name!r}); print(g.policy, len(g.cells()))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[0] == "infaas-slo"

@@ -161,10 +161,10 @@ def test_a_malformed_refusal_mask_fails_the_cell_with_one_clear_message(tiny_zoo
 
 
 @pytest.mark.parametrize("field, value, message", [
-    ("load", 0, "load must be a number in \\(0, 1\\]"),
-    ("load", -0.5, "load must be a number in \\(0, 1\\]"),
-    ("load", float("nan"), "load must be a number in \\(0, 1\\]"),
-    ("load", 1.5, "load must be a number in \\(0, 1\\]"),
+    ("load", 0, "load must be a number in \\(0, 2\\]"),
+    ("load", -0.5, "load must be a number in \\(0, 2\\]"),
+    ("load", float("nan"), "load must be a number in \\(0, 2\\]"),
+    ("load", 2.5, "load must be a number in \\(0, 2\\]"),
     ("benign_clients", 0, "benign_clients must be an integer >= 1"),
     ("attacker_rate", 0.0, "attacker_rate must be a finite number > 0"),
     ("max_batch", 0, "max_batch must be an integer >= 1"),
@@ -179,7 +179,7 @@ def test_a_grid_with_a_bad_load_fails_to_load_naming_the_field(tmp_path):
     path = tmp_path / "bad.toml"
     path.write_text('name = "bad"\nzoo = "fmnist-tiny"\nvictims = ["rank:1"]\nseeds = [0]\n'
                     '[[blocks]]\nname = "b"\nbudgets = [10]\nattacks = [{ name = "naive" }]\n'
-                    'defenses = [{ name = "none" }]\nservice = { load = [0.5, 2.0] }\n')
+                    'defenses = [{ name = "none" }]\nservice = { load = [0.5, 2.5] }\n')
     with pytest.raises(ConfigError, match=r"bad.toml: field 'blocks.0.service': service load must be"):
         load_grid(path)
 

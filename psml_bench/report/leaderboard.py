@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import pandas as pd
 from tabulate import tabulate
@@ -31,6 +31,10 @@ from ..bench.grid import MAX_FALSE_POSITIVES
 from .detection import DETECTION_COLUMNS, detection_rows
 from .headline import attack_sentences, ceilings, defense_sentences
 from .paired_ranks import narrowing
+from .plots import write_serving_figures
+from .serving_report import CAPTION as SERVING_CAPTION, TABLE_LOADS, capacity_kept, capacity_rows, drawn, entries_of, \
+    figure_name as serving_figure_name
+from ..bench.serving_curves import read as read_serving
 from .ranking import ok_values
 
 RESULT_COLUMNS = [
@@ -139,10 +143,12 @@ def attack_table(ranking: list[dict[str, Any]]) -> Table:
                  rows, cells)
 
 
-def defense_tables(table: pd.DataFrame, ceilings: Mapping[tuple, Estimate] | None = None) -> tuple[Table, Table]:
+def defense_tables(table: pd.DataFrame, ceilings: Mapping[tuple, Estimate] | None = None,
+                   kept: Callable[[Mapping[str, Any]], str] = lambda r: "—") -> tuple[Table, Table]:
     """The families ranked under the utility constraint, and every setting of the block.
 
     ``ceilings``: the zoo's ceiling of protection per (zoo, victim, budget, load) (:func:`psml_bench.report.headline.ceilings`).
+    ``kept``: a setting's capacity kept, formatted (:func:`psml_bench.report.serving_report.capacity_kept`).
     """
     ceilings = ceilings or {}
     ceiling = lambda r: ceilings.get((r["zoo"], r["victim"], int(r["budget"]), str(r["load"])),  # noqa: E731
@@ -159,11 +165,11 @@ def defense_tables(table: pd.DataFrame, ceilings: Mapping[tuple, Estimate] | Non
                        _f(r["latency_overhead"]), r["eligible"]] for _, r in ranked.iterrows()],
                      [list(r["cell_keys"]) for _, r in ranked.iterrows()])
     settings = Table(["budget", "load", "defense", "eligible", "protection", "zoo ceiling", "goodput", "goodput ratio",
-                      "benign acc. drop", "false-positive clients", "perturbation", "latency overhead",
+                      "capacity kept", "benign acc. drop", "false-positive clients", "perturbation", "latency overhead",
                       "refused benign", "strongest attack", "its fidelity", "flags"],
                      [[str(r["budget"]), str(r["load"]), markdown_text(r["defense"]), "yes" if not r["ineligible"] else
                        f"no: {markdown_text(r['ineligible'])}", r["protection_estimate"].format(), ceiling(r), _f(r["goodput"]),
-                       r["goodput_ratio_estimate"].format(), _f(r["benign_accuracy_drop"]),
+                       r["goodput_ratio_estimate"].format(), kept(r), _f(r["benign_accuracy_drop"]),
                        r["false_positive_estimate"].format(), _f(r["perturbation"]), _f(r["latency_overhead"]),
                        _f(r["refused_benign"]), markdown_text(r["strongest_attack"]), r["fidelity_estimate"].format(),
                        markdown_text("; ".join(r["flags"])) or "—"] for _, r in table.iterrows()],
@@ -286,13 +292,16 @@ def protection_by_zoo(frame: pd.DataFrame, names: Sequence[str], blocks, setting
 
 
 def leaderboard_sections(frame: pd.DataFrame, zoos, grid: GridConfig, figures: Sequence[str] = (),
-                         protection: pd.DataFrame | None = None) -> list[Section]:
+                         protection: pd.DataFrame | None = None, serving: Mapping[str, Any] | None = None) -> list[Section]:
     """The whole page as sections (shared by README.md and index.html).
 
     ``zoos``: the opened zoos by the name the grid gives them (or the one zoo of a grid on one zoo).
     A block on several zoos has its tables once per zoo; every ranking is computed within one zoo.
-    ``protection``: :func:`protection_by_zoo`'s table, if the caller has it already.
+    ``protection``: :func:`protection_by_zoo`'s table, if the caller has it already. ``serving``: the run's
+    ``serving.json`` (:mod:`psml_bench.bench.serving_curves`), if any.
     """
+    serving = serving or {}
+    kept = lambda r: capacity_kept(serving, r["zoo"], r["defense"], grid.policy)  # noqa: E731
     opened = zoo_map(zoos, grid)
     by_name = {zoo.name: zoo for zoo in opened.values()}
     blocks, settings = describe_grid(grid, _zoo_names(opened))
@@ -336,7 +345,7 @@ def leaderboard_sections(frame: pd.DataFrame, zoos, grid: GridConfig, figures: S
                     if len(table) else table
                 if chosen.empty:
                     continue
-                families, every = defense_tables(chosen, found)
+                families, every = defense_tables(chosen, found, kept)
                 ranked = defense_ranking(chosen)
                 ranked_values += [list(group["protection_values"]) for _, group in
                                   ranked.groupby(["budget", "load"], sort=False)] if len(ranked) else []
@@ -350,6 +359,7 @@ def leaderboard_sections(frame: pd.DataFrame, zoos, grid: GridConfig, figures: S
                     "(docs/protocol.md), — for a family that never costs goodput."], families, facets=facets))
                 sections.append(Section(4, f"Every defense setting: block `{block.name}`{on}", [], every, facets=facets))
     several = len(by_name) > 1
+    sections += serving_sections(serving, list(by_name), figures)
     sections += detection_sections(frame)
     sections[0].paragraphs.append(narrowing(ranked_values).sentence())
     sections += _flagged_section(frame, several)
@@ -369,6 +379,29 @@ def headline_section(frame: pd.DataFrame, table: pd.DataFrame, blocks, zoos: Seq
         bullets += attack_sentences(frame, blocks, zoo) + defense_sentences(table, zoo, found)
     return Section(2, "Headline", ["Generated from the rows below (mean ± half-width of the 95% t-interval over "
                                    "seeds; differences paired seed by seed)."], bullets=bullets, kind="headline")
+
+
+def serving_sections(serving: Mapping[str, Any], zoos: Sequence[str], figures: Sequence[str]) -> list[Section]:
+    """Per zoo with serving entries: the curves against load and every setting's capacity kept."""
+    sections = []
+    for index, zoo in enumerate(zoos):
+        entries = entries_of(serving, zoo)
+        if not entries:
+            continue
+        name = serving_figure_name(zoo, index == 0)
+        _, same = drawn(entries)
+        sections.append(Section(2, f"Serving: zoo `{zoo}`", [
+            "Each defense setting of the grid on its service with benign clients only (no attacker), at loads from "
+            f"0.1 to 1.2 of the undefended capacity at the SLO, seeds {serving.get('seeds')}. Highest load: the "
+            "highest load at which the mean goodput over the seeds meets the SLO target (bisection); capacity kept: "
+            "that load over the undefended service's under the same policy (the serving community's cost figure). "
+            "The simulator charges a defense no compute of its own (docs/protocol.md)."]
+            + ([f"Settings whose curve is the undefended one's (not drawn): {', '.join(markdown_text(d) for d in same)}."]
+               if same else []),
+            Table(["defense", "policy", "highest load", "capacity kept"] + [f"goodput at load {x}" for x in TABLE_LOADS],
+                  [[markdown_text(c) for c in row] for row in capacity_rows(entries)]),
+            [name] if name in figures else [], captions={name: SERVING_CAPTION}, facets={"zoo": zoo}))
+    return sections
 
 
 def detection_sections(frame: pd.DataFrame) -> list[Section]:
@@ -450,6 +483,8 @@ def write_leaderboard(rows: Sequence[dict[str, Any]], zoos, grid, out_dir: Path,
     _, protection = protection_by_zoo(frame, [zoo.name for zoo in opened.values()], blocks, settings,
                                       grid.max_accuracy_drop, grid.max_false_positives)
     names = write_figures(frame, protection, list(opened.values()), out_dir, ceilings(frame, blocks)) if figures else []
-    sections = leaderboard_sections(frame, zoos, grid, names, protection)
+    serving = read_serving(out_dir)
+    names += write_serving_figures(serving, [zoo.name for zoo in opened.values()], out_dir) if figures else []
+    sections = leaderboard_sections(frame, zoos, grid, names, protection, serving)
     write_atomic(out_dir / "README.md", markdown_of(sections))
     write_atomic(out_dir / "index.html", render_html(sections, provenance_of(frame)))

@@ -16,6 +16,7 @@ from .page_text import plot_text
 from .headline import ceiling_of
 from .intervals import t_interval
 from .pareto_plot import MARKERS, pareto_figure
+from .serving_report import entries_of, figure_name as serving_figure_name, serving_figure
 
 FRONTIER = "zoo_frontier.png"
 BUDGET_CURVES = "fidelity_vs_budget.png"
@@ -164,6 +165,16 @@ def write_figures(frame: pd.DataFrame, protection: pd.DataFrame, zoos, out_dir: 
             _save(figure, out_dir / tradeoff)
             _pyplot().close(figure)
             names.append(tradeoff)
+    return names
+
+
+def write_serving_figures(serving, zoo_names, out_dir: Path) -> list[str]:
+    """Each zoo's serving figure (:mod:`psml_bench.report.serving_report`), the main zoo first; return the names."""
+    names = []
+    for index, zoo in enumerate(zoo_names):
+        name = serving_figure_name(zoo, index == 0)
+        if serving_figure(entries_of(serving, zoo), zoo, out_dir / name, _pyplot(), _save):
+            names.append(name)
     return names
 
 

@@ -10,13 +10,16 @@ from typing import Sequence
 from ..contract.errors import ConfigError
 from .simulator import BatchingConfig
 
+MAX_LOAD = 2.0
+"""The highest ``load``: twice the capacity at the SLO (overload, where serving curves end)."""
 
 @dataclass(frozen=True)
 class ServiceConfig:
     """The load and clients of a cell's service (grid parameters; all part of the cell key).
 
     Attributes:
-        load: benign arrival rate as a fraction of the undefended service's capacity at the SLO, in (0, 1]
+        load: benign arrival rate as a fraction of the undefended service's capacity at the SLO, in (0, 2]
+            (above 1 the service is overloaded: serving curves run there)
             (:mod:`psml_bench.serving.capacity`; the serving figure goes past 1 on the simulator alone).
         benign_clients: number of benign clients (at least 1).
         attacker_rate: the attacker's pace as a multiple of one benign client's mean rate (> 0).
@@ -47,8 +50,9 @@ class ServiceConfig:
         def number(value: object) -> bool:
             return isinstance(value, Real) and not isinstance(value, bool)
 
-        if not (number(self.load) and 0 < self.load <= 1):
-            raise ConfigError(f"service load must be a number in (0, 1] (a fraction of the service's capacity), "
+        if not (number(self.load) and 0 < self.load <= MAX_LOAD):
+            raise ConfigError(f"service load must be a number in (0, {MAX_LOAD:g}] (a fraction of the service's "
+                              f"capacity; above 1: overload), "
                               f"got {self.load!r}")
         if isinstance(self.benign_clients, bool) or not isinstance(self.benign_clients, int) or self.benign_clients < 1:
             raise ConfigError(f"benign_clients must be an integer >= 1 (goodput is measured on benign clients), "
