@@ -1,4 +1,4 @@
-"""``proof-of-work``: each answer costs its client compute that grows with its queries' leakage (Dziedzic et al. 2022)."""
+"""``proof-of-work``: an answer costs its client compute that grows with its queries' leakage (Dziedzic et al. 2022)."""
 
 from __future__ import annotations
 

@@ -126,8 +126,8 @@ def test_answers_are_probabilities_and_determinism_is_as_declared(name, tiny_zoo
     ("random-routing", {"probability": -0.5}), ("top-k", {"k": 0}), ("top-k", {"k": 2.5}),
     ("reverse-sigmoid", {"beta": -1.0}), ("reverse-sigmoid", {"gamma": 0.0}), ("prob-noise", {"sigma": -0.01}),
     ("prada", {"delta": 1.5}), ("prada", {"action": "drop"}), ("adaptive-misinformation", {"tau": -0.1}),
-    ("prediction-poisoning", {"norm": "kl"}), ("proof-of-work", {"work_factor": 0.0}), ("proof-of-work", {"sigma": -1.0}),
-    ("proof-of-work", {"teachers": 1}), ("proof-of-work", {"delta": 0.5})])
+    ("prediction-poisoning", {"norm": "kl"}), ("proof-of-work", {"work_factor": 0.0}),
+    ("proof-of-work", {"sigma": -1.0}), ("proof-of-work", {"teachers": 1}), ("proof-of-work", {"delta": 0.5})])
 def test_bad_parameter_values_are_one_clear_config_error(name, params):
     [(key, value)] = params.items()
     with pytest.raises(ConfigError, match=rf"^defense '{name}' parameter '{key}' must be [^\n]*, got {value!r}$"):
