@@ -84,14 +84,15 @@ OUTPUT_DEFENSES = ["label-only", "top-k", "reverse-sigmoid"]  # deterministic, p
 
 def test_the_built_in_defenses_are_registered():
     assert {"none", "spec-noise", "spec-quantize", "random-routing", "label-only", "top-k", "reverse-sigmoid",
-            "prob-noise", "prada", "adaptive-misinformation", "prediction-poisoning"} <= set(BUILT_IN)
+            "prob-noise", "prada", "adaptive-misinformation", "prediction-poisoning", "proof-of-work"} <= set(BUILT_IN)
 
 
 @pytest.mark.parametrize("name, strength, deterministic", [
     ("none", None, True), ("spec-noise", "scale", False), ("spec-quantize", "step", True),
     ("random-routing", "probability", False), ("label-only", None, True), ("top-k", "k", True),
     ("reverse-sigmoid", "beta", True), ("prob-noise", "sigma", False), ("prada", "delta", False),
-    ("adaptive-misinformation", "tau", True), ("prediction-poisoning", "epsilon", True)])
+    ("adaptive-misinformation", "tau", True), ("prediction-poisoning", "epsilon", True),
+    ("proof-of-work", "work_factor", True)])
 def test_strength_and_determinism_are_declared(name, strength, deterministic):
     cls = DEFENSES.get(name)
     assert cls.strength == strength and cls.deterministic is deterministic
@@ -125,7 +126,8 @@ def test_answers_are_probabilities_and_determinism_is_as_declared(name, tiny_zoo
     ("random-routing", {"probability": -0.5}), ("top-k", {"k": 0}), ("top-k", {"k": 2.5}),
     ("reverse-sigmoid", {"beta": -1.0}), ("reverse-sigmoid", {"gamma": 0.0}), ("prob-noise", {"sigma": -0.01}),
     ("prada", {"delta": 1.5}), ("prada", {"action": "drop"}), ("adaptive-misinformation", {"tau": -0.1}),
-    ("prediction-poisoning", {"norm": "kl"})])
+    ("prediction-poisoning", {"norm": "kl"}), ("proof-of-work", {"work_factor": 0.0}),
+    ("proof-of-work", {"sigma": -1.0}), ("proof-of-work", {"teachers": 1}), ("proof-of-work", {"delta": 0.5})])
 def test_bad_parameter_values_are_one_clear_config_error(name, params):
     [(key, value)] = params.items()
     with pytest.raises(ConfigError, match=rf"^defense '{name}' parameter '{key}' must be [^\n]*, got {value!r}$"):

@@ -1,4 +1,5 @@
-"""A submitted defense answers from its jailed process exactly as it would in the worker: answers, routing, refusals, blocked clients and its generators' states."""
+"""A submitted defense answers from its jailed process exactly as it would in the worker: answers, routing, refusals,
+the client work it prices, blocked clients and its generators' states."""
 
 from __future__ import annotations
 
@@ -56,6 +57,9 @@ class Jittery(Defense):
     def answer(self, requests, probabilities, rng):
         noisy = probabilities + torch.from_numpy(self.kept.random(probabilities.shape)).float() * self.params["scale"]
         return noisy / noisy.sum(dim=1, keepdim=True)
+
+    def client_work_ms(self, requests, answers, rng):
+        return answers[:, 0].double().numpy() * 100 + rng.random(len(requests))
 '''
 MANIFEST = {"name": "jittery", "kind": "defense", "entry": "jittery:Jittery", "version": "1", "authors": ["A. Author"],
             "description": "A stateful random defense for the tests.", "license": "MIT", "grids": ["nowhere"],
@@ -73,7 +77,7 @@ def _serve(zoo, defense) -> tuple[list, list, list]:
         requests = Requests(np.arange(6) % 3 + 3 * (step % 2), inputs[6 * step:6 * step + 6], np.full(6, accuracy),
                             np.full(6, latency), np.zeros(6))
         served = server.serve(requests, server.rng)
-        outcomes.append((served.answers.numpy(), served.refused, served.served))
+        outcomes.append((served.answers.numpy(), served.refused, served.served, served.work_ms))
     return outcomes, sorted(defense.blocked), [s.rng.bit_generator.state for s in servers]
 
 
@@ -90,7 +94,9 @@ def test_a_jailed_defense_serves_exactly_as_the_same_class_in_the_worker(tiny_zo
         _serve(tiny_zoo, direct)
     assert blocked == expected_blocked and blocked and states == expected_states
     assert jailed.deterministic is False
-    for (answers, refused, served), (want_answers, want_refused, want_served) in zip(outcomes, expected):
+    for (answers, refused, served, work), (want_answers, want_refused, want_served, want_work) in zip(outcomes,
+                                                                                                     expected):
         assert np.array_equal(answers, want_answers, equal_nan=True)
         assert np.array_equal(refused, want_refused) and np.array_equal(served, want_served)
-    assert any(r.any() for _, r, _ in outcomes) and not all(r.all() for _, r, _ in outcomes)
+        assert np.array_equal(work, want_work) and (work[~refused] > 0).all() and (work[refused] == 0).all()
+    assert any(r.any() for _, r, _, _ in outcomes) and not all(r.all() for _, r, _, _ in outcomes)

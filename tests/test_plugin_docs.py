@@ -17,9 +17,9 @@ from psml_bench.serving.server import Server, target_for
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 
 
-def example(page: str) -> types.ModuleType:
-    """The page's example (the first Python block after '## The example'), run as a module."""
-    text = (DOCS / page).read_text().split("## The example", 1)[1]
+def example(page: str, section: str = "## The example") -> types.ModuleType:
+    """The page's example (the first Python block after ``section``), run as a module."""
+    text = (DOCS / page).read_text().split(section, 1)[1]
     code = re.search(r"```python\n(.*?)```", text, re.S).group(1)
     module = types.ModuleType(page.replace("-", "_").removesuffix(".md"))
     exec(compile(code, str(DOCS / page), "exec"), module.__dict__)  # noqa: S102 - our own docs
@@ -52,3 +52,13 @@ def test_the_defense_example_rounds_and_blocks_a_client_past_its_limit(tiny_zoo)
     second = server.query(inputs, spec)  # 128 requests in all: past the limit
     assert server.last_refused.all() and torch.isnan(second).all() and defense.blocked == {0}
     assert type(defense).deterministic is False and type(defense).strength == "decimals"
+
+
+def test_the_client_work_example_prices_each_answer_and_the_service_waits_for_it(tiny_zoo):
+    from psml_bench.serving.service import Service, ServiceConfig
+    defense = example("writing-a-defense.md", "## Client work").PayPerQuery()
+    service = Service(tiny_zoo, defense=defense, config=ServiceConfig(attacker_rate=1000.0), seed=0, budget=50,
+                      benign_queries=20)
+    spec = Spec(*(bound[1] for bound in (service.spec_range.accuracy, service.spec_range.latency_ms)))
+    service.query(tiny_zoo.splits["attacker_x"][:10], spec)
+    assert service.attacker_work_ms == sum(range(1, 11)) and service.clock >= 55.0

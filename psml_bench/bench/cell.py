@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 SURROGATE_METRICS = ("fidelity", "accuracy", "accuracy_norm", "kl", "l1")
 ATTACK_METRICS = ("queries", "fingerprint_queries", "victim_hit_rate", "fingerprint_accuracy", "detected",
-                  "queries_to_detection", "eval_queries")
+                  "queries_to_detection", "eval_queries", "attacker_time_s", "attacker_work_s")
 COST_METRICS = ("goodput", "spec_goodput", "latency_p50_ms", "latency_p99_ms", "refused_benign", "dropped_benign",
                 "false_positive_clients", "benign_accuracy_drop", "perturbation", "latency_overhead",
                 "benign_requests", "benign_repeats")
@@ -325,6 +325,8 @@ def run_cell(zoo: Zoo, grid: GridConfig, cell: Cell, *, timeout_s: float | None 
         "detected": float(detected_at is not None),
         "queries_to_detection": float(detected_at) if detected_at is not None else float("nan"),
         "eval_queries": float(service.server.eval_guard.count),
+        "attacker_time_s": service.clock / 1000,  # the cell's clock when the attacker's last answer reached it
+        "attacker_work_s": service.attacker_work_ms / 1000,
         **costs,
         **ownership,
         "flags": "; ".join(flags),

@@ -174,6 +174,22 @@ def defense_answers(shaped: Any, produced: Any, name: str) -> Any:
     return shaped
 
 
+def client_work(work: Any, rows: int, name: str) -> np.ndarray:
+    """A defense's ``client_work_ms``: ``None`` (no work) or one finite, non-negative ms per answered request."""
+    if work is None:
+        return np.zeros(rows)
+    try:
+        values = np.asarray(work, dtype=float)
+    except (TypeError, ValueError):
+        values = None
+    if values is None or values.shape != (rows,) or not np.isfinite(values).all() or (values < 0).any():
+        got = "an array of another shape or with negative or non-finite values" if values is not None \
+            else f"{type(work).__name__}"
+        raise DefenseError(f"defense '{name}' client_work_ms() must return None or {rows} finite ms >= 0, one per "
+                           f"answered request, got {got}")
+    return values
+
+
 def pool_size(name: str, value: Any) -> int:
     """A number of pool inputs or queries: an integer >= 0."""
     return count(name, value, 0, InvalidQueryError)

@@ -48,7 +48,8 @@ class Defense(Plugin):
     :class:`~psml_bench.Requests` view: opaque client ids, inputs, specs, arrival times):
     ``admit`` may refuse requests, then ``perturb_spec`` runs before the policy on each admitted
     request's spec, ``reroute`` after it on the policy's choice, and ``answer`` (by default
-    ``postprocess``, which sees only the probabilities) shapes the answers. A hook may call
+    ``postprocess``, which sees only the probabilities) shapes the answers, and ``client_work_ms`` may
+    price each answer in the client's compute (proof of work; none by default). A hook may call
     :meth:`block` (every later request of that client is refused) or :meth:`detect` (the client
     is marked detected; what follows is the defense's choice). ``strength`` names the parameter
     that sets how strong the defense is (the one a sweep varies), ``deterministic`` whether
@@ -117,6 +118,19 @@ class Defense(Plugin):
         client (e.g. Adaptive Misinformation, Prediction Poisoning).
         """
         return self.postprocess(probabilities, rng)
+
+    def client_work_ms(self, requests: Requests, answers: torch.Tensor,
+                       rng: np.random.Generator) -> np.ndarray | None:
+        """Client-side compute, in ms, that each answered request costs before its answer is read; ``None``: none.
+
+        Called after :meth:`answer`, on the same admitted ``requests`` and their ``answers``, it
+        returns one finite, non-negative value per request (a proof-of-work puzzle's solving time,
+        say). The simulated service counts it on the cell's clock: each client solves its puzzles
+        one at a time, so a request's answer reaches its client only once that client has done the
+        work of it and of the earlier answers it was still working on; the delay is in the client's
+        end-to-end latency and in the attacker's wall time. The default, ``None``, adds nothing.
+        """
+        return None
 
     def watermark_pairs(self, client: int) -> tuple[torch.Tensor, torch.Tensor] | None:
         """The (inputs, watermark labels) the owner kept from ``client``'s queries; ``None``: none kept.

@@ -6,12 +6,12 @@ sandbox (:mod:`psml_bench.isolation.sandbox`) fork a *defense process*: fresh us
 network namespaces, a private ``/tmp``, no capabilities, a filesystem with the Python installation
 and the harness's packages only. There the submission's ``.py`` files (read by the worker) are
 imported from memory, the class is checked against the manifest and built with the instance's
-parameters. Every hook the server calls (``admit``, ``perturb_spec``, ``reroute``, ``answer``) is a
-round trip: the worker sends exactly the hook's arguments and the state of the generator it passes
-(pickled: the defense process may trust the worker); the defense process answers with JSON plus
-safetensors (never unpickled), the generator's new state and its blocked and detected clients. So the
-defense sees what the defense API gives it and nothing else: no zoo, no dataset, no output
-directory, no network, no repository. The server checks its answers as it checks any defense's.
+parameters. Every hook the server calls (``admit``, ``perturb_spec``, ``reroute``, ``answer``,
+``client_work_ms``) is a round trip: the worker sends exactly the hook's arguments and the state of the
+generator it passes (pickled: the defense process may trust the worker); the defense process answers
+with JSON plus safetensors (never unpickled), the generator's new state and its blocked and detected
+clients. So the defense sees what the defense API gives it and nothing else: no zoo, no dataset, no
+output directory, no network, no repository. The server checks its answers as it checks any defense's.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ DEFENSE_TARGET = 1
 """Index of :func:`defense_main` in the sandbox's targets (``psml_bench.isolation.attack_process.SANDBOX_TARGETS``)."""
 HOOK_TIMEOUT_S = 600.0
 """How long one hook call (or building the defense) may take before the sandbox is ended."""
-HOOKS = ("admit", "perturb_spec", "reroute", "answer")
+HOOKS = ("admit", "perturb_spec", "reroute", "answer", "client_work_ms")
 """The hooks the server calls; a hook the class leaves as :class:`Defense` has it is answered here, without a round trip."""
 BUILD_ERROR_CHARS = 1000
 """Longest quotation of why the defense could not be built (every disagreement with its manifest fits)."""
@@ -165,6 +165,11 @@ class SubmittedDefense(Defense):
         if "answer" not in self._overrides:
             return super().answer(requests, probabilities, rng)
         return self._call("answer", probabilities.numel(), rng, requests, probabilities)
+
+    def client_work_ms(self, requests, answers, rng):
+        if "client_work_ms" not in self._overrides:
+            return super().client_work_ms(requests, answers, rng)
+        return self._call("client_work_ms", len(requests), rng, requests, answers)
 
 
 def _decode(kind: Any, tensors: dict[str, torch.Tensor]) -> Any:

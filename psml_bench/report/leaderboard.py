@@ -41,9 +41,10 @@ RESULT_COLUMNS = [
     "zoo", "victim", "victim_model", "attack", "attack_access", "defense", "budget", "seed", "load",
     "benign_clients", "attacker_rate", "latency_visible", "status",
     "fidelity", "accuracy", "accuracy_norm", "kl", "l1", "queries", "fingerprint_queries", "victim_hit_rate",
-    "fingerprint_accuracy", "detected", "queries_to_detection", "goodput", "goodput_ratio", "spec_goodput", "latency_p50_ms",
-    "latency_p99_ms", "refused_benign", "dropped_benign", "false_positive_clients", "benign_accuracy_drop", "perturbation",
-    "latency_overhead", "benign_requests", "benign_repeats", "error",
+    "fingerprint_accuracy", "detected", "queries_to_detection", "attacker_time_s", "attacker_work_s", "goodput",
+    "goodput_ratio", "spec_goodput", "latency_p50_ms", "latency_p99_ms", "refused_benign", "dropped_benign",
+    "false_positive_clients", "benign_accuracy_drop", "perturbation", "latency_overhead", "benign_requests",
+    "benign_repeats", "error",
     "cell_key", "grid", "profile", "psml_bench", "git_commit", "torch", "timm", "device", "threads",
 ]
 # kept in each cell file but not in results.csv, which is byte-identical across runs of the same cells

@@ -11,7 +11,9 @@ queues: :class:`LiveQueues` predicts each model's latency from its queued inputs
 progress with the batch-latency fit the cells use (:func:`~psml_bench.serving.service.service_times`). One worker per model takes what is queued, waiting up to
 ``max_wait_ms`` for a batch of up to ``max_batch`` inputs, and runs the forward pass on a pool
 of ``forward_threads`` threads shared by all models; the defense's ``answer`` runs when the rows
-come back.
+come back. A defense that prices answers in client compute (``client_work_ms``, proof of work) has
+the server hold each answer for that long, as the simulated service does (no puzzle is sent: the
+wait stands for the client's work).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import torch
 
 from ..contract.errors import ConfigError
 from .service import service_times
-from .server import Server, opaque_client_ids
+from .server import Server, opaque_client_ids, released_ms
 from ..contract.spec import Spec
 from .simulator import BatchingConfig
 from ..zoo.model_zoo import Zoo
@@ -297,6 +299,10 @@ class LiveService:
             produced[torch.from_numpy(positions)] = torch.cat([outputs for outputs, _ in results])
             latency[rows[positions]] = (max(done for _, done in results) - arrival) * 1000
         server.fill(requests, served, produced, self.rng)
+        if served.work_ms.any():  # the client's work on each answer, one answer at a time, from its arrival
+            released = released_ms(requests.clients, arrival * 1000 + latency, served.work_ms, arrival * 1000)
+            await asyncio.sleep(max(0.0, float(np.nanmax(released)) / 1000 - time.perf_counter()))
+            latency = released - arrival * 1000
         accuracy = np.array([e.accuracy for e in server.menu])
         served_accuracy = np.where(served.refused, np.nan, accuracy[np.maximum(served.served, 0)])
         if self.metrics is not None:

@@ -12,6 +12,7 @@ When a request's answer is computed is the business of the simulated clock
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Callable, Sequence
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..contract.checks import defense_answers, unit_interval
+from ..contract.checks import client_work, defense_answers, unit_interval
 from ..contract.errors import BudgetExhausted, DefenseError, InvalidQueryError
 from ..contract.registries import DEFENSES, POLICIES
 from ..contract.requests import Requests
@@ -69,6 +70,8 @@ class Served:
         served: menu index of the model that answered (-1 where refused).
         requested: menu index of the model the client's own spec selects with no defense.
         meets_spec: whether the serving model meets the client's spec by its profile latency.
+        work_ms: per request, the client-side compute its answer costs (the defense's ``client_work_ms``; 0
+            where refused or where the defense prices nothing).
     """
 
     answers: torch.Tensor
@@ -77,6 +80,7 @@ class Served:
     served: np.ndarray
     requested: np.ndarray
     meets_spec: np.ndarray
+    work_ms: np.ndarray
 
 
 @dataclass
@@ -272,18 +276,22 @@ class Server:
             view = requests if len(rows) == n else requests.subset(rows)
             served[rows], meets[rows] = self.route(view.min_accuracy, view.max_latency_ms, rng, queues, rows)
         return Served(answers, answers.clone(), ~admitted | (served < 0), served,
-                      self.requested(requests.min_accuracy, requests.max_latency_ms), meets)
+                      self.requested(requests.min_accuracy, requests.max_latency_ms), meets, np.zeros(n))
 
     @torch.no_grad()
     def fill(self, requests: Requests, served: Served, produced: torch.Tensor, rng: np.random.Generator) -> None:
         """Write the admitted rows' answers into ``served``: the models' ``produced`` outputs
-        (one row per admitted request, in order) through the defense's ``answer``."""
+        (one row per admitted request, in order) through the defense's ``answer``, and the client-side work each
+        costs (its ``client_work_ms``) into ``served.work_ms``."""
         rows = np.flatnonzero(~served.refused)
         if len(rows):
             view = requests if len(rows) == len(requests) else requests.subset(rows)
             served.raw[torch.from_numpy(rows)] = produced
             shaped = defense_answers(self.defense.answer(view, produced, rng), produced, self.defense.name)
             served.answers[torch.from_numpy(rows)] = shaped
+            price = getattr(self.defense, "client_work_ms", None)  # a duck-typed defense may have none
+            if price is not None:
+                served.work_ms[rows] = client_work(price(view, shaped, rng), len(rows), self.defense.name)
 
     @torch.no_grad()
     def serve(self, requests: Requests, rng: np.random.Generator,
@@ -328,6 +336,30 @@ class Server:
         served = self.serve(requests, self.rng)
         self.record(served, purpose)
         return (served.answers, served.raw) if with_raw else served.answers
+
+
+def released_ms(clients: np.ndarray, ready_ms: np.ndarray, work_ms: np.ndarray,
+                free_ms: float = -math.inf) -> np.ndarray:
+    """When each answer reaches its client, who must first do its ``work_ms`` of client-side compute.
+
+    Each client works on one answer at a time, in the order its answers are ready (``ready_ms``, ties in
+    row order), from ``free_ms`` on: an answer is released at ``max(ready, the client's previous
+    release) + work``. A row whose ``ready_ms`` is not finite (refused, dropped) costs no work and keeps
+    its value; with no work at all every value is returned unchanged.
+    """
+    ready = np.asarray(ready_ms, dtype=float)
+    released = ready.copy()
+    priced = np.isfinite(ready) & (np.asarray(work_ms) > 0)
+    if not priced.any():
+        return released
+    clients = np.asarray(clients)
+    for client in np.unique(clients[priced]).tolist():
+        rows = np.flatnonzero((clients == client) & np.isfinite(ready))
+        busy = free_ms
+        for row in rows[np.argsort(ready[rows], kind="stable")].tolist():
+            busy = max(busy, ready[row]) + float(work_ms[row])
+            released[row] = busy
+    return released
 
 
 def target_for(server) -> Target:

@@ -8,7 +8,9 @@ arrive as a Poisson process of total rate ``load`` times the service's capacity 
 (:mod:`psml_bench.serving.capacity`), each from a client drawn uniformly, with an input from the attacker's pool
 split and a spec drawn like the benign workload. The attacker is a closed-loop client: each
 ``Target.query`` call arrives at once, its rows reach the queues at its pace (``attacker_rate`` times one
-benign client's rate), and the next call arrives no earlier than the previous one's answers.
+benign client's rate), and the next call arrives no earlier than the previous one's answers. A defense
+that prices answers in client compute (``client_work_ms``) delays each answer until its client, working
+on one answer at a time, has done that work (:func:`~psml_bench.serving.server.released_ms`).
 
 Every request passes the defense in arrival order (benign requests that arrived before an attacker
 call, or before a batch dispatch it waits on, first). ``infaas-slo`` routes each request on arrival on
@@ -34,7 +36,7 @@ from ..contract.errors import ConfigError
 from ..zoo.profiling import load_profile, reference_profile_path
 from ..common.metrics import benign_specs
 from ..contract.requests import Requests
-from .server import Served, Server, opaque_client_ids
+from .server import Served, Server, opaque_client_ids, released_ms
 from ..contract.spec import Spec
 from .config import ServiceConfig
 from .simulator import BatchingSimulator
@@ -283,6 +285,7 @@ class Service:
         # a Sybil attacker's other ids follow the benign ones: with one identity, every id is as before
         self.attacker_ids = np.concatenate([ids[:1], ids[config.benign_clients + 1:]])
         self._attacker_rows = 0
+        self.attacker_work_ms = 0.0  # the client-side compute the attacker's answers cost it (proof of work)
         self.attacker_detected_at: int | None = None  # the attacker's requests, all ids, when one was first detected
         self.answers = PoolAnswers.of(zoo, device)
         self.benign = _BenignStream(rate, self.benign_ids, len(zoo.splits["attacker_x"]), self.benign_server, seed)
@@ -354,6 +357,9 @@ class Service:
                 arrivals[answered] + requests.max_latency_ms[answered])
             completion = self._complete(sim_ids)
             finished = np.isfinite(completion)
+            if served.work_ms[answered].any():  # the defense prices answers in client compute (proof of work)
+                completion = released_ms(requests.clients[answered], completion, served.work_ms[answered], now)
+                self.attacker_work_ms += float(served.work_ms[answered][finished].sum())
             latency[torch.from_numpy(answered[finished])] = torch.from_numpy((completion - arrivals[answered])[finished])
             # the call is over when its last row came back or was dropped (a drop is decided when
             # its worker would have dispatched it)
@@ -441,6 +447,8 @@ class Service:
         completion = np.full(len(sim_ids), np.nan)
         completion[sim_ids >= 0] = self.simulator.completion_of(sim_ids[sim_ids >= 0])
         completion[rejected] = math.inf  # rejected at admission: an SLO miss, counted with the dropped
+        work = np.concatenate([s.work_ms for s in served]) if served else np.empty(0)
+        completion = released_ms(stream.client[index], completion, work)  # unchanged where the defense prices nothing
         refused = np.concatenate([s.refused for s in served]) if served else np.empty(0, dtype=bool)
         return {
             "client": stream.client[index], "pool_row": stream.pool_row[index], "arrival": stream.times[index],
