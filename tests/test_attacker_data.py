@@ -97,7 +97,8 @@ def test_a_cell_on_digits_runs_and_benign_clients_keep_the_split(tmp_path, tiny_
 def test_the_threat_models_grid_crosses_attackers_defenses_data_and_identities():
     grid = load_grid("threat-models")
     data, sybil = grid.blocks
-    assert {a.name for a in data.attacks} == {"psml", "knockoff"} and len(data.defenses) == 6
+    assert {a.name for a in data.attacks} == {"psml", "knockoff", "psml-aware"} and len(data.defenses) == 6
     assert data.attacker_data == ("in-distribution", "digits", "photos") and grid.seeds == (0, 1, 2)
     assert sybil.attacker_identities == (1, 4, 16)
-    assert len(grid.cells()) == 156  # 108 + 72, less the 24 k = 1 cells both blocks hold
+    assert {a.name for a in sybil.attacks} == {"psml", "knockoff", "psml-aware"}
+    assert len(grid.cells()) == 234  # 162 + 108, less the 36 k = 1 cells both blocks hold

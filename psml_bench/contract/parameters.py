@@ -58,7 +58,7 @@ class Allowed:
             return " or ".join(repr(c) for c in self.choices)
         prefix = "an integer " if self.integer else ""
         if self.minimum is not None and self.maximum is not None:
-            return f"{prefix}in [{self.minimum:g}, {self.maximum:g}]"
+            return f"{prefix}in {'(' if self.exclusive_minimum else '['}{self.minimum:g}, {self.maximum:g}]"
         if self.minimum is not None:
             return f"{prefix}{'>' if self.exclusive_minimum else '>='} {self.minimum:g}"
         return f"{prefix}<= {self.maximum:g}" if self.maximum is not None else prefix.strip()
