@@ -163,6 +163,7 @@ def update(grid: GridConfig, zoos: Mapping[str, Zoo], cells: Iterable[Cell], out
                 log.warning("serving curve of %s on %s failed: %s", setting.label, zoo.name, exc)
                 stored[key] = {"zoo": setting.zoo, "zoo_name": zoo.name, "defense": setting.label,
                                "policy": setting.policy, "error": sanitise(f"{type(exc).__name__}: {exc}", 500)}
+            _write(path, stored)  # each finished entry is kept, whatever happens to the next one
         entries[key] = stored[key]
     for value in entries.values():
         if "error" in value:
@@ -172,7 +173,11 @@ def update(grid: GridConfig, zoos: Mapping[str, Zoo], cells: Iterable[Cell], out
                      and "error" not in e), None)
         value["capacity_kept"] = value["highest_load"] / base["highest_load"] \
             if base and base["highest_load"] > 0 else None
-    content = {"version": VERSION, "slo_loads": list(CURVE_LOADS), "seeds": list(SEEDS), "entries": entries}
+    return _write(path, entries)
+
+
+def _write(path: Path, entries: Mapping[str, Any]) -> dict[str, Any]:
+    content = {"version": VERSION, "slo_loads": list(CURVE_LOADS), "seeds": list(SEEDS), "entries": dict(entries)}
     write_atomic(path, json.dumps(content, indent=1, sort_keys=True) + "\n")
     return content
 
