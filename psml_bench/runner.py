@@ -140,6 +140,7 @@ def run_grid(grid: GridConfig, out_dir: Path, *, cache_dir: Path | None = None, 
     executor.map(tasks, on_result, context)
     bar.close()
     # the serving curves and capacity kept of every defense setting (benign clients only; missing entries only)
+    context.submissions()  # a submitted defense's stand-in is registered here too
     serving_curves.update(grid, zoos, cells, out_dir, progress=tqdm.write if progress else None)
     ordered = sorted(rows.values(), key=_row_order)
     write_leaderboard(ordered, zoos, grid, out_dir)
