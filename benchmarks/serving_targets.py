@@ -2,8 +2,8 @@
 
     python benchmarks/serving_targets.py [--requests 20000]
 
-No zoo is built: each zoo's menu is its models' test accuracy (as the zoo cards record it; leaderboard/README.md
-lists them) and its committed reference profile's batch-1 p50, its batch service times the fits of the
+No zoo is built: each zoo's menu is its models' test accuracy (as the committed leaderboard's lock,
+leaderboard/zoos.json, records it) and its committed reference profile's batch-1 p50, its batch service times the fits of the
 committed profiles (``psml_bench.serving.service.batch_service_times``), its advertised ranges from the zoo config's
 margins (0.05, 0.5), one worker per model and the default service (max batch 8, no wait, timeout 10). For each
 zoo and policy (``infaas-slo``, ``infaas``) it searches the capacity at the SLO (``psml_bench.serving.capacity``), then
@@ -14,7 +14,9 @@ of that capacity, on the search's fixed-seed benign workload, and both policies 
 from __future__ import annotations
 
 import argparse
+import json
 import time
+from pathlib import Path
 
 from psml_bench.serving.capacity import CapacityProblem, attainment, search_capacity
 from psml_bench.zoo.profiling import load_profile, reference_profile_path
@@ -22,12 +24,10 @@ from psml_bench.serving.service import ServiceConfig, batch_service_times
 from psml_bench.contract.spec import SpecRange
 from psml_bench.zoo.model_zoo import MenuEntry, service_ranges
 
-ACCURACY = {
-    "fmnist": {"resnet10t": 0.7294, "mobilenetv3-s050": 0.7890, "convnext-atto": 0.8380, "resnet26t": 0.8430,
-               "resnet34": 0.8894},
-    "fmnist-compact": {"resnet-xs": 0.7909, "effnet-xs": 0.8363, "byobnet-xs": 0.8868, "vit-xs": 0.7778,
-                       "resnet18": 0.9007},
-}
+# Test accuracy of each model as the committed leaderboard's lock records it (leaderboard/zoos.json, written from the
+# zoo cards by the run that computed the leaderboard): these zoos are not built here, their committed profiles are.
+_LOCK = json.loads((Path(__file__).resolve().parents[1] / "leaderboard" / "zoos.json").read_text())
+ACCURACY = {zoo: {m["id"]: m["accuracy"] for m in _LOCK[zoo]["models"]} for zoo in ("fmnist", "fmnist-compact")}
 
 
 def problem(zoo: str, policy: str) -> CapacityProblem:
