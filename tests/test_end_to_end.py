@@ -74,7 +74,10 @@ def test_tiny_grid_completes_with_every_cell(tiny_run):
     assert {r["surrogate_recipe"] for r in built_in} == {"test_resnet, epochs=5, min_steps=40"}
     assert "| fixed recipe |" in page
     assert {p.name for p in out.glob("*.png")} == {"zoo_frontier.png", "fidelity_vs_budget.png",
-                                                   "protection_vs_goodput.png"}
+                                                   "protection_vs_goodput.png", "serving_curves.png"}
+    # every defense setting of the grid has its serving curve, and the page shows its capacity kept
+    serving = json.loads((out / "serving.json").read_text())["entries"].values()
+    assert {e["defense"] for e in serving} == {r["defense"] for r in table} and "## Serving: zoo `fmnist-tiny`" in page
 
 
 def test_psml_fingerprint_cost_adapts_to_the_budget():
