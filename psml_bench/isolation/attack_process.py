@@ -341,7 +341,7 @@ def _spec_from_header(value: Any) -> Spec | list[Spec | None]:
         return Spec(float(value[0]), float(value[1]))
     if isinstance(value, list) and all(isinstance(s, list) and len(s) == 2
                                        and all(isinstance(v, (int, float)) for v in s) for s in value):
-        return [Spec(float(a), float(l)) for a, l in value]
+        return [Spec(float(a), float(lat)) for a, lat in value]
     return [None]  # the server answers: spec must be one Spec or a sequence of N Specs
 
 
