@@ -8,7 +8,6 @@ run routes on) is tested on the CPU.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -95,7 +94,10 @@ def test_profile_model_on_cpu_keeps_raw_numbers_and_fit():
     import timm
 
     model = timm.create_model("test_resnet", num_classes=4, in_chans=1).eval()
-    make_input = lambda b: torch.rand((b, 1, 12, 12), generator=torch.Generator().manual_seed(b))
+
+    def make_input(b):
+        return torch.rand((b, 1, 12, 12), generator=torch.Generator().manual_seed(b))
+
     entry = profile_model(model, make_input, torch.device("cpu"), batch_sizes=[4, 1, 2], warmup=1, repeats=5)
     assert sorted(entry["batches"], key=int) == ["1", "2", "4"]
     assert all(len(b["samples_ms"]) == 5 for b in entry["batches"].values())

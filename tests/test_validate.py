@@ -215,8 +215,8 @@ def test_an_unknown_plugin_defined_here_says_how_to_name_it(tmp_path, monkeypatc
                                           "@register_attack('probe-here')\nclass ProbeHere(Attack):\n    pass\n")
     monkeypatch.chdir(tmp_path)
     for name in ("probe-here", "ProbeHere"):
-        with pytest.raises(Exception, match=f"my_probe.py here defines ProbeHere, which nobody imported; name it "
-                                            f"'my_probe:ProbeHere'"):
+        with pytest.raises(Exception, match="my_probe.py here defines ProbeHere, which nobody imported; name it "
+                                            "'my_probe:ProbeHere'"):
             ATTACKS.get(name)
     with pytest.raises(Exception, match="class Naive is registered as 'naive'"):
         ATTACKS.get("Naive")
