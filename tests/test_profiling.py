@@ -136,7 +136,8 @@ def test_untrained_profile_needs_no_data_and_routes_a_run(tmp_path, capsys, monk
     # --out elsewhere, with no profile of this kind committed or cached, routes a run on the file itself
     elsewhere, fresh_cache = tmp_path / "elsewhere.json", tmp_path / "fresh"
     assert main(["--cache", str(fresh_cache), "-q", "zoo", "profile", str(config_path), "--untrained",
-                 "--batch-sizes", "1", "--warmup", "1", "--repeats", "3", "--threads", "1", "--out", str(elsewhere)]) == 0
+                 "--batch-sizes", "1", "--warmup", "1", "--repeats", "3", "--threads", "1",
+                 "--out", str(elsewhere)]) == 0
     assert f"--profile {elsewhere}" in capsys.readouterr().out
     assert load_profile(elsewhere)["threads"] == 1
 
