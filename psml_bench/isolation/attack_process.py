@@ -85,8 +85,7 @@ PREIMPORTED = (
     "random", "re", "statistics", "string", "tempfile", "textwrap", "time", "typing", "warnings",
     "numpy.ctypeslib", "numpy.fft", "numpy.linalg", "numpy.ma", "numpy.random",
     "torch.distributions", "torch.nn.functional", "torch.optim", "torch.optim.lr_scheduler", "torch.utils.data",
-    "torch.utils.serialization", "safetensors.torch", "timm", "psml_bench", "attacks", "defenses", "strategies",
-)
+    "torch.utils.serialization", "safetensors.torch", "timm", "psml_bench", "attacks", "defenses", "strategies")
 """Modules the sandbox's zygote imports once, before it forks any attack process."""
 
 

@@ -45,8 +45,7 @@ RESULT_COLUMNS = [
     "goodput_ratio", "spec_goodput", "latency_p50_ms", "latency_p99_ms", "refused_benign", "dropped_benign",
     "false_positive_clients", "benign_accuracy_drop", "perturbation", "latency_overhead", "benign_requests",
     "benign_repeats", "error",
-    "cell_key", "grid", "profile", "psml_bench", "git_commit", "torch", "timm", "device", "threads",
-]
+    "cell_key", "grid", "profile", "psml_bench", "git_commit", "torch", "timm", "device", "threads"]
 # kept in each cell file but not in results.csv, which is byte-identical across runs of the same cells
 VOLATILE_COLUMNS = ("wall_s",)
 COUNT_METRICS = ("queries", "fingerprint_queries")
@@ -406,8 +405,7 @@ def serving_sections(serving: Mapping[str, Any], zoos: Sequence[str], figures: S
             "that load over the undefended service's under the same policy (the serving community's cost figure). "
             "The simulator charges a defense no compute of its own (docs/protocol.md)."]
             + ([f"Settings whose curve is the undefended one's (not drawn): "
-                f"{', '.join(markdown_text(d) for d in same)}."]
-               if same else []),
+                f"{', '.join(markdown_text(d) for d in same)}."] if same else []),
             Table(["defense", "policy", "highest load", "capacity kept"]
                   + [f"goodput at load {x}" for x in TABLE_LOADS],
                   [[markdown_text(c) for c in row] for row in capacity_rows(entries)]),
