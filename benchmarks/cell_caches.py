@@ -134,7 +134,8 @@ def grid_estimate(leaderboard: Path, grid, zoo, identity: str, hit_ratios: list[
         seen.add(surrogate)
     total = sum(r["wall_s"] for r in rows)
     ratio = statistics.median(hit_ratios) if hit_ratios else 1.0
-    return {"cells": len(paths), "committed": len(rows), "hit_share": round(twins / len(rows), 3), "committed_cell_hours": round(total / 3600, 2),
+    return {"cells": len(paths), "committed": len(rows), "hit_share": round(twins / len(rows), 3),
+            "committed_cell_hours": round(total / 3600, 2),
             "estimated_cell_hours": round((total - hit_wall * (1 - ratio)) / 3600, 2)}
 
 

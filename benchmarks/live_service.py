@@ -97,7 +97,7 @@ def http_overhead(zoo, url: str, repeats: int) -> tuple[float, float, float]:
         client.query(inputs, spec)
         remote.append(time.perf_counter() - started)
     client.close()
-    ratios = [r / l for r, l in zip(remote, local)]
+    ratios = [r / lo for r, lo in zip(remote, local)]
     return statistics.median(local) * 1000, statistics.median(remote) * 1000, statistics.median(ratios)
 
 

@@ -38,7 +38,8 @@ def protocol2_cell(zoo, grid: GridConfig, cell: Cell) -> None:
     defense = cell.defense_plugin.instantiate()
     server = Server(zoo, defense=defense, rng=np.random.default_rng([cell.seed, 2]), budget=cell.budget)
     knowledge = Knowledge(zoo.input_shape, zoo.num_classes, server.spec_range, zoo.splits["attacker_x"], cell.victim)
-    surrogate = run_attack(server, attack_locator(cell.attack_plugin), knowledge, cell.budget, attack_generator(cell.seed))
+    surrogate = run_attack(server, attack_locator(cell.attack_plugin), knowledge, cell.budget,
+                           attack_generator(cell.seed))
     with torch.no_grad():
         surrogate(zoo.splits["test_x"])
     for benign_defense in (cell.defense_plugin.instantiate(), make_defense("none")):

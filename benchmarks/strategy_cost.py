@@ -60,9 +60,9 @@ def main() -> None:
                 print(json.dumps({"strategy": strategy, "labels": labels, "seed": seed, "seconds": round(seconds, 2),
                                   "ratio": round(seconds / base, 3), "fidelity": round(fidelity, 4),
                                   "queries": server.used}), flush=True)
-    summary = {f"{s}/{l}": {"median_time_ratio": round(statistics.median(r for r, _ in v), 3),
-                            "mean_fidelity": round(statistics.fmean(f for _, f in v), 4)}
-               for (s, l), v in results.items()}
+    summary = {f"{s}/{lab}": {"median_time_ratio": round(statistics.median(r for r, _ in v), 3),
+                              "mean_fidelity": round(statistics.fmean(f for _, f in v), 4)}
+               for (s, lab), v in results.items()}
     print(json.dumps({"budget": args.budget, "seeds": args.seeds, "summary": summary}, indent=1))
 
 

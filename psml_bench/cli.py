@@ -349,8 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--out", default="leaderboard", help="leaderboard directory (default: leaderboard/)")
     render.set_defaults(func=_cmd_render)
 
-    zoo = commands.add_parser("zoo", help="build, show, profile, export or import a zoo").add_subparsers(dest="zoo_command",
-                                                                                           required=True)
+    zoo = commands.add_parser("zoo", help="build, show, profile, export or import a zoo").add_subparsers(
+        dest="zoo_command", required=True)
     data_help = ("local copy of the dataset: a directory (parquet files, save_to_disk, or IDX files for fmnist) "
                  "or SPLIT=FILE.parquet,... (default: the config's environment variable, else the Hub)")
     build = zoo.add_parser("build", help="train and measure every model of a zoo")
@@ -395,10 +395,12 @@ def build_parser() -> argparse.ArgumentParser:
                          help="profile fresh models on random inputs of the zoo's declared shape: no data, no build")
     profile.add_argument("--data", default=None, metavar="DIR|SPLIT=FILE,...", help=data_help)
     profile.add_argument("--out", default=None,
-                         help="where to write the profile JSON (default: <cache>/profiles/<zoo>-<hash>-<cpu|cuda>.json)")
+                         help="where to write the profile JSON "
+                              "(default: <cache>/profiles/<zoo>-<hash>-<cpu|cuda>.json)")
     profile.set_defaults(func=_cmd_zoo_profile)
 
-    commands.add_parser("list", help="list attacks, defenses, extraction strategies and policies").set_defaults(func=_cmd_list)
+    commands.add_parser("list", help="list attacks, defenses, extraction strategies and policies").set_defaults(
+        func=_cmd_list)
 
     validate = commands.add_parser("validate", help="check submissions: manifest, import, conformance tests on "
                                                     "fmnist-tiny")
@@ -421,7 +423,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-batch", type=integer(1), default=256, help="most inputs per forward batch (default 256)")
     serve.add_argument("--max-wait-ms", type=number(0), default=2.0,
                        help="how long a model's worker waits for its batch to fill (default 2)")
-    serve.add_argument("--max-body-mb", type=number(0, exclusive=True), default=64.0, help="largest query body in MiB (default 64)")
+    serve.add_argument("--max-body-mb", type=number(0, exclusive=True), default=64.0,
+                       help="largest query body in MiB (default 64)")
     serve.add_argument("--threads", type=integer(1), default=1, help="torch threads per forward pass (default 1)")
     serve.add_argument("--forward-threads", type=integer(1), default=1,
                        help="forward passes run at once, all models together (default 1)")
@@ -435,11 +438,13 @@ def build_parser() -> argparse.ArgumentParser:
     attack.add_argument("--attack", required=True, metavar="NAME[:k=v,...]", help="a registered or submitted attack")
     attack.add_argument("--budget", type=integer(1, MAX_BUDGET), default=None,
                         help="most queries to send (default: the key's remaining budget)")
-    attack.add_argument("--role", type=victim_role, default="rank:1", help="the model to steal, rank:k (default rank:1)")
+    attack.add_argument("--role", type=victim_role, default="rank:1",
+                        help="the model to steal, rank:k (default rank:1)")
     attack.add_argument("--out", default="attack-out", help="where the surrogate and summary go (default attack-out/)")
     attack.add_argument("--zoo", default=None, help="the zoo the endpoint serves: the pool, and local scoring")
     attack.add_argument("--pool", default=None, metavar="FILE",
-                        help="the attacker's unlabelled inputs (.npy or safetensors; default: the zoo's attacker split)")
+                        help="the attacker's unlabelled inputs "
+                             "(.npy or safetensors; default: the zoo's attacker split)")
     attack.add_argument("--seed", type=int, default=0, help="seeds the attack (default 0)")
     attack.add_argument("--timeout", type=number(0), default=3600.0,
                         help="attack wall-clock limit in s; 0 for none (default 3600)")
@@ -448,7 +453,8 @@ def build_parser() -> argparse.ArgumentParser:
     load = commands.add_parser("load", help="benign load on a live endpoint with MLPerf LoadGen's server scenario")
     _endpoint_arguments(load, "an operator API key")
     load.add_argument("--zoo", required=True, help="the zoo the endpoint serves (benign inputs and specs)")
-    load.add_argument("--qps", type=number(0, exclusive=True), required=True, help="target queries per second (Poisson arrivals)")
+    load.add_argument("--qps", type=number(0, exclusive=True), required=True,
+                      help="target queries per second (Poisson arrivals)")
     load.add_argument("--duration", type=number(0, exclusive=True), required=True, help="minimum duration in seconds")
     load.add_argument("--latency-bound-ms", type=number(0, exclusive=True), default=None,
                       help="LoadGen's p99 latency bound (default: the advertised maximum latency)")

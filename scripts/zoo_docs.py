@@ -129,8 +129,8 @@ def models(name: str) -> str:
         header += [f"p50 / p90 ms ({config.reference_profile})"]
     rows = []
     for model in config.models:
-        row = [f"`{model.id}`", f"`{model.arch}`", _kwargs(model), str(model.input_size or _inputs(config).split("x")[-1]),
-               _init(model), _recipe(model)]
+        row = [f"`{model.id}`", f"`{model.arch}`", _kwargs(model),
+               str(model.input_size or _inputs(config).split("x")[-1]), _init(model), _recipe(model)]
         if profile is not None:
             latency = profile["models"].get(model.id)
             row.append(f"{latency['p50_ms']:.2f} / {latency['p90_ms']:.2f}" if latency else "not profiled")

@@ -1,4 +1,5 @@
-"""Broken defenses fail with one message naming them: a dropped answer row, specs of the wrong length, late nondeterminism."""
+"""Broken defenses fail with one message naming them: a dropped answer row, specs of the wrong length, late
+nondeterminism."""
 
 from __future__ import annotations
 

@@ -90,7 +90,8 @@ def test_bad_zoo_config_names_the_field(tmp_path, change, field):
 def test_invalid_toml_and_unknown_names(tmp_path):
     with pytest.raises(ConfigError, match="invalid TOML"):
         load_zoo_config(write(tmp_path, "name = [unclosed"))
-    with pytest.raises(ConfigError, match="unknown zoo 'fmnistt'; available: cifar10, fmnist, fmnist-compact, fmnist-tiny, imagenette"):
+    with pytest.raises(ConfigError, match="unknown zoo 'fmnistt'; available: "
+                                          "cifar10, fmnist, fmnist-compact, fmnist-tiny, imagenette"):
         load_zoo_config("fmnistt")
     with pytest.raises(ConfigError, match="no such zoo config file"):
         load_zoo_config(tmp_path / "missing.toml")

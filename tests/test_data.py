@@ -85,7 +85,10 @@ def test_splits_are_disjoint_seeded_and_sized(tmp_path):
     assert splits.fingerprint == again.fingerprint != other.fingerprint
     assert splits.owner_x.shape == (100, 1, 28, 28) and splits.test_y.shape == (50,)
     assert float(splits.owner_x.max()) <= 1.0 and float(splits.owner_x.min()) >= 0.0
-    rows = lambda x: {bytes(row) for row in (x.numpy() * 255).round().astype(np.uint8).reshape(len(x), -1)}
+
+    def rows(x):
+        return {bytes(row) for row in (x.numpy() * 255).round().astype(np.uint8).reshape(len(x), -1)}
+
     owner, attacker, benign = rows(splits.owner_x), rows(splits.attacker_x), rows(splits.benign_x)
     assert not (owner & attacker) and not (owner & benign) and not (attacker & benign)
 

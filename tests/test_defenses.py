@@ -205,7 +205,7 @@ def test_spec_quantize_is_deterministic_per_query_and_zero_step_is_the_identity(
     alone = [defense.perturb_spec(accuracy[i:i + 1], latency[i:i + 1], RANGE, np.random.default_rng(i))
              for i in range(40)]
     assert np.array_equal(batch[0], np.concatenate([a for a, _ in alone]))
-    assert np.array_equal(batch[1], np.concatenate([l for _, l in alone]))
+    assert np.array_equal(batch[1], np.concatenate([lat for _, lat in alone]))
     zero = make_defense("spec-quantize", {"step": 0.0}).perturb_spec(accuracy, latency, RANGE, None)
     assert np.array_equal(zero[0], accuracy) and np.array_equal(zero[1], latency)
 

@@ -143,7 +143,8 @@ def test_watermarked_answers_are_keyed_wrong_top_classes_kept_per_client(tiny_zo
     again = defense.answer(_requests(pool, 3), probabilities, None)  # the same inputs: the same answers, no new pairs
     assert torch.equal(again, answers) and len(defense.watermark_pairs(3)[1]) == len(changed)
     assert len(defense.watermark_pairs(4)[1]) == 0 and make_defense("none").watermark_pairs(3) is None
-    other_key = make_defense("api-watermark", {"fraction": 0.05, "key": 1}).answer(_requests(pool, 3), probabilities, None)
+    other_key = make_defense("api-watermark", {"fraction": 0.05, "key": 1}).answer(_requests(pool, 3), probabilities,
+                                                                                   None)
     assert not torch.equal(other_key, answers)
 
 

@@ -187,7 +187,8 @@ def test_bad_local_copies_are_clear_errors(tmp_path, monkeypatch):
     with pytest.raises(DataError, match="has no split 'test' .*dataset.test_split"):
         load_dataset(config, str(root))  # imagenette files, cifar10 config: no test split
     with pytest.raises(DataError, match="has no column 'img' .*dataset.image_column"):
-        load_dataset(config, f"train={next(root.rglob('train/*.parquet'))},test={next(root.rglob('validation/*.parquet'))}")
+        load_dataset(config, f"train={next(root.rglob('train/*.parquet'))},"
+                             f"test={next(root.rglob('validation/*.parquet'))}")
 
 
 TINY_HF_ZOO = """

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
 import signal
 import subprocess
@@ -23,10 +22,7 @@ import pytest
 import safetensors.torch
 import torch
 
-pytest.importorskip("fastapi")
-httpx = pytest.importorskip("httpx")
-
-from psml_bench import BudgetExhausted, PsmlError, Spec  # noqa: E402
+from psml_bench import BudgetExhausted, PsmlError, Spec
 from psml_bench.serving.http_client import HttpClient, HttpTarget
 from psml_bench.serving.http_wire import NPY, SAFETENSORS
 from psml_bench.isolation.attack_process import AttackLocator, run_attack
@@ -35,6 +31,10 @@ from psml_bench.common.metrics import predict_labels
 from psml_bench.contract.target import Knowledge
 from psml_bench.serving.server import Server
 from psml_bench.contract.spec import SpecRange
+
+# the server runs `psml-bench serve` (FastAPI); none of the imports above needs fastapi or httpx
+pytest.importorskip("fastapi")
+httpx = pytest.importorskip("httpx")
 
 KEYS = {"attacker": 80, "race": 50, "free": None, "op": {"budget": None, "operator": True}}
 START_TIMEOUT_S = 120

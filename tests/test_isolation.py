@@ -68,7 +68,8 @@ class ReachesTheWorker(Attack):
         found = [type(o).__name__ for o in gc.get_objects()
                  if type(o).__name__ in ("Server", "Zoo", "QueryLog", "ZooModel")]
         outcomes.append(f"internals: {{sorted(set(found))}}")
-        outcomes.append(f"zoo modules loaded: {{sorted(m for m in sys.modules if m.startswith('psml_bench.zoo.model_zoo'))}}")
+        loaded = sorted(m for m in sys.modules if m.startswith('psml_bench.zoo.model_zoo'))
+        outcomes.append(f"zoo modules loaded: {{loaded}}")
         raise RuntimeError("; ".join(outcomes))
 
 
@@ -261,7 +262,8 @@ def test_cells_of_hostile_attacks_fail_alone(tiny_zoo, hostile, monkeypatch):
     grid = dataclasses.replace(load_grid("tiny"), policy="infaas")
     defense = PluginSpec("none")
     for name, expected in (("hostile_isolation:Exits", "the attack process ended without a result"),
-                           ("hostile_isolation:ReturnsAModule", "the attack raised TypeError: attack returned a Linear")):
+                           ("hostile_isolation:ReturnsAModule",
+                            "the attack raised TypeError: attack returned a Linear")):
         row = run_cell(tiny_zoo, grid, Cell("rank:1", PluginSpec(name), defense, 20, 0))
         assert row["status"] == "failed" and row["error"].startswith(expected), row["error"]
         assert row["spec_goodput"] == 1.0 and row["benign_requests"] >= grid.benign_queries  # costs still measured

@@ -59,7 +59,8 @@ def test_a_surrogate_with_a_nan_weight_fails_with_one_line(tiny_zoo, odd_attacks
     knowledge = Knowledge(input_shape=tiny_zoo.input_shape, num_classes=tiny_zoo.num_classes,
                           spec_range=server.spec_range, pool=tiny_zoo.splits["attacker_x"], role="rank:1")
     ATTACKS.get("odd_surrogates:NaNWeight")
-    with pytest.raises(AttackFailed, match=r"^the attack's surrogate has 1 non-finite weight value \(NaN or infinity\), "
+    with pytest.raises(AttackFailed, match=r"^the attack's surrogate has 1 non-finite weight value "
+                                           r"\(NaN or infinity\), "
                                            r"the first in 'net\.[a-z_.]+weight': it cannot be scored$"):
         run_attack(server, AttackLocator("odd_surrogates:NaNWeight"), knowledge, 20, np.random.default_rng(0),
                    timeout_s=120)
@@ -105,6 +106,7 @@ def test_floating_answers_are_converted_to_float32(tiny_zoo, dtype):
 @pytest.mark.parametrize("dtype", [torch.int64, torch.uint8, torch.bool, torch.complex64])
 def test_integer_answers_fail_with_one_line_naming_the_dtype(tiny_zoo, dtype):
     with pytest.raises(DefenseError, match=rf"^defense 'casts' answer\(\)/postprocess\(\) returned {dtype} answers; "
-                                           r"answers are probabilities: return a floating-point tensor \(torch\.float32; "
+                                           r"answers are probabilities: return a floating-point tensor "
+                                           r"\(torch\.float32; "
                                            r"other floating dtypes are converted to it\)$"):
         _query(tiny_zoo, dtype)

@@ -6,7 +6,6 @@ import csv
 import re
 from pathlib import Path
 
-import pandas as pd
 import pytest
 from markupsafe import Markup, escape
 

@@ -8,7 +8,6 @@ run routes on) is tested on the CPU.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -95,7 +94,10 @@ def test_profile_model_on_cpu_keeps_raw_numbers_and_fit():
     import timm
 
     model = timm.create_model("test_resnet", num_classes=4, in_chans=1).eval()
-    make_input = lambda b: torch.rand((b, 1, 12, 12), generator=torch.Generator().manual_seed(b))
+
+    def make_input(b):
+        return torch.rand((b, 1, 12, 12), generator=torch.Generator().manual_seed(b))
+
     entry = profile_model(model, make_input, torch.device("cpu"), batch_sizes=[4, 1, 2], warmup=1, repeats=5)
     assert sorted(entry["batches"], key=int) == ["1", "2", "4"]
     assert all(len(b["samples_ms"]) == 5 for b in entry["batches"].values())
@@ -134,7 +136,8 @@ def test_untrained_profile_needs_no_data_and_routes_a_run(tmp_path, capsys, monk
     # --out elsewhere, with no profile of this kind committed or cached, routes a run on the file itself
     elsewhere, fresh_cache = tmp_path / "elsewhere.json", tmp_path / "fresh"
     assert main(["--cache", str(fresh_cache), "-q", "zoo", "profile", str(config_path), "--untrained",
-                 "--batch-sizes", "1", "--warmup", "1", "--repeats", "3", "--threads", "1", "--out", str(elsewhere)]) == 0
+                 "--batch-sizes", "1", "--warmup", "1", "--repeats", "3", "--threads", "1",
+                 "--out", str(elsewhere)]) == 0
     assert f"--profile {elsewhere}" in capsys.readouterr().out
     assert load_profile(elsewhere)["threads"] == 1
 

@@ -10,9 +10,10 @@ import psml_bench
 ROOT = Path(__file__).resolve().parents[1]
 
 EXPECTED = {
-    "ATTACKS", "ActiveLearning", "Allowed", "Attack", "BudgetExhausted", "ConfigError", "DEFENSES", "DataError", "Defense",
-    "HttpTarget", "InvalidQueryError", "Knowledge", "POLICIES", "PROTOCOL_VERSION", "Policy", "PsmlError", "QuerySession",
-    "Registry", "Requests", "STRATEGIES", "SURROGATE_DEFAULTS", "Spec", "SpecRange", "Strategy", "Surrogate", "SurrogateConfig",
+    "ATTACKS", "ActiveLearning", "Allowed", "Attack", "BudgetExhausted", "ConfigError", "DEFENSES", "DataError",
+    "Defense", "HttpTarget", "InvalidQueryError", "Knowledge", "POLICIES", "PROTOCOL_VERSION", "Policy", "PsmlError",
+    "QuerySession", "Registry", "Requests", "STRATEGIES", "SURROGATE_DEFAULTS", "Spec", "SpecRange", "Strategy",
+    "Surrogate", "SurrogateConfig",
     "Target", "UnknownPluginError", "__version__", "extract", "query_batched", "register_attack",
     "register_defense", "register_policy", "register_strategy", "sample_pool", "train_surrogate",
 }

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from importlib import metadata
-
 import pytest
 
 from psml_bench import ATTACKS, DEFENSES, POLICIES, Attack, PsmlError, Registry, UnknownPluginError

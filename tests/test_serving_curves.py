@@ -1,4 +1,5 @@
-"""Serving curves and capacity kept: each defense setting with benign clients only, against load (bench/serving_curves)."""
+"""Serving curves and capacity kept: each defense setting with benign clients only, against load
+(bench/serving_curves)."""
 
 from __future__ import annotations
 

@@ -208,7 +208,7 @@ def test_stepping_batches_in_time_order_matches_a_one_shot_run():
 
 def test_requests_past_the_timeout_are_dropped_without_taking_service_time():
     simulator = BatchingSimulator([10.0], [0.0], BatchingConfig(1, 0.0, timeout_ms=15.0))
-    ids = simulator.add([0.0, 1.0, 2.0, 30.0], [0, 0, 0, 0])
+    simulator.add([0.0, 1.0, 2.0, 30.0], [0, 0, 0, 0])
     simulator.finish()
     # 0 serves 0-10; 1 waits 9 (serves 10-20); 2 would wait 18 > 15: dropped; 30 finds the worker free
     assert simulator.completion_ms.tolist() == [10.0, 20.0, math.inf, 40.0]

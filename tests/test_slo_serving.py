@@ -193,7 +193,8 @@ def test_a_service_that_misses_its_bounds_even_when_idle_is_one_clear_line():
     problem = zoo_problem("fmnist-compact", "infaas-slo")
     slow = list(problem.intercept_ms)
     slow[4] *= 3  # resnet18 serves three times slower than the profile the router believes
-    with pytest.raises(ConfigError, match="^no load meets SLO attainment 0.99: .* model 'resnet18' meets by the profile miss") as error:
+    with pytest.raises(ConfigError, match="^no load meets SLO attainment 0.99: "
+                                          ".* model 'resnet18' meets by the profile miss") as error:
         search_capacity(dataclasses.replace(problem, intercept_ms=tuple(slow)))
     assert "\n" not in str(error.value)
 

@@ -85,7 +85,7 @@ def _entropy(probabilities: torch.Tensor) -> torch.Tensor:
     return -(probabilities * probabilities.clamp_min(1e-12).log()).sum(dim=1)
 
 
-@pytest.fixture(scope="module", params=[(s, l) for s in STRATEGIES.names() for l in ("soft", "hard")],
+@pytest.fixture(scope="module", params=[(s, lab) for s in STRATEGIES.names() for lab in ("soft", "hard")],
                 ids=lambda p: f"{p[0]}-{p[1]}")
 def conformance_run(request, tiny_zoo):
     strategy, labels = request.param

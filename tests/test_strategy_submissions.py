@@ -59,7 +59,8 @@ def test_a_strategy_submission_joins_no_grid_as_a_row(monkeypatch):
 def test_a_valid_strategy_submission_validates_and_runs_in_a_tiny_zoo_cell(cache_dir, tiny_zoo):
     result = validate_submission(EXAMPLE, cache_dir=cache_dir, run=False)
     assert result.ok and [c.name for c in result.checks] == ["registers"]
-    checks = {c.name: c for c in attack_conformance(tiny_zoo, "naive", ["rank:1"], params={"strategy": "contrast-pool"})}
+    checks = {c.name: c
+              for c in attack_conformance(tiny_zoo, "naive", ["rank:1"], params={"strategy": "contrast-pool"})}
     assert all(c.ok for c in checks.values()), checks
     assert "rank:1: same seed gives the same queries and the same surrogate" in checks
     # the naive attack spends its whole budget through the strategy
@@ -85,7 +86,8 @@ def test_cli_list_shows_a_strategy_submission(cache_dir):
      "InvalidQueryError: inputs must have shape (N, 1, 28, 28)"),
     ("over-budget", "session.query_pool(session.unqueried()[:session.remaining + 1])",
      "InvalidQueryError: 201 queries exceed the 200 left"),
-    ("global-rng", "session.query_pool(torch.sort(unqueried[np.random.choice(len(unqueried), k, replace=False)]).values)",
+    ("global-rng",
+     "session.query_pool(torch.sort(unqueried[np.random.choice(len(unqueried), k, replace=False)]).values)",
      "global random state"),
 ], ids=["wrong-shape", "over-budget", "global-rng"])
 def test_a_broken_strategy_submission_is_rejected_with_a_clear_message(tmp_path, tiny_zoo, name, line, expected):

@@ -123,7 +123,8 @@ def test_the_checks_find_an_upward_import_and_a_circle(tmp_path):
     (tmp_path / "bench").mkdir()
     (tmp_path / "bench" / "__init__.py").write_text('"""b"""\n')
     (tmp_path / "bench" / "b.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
-                                             "    from ..contract import a\ndef f():\n    from psml_bench.contract.a import y\n")
+                                             "    from ..contract import a\n"
+                                             "def f():\n    from psml_bench.contract.a import y\n")
     known = modules(tmp_path)
     assert imports("contract.a", known) == {"bench.b"}
     assert layer("bench.b") > layer("contract.a")

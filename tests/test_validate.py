@@ -134,7 +134,8 @@ def test_a_defense_that_disagrees_with_its_manifest_is_an_error_not_overwritten(
     code = ("from psml_bench import Defense\n\nclass Demo(Defense):\n    version = '2.0'\n    strength = 'scale'\n"
             "    defaults = {'scale': 0.2, 'extra': 1}\n")
     manifest = {**GOOD, "name": "disagrees", "version": "1.0", "entry": "disagrees_defense:Demo",
-                "parameters": {"scale": {"type": "number", "default": 0.1}, "phantom": {"type": "integer", "default": 3}}}
+                "parameters": {"scale": {"type": "number", "default": 0.1},
+                               "phantom": {"type": "integer", "default": 3}}}
     folder = write_submission(tmp_path, manifest, {"disagrees_defense.py": code})
     register(load_manifest(folder))  # the harness imports nothing: the class is read in its defense process
     cls = DEFENSES.get("disagrees")
@@ -142,7 +143,8 @@ def test_a_defense_that_disagrees_with_its_manifest_is_an_error_not_overwritten(
     checks = defense_conformance(None, "disagrees", [])
     assert len(checks) == 1 and not checks[0].ok and checks[0].name == "instantiates with its defaults"
     text = checks[0].detail
-    assert text.startswith(f"defense 'disagrees' raised ConfigError: {folder}/manifest.json disagrees with class Demo: ")
+    assert text.startswith(f"defense 'disagrees' raised ConfigError: {folder}/manifest.json "
+                           "disagrees with class Demo: ")
     assert "parameter(s) extra are not declared" in text and "phantom declared but not in the class's defaults" in text
     assert "'parameters.scale.default': the class's default is 0.2, the manifest's 0.1" in text
     assert "the class sets version '2.0', the manifest '1.0'" in text
@@ -215,8 +217,8 @@ def test_an_unknown_plugin_defined_here_says_how_to_name_it(tmp_path, monkeypatc
                                           "@register_attack('probe-here')\nclass ProbeHere(Attack):\n    pass\n")
     monkeypatch.chdir(tmp_path)
     for name in ("probe-here", "ProbeHere"):
-        with pytest.raises(Exception, match=f"my_probe.py here defines ProbeHere, which nobody imported; name it "
-                                            f"'my_probe:ProbeHere'"):
+        with pytest.raises(Exception, match="my_probe.py here defines ProbeHere, which nobody imported; name it "
+                                            "'my_probe:ProbeHere'"):
             ATTACKS.get(name)
     with pytest.raises(Exception, match="class Naive is registered as 'naive'"):
         ATTACKS.get("Naive")
@@ -261,7 +263,8 @@ def test_a_folder_with_data_files_or_above_the_size_cap_is_rejected_listing_them
     data, size = [e for e in result.manifest_errors if e.startswith(f"{folder}: ")]  # beside the copy's name clash
     assert data == (f"{folder}: data files are not accepted (a submission carries only manifest.json and .py, .toml, "
                     f".md, .txt files, no symbolic links): link.py, pool.npy, weights/victim.pt")
-    assert size.startswith(f"{folder}: the folder holds 1.0 MiB, above the 1 MiB cap; largest: padding.txt (1.00 MiB), ")
+    assert size.startswith(f"{folder}: the folder holds 1.0 MiB, above the 1 MiB cap; "
+                           "largest: padding.txt (1.00 MiB), ")
     with caplog.at_level(logging.WARNING):  # a grid loading the folder skips it, saying the same
         loaded = load_submissions([tmp_path])
     assert [r.ok for r in loaded] == [False] and loaded[0].errors == (data, size)

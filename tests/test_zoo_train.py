@@ -78,7 +78,8 @@ def test_tiny_zoo_rebuilt_in_parallel_under_another_thread_count_has_the_shared_
     card = json.loads((directory / "card.json").read_text())
     assert card["environment"]["threads"] == 2 and not (directory / "initial").exists()
     assert [m["weights_sha256"] for m in card["models"]] == [m["weights_sha256"] for m in tiny_zoo.card["models"]]
-    assert (directory / "predictions.safetensors").read_bytes() == (tiny_zoo.directory / "predictions.safetensors").read_bytes()
+    assert ((directory / "predictions.safetensors").read_bytes()
+            == (tiny_zoo.directory / "predictions.safetensors").read_bytes())
     assert torch.get_num_threads() == previous
 
 
@@ -100,7 +101,8 @@ def test_opening_a_zoo_built_on_other_threads_than_its_config_fixes_warns(tmp_pa
 
 
 GENERIC_KERNELS = {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41", "MKL_CBWR": "COMPATIBLE"}
-"""Kernel settings that stand for an older x86-64 CPU (generic torch kernels, SSE4.1 oneDNN, MKL's compatible branch)."""
+"""Kernel settings that stand for an older x86-64 CPU (generic torch kernels, SSE4.1 oneDNN, MKL's compatible
+branch)."""
 
 
 def test_portable_training_gives_the_same_weights_under_another_cpus_kernels(tmp_path, monkeypatch):

@@ -3,8 +3,8 @@
 A cell is one (zoo, victim, attack, defense, budget, seed, service load and clients). Its key is a
 content hash of all that determines its result (zoo identity, routing menu, batch service times, plugin identities,
 budget, seed, service parameters, benign workload size, :data:`PROTOCOL_VERSION`). The attack runs
-against the cell's :class:`~psml_bench.serving.service.Service`, beside its benign clients. :func:`execute` runs a :class:`CellTask` in the current
-process (an executor's worker) and returns the cell's row.
+against the cell's :class:`~psml_bench.serving.service.Service`, beside its benign clients. :func:`execute` runs a
+:class:`CellTask` in the current process (an executor's worker) and returns the cell's row.
 """
 
 from __future__ import annotations
@@ -139,7 +139,8 @@ def service_costs(zoo: Zoo, service: Service) -> dict[str, float]:
     rejected at admission by the policy); ``false_positive_clients``: share of benign clients the defense
     detected or blocked; ``benign_accuracy_drop``: top-1 accuracy of the answers the same requests get
     from the undefended service (the same policy, no defense: :meth:`Service.undefended_run`) minus that
-    of the defended answers (a refused or rejected request counts as wrong); ``perturbation``: mean halved L1 between each answer and the serving model's own
+    of the defended answers (a refused or rejected request counts as wrong); ``perturbation``: mean halved L1 between
+    each answer and the serving model's own
     output; ``latency_overhead``: mean end-to-end latency of the answered requests over that of the
     same requests, at the same times, routed with no defense, minus 1.
     """
@@ -311,7 +312,8 @@ def run_cell(zoo: Zoo, grid: GridConfig, cell: Cell, *, timeout_s: float | None 
         log.debug("ownership test failed", exc_info=True)
         ownership = dict.fromkeys(OWNERSHIP_METRICS, float("nan"))
         if row["status"] == "ok":
-            row.update(status="failed", error=f"defense failed to give its watermark pairs: {type(exc).__name__}: {exc}")
+            row.update(status="failed",
+                       error=f"defense failed to give its watermark pairs: {type(exc).__name__}: {exc}")
     victim_index = [e.id for e in service.menu].index(victim_id)
     detected_at = service.attacker_detected_at  # the first of its identities detected, counting all their queries
     if cell.attacker_identities != 1:

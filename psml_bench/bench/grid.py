@@ -261,7 +261,8 @@ def _expand(entries: list[dict[str, Any]], kind: str, source: str, field_name: s
         sweep = entry.get("sweep", {})
         keys = sorted(sweep)
         for values in itertools.product(*(sweep[k] for k in keys)):
-            spec = PluginSpec(entry["name"], tuple(sorted({**entry.get("params", {}), **dict(zip(keys, values))}.items())))
+            params = {**entry.get("params", {}), **dict(zip(keys, values))}
+            spec = PluginSpec(entry["name"], tuple(sorted(params.items())))
             try:
                 if (kind, spec) not in resolved:
                     resolved[(kind, spec)] = resolve(kind, spec)  # validates names and types now, not mid-run
@@ -343,7 +344,8 @@ def _blocks(raw: dict[str, Any], source: str, loaded: list[Loaded],
         for field_name in ("victims", "budgets", "attacks", "defenses"):
             if field_name not in entry and field_name not in raw:
                 raise ConfigError(f"{source}: field '{where}{field_name}' is missing (and has no grid-level default)")
-        attack_entries, defense_entries = entry.get("attacks", raw.get("attacks")), entry.get("defenses", raw.get("defenses"))
+        attack_entries = entry.get("attacks", raw.get("attacks"))
+        defense_entries = entry.get("defenses", raw.get("defenses"))
         attacks = _expand(attack_entries, "attack", source, f"{where}attacks", resolved)
         defenses = _expand(defense_entries, "defense", source, f"{where}defenses", resolved)
         named = {e["name"] for e in attack_entries + defense_entries}

@@ -79,7 +79,8 @@ class Setting:
         intercept, slope = service_times(zoo)
         return content_hash({
             "version": VERSION, "protocol": PROTOCOL_VERSION, "zoo": zoo_identity(zoo),
-            "menu": [e.__dict__ for e in zoo.menu], "service_times": [[float(a), float(s)] for a, s in zip(intercept, slope)],
+            "menu": [e.__dict__ for e in zoo.menu],
+            "service_times": [[float(a), float(s)] for a, s in zip(intercept, slope)],
             "defense": self.defense.identity, "service": self.service.as_dict(), "policy": self.policy,
             "seeds": SEEDS, "loads": CURVE_LOADS, "benign_queries": benign_queries,
             "search": [MIN_LOAD, MAX_LOAD, SEARCH_STEPS]})[:32]

@@ -22,7 +22,8 @@ CUBLAS_WORKSPACE = ":4096:8"
 
 @contextmanager
 def intra_op_threads(threads: int) -> Iterator[None]:
-    """Run the block on ``threads`` intra-op threads (float reductions split that many ways); restore the count after."""
+    """Run the block on ``threads`` intra-op threads (float reductions split that many ways); restore the count
+    after."""
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:

@@ -18,10 +18,10 @@ if TYPE_CHECKING:
 
 ATTACKS: Registry[type[Attack]] = Registry("attack", "psml_bench.contract.plugins:Attack", builtin_package="attacks",
                              entry_point_group="psml_bench.attacks")
-DEFENSES: Registry[type[Defense]] = Registry("defense", "psml_bench.contract.plugins:Defense", builtin_package="defenses",
-                              entry_point_group="psml_bench.defenses")
-STRATEGIES: Registry[type[Strategy]] = Registry("strategy", "psml_bench.contract.strategy:Strategy", builtin_package="strategies",
-                                entry_point_group="psml_bench.strategies")
+DEFENSES: Registry[type[Defense]] = Registry("defense", "psml_bench.contract.plugins:Defense",
+                                             builtin_package="defenses", entry_point_group="psml_bench.defenses")
+STRATEGIES: Registry[type[Strategy]] = Registry("strategy", "psml_bench.contract.strategy:Strategy",
+                                                builtin_package="strategies", entry_point_group="psml_bench.strategies")
 # slo_routing imports policies, so importing it registers every built-in policy ("infaas" and "infaas-slo")
 POLICIES: Registry[type[Policy]] = Registry("policy", "psml_bench.contract.policy:Policy",
                                             builtin_package="psml_bench.serving.slo_routing")

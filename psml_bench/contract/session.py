@@ -85,7 +85,8 @@ class QuerySession:
         """
         n = len(inputs)
         if n > self.remaining:
-            raise InvalidQueryError(f"{n} queries exceed the {self.remaining} left of this extraction's {self.n_queries}")
+            raise InvalidQueryError(f"{n} queries exceed the {self.remaining} left of this extraction's "
+                                    f"{self.n_queries}")
         if n == 0:
             return torch.empty(0, self.knowledge.num_classes)
         if isinstance(self._spec, Spec):

@@ -37,4 +37,4 @@ class SpecRange:
     def sample(self, n: int, rng: np.random.Generator) -> list[Spec]:
         """``n`` specs drawn uniformly from the advertised ranges."""
         accuracy, latency = rng.uniform(*self.accuracy, size=n), rng.uniform(*self.latency_ms, size=n)
-        return [Spec(float(a), float(l)) for a, l in zip(accuracy, latency)]
+        return [Spec(float(a), float(lat)) for a, lat in zip(accuracy, latency)]

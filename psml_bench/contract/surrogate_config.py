@@ -68,7 +68,8 @@ class SurrogateConfig:
         that differs from the defaults (what the leaderboard compares with a block's recipe)."""
         default = SurrogateConfig()
         extra = [f"{f.name}={getattr(self, f.name)}" for f in fields(self)
-                 if f.name in ("batch_size", "lr", "weight_decay") and getattr(self, f.name) != getattr(default, f.name)]
+                 if f.name in ("batch_size", "lr", "weight_decay")
+                 and getattr(self, f.name) != getattr(default, f.name)]
         return ", ".join([self.arch, f"epochs={self.epochs}", f"min_steps={self.min_steps}", *extra])
 
     def cheaper(self, fraction: float, n: int) -> SurrogateConfig:

@@ -18,8 +18,8 @@ The channel is a socket pair:
 :meth:`Server.query`, which counts and enforces the budget; :class:`BudgetExhausted` and
 :class:`InvalidQueryError` come back and are raised again with the same class and message.
 ``train_surrogate`` of a fresh surrogate becomes a request to the worker, which trains it
-(:mod:`psml_bench.isolation.trainer`). When the attack returns, its surrogate (a :class:`Surrogate`) comes back as architecture name
-plus weights and is rebuilt by the worker from timm, so scoring runs trusted code only. Every
+(:mod:`psml_bench.isolation.trainer`). When the attack returns, its surrogate (a :class:`Surrogate`) comes back as
+architecture name plus weights and is rebuilt by the worker from timm, so scoring runs trusted code only. Every
 failure reason a cell records is the harness's own sentence; what the attack says is quoted,
 truncated and stripped of control characters.
 """
@@ -85,8 +85,7 @@ PREIMPORTED = (
     "random", "re", "statistics", "string", "tempfile", "textwrap", "time", "typing", "warnings",
     "numpy.ctypeslib", "numpy.fft", "numpy.linalg", "numpy.ma", "numpy.random",
     "torch.distributions", "torch.nn.functional", "torch.optim", "torch.optim.lr_scheduler", "torch.utils.data",
-    "torch.utils.serialization", "safetensors.torch", "timm", "psml_bench", "attacks", "defenses", "strategies",
-)
+    "torch.utils.serialization", "safetensors.torch", "timm", "psml_bench", "attacks", "defenses", "strategies")
 """Modules the sandbox's zygote imports once, before it forks any attack process."""
 
 
@@ -194,7 +193,8 @@ def submitted_class(locator: AttackLocator, package: str, base: type) -> type:
     module_name, _, attr = (locator.entry or "").partition(":")
     cls = getattr(importlib.import_module(package + module_name), attr)
     if not (isinstance(cls, type) and issubclass(cls, base)):
-        raise TypeError(f"entry '{locator.entry}' of {locator.submission} is not a subclass of psml_bench.{base.__name__}")
+        raise TypeError(f"entry '{locator.entry}' of {locator.submission} is not a subclass of "
+                        f"psml_bench.{base.__name__}")
     problems = declaration_mismatches(cls, dict(locator.declared), locator.version)
     if problems:
         raise ConfigError(f"{locator.submission}/manifest.json disagrees with class {attr}: {'; '.join(problems)}")
@@ -307,7 +307,8 @@ def _trusted(locator: AttackLocator) -> bool:
             and ATTACKS.entry(locator.name).source == "built-in")
 
 
-SANDBOX_TARGETS = ("psml_bench.isolation.attack_process:attack_main", "psml_bench.isolation.jailed_defense:defense_main")
+SANDBOX_TARGETS = ("psml_bench.isolation.attack_process:attack_main",
+                   "psml_bench.isolation.jailed_defense:defense_main")
 """What a process forked by the sandbox's zygote runs: an attack (0) or a submitted defense (1)."""
 
 
@@ -341,7 +342,7 @@ def _spec_from_header(value: Any) -> Spec | list[Spec | None]:
         return Spec(float(value[0]), float(value[1]))
     if isinstance(value, list) and all(isinstance(s, list) and len(s) == 2
                                        and all(isinstance(v, (int, float)) for v in s) for s in value):
-        return [Spec(float(a), float(l)) for a, l in value]
+        return [Spec(float(a), float(lat)) for a, lat in value]
     return [None]  # the server answers: spec must be one Spec or a sequence of N Specs
 
 
@@ -364,7 +365,8 @@ def _rebuild_surrogate(header: dict[str, Any], state: dict[str, torch.Tensor], k
                               state["std"].flatten())
         model.load_state_dict(state, strict=True)
     except Exception as exc:  # noqa: BLE001
-        raise AttackFailed(f"the attack's surrogate ({arch}) could not be rebuilt: {sanitise(exc, MAX_ERROR_CHARS)}") from None
+        raise AttackFailed(f"the attack's surrogate ({arch}) could not be rebuilt: "
+                           f"{sanitise(exc, MAX_ERROR_CHARS)}") from None
     model.recipe = trainer.recipe_of(state)
     return model.eval()
 
@@ -449,7 +451,8 @@ def run_attack(server: Server | Service, locator: AttackLocator, knowledge: Know
                 return _rebuild_surrogate(header, tensors, knowledge, trainer)
             elif op == "failed":
                 finished = True
-                kind, message = sanitise(header.get("type", "Error"), 60), sanitise(header.get("message", ""), MAX_ERROR_CHARS)
+                kind = sanitise(header.get("type", "Error"), 60)
+                message = sanitise(header.get("message", ""), MAX_ERROR_CHARS)
                 log.debug("attack process failed:\n%s", sanitise(header.get("traceback", ""), 4000))
                 if overrun:  # the server refused its last query: the harness's record, not the attack's word
                     raise AttackFailed(f"budget overrun: {overrun}")

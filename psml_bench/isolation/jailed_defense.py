@@ -39,7 +39,8 @@ DEFENSE_TARGET = 1
 HOOK_TIMEOUT_S = 600.0
 """How long one hook call (or building the defense) may take before the sandbox is ended."""
 HOOKS = ("admit", "perturb_spec", "reroute", "answer", "client_work_ms")
-"""The hooks the server calls; a hook the class leaves as :class:`Defense` has it is answered here, without a round trip."""
+"""The hooks the server calls; a hook the class leaves as :class:`Defense` has it is answered here, without a round
+trip."""
 BUILD_ERROR_CHARS = 1000
 """Longest quotation of why the defense could not be built (every disagreement with its manifest fits)."""
 DEFENSE_PACKAGE = "psml_submitted_defense"
@@ -101,7 +102,8 @@ class SubmittedDefense(Defense):
             raise
         self._claims_determinism = header.get("deterministic") is not False
         overrides = header.get("overrides")
-        self._overrides = frozenset(h for h in overrides if h in HOOKS) if isinstance(overrides, list) else self._overrides
+        self._overrides = (frozenset(h for h in overrides if h in HOOKS) if isinstance(overrides, list)
+                           else self._overrides)
 
     def _round_trip(self, message: Any, values: int, quoted: int = MAX_ERROR_CHARS
                     ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
@@ -232,7 +234,8 @@ def defense_main(conn: Connection) -> None:
             header["op"] = "ok"
         except BaseException as exc:  # noqa: BLE001
             header, tensors = failure_header(exc), {}
-        header.update(rngs={str(t): g.bit_generator.state for t, g in generators.items()}, blocked=sorted(defense.blocked), detected=sorted(defense.detected))
+        header.update(rngs={str(t): g.bit_generator.state for t, g in generators.items()},
+                      blocked=sorted(defense.blocked), detected=sorted(defense.detected))
         try:
             message = pack(header, tensors)
         except Exception as exc:  # noqa: BLE001 - e.g. a tensor safetensors cannot hold

@@ -9,7 +9,8 @@ harness's own packages (``psml_bench``, ``attacks``, ``defenses``, ``strategies`
 no output directory, no network, and no descriptor but its control socket. Inside, a *zygote*
 Python (``-I -S``: no environment variables, no site hooks, no working directory on ``sys.path``)
 imports the code every attack needs once, then forks one attack process per cell (and one process
-per instance of a submitted defense, :mod:`psml_bench.isolation.jailed_defense`). Each such process enters fresh user, PID, mount, IPC and network namespaces (it is PID 1 of its own, so every
+per instance of a submitted defense, :mod:`psml_bench.isolation.jailed_defense`). Each such process enters fresh
+user, PID, mount, IPC and network namespaces (it is PID 1 of its own, so every
 child it starts ends with it), mounts a private ``/tmp`` and ``/dev/shm``, drops every capability,
 and talks to its worker over a socket pair passed to it, nothing else. Plugin code the sandbox cannot
 see is read by the worker (:func:`read_sources`) and imported from memory (:class:`MemoryFinder`).

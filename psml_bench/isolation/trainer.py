@@ -80,7 +80,8 @@ def _well_formed(inputs: Any, answers: Any, knowledge: Knowledge) -> bool:
             and inputs.dtype == torch.float32 and answers.dtype == torch.float32
             and inputs.is_contiguous() and answers.is_contiguous()
             and not inputs.requires_grad and not answers.requires_grad
-            and inputs.ndim == 1 + len(knowledge.input_shape) and tuple(inputs.shape[1:]) == tuple(knowledge.input_shape)
+            and inputs.ndim == 1 + len(knowledge.input_shape)
+            and tuple(inputs.shape[1:]) == tuple(knowledge.input_shape)
             and answers.shape == (len(inputs), knowledge.num_classes))
 
 

@@ -149,7 +149,8 @@ def _rule_errors(name: str, parameter: dict[str, Any], values: list[tuple[str, A
         if not _PY_TYPES[kind](choice):
             errors.append(f"field 'parameters.{name}.choices.{index}': expected a {kind}, got {choice!r}")
     if parameter.get("minimum", -float("inf")) > parameter.get("maximum", float("inf")):
-        errors.append(f"field 'parameters.{name}': minimum {parameter['minimum']} exceeds maximum {parameter['maximum']}")
+        errors.append(f"field 'parameters.{name}': minimum {parameter['minimum']} exceeds maximum "
+                      f"{parameter['maximum']}")
     if errors:
         return errors
     rule = Parameter(name, kind, parameter["default"], minimum=parameter.get("minimum"),

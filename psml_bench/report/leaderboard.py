@@ -45,8 +45,7 @@ RESULT_COLUMNS = [
     "goodput_ratio", "spec_goodput", "latency_p50_ms", "latency_p99_ms", "refused_benign", "dropped_benign",
     "false_positive_clients", "benign_accuracy_drop", "perturbation", "latency_overhead", "benign_requests",
     "benign_repeats", "error",
-    "cell_key", "grid", "profile", "psml_bench", "git_commit", "torch", "timm", "device", "threads",
-]
+    "cell_key", "grid", "profile", "psml_bench", "git_commit", "torch", "timm", "device", "threads"]
 # kept in each cell file but not in results.csv, which is byte-identical across runs of the same cells
 VOLATILE_COLUMNS = ("wall_s",)
 COUNT_METRICS = ("queries", "fingerprint_queries")
@@ -129,7 +128,8 @@ ATTACK_COLUMNS = (("fidelity", "fidelity"), ("accuracy", "accuracy"), ("KL", "kl
 
 
 def attack_table(ranking: list[dict[str, Any]]) -> Table:
-    """The block's attacks per (defense, budget, load), ranked (see :func:`psml_bench.report.ranking.attack_ranking`)."""
+    """The block's attacks per (defense, budget, load), ranked (see
+    :func:`psml_bench.report.ranking.attack_ranking`)."""
     rows, cells = [], []
     for entry in ranking:
         group = entry["cells"]
@@ -148,7 +148,8 @@ def defense_tables(table: pd.DataFrame, ceilings: Mapping[tuple, Estimate] | Non
                    kept: Callable[[Mapping[str, Any]], str] = lambda r: "—") -> tuple[Table, Table]:
     """The families ranked under the utility constraint, and every setting of the block.
 
-    ``ceilings``: the zoo's ceiling of protection per (zoo, victim, budget, load) (:func:`psml_bench.report.headline.ceilings`).
+    ``ceilings``: the zoo's ceiling of protection per (zoo, victim, budget, load)
+    (:func:`psml_bench.report.headline.ceilings`).
     ``kept``: a setting's capacity kept, formatted (:func:`psml_bench.report.serving_report.capacity_kept`).
     """
     ceilings = ceilings or {}
@@ -160,7 +161,8 @@ def defense_tables(table: pd.DataFrame, ceilings: Mapping[tuple, Estimate] | Non
     families = Table(["budget", "load", "rank", "defense", "protection", "zoo ceiling", "at setting", "goodput",
                       "goodput ratio", "AUC", "benign acc. drop", "false-positive clients", "perturbation",
                       "latency overhead", "eligible settings"],
-                     [[str(r["budget"]), str(r["load"]), r["rank"], markdown_text(r["family"]), r["protection_estimate"].format(),
+                     [[str(r["budget"]), str(r["load"]), r["rank"], markdown_text(r["family"]),
+                       r["protection_estimate"].format(),
                        ceiling(r), markdown_text(r["at"]), _f(r["goodput"]), _f(r["goodput_ratio"]), _f(r["auc"]),
                        _f(r["benign_accuracy_drop"]), _f(r["false_positive_clients"]), _f(r["perturbation"]),
                        _f(r["latency_overhead"]), r["eligible"]] for _, r in ranked.iterrows()],
@@ -169,8 +171,8 @@ def defense_tables(table: pd.DataFrame, ceilings: Mapping[tuple, Estimate] | Non
                       "capacity kept", "benign acc. drop", "false-positive clients", "perturbation", "latency overhead",
                       "refused benign", "strongest attack", "its fidelity", "flags"],
                      [[str(r["budget"]), str(r["load"]), markdown_text(r["defense"]), "yes" if not r["ineligible"] else
-                       f"no: {markdown_text(r['ineligible'])}", r["protection_estimate"].format(), ceiling(r), _f(r["goodput"]),
-                       r["goodput_ratio_estimate"].format(), kept(r), _f(r["benign_accuracy_drop"]),
+                       f"no: {markdown_text(r['ineligible'])}", r["protection_estimate"].format(), ceiling(r),
+                       _f(r["goodput"]), r["goodput_ratio_estimate"].format(), kept(r), _f(r["benign_accuracy_drop"]),
                        r["false_positive_estimate"].format(), _f(r["perturbation"]), _f(r["latency_overhead"]),
                        _f(r["refused_benign"]), markdown_text(r["strongest_attack"]), r["fidelity_estimate"].format(),
                        markdown_text("; ".join(r["flags"])) or "—"] for _, r in table.iterrows()],
@@ -284,8 +286,10 @@ def _victim_title(victim: str, group: pd.DataFrame, by_name: dict[str, Any]) -> 
 
 
 def protection_by_zoo(frame: pd.DataFrame, names: Sequence[str], blocks, settings, max_accuracy_drop: float,
-                      max_false_positives: float = MAX_FALSE_POSITIVES) -> tuple[dict[str, pd.DataFrame], pd.DataFrame]:
-    """Each zoo's rows (the whole frame for a grid on one zoo) and every zoo's protection table, with a ``zoo`` column."""
+                      max_false_positives: float = MAX_FALSE_POSITIVES
+                      ) -> tuple[dict[str, pd.DataFrame], pd.DataFrame]:
+    """Each zoo's rows (the whole frame for a grid on one zoo) and every zoo's protection table, with a ``zoo``
+    column."""
     frames = {name: frame[frame["zoo"] == name] for name in names} if len(names) > 1 else {names[0]: frame}
     table = pd.concat([protection_table(part, blocks, settings, max_accuracy_drop, max_false_positives).assign(zoo=name)
                        for name, part in frames.items()], ignore_index=True)
@@ -293,7 +297,8 @@ def protection_by_zoo(frame: pd.DataFrame, names: Sequence[str], blocks, setting
 
 
 def leaderboard_sections(frame: pd.DataFrame, zoos, grid: GridConfig, figures: Sequence[str] = (),
-                         protection: pd.DataFrame | None = None, serving: Mapping[str, Any] | None = None) -> list[Section]:
+                         protection: pd.DataFrame | None = None,
+                         serving: Mapping[str, Any] | None = None) -> list[Section]:
     """The whole page as sections (shared by README.md and index.html).
 
     ``zoos``: the opened zoos by the name the grid gives them (or the one zoo of a grid on one zoo).
@@ -358,7 +363,8 @@ def leaderboard_sections(frame: pd.DataFrame, zoos, grid: GridConfig, figures: S
                     f"{grid.max_accuracy_drop:g}, false-positive clients <= {grid.max_false_positives:g}); AUC: mean "
                     f"protection over the goodput ratio in [{GOODPUT_SHARE:g}, 1] along the family's curve "
                     "(docs/protocol.md), — for a family that never costs goodput."], families, facets=facets))
-                sections.append(Section(4, f"Every defense setting: block `{block.name}`{on}", [], every, facets=facets))
+                sections.append(Section(4, f"Every defense setting: block `{block.name}`{on}", [], every,
+                                        facets=facets))
     several = len(by_name) > 1
     sections += serving_sections(serving, list(by_name), figures)
     sections += detection_sections(frame)
@@ -368,7 +374,8 @@ def leaderboard_sections(frame: pd.DataFrame, zoos, grid: GridConfig, figures: S
     if len(failed):
         columns = ["zoo"] * several + ["victim", "attack", "defense", "budget", "seed", "error"]
         sections.append(Section(2, "Failed cells", [], Table(
-            columns, [[markdown_text(v) for v in r] for r in failed[columns].values], [[k] for k in failed["cell_key"]])))
+            columns, [[markdown_text(v) for v in r] for r in failed[columns].values],
+            [[k] for k in failed["cell_key"]])))
     return sections
 
 
@@ -397,9 +404,10 @@ def serving_sections(serving: Mapping[str, Any], zoos: Sequence[str], figures: S
             "highest load at which the mean goodput over the seeds meets the SLO target (bisection); capacity kept: "
             "that load over the undefended service's under the same policy (the serving community's cost figure). "
             "The simulator charges a defense no compute of its own (docs/protocol.md)."]
-            + ([f"Settings whose curve is the undefended one's (not drawn): {', '.join(markdown_text(d) for d in same)}."]
-               if same else []),
-            Table(["defense", "policy", "highest load", "capacity kept"] + [f"goodput at load {x}" for x in TABLE_LOADS],
+            + ([f"Settings whose curve is the undefended one's (not drawn): "
+                f"{', '.join(markdown_text(d) for d in same)}."] if same else []),
+            Table(["defense", "policy", "highest load", "capacity kept"]
+                  + [f"goodput at load {x}" for x in TABLE_LOADS],
                   [[markdown_text(c) for c in row] for row in capacity_rows(entries)]),
             [name] if name in figures else [], captions={name: SERVING_CAPTION}, facets={"zoo": zoo}))
     return sections
@@ -432,7 +440,8 @@ def _flagged_section(frame: pd.DataFrame, several: bool = False) -> list[Section
     return [Section(2, "Potentially unreliable", [
         "Cells that failed a sanity check (docs/submissions.md), or whose checks never ran: their numbers are shown "
         "above but should not be trusted until the flag is explained."],
-        Table(["zoo"] * several + ["victim", "attack", "defense", "budget", "seed", "flag"], rows, [[k] for k in flagged["cell_key"]]))]
+        Table(["zoo"] * several + ["victim", "attack", "defense", "budget", "seed", "flag"], rows,
+              [[k] for k in flagged["cell_key"]]))]
 
 
 def render_markdown(frame: pd.DataFrame, zoos, grid, figures: Sequence[str] = ()) -> str:

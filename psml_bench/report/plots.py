@@ -102,7 +102,8 @@ def budget_figure(frame: pd.DataFrame, path: Path, zoo_name: str = "") -> bool:
                           yerr=[0.0 if math.isnan(e.half_width) else e.half_width for e in estimates],
                           marker=MARKERS[index % len(MARKERS)], capsize=3, label=plot_text(attack), alpha=0.9)
         axis.set_xscale("log")
-        axis.set_xticks(sorted(set(curves["budget"].astype(int))), [str(b) for b in sorted(set(curves["budget"].astype(int)))])
+        axis.set_xticks(sorted(set(curves["budget"].astype(int))),
+                        [str(b) for b in sorted(set(curves["budget"].astype(int)))])
         axis.minorticks_off()
         axis.set_xlabel("query budget (log scale)")
         axis.set_ylabel("fidelity (mean, 95% interval over seeds)")

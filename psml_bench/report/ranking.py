@@ -41,7 +41,8 @@ FLAGS_NOT_COMPUTED = "flags not computed"
 class DefenseSetting:
     """How a defense label reads: its family (the label without the strength) and its strength.
 
-    ``routing``: whether the defense acts on the spec or the routing choice only (see :func:`psml_bench.bench.grid.acts_on_routing`).
+    ``routing``: whether the defense acts on the spec or the routing choice only (see
+    :func:`psml_bench.bench.grid.acts_on_routing`).
     """
 
     family: str
@@ -452,8 +453,8 @@ def crossover_notes(ranking: list[dict[str, Any]]) -> list[str]:
         if not below:
             continue
         victim, defense, budget, _ = key
-        names = ", ".join(f"{markdown_code(e['attack'])} ({e['fidelity'].format()}, {cost[e['attack']]:.0f} fingerprint queries)"
-                          for e in below)
+        names = ", ".join(f"{markdown_code(e['attack'])} ({e['fidelity'].format()}, "
+                          f"{cost[e['attack']]:.0f} fingerprint queries)" for e in below)
         note = (f"At budget {budget} (victim {markdown_code(victim)}, defense {markdown_code(defense)}) fingerprinting "
                 f"does not pay: {names} {'is' if len(below) == 1 else 'are'} below {markdown_code(best['attack'])} "
                 f"({best['fidelity'].format()}), which "
@@ -461,7 +462,8 @@ def crossover_notes(ranking: list[dict[str, Any]]) -> list[str]:
         oracle = [e for e in entries if e["cells"]["attack_access"].iloc[0] == "victim"]
         if oracle and max(e["fidelity"].mean for e in oracle) <= best["fidelity"].mean:
             top = max(oracle, key=lambda e: e["fidelity"].mean)
-            note += (f" Even {markdown_code(top['attack'])}, answered by the victim alone, reaches {top['fidelity'].format()}: at "
+            note += (f" Even {markdown_code(top['attack'])}, answered by the victim alone, reaches "
+                     f"{top['fidelity'].format()}: at "
                      "this budget reaching the victim buys no fidelity.")
         notes.append(note)
     return notes

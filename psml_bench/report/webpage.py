@@ -38,7 +38,8 @@ def _plain(text: str) -> str:
 
 
 def row_facets(section) -> list[dict[str, str]]:
-    """Per table row, its own values of the filter facets (from its ``zoo``, ``block``, ``load``, ``victim`` columns)."""
+    """Per table row, its own values of the filter facets (from its ``zoo``, ``block``, ``load``, ``victim``
+    columns)."""
     if section.table is None:
         return []
     columns = {facet: section.table.headers.index(facet) for facet in FACETS if facet in section.table.headers}

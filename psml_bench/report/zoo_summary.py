@@ -26,7 +26,8 @@ MODEL_FIELDS = ("id", "arch", "params", "macs", "accuracy", "weights_sha256")
 
 @dataclass(frozen=True)
 class ZooSummary:
-    """What the leaderboard reads of a built zoo, without its weights (duck-types :class:`psml_bench.zoo.model_zoo.Zoo`)."""
+    """What the leaderboard reads of a built zoo, without its weights (duck-types
+    :class:`psml_bench.zoo.model_zoo.Zoo`)."""
 
     name: str
     profile_name: str

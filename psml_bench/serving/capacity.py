@@ -188,7 +188,9 @@ class CapacityCache:
             stored = json.loads(self.path.read_text()) if self.path is not None and self.path.is_file() else {}
         except (OSError, ValueError):
             stored = {}
-        return {k: float(v) for k, v in stored.items() if isinstance(v, (int, float))} if isinstance(stored, dict) else {}
+        if not isinstance(stored, dict):
+            return {}
+        return {k: float(v) for k, v in stored.items() if isinstance(v, (int, float))}
 
     def get(self, problem: CapacityProblem, search: Callable[[CapacityProblem], float] = search_capacity) -> float:
         """The problem's capacity (requests per ms): remembered, read from the file, or searched now and kept."""

@@ -44,7 +44,7 @@ def _specs(array: np.ndarray, n: int) -> Spec | list[Spec]:
     if array.shape == (2,):
         return Spec(float(array[0]), float(array[1]))
     if array.shape == (n, 2):
-        return [Spec(float(a), float(l)) for a, l in array]
+        return [Spec(float(a), float(lat)) for a, lat in array]
     raise InvalidQueryError(f"spec must have shape (2,) or ({n}, 2) (min accuracy, max latency ms), "
                             f"got {tuple(array.shape)}")
 

@@ -8,7 +8,8 @@ query is checked, admitted and routed (and counted against the key's budget) in 
 then wait in their model's queue. The SLO-aware policy (``infaas-slo``, the default) routes each row with
 the cells' implementation (:meth:`~psml_bench.serving.slo_routing.InfaasSloPolicy.route_online`) on these real
 queues: :class:`LiveQueues` predicts each model's latency from its queued inputs and its batch in
-progress with the batch-latency fit the cells use (:func:`~psml_bench.serving.service.service_times`). One worker per model takes what is queued, waiting up to
+progress with the batch-latency fit the cells use (:func:`~psml_bench.serving.service.service_times`). One worker
+per model takes what is queued, waiting up to
 ``max_wait_ms`` for a batch of up to ``max_batch`` inputs, and runs the forward pass on a pool
 of ``forward_threads`` threads shared by all models; the defense's ``answer`` runs when the rows
 come back. A defense that prices answers in client compute (``client_work_ms``, proof of work) has

@@ -140,7 +140,8 @@ class _Sender:
         task.add_done_callback(lambda finished: (self._tasks.discard(finished), done()))
 
     def closed_loop(self, clients: int, seconds: float) -> float:
-        """Queries per second with ``clients`` requests always in flight, for ``seconds`` (each stops at the deadline)."""
+        """Queries per second with ``clients`` requests always in flight, for ``seconds`` (each stops at the
+        deadline)."""
 
         async def client(first: int, deadline: float) -> int:
             count, index = 0, first
@@ -221,7 +222,8 @@ def run_load(url: str, key: str, zoo: Zoo, *, qps: float, duration_s: float, lat
     def issue(samples) -> None:  # on LoadGen's issue thread: hand over, never wait
         for sample in samples:
             sender.submit(sample.index,
-                          lambda sample_id=sample.id: lg.QuerySamplesComplete([lg.QuerySampleResponse(sample_id, 0, 0)]))
+                          lambda sample_id=sample.id: lg.QuerySamplesComplete(
+                              [lg.QuerySampleResponse(sample_id, 0, 0)]))
 
     settings = lg.TestSettings()
     settings.scenario = lg.TestScenario.Server

@@ -360,7 +360,8 @@ class Service:
             if served.work_ms[answered].any():  # the defense prices answers in client compute (proof of work)
                 completion = released_ms(requests.clients[answered], completion, served.work_ms[answered], now)
                 self.attacker_work_ms += float(served.work_ms[answered][finished].sum())
-            latency[torch.from_numpy(answered[finished])] = torch.from_numpy((completion - arrivals[answered])[finished])
+            latency[torch.from_numpy(answered[finished])] = torch.from_numpy(
+                (completion - arrivals[answered])[finished])
             # the call is over when its last row came back or was dropped (a drop is decided when
             # its worker would have dispatched it)
             decided = max(self.simulator.last_dispatch_ms(int(m)) for m in np.unique(self.simulator.model_of(sim_ids)))

@@ -39,7 +39,8 @@ from ..contract.errors import ConfigError
 from .model_zoo import Zoo
 
 IN_DISTRIBUTION = "in-distribution"
-PHOTOS = ("astronaut", "camera", "chelsea", "coffee", "coins", "rocket", "hubble_deep_field", "brick", "grass", "gravel")
+PHOTOS = ("astronaut", "camera", "chelsea", "coffee", "coins", "rocket", "hubble_deep_field", "brick", "grass",
+          "gravel")
 """The bundled ``skimage.data`` photographs the ``photos`` source crops: every one is in the wheel and, by its
 function's docstring, public domain, CC0 or without known copyright restrictions."""
 PHOTO_SEED = 0

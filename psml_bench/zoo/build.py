@@ -101,7 +101,8 @@ class PretrainedWeights:
         log.warning("model %s: timm's published weights %s are not reachable (%s); training it from scratch",
                     model_cfg.id, hub_id, self.hub_error)
         return scratch(), {"pretrained": False, "weights": hub_id,
-                           "reason": f"weights not in the local Hugging Face cache and the Hub failed: {self.hub_error}"}
+                           "reason": f"weights not in the local Hugging Face cache and the Hub failed: "
+                                     f"{self.hub_error}"}
 
 
 def _sha256_file(path: Path) -> str:
@@ -254,7 +255,8 @@ def _build_into(work: Path, config: ZooConfig, splits: Splits, source: str, in_c
                                    str(work / "splits.safetensors"), str(initial) if initial.is_file() else "",
                                    str(work / "weights" / f"{model_cfg.id}.safetensors"), str(torch_device), amp,
                                    config.build.threads, progress,
-                                   str(work / "predictions" / f"{model_cfg.id}.safetensors") if pins is not None else "",
+                                   str(work / "predictions" / f"{model_cfg.id}.safetensors")
+                                   if pins is not None else "",
                                    config.build.eval_batch_size))
     workers = parallel_workers(config.build.threads, len(train_jobs), torch_device, jobs)
     log.info("zoo %s: training %d models, %d at a time, %d threads each, %s kernels", config.name, len(train_jobs),

@@ -154,7 +154,7 @@ def match_lines(card: Mapping[str, Any], locks: Mapping[str, ZooLock] | None, so
     lock = lock_of_zoo(locks, name)
     if lock is None:
         return [f"matches the committed leaderboard: unknown (zoo {name} is not in the lock {source}, which holds "
-                f"{', '.join(sorted({l.zoo for l in locks.values()})) or 'no zoo'})"]
+                f"{', '.join(sorted({entry.zoo for entry in locks.values()})) or 'no zoo'})"]
     if not lock.hashed:
         return [f"matches the committed leaderboard: unknown ({source} records no weights hashes: it was written "
                 "before the lock; a run of its grid writes them)"]

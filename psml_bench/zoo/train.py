@@ -110,7 +110,8 @@ def train_model(model: ZooModel, x: torch.Tensor, y: torch.Tensor, recipe: Train
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=recipe.lr, total_steps=steps, pct_start=0.15)
     augment = recipe.augment if recipe.augment != "none" else None
-    augment_generator = torch.Generator().manual_seed(int(np.random.SeedSequence([recipe.seed, 1]).generate_state(1)[0]))
+    augment_generator = torch.Generator().manual_seed(
+        int(np.random.SeedSequence([recipe.seed, 1]).generate_state(1)[0]))
     autocast_dtype = AMP_DTYPES.get(amp)
     scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None
     model.train()
