@@ -187,10 +187,10 @@ class Psml(Attack):
         floors = [lo + f * (hi - lo) for f in (0.5, 0.8, 0.95)]
         bounds = [high + g * (l_hi - high) for g in (0.25, 0.5, 1.0)]
         trials = int(self.params["trials"])
-        hits = {(a, lat): fingerprinter.answers(Spec(a, lat), trials)[model] for a in floors for lat in bounds}
-        (a, lat), best = max(hits.items(), key=lambda item: item[1])
-        log.info("psml adaptive: spec (%.4f, %.2f ms) reached the target in %d of %d probes", a, lat, best, trials)
-        return Spec(a, lat)
+        hits = {(a, l): fingerprinter.answers(Spec(a, l), trials)[model] for a in floors for l in bounds}
+        (a, l), best = max(hits.items(), key=lambda item: item[1])
+        log.info("psml adaptive: spec (%.4f, %.2f ms) reached the target in %d of %d probes", a, l, best, trials)
+        return Spec(a, l)
 
     def run(self, target: Target, knowledge: Knowledge, budget: int, rng: np.random.Generator) -> torch.nn.Module:
         spec = self.fingerprint(target, knowledge, budget, rng)

@@ -53,8 +53,7 @@ def nearest_distances(inputs: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
 
 def spaced_steps(surrogate: Surrogate, inputs: torch.Tensor, labels: torch.Tensor,
                  distances: np.ndarray) -> torch.Tensor:
-    """``clip(x + s * sign(grad_x logit_label(x)), 0, 1)`` with ``s`` set per row so that the L2 step is
-    ``distances``."""
+    """``clip(x + s * sign(grad_x logit_label(x)), 0, 1)`` with ``s`` set per row so that the L2 step is ``distances``."""
     out = []
     for start in range(0, len(inputs), GRADIENT_BATCH):
         x = inputs[start:start + GRADIENT_BATCH].detach().clone().requires_grad_(True)

@@ -65,8 +65,7 @@ class PsmlTiming(Psml):
 
     requires_latency = True
     # no probe and no bisection: every observation queries fresh pool inputs
-    defaults = {**{k: v for k, v in Psml.defaults.items()
-                   if k not in ("candidates", "tolerance", "adaptive", "trials")},
+    defaults = {**{k: v for k, v in Psml.defaults.items() if k not in ("candidates", "tolerance", "adaptive", "trials")},
                 "grid": 24, "repeats": 3, "latency_tolerance": 0.02}
     allowed = {"latency_tolerance": Allowed(minimum=0), "grid": Allowed(minimum=2, integer=True),
                "repeats": Allowed(minimum=1, integer=True)}

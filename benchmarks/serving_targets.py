@@ -6,9 +6,10 @@ No zoo is built: each zoo's menu is its models' test accuracy (as the committed 
 leaderboard/zoos.json, records it) and its committed reference profile's batch-1 p50, its batch service times
 the fits of the committed profiles (``psml_bench.serving.service.batch_service_times``), its advertised ranges
 from the zoo config's margins (0.05, 0.5), one worker per model and the default service (max batch 8, no wait,
-timeout 10). For each zoo and policy (``infaas-slo``, ``infaas``) it searches the capacity at the SLO (``psml_bench.serving.capacity``), then
-prints the undefended service's goodput (SLO attainment of benign requests) and p99 at loads 0.5, 0.8 and 0.95
-of that capacity, on the search's fixed-seed benign workload, and both policies at common rates.
+timeout 10). For each zoo and policy (``infaas-slo``, ``infaas``) it searches the capacity at the SLO
+(``psml_bench.serving.capacity``), then prints the undefended service's goodput (SLO attainment of benign
+requests) and p99 at loads 0.5, 0.8 and 0.95 of that capacity, on the search's fixed-seed benign workload,
+and both policies at common rates.
 """
 
 from __future__ import annotations

@@ -149,8 +149,8 @@ class QueryHash(Defense):
     def __init__(self, **params):
         super().__init__(**params)
         if int(self.params["threshold"]) > int(self.params["hashes"]):
-            raise ConfigError(f"defense 'query-hash' parameter 'threshold' ({self.params['threshold']}) must be at "
-                              f"most 'hashes' ({self.params['hashes']}): a match shares that many kept hashes")
+            raise ConfigError(f"defense 'query-hash' parameter 'threshold' ({self.params['threshold']}) must be at most "
+                              f"'hashes' ({self.params['hashes']}): a match shares that many kept hashes")
         self._hasher: WindowHasher | None = None
         self._indices: dict[int, _Index] = {}
         self.matches: dict[int, int] = {}  # client -> its matching queries so far
