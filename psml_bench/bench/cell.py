@@ -146,12 +146,7 @@ def service_costs(zoo: Zoo, service: Service) -> dict[str, float]:
     """
     outcome = service.benign_outcome()
     n = len(outcome["refused"])
-    dropped = ~outcome["refused"] & np.isinf(outcome["latency"])
-    answered = ~outcome["refused"] & ~dropped
-    accuracies = np.array([e.accuracy for e in service.benign_server.menu])
-    served = outcome["served"]
-    accurate_enough = answered & (accuracies[np.maximum(served, 0)] >= outcome["min_accuracy"])
-    in_time = answered & (outcome["latency"] <= outcome["max_latency"])
+    answered = _answered(outcome)
     labels = zoo.splits["attacker_y"][torch.from_numpy(outcome["pool_row"])].numpy()
     defended_correct = answered & (outcome["answers"].nan_to_num(-1.0).argmax(1).numpy() == labels)
     undefended_served, undefended_latency = service.undefended_run(outcome)
@@ -163,12 +158,8 @@ def service_costs(zoo: Zoo, service: Service) -> dict[str, float]:
     detected = service.defense.detected
     benign_detected = sum(int(c) in detected for c in service.benign_ids)
     return {
-        "goodput": scoring.goodput(accurate_enough & in_time) if n else float("nan"),
+        **slo_costs(service, outcome),
         "spec_goodput": float(np.mean(outcome["meets_spec"])) if n else float("nan"),
-        "latency_p50_ms": float(np.percentile(latency, 50)) if len(latency) else float("nan"),
-        "latency_p99_ms": float(np.percentile(latency, 99)) if len(latency) else float("nan"),
-        "refused_benign": float(np.mean(outcome["refused"])) if n else float("nan"),
-        "dropped_benign": float(np.mean(dropped)) if n else float("nan"),
         "false_positive_clients": benign_detected / len(service.benign_ids),
         "benign_accuracy_drop": float(np.mean(undefended_correct)) - float(np.mean(defended_correct)) if n
         else float("nan"),
@@ -177,6 +168,32 @@ def service_costs(zoo: Zoo, service: Service) -> dict[str, float]:
         "latency_overhead": scoring.latency_overhead(latency[both], baseline[both]) if both.any() else float("nan"),
         "benign_requests": float(n),
         "benign_repeats": _repeat_share(outcome["client"], outcome["pool_row"]),
+    }
+
+
+def _answered(outcome: dict[str, np.ndarray]) -> np.ndarray:
+    """Per benign request, whether it was answered (neither refused nor dropped)."""
+    return ~outcome["refused"] & ~np.isinf(outcome["latency"])
+
+
+def slo_costs(service: Service, outcome: dict[str, np.ndarray] | None = None) -> dict[str, float]:
+    """The SLO part of :func:`service_costs` (``goodput``, ``latency_p50_ms``, ``latency_p99_ms``,
+    ``refused_benign``, ``dropped_benign``), without the undefended re-run the other costs need
+    (``outcome``: :meth:`Service.benign_outcome`, if the caller has it)."""
+    outcome = service.benign_outcome() if outcome is None else outcome
+    n = len(outcome["refused"])
+    answered = _answered(outcome)
+    dropped = ~outcome["refused"] & np.isinf(outcome["latency"])
+    accuracies = np.array([e.accuracy for e in service.benign_server.menu])
+    accurate_enough = answered & (accuracies[np.maximum(outcome["served"], 0)] >= outcome["min_accuracy"])
+    in_time = answered & (outcome["latency"] <= outcome["max_latency"])
+    latency = outcome["latency"][answered]
+    return {
+        "goodput": scoring.goodput(accurate_enough & in_time) if n else float("nan"),
+        "latency_p50_ms": float(np.percentile(latency, 50)) if len(latency) else float("nan"),
+        "latency_p99_ms": float(np.percentile(latency, 99)) if len(latency) else float("nan"),
+        "refused_benign": float(np.mean(outcome["refused"])) if n else float("nan"),
+        "dropped_benign": float(np.mean(dropped)) if n else float("nan"),
     }
 
 
