@@ -94,8 +94,12 @@ def _cmd_zoo_export(args: argparse.Namespace) -> int:
 
 def _cmd_zoo_import(args: argparse.Namespace) -> int:
     from .zoo.archive import import_zoo
+    from .zoo.lock import checkout_lock, read_locks
 
-    installed = import_zoo(args.source, args.cache, sha256=args.sha256, config=args.config, force=args.force)
+    path = Path(args.lock) if args.lock else checkout_lock()
+    locks = None if args.ignore_lock or not (args.lock or path.is_file()) else read_locks(path)
+    installed = import_zoo(args.source, args.cache, sha256=args.sha256, config=args.config, force=args.force,
+                           locks=locks, lock_source=f"the lock {path}")
     print(f"zoo {installed.zoo} imported into {installed.directory}: {len(installed.files)} files, every hash "
           f"checked (archive sha256 {installed.sha256})")
     _show(installed.zoo if args.config is None else args.config, args.cache)
@@ -374,7 +378,11 @@ def build_parser() -> argparse.ArgumentParser:
     imported.add_argument("--sha256", default=None, help="the archive's sha256 (required for a URL; export prints it)")
     imported.add_argument("--config", default=None, help="the zoo config it was built from (default: the shipped one)")
     imported.add_argument("--force", action="store_true", help="replace a zoo of the same config already in the cache")
-    imported.add_argument("--lock", default=None, metavar="PATH", help=lock_help)
+    imported.add_argument("--lock", default=None, metavar="PATH",
+                          help=lock_help + "; an archive whose weights differ from it is refused")
+    imported.add_argument("--ignore-lock", action="store_true",
+                          help="install an archive whose weights differ from the lock (its cells are then computed, "
+                               "not reused)")
     imported.set_defaults(func=_cmd_zoo_import)
     show = zoo.add_parser("show", help="print a zoo's card (or its plan, when not built) and its committed profiles")
     show.add_argument("name")

@@ -112,3 +112,36 @@ def test_the_commands_export_and_import(tiny_zoo, cache_dir, tmp_path):
     missing = subprocess.run([sys.executable, "-m", "psml_bench.cli", "zoo", "import", str(tmp_path / "none.tar")],
                              capture_output=True, text=True, timeout=300)
     assert missing.returncode != 0 and "no zoo archive at" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def _lock_file(tiny_zoo, path, change=None):
+    """A leaderboard's zoos.json locking the tiny zoo's weights, one model's hash replaced by ``change``."""
+    card = tiny_zoo.card
+    models = [{"id": m["id"], "accuracy": m["accuracy"], "weights_sha256": m["weights_sha256"]} for m in card["models"]]
+    if change is not None:
+        models[1]["weights_sha256"] = change
+    path.write_text(json.dumps({"fmnist-tiny": {"name": card["zoo"], "config_hash": card["config_hash"],
+                                                "build_environment": card["environment"], "models": models}}))
+    return path
+
+
+def test_an_archive_with_other_weights_than_the_lock_is_refused_unless_asked(tiny_zoo, archive, tmp_path):
+    from psml_bench.zoo.lock import read_locks
+
+    same = _lock_file(tiny_zoo, tmp_path / "same.json")
+    assert import_zoo(archive.archive, tmp_path / "a", locks=read_locks(same)).directory.is_dir()
+    other = _lock_file(tiny_zoo, tmp_path / "other.json", change="0" * 64)
+    model = tiny_zoo.card["models"][1]["id"]
+    with pytest.raises(PsmlError, match=rf"differs from the lock .* in 1 of \d+ models \({model}\): the recorded build "
+                                        r"environments agree .*nothing installed.*--ignore-lock"):
+        import_zoo(archive.archive, tmp_path / "b", locks=read_locks(other), lock_source=f"the lock {other}")
+    assert not any((tmp_path / "b" / "zoos").glob("fmnist-tiny-*"))
+
+    command = [sys.executable, "-m", "psml_bench.cli", "--cache", str(tmp_path / "c"), "-q", "zoo", "import",
+               str(archive.archive), "--lock", str(other)]
+    refused = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr
+    assert refused.stderr.count("\n") == 1 and "--ignore-lock" in refused.stderr
+    forced = subprocess.run(command + ["--ignore-lock"], capture_output=True, text=True, timeout=300)
+    assert forced.returncode == 0, forced.stderr
+    assert f"  {model}: matches the committed leaderboard: no (weights" in forced.stdout

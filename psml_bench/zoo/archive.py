@@ -4,9 +4,12 @@
 ``psml-zoo.json``, lists every other member with its sha256. ``psml-bench zoo import FILE|URL``
 checks, before anything reaches the cache: that the archive holds exactly the listed regular files
 (no links, no paths outside it), that each file has its listed hash, that each model's weights
-have the hash its zoo card records, and that the card belongs to the zoo config of that name here
-(same config hash). A URL is downloaded with ``torch.hub.download_url_to_file``, which checks the
-archive's own sha256 (printed by ``export``) before the file is opened. A team can so publish the zoo
+have the hash its zoo card records, that the card belongs to the zoo config of that name here
+(same config hash), and, given a lock (a leaderboard's ``zoos.json``: the committed leaderboard's by
+default), that every model's weights are the locked ones: an archive of other weights is refused
+unless the user asks for it, because no committed cell would be reused with it. A URL is downloaded
+with ``torch.hub.download_url_to_file``, which checks the archive's own sha256 (printed by ``export``)
+before the file is opened. A team can so publish the zoo
 its leaderboard was computed on, and a newcomer skips training.
 """
 
@@ -20,11 +23,12 @@ import tarfile
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from ..common.files import validate
 from ..contract.errors import ConfigError, PsmlError
 from .config import ZooConfig, load_zoo_config, zoo_directory
+from .lock import ZooLock, changed_models, lock_of_zoo, why_differs
 
 ARCHIVE_VERSION = 1
 INDEX = "psml-zoo.json"
@@ -186,8 +190,25 @@ def _check_card(into: Path, config: ZooConfig, source: str) -> dict[str, Any]:
     return card
 
 
+def _check_lock(staging: Path, locks: Mapping[str, ZooLock] | None, source: str, lock_source: str) -> None:
+    """Refuse an archive whose weights differ from the lock's (a lock without hashes checks nothing)."""
+    if not locks:
+        return
+    card = json.loads((staging / "card.json").read_text())
+    lock = lock_of_zoo(locks, card["zoo"])
+    if lock is None or not lock.hashed:
+        return
+    changed = changed_models(card, lock)
+    if changed:
+        raise PsmlError(f"{source}: zoo {card['zoo']} differs from {lock_source} in {len(changed)} of "
+                        f"{len(card['models'])} models ({', '.join(changed)}): {why_differs(card, lock)}; nothing "
+                        "installed, since no committed cell would be reused with it (pass --ignore-lock to install "
+                        "it anyway)")
+
+
 def import_zoo(source: str | Path, cache_dir: Path | None = None, *, sha256: str | None = None,
-               config: str | Path | None = None, force: bool = False) -> ZooArchive:
+               config: str | Path | None = None, force: bool = False, locks: Mapping[str, ZooLock] | None = None,
+               lock_source: str = "the lock") -> ZooArchive:
     """Install a zoo archive (a file or a URL) into the cache after checking every hash.
 
     Args:
@@ -195,10 +216,14 @@ def import_zoo(source: str | Path, cache_dir: Path | None = None, *, sha256: str
         sha256: the archive's own sha256 (checked before it is opened).
         config: the zoo config the archive was built from (default: the shipped config of the archive's zoo).
         force: replace a zoo of the same config already in the cache.
+        locks: a leaderboard's locks (:func:`~psml_bench.zoo.lock.read_locks`); None checks none. A zoo the
+            locks name with weights hashes must have exactly the locked weights.
+        lock_source: where ``locks`` came from, for the message.
 
     Raises:
-        PsmlError: a hash, member or card that does not check out (nothing is installed), or the zoo is
-            already in the cache with other contents and ``force`` is not given.
+        PsmlError: a hash, member or card that does not check out, or weights that differ from the lock
+            (nothing is installed), or the zoo is already in the cache with other contents and ``force`` is
+            not given.
     """
     source = str(source)
     with tempfile.TemporaryDirectory(prefix="psml-zoo-import-") as scratch:
@@ -217,6 +242,7 @@ def import_zoo(source: str | Path, cache_dir: Path | None = None, *, sha256: str
             try:
                 _extract(tar, index, staging, source)
                 _check_card(staging, zoo_config, source)
+                _check_lock(staging, locks, source, lock_source)
                 if destination.exists():
                     same = (destination / "card.json").is_file() and all(
                         (destination / n).is_file() and file_sha256(destination / n) == h
