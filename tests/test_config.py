@@ -217,3 +217,15 @@ def test_a_shipped_grid_loads_in_a_fresh_interpreter(name):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split()[0] == "infaas-slo"
+
+
+def test_the_routing_grids_pair_cell_for_cell_under_the_two_routers():
+    """`routing` and `routing-infaas` (issue 25) differ in the policy alone, so every row pairs with one."""
+    aware, blind = load_grid("routing"), load_grid("routing-infaas")
+    assert (aware.policy, blind.policy) == ("infaas-slo", "infaas")
+    assert aware.cells() == blind.cells() and len(aware.cells()) == 3 * 4 * 3
+    assert {c.attack.name for c in aware.cells()} == {"psml", "psml-adaptive", "psml-timing"}
+    assert sorted({c.service.load for c in aware.cells()}) == [0.3, 0.5, 0.8, 0.95]
+    default = load_grid("default")
+    assert (aware.zoo, aware.victims, aware.seeds, aware.benign_queries) == \
+        (default.zoo, default.victims, default.seeds, default.benign_queries)
