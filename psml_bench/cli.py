@@ -107,7 +107,8 @@ def _cmd_zoo_import(args: argparse.Namespace) -> int:
 
 
 def _show(name: str, cache: Path | None) -> int:
-    from .report.leaderboard import disagreement_text, markdown_table, zoo_table
+    from .report.leaderboard import disagreement_text, zoo_table
+    from .report.sections import markdown_table
     from .zoo.profiling import frontier_separation, load_profile
     from .zoo.model_zoo import Zoo
     from .zoo.config import load_zoo_config, zoo_directory

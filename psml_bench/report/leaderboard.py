@@ -12,16 +12,16 @@ the same sections as ``index.html``.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import pandas as pd
-from tabulate import tabulate
 
 from ..common.files import write_atomic
 from ..bench.grid import GridConfig
 from .page_text import csv_text, markdown_text
+from .sections import Section, Table, markdown_of
+from .shipped_grids import shipped_grids_section
 from .plots import caption, figure_names, write_figures
 from .ranking import (FIXED, GOODPUT_SHARE, attack_ranking, block_rows, canonical_order, crossover_notes,
     defense_ranking, describe_grid, estimate, goodput_ratios, protection_table, recipe_text)
@@ -70,34 +70,6 @@ def results_frame(rows: Sequence[dict[str, Any]]) -> pd.DataFrame:
                                          if c not in RESULT_COLUMNS and c not in VOLATILE_COLUMNS)]
 
 
-
-
-@dataclass
-class Table:
-    """A table of text cells; ``cells`` holds, per row, the keys of the cells it summarises (for links)."""
-
-    headers: list[str]
-    rows: list[list[str]]
-    cells: list[list[str]] = field(default_factory=list)
-
-
-@dataclass
-class Section:
-    """A titled part of the page: paragraphs, then a table or figures."""
-
-    level: int
-    title: str
-    paragraphs: list[str] = field(default_factory=list)
-    table: Table | None = None
-    figures: list[str] = field(default_factory=list)
-    bullets: list[str] = field(default_factory=list)
-    kind: str = ""
-    """``headline`` for the box at the top of the page; ``""`` for any other section."""
-    captions: dict[str, str] = field(default_factory=dict)
-    """Per figure, what it shows (its file name when missing)."""
-    facets: dict[str, str] = field(default_factory=dict)
-    """What the page's filters match the section by (``zoo``, ``block``, ``victim``); rows also match by their
-    own ``zoo``, ``block``, ``load`` and ``victim`` columns."""
 
 
 def _f(value: float, digits: int = 3) -> str:
@@ -449,26 +421,6 @@ def render_markdown(frame: pd.DataFrame, zoos, grid, figures: Sequence[str] = ()
     return markdown_of(leaderboard_sections(frame, zoos, grid, figures))
 
 
-def markdown_table(table: Table) -> str:
-    return tabulate(table.rows, headers=table.headers, tablefmt="github", disable_numparse=True)
-
-
-def markdown_of(sections: Sequence[Section]) -> str:
-    """Sections as Markdown."""
-    lines: list[str] = []
-    for section in sections:
-        lines += ["#" * section.level + " " + section.title, ""]
-        for paragraph in section.paragraphs:
-            lines += [paragraph, ""]
-        if section.bullets:
-            lines += [f"- {bullet}" for bullet in section.bullets] + [""]
-        if section.table is not None:
-            lines += [markdown_table(section.table), ""]
-        for name in section.figures:
-            lines += [f"![{name}]({name})", "", f"*{section.captions.get(name, name)}*", ""]
-    return "\n".join(lines)
-
-
 def provenance_of(frame: pd.DataFrame) -> dict[str, str]:
     """The distinct versions and machines that produced the rows (a field with several values lists them)."""
     return {column: ", ".join(sorted({str(v) for v in frame[column] if isinstance(v, str) and v})) or "—"
@@ -496,5 +448,6 @@ def write_leaderboard(rows: Sequence[dict[str, Any]], zoos, grid, out_dir: Path,
     serving = read_serving(out_dir)
     names += write_serving_figures(serving, [zoo.name for zoo in opened.values()], out_dir) if figures else []
     sections = leaderboard_sections(frame, zoos, grid, names, protection, serving)
+    sections += shipped_grids_section(out_dir, grid.name)
     write_atomic(out_dir / "README.md", markdown_of(sections))
     write_atomic(out_dir / "index.html", render_html(sections, provenance_of(frame)))

@@ -1,0 +1,43 @@
+"""The leaderboard page links the shipped grids whose results sit beside it, and says how far each ran."""
+
+from __future__ import annotations
+
+from psml_bench.bench.grid import load_grid
+from psml_bench.report.leaderboard import write_leaderboard
+from psml_bench.report.shipped_grids import first_sentence, shipped_grids
+from test_leaderboard import CardOnlyZoo, rows, toy_grid
+
+
+def _results(directory, statuses):
+    directory.mkdir(parents=True)
+    (directory / "results.csv").write_text("zoo,status\n" + "".join(f"fmnist,{s}\n" for s in statuses))
+
+
+def test_a_page_without_shipped_results_has_no_such_section(tmp_path):
+    write_leaderboard(rows(), CardOnlyZoo(), toy_grid(), tmp_path, figures=False)
+    assert "Shipped grids" not in (tmp_path / "README.md").read_text()
+
+
+def test_the_page_lists_every_shipped_grid_and_links_those_with_results(tmp_path):
+    _results(tmp_path / "routing", ["ok", "ok", "failed"])
+    total = len(load_grid("deployable-defenses").cells())
+    _results(tmp_path / "deployable-defenses", ["ok"] * total)
+    write_leaderboard(rows(), CardOnlyZoo(), toy_grid(), tmp_path, figures=False)
+    readme, page = (tmp_path / "README.md").read_text(), (tmp_path / "index.html").read_text()
+    assert "## Shipped grids" in readme
+    line = next(x for x in readme.splitlines() if x.startswith("| `routing`"))
+    assert "partial: 3 of 36 cells, 1 failed" in line
+    assert f"complete: {total} of {total} cells" in readme
+    assert "| `threat-models` " in readme and "defined, not run" in readme
+    assert "- [routing: its page](routing/index.html)" in readme
+    assert '<a href="deployable-defenses/index.html">deployable-defenses: its page</a>' in page
+    assert 'href="threat-models/index.html"' not in page  # no results: no link
+    assert "| `default` " not in readme and "| `tiny` " not in readme
+    listed = {g.name for g in shipped_grids(tmp_path, "routing")}
+    assert "routing" not in listed and "deployable-defenses" in listed  # a grid's own page does not list itself
+
+
+def test_first_sentence():
+    assert first_sentence("What load-aware routing does (issue 25), on fmnist. More text. ") == \
+        "What load-aware routing does (issue 25), on fmnist."
+    assert first_sentence("One sentence only") == "One sentence only"
