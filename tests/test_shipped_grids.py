@@ -41,3 +41,29 @@ def test_first_sentence():
     assert first_sentence("What load-aware routing does (issue 25), on fmnist. More text. ") == \
         "What load-aware routing does (issue 25), on fmnist."
     assert first_sentence("One sentence only") == "One sentence only"
+
+
+def test_the_ownership_table_reports_claims_queries_and_innocent_claims():
+    """Settings whose cells kept watermark pairs get a row: claim rate, queries to claim, innocent claims."""
+    import math
+
+    from psml_bench.report.leaderboard import leaderboard_sections, results_frame
+
+    marked = []
+    for row in rows():
+        if row["defense"] == "spec-noise(scale=0.05)" and row["status"] == "ok":  # stands in for a watermark setting
+            claimed = row["seed"] == 0
+            row = {**row, "watermark_pairs": 4.0 + row["seed"], "watermark_agreement": 0.9 if claimed else 0.2,
+                   "ownership_queries": 3.0 if claimed else math.nan, "ownership_claimed": float(claimed),
+                   "innocent_claims": 0.0, "innocent_agreement": 0.1}
+        marked.append(row)
+    frame = results_frame(marked)
+    sections = leaderboard_sections(frame, CardOnlyZoo(), toy_grid())
+    owned = next(s for s in sections if s.title == "Ownership")
+    assert owned.table.rows and all(r[2] == "spec-noise(scale=0.05)" for r in owned.table.rows)
+    first = dict(zip(owned.table.headers, owned.table.rows[0]))
+    assert first["claimed"].startswith("0.500 ± ") and first["queries to claim (median, range)"] == "3 (3-3, 1 claimed)"
+    assert first["innocent claims"] == "0.000 ± 0.000" and first["seeds"] == "2"
+    assert len(owned.table.cells[0]) == 2
+    assert not any(s.title == "Ownership" for s in leaderboard_sections(results_frame(rows()), CardOnlyZoo(),
+                                                                         toy_grid()))

@@ -28,13 +28,14 @@ def detecting_settings(frame: pd.DataFrame) -> list[str]:
     return list(dict.fromkeys(ok.loc[flagged, "defense"]))
 
 
-def _queries(values: list[float]) -> str:
+def median_range(values: list[float], counted: str = "detected") -> str:
+    """``median (min-max, n counted)`` of query counts, ``—`` for none."""
     if not values:
         return "—"
     ordered = sorted(values)
     middle = len(ordered) // 2
     median = ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
-    return f"{median:.0f} ({ordered[0]:.0f}-{ordered[-1]:.0f}, {len(ordered)} detected)"
+    return f"{median:.0f} ({ordered[0]:.0f}-{ordered[-1]:.0f}, {len(ordered)} {counted})"
 
 
 def detection_rows(frame: pd.DataFrame) -> tuple[list[list[str]], list[list[str]]]:
@@ -50,7 +51,7 @@ def detection_rows(frame: pd.DataFrame) -> tuple[list[list[str]], list[list[str]
                                             pd.to_numeric(ok["queries_to_detection"], errors="coerce"))
                    if d > 0 and not math.isnan(q)]
         rows.append([str(zoo), str(victim), str(defense), str(attack), str(int(budget)), str(load),
-                     t_interval(detected.values()).format(), _queries(queries),
+                     t_interval(detected.values()).format(), median_range(queries),
                      t_interval(ok_values(cells, "false_positive_clients").values()).format(), str(len(detected))])
         keys.append([k for k in cells["cell_key"] if isinstance(k, str) and k])
     return rows, keys

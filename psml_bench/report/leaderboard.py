@@ -29,6 +29,7 @@ from .zoo_comparison import Comparison, attack_differences, spec_protections
 from .intervals import NO_ESTIMATE, Estimate
 from ..bench.grid import MAX_FALSE_POSITIVES
 from .detection import DETECTION_COLUMNS, detection_rows
+from .ownership_report import OWNERSHIP_COLUMNS, ownership_rows
 from .headline import attack_sentences, ceilings, defense_sentences
 from .paired_ranks import narrowing
 from .plots import write_serving_figures
@@ -340,6 +341,7 @@ def leaderboard_sections(frame: pd.DataFrame, zoos, grid: GridConfig, figures: S
     several = len(by_name) > 1
     sections += serving_sections(serving, list(by_name), figures)
     sections += detection_sections(frame)
+    sections += ownership_sections(frame)
     sections[0].paragraphs.append(narrowing(ranked_values).sentence())
     sections += _flagged_section(frame, several)
     failed = frame[frame["status"] != "ok"]
@@ -395,6 +397,20 @@ def detection_sections(frame: pd.DataFrame) -> list[Section]:
         "attacker), the queries the attacker had sent when first flagged (median and range over the seeds that "
         "flagged it) and the share of benign clients flagged (false-positive clients); 95% t-intervals over seeds."],
         Table(DETECTION_COLUMNS, rows, keys))]
+
+
+def ownership_sections(frame: pd.DataFrame) -> list[Section]:
+    """Per watermarking defense setting: whether the owner claims the surrogate, at what cost, and false claims."""
+    rows, keys = ownership_rows(frame)
+    if not rows:
+        return []
+    return [Section(2, "Ownership", [
+        "For each watermarking defense setting (docs/protocol.md, ownership): the watermark pairs it kept from the "
+        "attacker, the claim rate (share of seeds whose surrogate the owner claims at a false-claim rate of at most "
+        "1e-3), the watermark queries the claim took (median and range over the claimed seeds), the surrogate's "
+        "agreement with the watermark labels, the share of the zoo's other models claimed (innocent claims, all "
+        "false) and the benign accuracy drop of the wrong answers; 95% t-intervals over seeds."],
+        Table(OWNERSHIP_COLUMNS, rows, keys))]
 
 
 def _flagged_section(frame: pd.DataFrame, several: bool = False) -> list[Section]:
