@@ -41,6 +41,8 @@ def test_first_sentence():
     assert first_sentence("What load-aware routing does (issue 25), on fmnist. More text. ") == \
         "What load-aware routing does (issue 25), on fmnist."
     assert first_sentence("One sentence only") == "One sentence only"
+    assert first_sentence("Cells under the router (infaas: the cheapest), compared: more") == \
+        "Cells under the router (infaas: the cheapest), compared."
 
 
 def test_the_ownership_table_reports_claims_queries_and_innocent_claims():

@@ -18,7 +18,6 @@ from pathlib import Path
 from ..bench.grid import load_grid
 from ..common.files import shipped_configs
 from ..contract.errors import ConfigError
-from .page_text import markdown_text
 from .sections import Section, Table
 
 NOT_LISTED = ("default", "tiny")
@@ -57,10 +56,14 @@ def _results(directory: Path) -> tuple[int, int] | None:
 
 
 def first_sentence(text: str) -> str:
-    """A grid description's first sentence (up to the first ". "), for a table cell."""
+    """A grid description's first clause: up to its first ". " or ": " outside parentheses, for a table cell."""
     text = " ".join(text.split())
-    end = text.find(". ")
-    return text[: end + 1] if end > 0 else text
+    depth = 0
+    for index, char in enumerate(text):
+        depth += (char == "(") - (char == ")")
+        if depth == 0 and char in ".:" and text[index + 1: index + 2] == " ":
+            return text[:index] + "."
+    return text
 
 
 def shipped_grids(out_dir: Path, own: str) -> list[ShippedGrid]:
@@ -87,11 +90,13 @@ def has_shipped_results(out_dir: Path) -> bool:
 
 
 def shipped_grids_section(out_dir: Path, own: str) -> list[Section]:
-    """The page's "Shipped grids" section (none when ``out_dir`` holds no shipped grid's results)."""
+    """The page's "Shipped grids" section (none when ``out_dir`` holds no shipped grid's results).
+
+    The descriptions are the shipped configs' own text (no plugin's), so their code spans render."""
     if not has_shipped_results(out_dir):
         return []
     grids = shipped_grids(out_dir, own)
-    rows = [[f"`{g.name}`", ", ".join(f"`{z}`" for z in g.zoos), g.status, markdown_text(g.description)]
+    rows = [[f"`{g.name}`", ", ".join(f"`{z}`" for z in g.zoos), g.status, g.description]
             for g in grids]
     links = [(f"{g.name}: its page", f"{g.name}/index.html") for g in grids if g.finished is not None]
     return [Section(2, "Shipped grids", [
