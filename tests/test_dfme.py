@@ -11,6 +11,8 @@ import torch.nn.functional as F
 
 from psml_bench import (STRATEGIES, ConfigError, Knowledge, QuerySession, Spec, Surrogate, SurrogateConfig, Target,
                         extract)
+from psml_bench.bench.cell import run_cell
+from psml_bench.bench.grid import load_grid
 from psml_bench.contract.registries import make_defense
 from psml_bench.serving.server import Server
 from strategies.dfme import (PROBABILITY_FLOOR, Dfme, InputGenerator, disagreement, forward_difference_gradient,
@@ -181,3 +183,29 @@ def test_extract_returns_the_strategys_student_and_refuses_anything_else(tiny_zo
     server, _, _ = _setup(tiny_zoo, 50)
     with pytest.raises(ConfigError, match="strategy 'dfme' returned Linear from collect"):
         extract(Recorder(server).target, knowledge, spec, 50, np.random.default_rng(3), config)
+
+
+GRID = """
+name = "data-free"
+zoo = "fmnist-tiny"
+victims = ["rank:2"]
+seeds = [0]
+benign_queries = 100
+
+[[blocks]]
+name = "b"
+budgets = [300]
+attacks = [{ name = "psml", params = { strategy = "dfme" } }]
+defenses = [{ name = "none" }, { name = "prob-noise", sweep = { sigma = [0.2] } }]
+"""
+
+
+def test_a_data_free_cell_runs_in_the_sandbox_and_is_own_training(tmp_path, tiny_zoo):
+    """psml's fingerprint, then DFME, in the isolated attack process: the budget spent, the student scored, and
+    its row on the own-training track (the student is not a training of the block's recipe)."""
+    path = tmp_path / "data-free.toml"
+    path.write_text(GRID)
+    grid = load_grid(path)
+    rows = [run_cell(tiny_zoo, grid, cell) for cell in grid.cells()]
+    assert [r["status"] for r in rows] == ["ok", "ok"], [r["error"] for r in rows]
+    assert all(r["queries"] == 300 and r["surrogate_recipe"] == "" and 0 <= r["fidelity"] <= 1 for r in rows)
