@@ -95,9 +95,12 @@ def test_a_cell_on_digits_runs_and_benign_clients_keep_the_split(tmp_path, tiny_
 
 def test_the_threat_models_grid_crosses_attackers_defenses_data_and_identities():
     grid = load_grid("threat-models")
-    data, sybil = grid.blocks
+    data, sybil, data_free = grid.blocks
     assert {a.name for a in data.attacks} == {"psml", "knockoff", "psml-aware"} and len(data.defenses) == 6
     assert data.attacker_data == ("in-distribution", "digits", "photos") and grid.seeds == (0, 1, 2)
     assert sybil.attacker_identities == (1, 4, 16)
     assert {a.name for a in sybil.attacks} == {"psml", "knockoff", "psml-aware"}
-    assert len(grid.cells()) == 234  # 162 + 108, less the 36 k = 1 cells both blocks hold
+    # DFME queries no pool: one attacker_data setting per defense, the attacker-data block's defenses
+    assert [(a.name, dict(a.params)) for a in data_free.attacks] == [("psml", {"strategy": "dfme"})]
+    assert data_free.defenses == data.defenses and data_free.attacker_data == ("in-distribution",)
+    assert len(grid.cells()) == 252  # 162 + 108 + 18, less the 36 k = 1 cells the first two blocks share

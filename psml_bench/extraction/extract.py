@@ -63,17 +63,35 @@ def extract(target: Target, knowledge: Knowledge, spec: Spec | Sequence[Spec], n
             extra: tuple[torch.Tensor, torch.Tensor] | None = None) -> Surrogate:
     """Query up to ``n_queries`` inputs chosen by ``config.strategy`` under ``spec``, train a surrogate.
 
+    The surrogate is trained on every answer with ``config``, or is the one the strategy trained itself
+    (see :meth:`Strategy.collect`).
+
     Args:
         spec: one spec for all queries, or a sequence of ``n_queries`` specs, consumed in order.
-        extra: answers the attack already holds (inputs, probabilities), added to the training set.
+        extra: answers the attack already holds (inputs, probabilities), added to the training set (a
+            strategy's own surrogate is trained further on them).
     """
     if not isinstance(config, SurrogateConfig):
         raise ConfigError(f"config must be a psml_bench.SurrogateConfig, got {type(config).__name__}")
     generator("extract's rng", rng)
     strategy = STRATEGIES.get(config.strategy)()
     session = QuerySession(target, knowledge, spec, n_queries)
-    strategy.collect(session, knowledge, config, rng)
+    own = strategy.collect(session, knowledge, config, rng)
+    if own is not None:
+        return _strategy_surrogate(own, config.strategy, knowledge, config, rng, extra)
     inputs, answers = session.inputs, session.answers
     if extra is not None and len(extra[0]):
         inputs, answers = torch.cat([inputs, extra[0]]), torch.cat([answers, extra[1]])
     return train_surrogate(inputs, answers, knowledge, config, rng)
+
+
+def _strategy_surrogate(own: object, name: str, knowledge: Knowledge, config: SurrogateConfig,
+                        rng: np.random.Generator, extra: tuple[torch.Tensor, torch.Tensor] | None) -> Surrogate:
+    """The surrogate a strategy trained itself, trained further on ``extra`` (with the attack's recipe) if any."""
+    if not isinstance(own, Surrogate):
+        raise ConfigError(f"strategy '{name}' returned {type(own).__name__} from collect; it must return None or "
+                          "a psml_bench.Surrogate")
+    own = own.to("cpu").eval()
+    if extra is not None and len(extra[0]):
+        return train_surrogate(extra[0], extra[1], knowledge, config, rng, init=own)
+    return own
