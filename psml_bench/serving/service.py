@@ -19,7 +19,6 @@ the queues' state (:mod:`psml_bench.serving.slo_routing`); ``infaas`` routes a b
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 from dataclasses import replace
@@ -30,10 +29,10 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from .capacity import CapacityCache, capacity_problem
+from .capacity import CapacityCache, batch_service_times, capacity_problem
 from ..common.device import intra_op_threads
 from ..contract.errors import ConfigError
-from ..zoo.profiling import load_profile, reference_profile_path
+from ..zoo.profiling import reference_profile_path
 from ..common.metrics import benign_specs
 from ..contract.requests import Requests
 from .server import Served, Server, opaque_client_ids, released_ms
@@ -41,7 +40,7 @@ from ..contract.spec import Spec
 from .config import ServiceConfig
 from .simulator import BatchingSimulator
 from .slo_routing import SimulatedQueues, simulate_routing
-from ..zoo.model_zoo import MenuEntry, Zoo
+from ..zoo.model_zoo import Zoo
 
 BENIGN_CHUNK = 1024
 CAPACITY_FILE = "capacity_at_slo.json"
@@ -58,33 +57,6 @@ def service_times(zoo: Zoo) -> tuple[np.ndarray, np.ndarray]:
     (no batching gain).
     """
     return batch_service_times(zoo.menu, (zoo.profile_path, reference_profile_path(f"{zoo.name}-cpu.json")))
-
-
-def batch_service_times(menu: Sequence[MenuEntry], profiles: Sequence[Path | None]) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`service_times` of a menu from the first of ``profiles`` with a batch fit for each model."""
-    fits: dict[str, dict] = {}
-    for path in profiles:
-        if path is not None and Path(path).is_file():
-            stat = Path(path).stat()
-            for model_id, fit in _profile_fits(str(path), stat.st_mtime_ns, stat.st_size).items():
-                fits.setdefault(model_id, fit)
-    intercept, slope = [], []
-    for entry in menu:
-        fit = fits.get(entry.id)
-        a, s = (max(float(fit["intercept_ms"]), 0.0), max(float(fit["slope_ms"]), 0.0)) if fit else (0.0, 0.0)
-        if a + s > 0:
-            intercept.append(a * entry.latency_ms / (a + s))
-            slope.append(s * entry.latency_ms / (a + s))
-        else:
-            intercept.append(0.0)
-            slope.append(entry.latency_ms)
-    return np.array(intercept), np.array(slope)
-
-
-@functools.lru_cache(maxsize=32)
-def _profile_fits(path: str, mtime_ns: int, size: int) -> dict[str, dict]:
-    """Each model's batch fit in a profile file (read once per version of the file: every cell key asks)."""
-    return {model_id: entry["fit"] for model_id, entry in load_profile(Path(path))["models"].items() if "fit" in entry}
 
 
 def slo_capacity(zoo: Zoo, policy: str, config: ServiceConfig, capacities: CapacityCache | None = None) -> float:
