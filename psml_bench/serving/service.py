@@ -81,11 +81,9 @@ class PoolAnswers:
     3.2e-7 on the fmnist-compact zoo, no argmax changed; ``tests/test_service.py``), so the attacker's own
     queries keep their live forward pass, exactly as without benign traffic.
 
-    On a GPU they are computed there, once per process, and kept in memory only: a GPU's rounding
-    is its own, so the file holds the CPU's answers alone.
+    On a GPU they are computed there, once per owner (:class:`PoolAnswersCache`), and kept in memory only: a
+    GPU's rounding is its own, so the file holds the CPU's answers alone.
     """
-
-    _OPEN: dict[tuple[str, str], PoolAnswers] = {}
 
     def __init__(self, zoo: Zoo, device: torch.device | str = "cpu"):
         device = torch.device(device)
@@ -107,13 +105,34 @@ class PoolAnswers:
         with intra_op_threads(1):
             return server.forward(pool, np.zeros(len(pool), dtype=np.int64))
 
-    @classmethod
-    def of(cls, zoo: Zoo, device: torch.device | str = "cpu") -> PoolAnswers:
-        """The zoo's pool answers on ``device`` (loaded or computed once per process)."""
+    @staticmethod
+    def of(zoo: Zoo, device: torch.device | str = "cpu", cache: PoolAnswersCache | None = None) -> PoolAnswers:
+        """The zoo's pool answers on ``device``, loaded or computed once per ``cache`` (default: the process's,
+        :data:`PROCESS_POOL_ANSWERS`)."""
+        return (PROCESS_POOL_ANSWERS if cache is None else cache).get(zoo, device)
+
+
+class PoolAnswersCache:
+    """The pool answers an owner (a run, a process) has opened, by (zoo directory, device kind).
+
+    A memo of a pure function: the answers depend only on the zoo's weights and the device's kind, so sharing an
+    owner changes no number, it only spares loading (on a GPU, computing) them again.
+    """
+
+    def __init__(self) -> None:
+        self._open: dict[tuple[str, str], PoolAnswers] = {}
+
+    def get(self, zoo: Zoo, device: torch.device | str = "cpu") -> PoolAnswers:
+        """The zoo's pool answers on ``device``, opened on this owner's first request for them."""
         key = (str(zoo.directory), torch.device(device).type)
-        if key not in cls._OPEN:
-            cls._OPEN[key] = cls(zoo, device)
-        return cls._OPEN[key]
+        if key not in self._open:
+            self._open[key] = PoolAnswers(zoo, device)
+        return self._open[key]
+
+
+PROCESS_POOL_ANSWERS = PoolAnswersCache()
+"""The owner of callers that pass none (:meth:`PoolAnswers.of`, a :class:`Service` without ``pool_answers``): kept
+for the process, so a worker's cells open each zoo's answers once."""
 
 
 def _save_atomically(path: Path, tensors: dict[str, torch.Tensor]) -> None:
@@ -229,12 +248,13 @@ class Service:
         capacities: where the capacity at the SLO is looked up (:func:`slo_capacity`; it may raise ConfigError).
         attacker_identities: the opaque client ids the attacker's rows are spread over, round-robin in the
             order it sends them (a Sybil attacker; the budget still counts them all together).
+        pool_answers: the owner of the zoos' pool answers (default: the process's, :data:`PROCESS_POOL_ANSWERS`).
     """
 
     def __init__(self, zoo: Zoo, *, defense, config: ServiceConfig, seed: int, budget: int,
                  policy: str = "infaas-slo", benign_queries: int = 1000, victim_id: str | None = None,
                  device: torch.device | str = "cpu", capacities: CapacityCache | None = None,
-                 attacker_identities: int = 1):
+                 attacker_identities: int = 1, pool_answers: PoolAnswersCache | None = None):
         self.zoo, self.config, self.benign_queries = zoo, config, benign_queries
         reject = config.admission == "reject"
         self.benign_server = Server(zoo, defense=defense, rng=np.random.default_rng([seed, 4]), policy=policy,
@@ -259,7 +279,7 @@ class Service:
         self._attacker_rows = 0
         self.attacker_work_ms = 0.0  # the client-side compute the attacker's answers cost it (proof of work)
         self.attacker_detected_at: int | None = None  # the attacker's requests, all ids, when one was first detected
-        self.answers = PoolAnswers.of(zoo, device)
+        self.answers = PoolAnswers.of(zoo, device, pool_answers)
         self.benign = _BenignStream(rate, self.benign_ids, len(zoo.splits["attacker_x"]), self.benign_server, seed)
         self.attacker_pace_ms = config.benign_clients / (config.attacker_rate * rate)
         self.simulator = BatchingSimulator(intercept, slope, self.batching, self.replicas)
