@@ -2,11 +2,11 @@
 
     python benchmarks/serving_targets.py [--requests 20000]
 
-No zoo is built: each zoo's menu is its models' test accuracy (as the committed leaderboard's lock,
-leaderboard/zoos.json, records it) and its committed reference profile's batch-1 p50, its batch service times
-the fits of the committed profiles (``psml_bench.serving.service.batch_service_times``), its advertised ranges
-from the zoo config's margins (0.05, 0.5), one worker per model and the default service (max batch 8, no wait,
-timeout 10). For each zoo and policy (``infaas-slo``, ``infaas``) it searches the capacity at the SLO
+No zoo is built (``psml_bench.serving.capacity.committed_capacity_problem``): each zoo's menu is its models' test
+accuracy (as the committed leaderboard's lock, leaderboard/zoos.json, records it) and its committed reference
+profile's batch-1 p50, its batch service times the fits of the committed profiles, its advertised ranges from the
+zoo config's margins (0.05, 0.5), one worker per model and the default service (max batch 8, no wait, timeout 10).
+For each zoo and policy (``infaas-slo``, ``infaas``) it searches the capacity at the SLO
 (``psml_bench.serving.capacity``), then prints the undefended service's goodput (SLO attainment of benign
 requests) and p99 at loads 0.5, 0.8 and 0.95 of that capacity, on the search's fixed-seed benign workload,
 and both policies at common rates.
@@ -15,31 +15,19 @@ and both policies at common rates.
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from pathlib import Path
 
-from psml_bench.serving.capacity import CapacityProblem, attainment, search_capacity
-from psml_bench.zoo.profiling import load_profile, reference_profile_path
-from psml_bench.serving.service import ServiceConfig, batch_service_times
-from psml_bench.contract.spec import SpecRange
-from psml_bench.zoo.model_zoo import MenuEntry, service_ranges
+from psml_bench.serving.capacity import CapacityProblem, attainment, committed_capacity_problem, search_capacity
+from psml_bench.zoo.lock import checkout_lock, read_locks
 
 # Test accuracy of each model as the committed leaderboard's lock records it (leaderboard/zoos.json, written from the
 # zoo cards by the run that computed the leaderboard): these zoos are not built here, their committed profiles are.
-_LOCK = json.loads((Path(__file__).resolve().parents[1] / "leaderboard" / "zoos.json").read_text())
-ACCURACY = {zoo: {m["id"]: m["accuracy"] for m in _LOCK[zoo]["models"]} for zoo in ("fmnist", "fmnist-compact")}
+_LOCKS = read_locks(checkout_lock())
+ACCURACY = {zoo: {m.id: m.accuracy for m in _LOCKS[zoo].models} for zoo in ("fmnist", "fmnist-compact")}
 
 
 def problem(zoo: str, policy: str) -> CapacityProblem:
-    profile = load_profile(reference_profile_path(f"{zoo}.json"))
-    menu = [MenuEntry(m, a, profile["models"][m]["p50_ms"]) for m, a in ACCURACY[zoo].items()]
-    intercept, slope = batch_service_times(menu, [reference_profile_path(f"{zoo}.json"),
-                                                  reference_profile_path(f"{zoo}-cpu.json")])
-    accuracy_range, latency_range = service_ranges([e.accuracy for e in menu], [e.latency_ms for e in menu], 0.05, 0.5)
-    return CapacityProblem(tuple(ACCURACY[zoo]), tuple(e.accuracy for e in menu), tuple(e.latency_ms for e in menu),
-                           tuple(intercept), tuple(slope), (1,) * len(menu), SpecRange(accuracy_range, latency_range),
-                           policy, ServiceConfig().batching(latency_range[1]))
+    return committed_capacity_problem(zoo, ACCURACY[zoo], policy)
 
 
 def main() -> None:

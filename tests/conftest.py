@@ -1,4 +1,4 @@
-"""Shared fixtures: the tiny zoo, built once per test session."""
+"""Shared fixtures: the tiny zoo (built once per test session), torch on one thread, a seeded generator."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from psml_bench.zoo.build import open_zoo
 
@@ -21,6 +22,15 @@ def cache_dir(request) -> Path:
 @pytest.fixture(scope="session")
 def tiny_zoo(cache_dir):
     return open_zoo("fmnist-tiny", cache_dir, progress=False)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Torch on one thread for a module's tests, as in a cell (two threads on a shared machine only contend)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

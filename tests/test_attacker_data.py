@@ -14,26 +14,10 @@ from psml_bench.bench.grid import load_grid
 from psml_bench.zoo import attacker_data
 from psml_bench.zoo.attacker_data import IN_DISTRIBUTION, SOURCES, attacker_pool, check_attacker_data
 
-GRID = """
-name = "ood"
-zoo = "fmnist-tiny"
-victims = ["rank:2"]
-seeds = [0]
-benign_queries = 100
-{top}
-[[blocks]]
-name = "b"
-budgets = [{budget}]
-attacks = [{{ name = "psml", params = {{ min_steps = 20, epochs = 1 }} }}]
-defenses = [{{ name = "none" }}]
-{block}
-"""
-
+from helpers import tiny_grid
 
 def grid_file(tmp_path: Path, top: str = "", block: str = "", budget: int = 120) -> Path:
-    path = tmp_path / "ood.toml"
-    path.write_text(GRID.format(top=top, block=block, budget=budget))
-    return path
+    return tiny_grid(tmp_path / "ood.toml", budget=budget, defense="none", top=top, block=block)
 
 
 @pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32)])

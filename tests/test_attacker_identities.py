@@ -14,26 +14,10 @@ from psml_bench.contract.registries import make_defense
 from psml_bench.serving.server import opaque_client_ids
 from psml_bench.serving.service import Service, ServiceConfig
 
-GRID = """
-name = "sybil"
-zoo = "fmnist-tiny"
-victims = ["rank:2"]
-seeds = [0]
-benign_queries = 100
-{top}
-[[blocks]]
-name = "b"
-budgets = [400]
-attacks = [{{ name = "psml", params = {{ min_steps = 20, epochs = 1 }} }}]
-defenses = [{{ name = "prada" }}]
-{block}
-"""
-
+from helpers import tiny_grid
 
 def grid_file(tmp_path: Path, top: str = "", block: str = "") -> Path:
-    path = tmp_path / "sybil.toml"
-    path.write_text(GRID.format(top=top, block=block))
-    return path
+    return tiny_grid(tmp_path / "sybil.toml", budget=400, defense="prada", top=top, block=block)
 
 
 @pytest.mark.parametrize("value", ["0", "65", '"4"', "[1, 2.5]"])

@@ -11,15 +11,12 @@ from psml_bench import ConfigError, Knowledge, Spec, Target
 from psml_bench.contract.registries import make_defense
 from psml_bench.serving.server import Server
 
+from helpers import Recorder
+
 SMALL = {"min_steps": 100, "epochs": 1}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_coarse_classes_separate_obvious_clusters_and_repeat_with_the_seed():
@@ -62,15 +59,6 @@ def test_rewards_follow_the_paper():
 def test_knockoff_rejects_unknown_sampling():
     with pytest.raises(ConfigError):
         Knockoff(sampling="greedy")
-
-
-class Recorder:
-    def __init__(self, server: Server):
-        self.server, self.inputs = server, []
-
-    def query(self, inputs, spec, purpose):
-        self.inputs.append(inputs.clone())
-        return self.server.query(inputs, spec, purpose)
 
 
 def _run(zoo, budget: int, seed: int, **params):

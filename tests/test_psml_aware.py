@@ -11,13 +11,10 @@ from psml_bench import ConfigError, Knowledge, Spec, Target
 from psml_bench.contract.registries import ATTACKS, make_defense
 from psml_bench.serving.server import Server, target_for
 
+from helpers import Recorder
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _service(zoo, defense: str, params: dict | None = None, budget: int | None = None, victim_only: bool = False):
@@ -73,15 +70,6 @@ def test_the_fallback_triggers_on_perturbing_defenses_and_not_on_the_undefended_
     assert PsmlAware().labels(diagnosis) == ("hard" if perturbed else "soft")
     assert PsmlAware(fallback="never").labels(diagnosis) == "soft"
     assert PsmlAware(fallback="always").labels(diagnosis) == "hard"
-
-
-class Recorder:
-    def __init__(self, server: Server):
-        self.server, self.inputs = server, []
-
-    def query(self, inputs, spec, purpose):
-        self.inputs.append(inputs.clone())
-        return self.server.query(inputs, spec, purpose)
 
 
 def test_the_attack_spends_its_budget_counting_every_repeat(tiny_zoo):

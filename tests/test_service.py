@@ -14,7 +14,8 @@ from psml_bench.bench.cell import run_cell
 from psml_bench.contract.errors import DefenseError
 from psml_bench.bench.grid import Cell, GridConfig, PluginSpec, load_grid
 from psml_bench.contract.registries import DEFENSES, make_defense
-from psml_bench.serving.service import PoolAnswers, Service, ServiceConfig, service_times
+from psml_bench.serving.service import (PROCESS_POOL_ANSWERS, PoolAnswers, PoolAnswersCache, Service, ServiceConfig,
+                                        service_times)
 from psml_bench.serving.server import Server, target_for
 
 SMALL = (("epochs", 1), ("min_steps", 10))
@@ -60,6 +61,19 @@ def test_pool_answers_equal_a_live_forward_pass(tiny_zoo):
                 assert (cached - live).abs().max() < 1e-5 and torch.equal(cached.argmax(1), live.argmax(1))
     finally:
         torch.set_num_threads(threads)
+
+
+def test_pool_answers_are_opened_once_per_owner_with_the_same_numbers(tiny_zoo):
+    """A service takes its pool answers from the owner it is given (default: the process's); owners share none."""
+    owner, other = PoolAnswersCache(), PoolAnswersCache()
+    services = [Service(tiny_zoo, defense=make_defense("none"), config=ServiceConfig(), seed=seed, budget=10,
+                        benign_queries=10, pool_answers=cache) for seed, cache in ((0, owner), (1, owner), (2, other))]
+    assert services[0].answers is services[1].answers is owner.get(tiny_zoo)
+    assert services[2].answers is other.get(tiny_zoo) and services[2].answers is not services[0].answers
+    assert PoolAnswers.of(tiny_zoo) is PROCESS_POOL_ANSWERS.get(tiny_zoo) is not services[0].answers
+    for model_id, probabilities in services[0].answers.probabilities.items():
+        assert torch.equal(probabilities, services[2].answers.probabilities[model_id])
+        assert torch.equal(probabilities, PoolAnswers.of(tiny_zoo).probabilities[model_id])
 
 
 @pytest.mark.parametrize("name", sorted(set(DEFENSES.names()) - {"none"}) + ["none"])

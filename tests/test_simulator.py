@@ -35,6 +35,25 @@ def one_shot(times, models, intercept, slope, config):
     return simulator
 
 
+def stepped(simulator, times, models, deadlines):
+    """The serving system's use: dispatch the earliest batch, adding the requests that arrive before it first; each
+    batch leaves (or its oldest request is dropped) when ``next_dispatch_ms`` said."""
+    added = 0
+    while True:
+        next_model = min(range(simulator.num_models), key=simulator.next_dispatch_ms)
+        dispatch = simulator.next_dispatch_ms(next_model)
+        arriving = np.searchsorted(times, dispatch, side="right") if np.isfinite(dispatch) else len(times)
+        if arriving > added:
+            step = max(arriving - added, 1) if np.isfinite(dispatch) else min(50, len(times) - added)
+            simulator.add(times[added:added + step], models[added:added + step], deadlines[added:added + step])
+            added += step
+            continue
+        if not np.isfinite(dispatch):
+            return simulator
+        simulator.dispatch(next_model)
+        assert simulator.last_dispatch_ms(next_model) == dispatch
+
+
 @pytest.mark.parametrize("rho", [0.5, 0.8])
 def test_fifo_waiting_time_matches_md1(rho):
     service_ms, n, warm_up = 2.0, 200_000, 20_000
@@ -187,23 +206,33 @@ def test_stepping_batches_in_time_order_matches_a_one_shot_run():
     config = BatchingConfig(4, 0.5)
     times = np.sort(rng.uniform(0, 200, 2000))
     models = rng.integers(0, 3, 2000)
-    simulator = BatchingSimulator(intercept, slope, config)
-    added = 0
-    while True:
-        next_model = min(range(3), key=simulator.next_dispatch_ms)
-        dispatch = simulator.next_dispatch_ms(next_model)
-        arriving = np.searchsorted(times, dispatch, side="right") if np.isfinite(dispatch) else len(times)
-        if arriving > added:
-            step = max(arriving - added, 1) if np.isfinite(dispatch) else min(50, len(times) - added)
-            simulator.add(times[added:added + step], models[added:added + step])
-            added += step
-            continue
-        if not np.isfinite(dispatch):
-            break
-        simulator.dispatch(next_model)
+    simulator = stepped(BatchingSimulator(intercept, slope, config), times, models, np.full(len(times), math.inf))
     whole = one_shot(times, models, intercept, slope, config)
     np.testing.assert_array_equal(simulator.completion_ms, whole.completion_ms)
     assert simulator.pending(0) == simulator.pending(1) == simulator.pending(2) == 0
+
+
+@pytest.mark.parametrize("timeout_ms", [None, 6.0])
+def test_stepping_predicting_and_one_shot_dispatch_alike_with_deadlines_replicas_and_a_timeout(timeout_ms):
+    """Each batch leaves (or its oldest request is dropped) when ``next_dispatch_ms`` said; a request's predicted
+    latency is what it gets when nothing else arrives first; the stepped run is the one-shot run."""
+    rng = np.random.default_rng(11)
+    intercept, slope, replicas = np.array([1.0, 0.5, 2.0]), np.array([0.2, 0.1, 0.5]), [1, 2, 3]
+    config = BatchingConfig(4, 1.5, timeout_ms)
+    times = np.sort(np.round(rng.uniform(0, 150, 1500), 1))  # rounding makes ties
+    models = rng.integers(0, 3, 1500)
+    deadlines = np.where(rng.random(1500) < 0.3, math.inf, times + rng.uniform(1, 25, 1500))
+    simulator = stepped(BatchingSimulator(intercept, slope, config, replicas), times, models, deadlines)
+    whole = BatchingSimulator(intercept, slope, config, replicas)
+    whole.add(times, models, deadlines)
+    whole.finish()
+    np.testing.assert_array_equal(simulator.completion_ms, whole.completion_ms)
+    assert whole.dropped.any() == (timeout_ms is not None)
+    alone = BatchingSimulator(intercept, slope, config, replicas)
+    alone.add(times[:-1], models[:-1], deadlines[:-1])
+    alone.advance(times[-1])
+    predicted = alone.predict_latency(float(times[-1]), float(deadlines[-1] - times[-1]))[int(models[-1])]
+    assert whole.completion_ms[-1] - times[-1] == predicted
 
 
 def test_requests_past_the_timeout_are_dropped_without_taking_service_time():

@@ -4,44 +4,35 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 import psml_bench.serving.capacity as capacity_module
-from psml_bench.serving.capacity import CapacityCache, CapacityProblem, attainment, search_capacity
+from psml_bench.serving.capacity import (CapacityCache, CapacityProblem, attainment, committed_capacity_problem,
+                                         search_capacity)
 from psml_bench.bench.cell import run_cell
 from psml_bench.contract.errors import ConfigError, PsmlError
 from psml_bench.bench.grid import Cell, GridConfig, PluginSpec, load_grid
 from psml_bench.serving.live import ApiKey, LiveService
-from psml_bench.zoo.profiling import load_profile, reference_profile_path
+from psml_bench.zoo.lock import checkout_lock, read_locks
 from psml_bench.contract.registries import POLICIES, make_defense
-from psml_bench.serving.service import ServiceConfig, batch_service_times
-from psml_bench.contract.spec import Spec, SpecRange
+from psml_bench.serving.service import ServiceConfig
+from psml_bench.contract.spec import Spec
 from psml_bench.serving.simulator import BatchingConfig, BatchingSimulator, saturation_capacity
 from psml_bench.serving.slo_routing import SimulatedQueues
-from psml_bench.zoo.model_zoo import MenuEntry, service_ranges
 
 # Test accuracy of each model as the committed leaderboard's lock records it (leaderboard/zoos.json, written from the
 # zoo cards by the run that computed the leaderboard): these zoos are not built here, their committed profiles are.
-_LOCK = json.loads((Path(__file__).resolve().parents[1] / "leaderboard" / "zoos.json").read_text())
-ACCURACY = {zoo: {m["id"]: m["accuracy"] for m in _LOCK[zoo]["models"]} for zoo in ("fmnist", "fmnist-compact")}
+_LOCKS = read_locks(checkout_lock())
+ACCURACY = {zoo: {m.id: m.accuracy for m in _LOCKS[zoo].models} for zoo in ("fmnist", "fmnist-compact")}
 
 
 def zoo_problem(zoo: str, policy: str, reject: bool = False) -> CapacityProblem:
-    """The capacity problem of a zoo's committed profiles (margins 0.05 and 0.5, the default service)."""
-    profile = load_profile(reference_profile_path(f"{zoo}.json"))
-    menu = [MenuEntry(m, a, profile["models"][m]["p50_ms"]) for m, a in ACCURACY[zoo].items()]
-    intercept, slope = batch_service_times(menu, [reference_profile_path(f"{zoo}.json"),
-                                                  reference_profile_path(f"{zoo}-cpu.json")])
-    accuracy_range, latency_range = service_ranges([e.accuracy for e in menu], [e.latency_ms for e in menu], 0.05, 0.5)
-    return CapacityProblem(tuple(ACCURACY[zoo]), tuple(e.accuracy for e in menu), tuple(e.latency_ms for e in menu),
-                           tuple(intercept), tuple(slope), (1,) * len(menu), SpecRange(accuracy_range, latency_range),
-                           policy, ServiceConfig().batching(latency_range[1]), reject)
+    """The capacity problem of a zoo's committed profiles (its config's margins, the default service)."""
+    return committed_capacity_problem(zoo, ACCURACY[zoo], policy, reject)
 
 
 # --- deadline-aware batching -----------------------------------------------------------------------------

@@ -10,10 +10,12 @@ import torch
 import torch.nn.functional as F
 
 from psml_bench import (ATTACKS, STRATEGIES, SURROGATE_DEFAULTS, ConfigError, Knowledge, QuerySession, Spec,
-                        Surrogate, SurrogateConfig, Target, UnknownPluginError, extract, query_batched, sample_pool)
+                        Surrogate, SurrogateConfig, UnknownPluginError, extract, query_batched, sample_pool)
 from psml_bench.isolation.attack_process import AttackLocator, run_attack
 from psml_bench.contract.registries import make_defense
 from psml_bench.serving.server import Server, target_for
+
+from helpers import Recorder
 
 BUDGET = 64
 SMALL = {"min_steps": 20, "epochs": 1}
@@ -21,36 +23,7 @@ SYNTHETIC = {"jacobian": "after a pool seed set", "dfme": "only"}
 """Strategies that query inputs they make (never running out), and whether pool inputs come first or never."""
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Strategies run on one thread in a cell; two threads on a shared machine only contend."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-class Recorder:
-    """A target that records every input and spec it forwards to the server."""
-
-    def __init__(self, server: Server):
-        self.server = server
-        self.inputs: list[torch.Tensor] = []
-        self.specs: list[Spec] = []
-
-    def _query(self, inputs, spec, purpose):
-        answers = self.server.query(inputs, spec, purpose)
-        self.inputs.append(inputs.clone())
-        self.specs.extend([spec] * len(inputs) if isinstance(spec, Spec) else list(spec))
-        return answers
-
-    @property
-    def target(self) -> Target:
-        return Target(self._query, lambda: self.server.remaining)
-
-    @property
-    def queried(self) -> torch.Tensor:
-        return torch.cat(self.inputs)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _setup(zoo, budget: int | None, pool_size: int | None = None, victim_only: bool = True):

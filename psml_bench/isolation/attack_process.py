@@ -7,7 +7,7 @@ process receives, over its channel, the attack's locator, the source of any plug
 sandbox cannot see (a submission's ``.py`` files, read by the worker), its parameters, the
 :class:`Knowledge`, the budget, the seeded generator and its memory limit; nothing else reaches it.
 
-The channel is a socket pair:
+The channel is a socket pair (its wire form: :mod:`psml_bench.isolation.channel`):
 
 - attack -> worker: raw bytes, a JSON header plus a safetensors blob, parsed without ``pickle``
   (unpickling bytes from the attack process would let it run code in the worker). At most
@@ -43,20 +43,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
-import safetensors.torch
 import timm
 import torch
 
-from ..contract.errors import (AttackFailed, BudgetExhausted, ConfigError, InvalidQueryError, ProtocolError,
-    PsmlError, sanitise)
+from ..contract.errors import AttackFailed, BudgetExhausted, ConfigError, InvalidQueryError, ProtocolError, sanitise
 from ..contract.parameters import declaration_mismatches
 from ..contract.registries import ATTACKS, STRATEGIES
 from .sandbox import MemoryFinder, Sandbox, read_sources, sandbox_problem, visible
 from ..extraction.surrogate import Surrogate, nonfinite_weights, training_elsewhere
 from .trainer import SurrogateTrainer, remote_trainer
-from ..contract.target import Knowledge, Target
+from .channel import caller, pack, remote_target, spec_from_header, unpack
+from ..contract.target import Knowledge
 from ..serving.server import Server
-from ..contract.spec import Spec
 
 if TYPE_CHECKING:
     from ..serving.service import Service
@@ -66,10 +64,6 @@ log = logging.getLogger(__name__)
 ATTACK_THREADS = 1
 """Torch threads in the attack process and of the answers its worker computes (the same as a cell, so
 numbers do not depend on isolation or on the caller's thread count)."""
-
-FORWARDED_ERRORS: dict[str, type[PsmlError]] = {"BudgetExhausted": BudgetExhausted,
-                                                "InvalidQueryError": InvalidQueryError}
-"""Server errors re-raised in the attack process with the same class and message."""
 
 MAX_ERROR_CHARS = 300
 """Longest quotation of an attack's own words (its exception message) in a cell's error."""
@@ -121,31 +115,6 @@ class AttackLocator:
 STRATEGY_PACKAGE = "psml_submitted_strategy"
 """The package a submitted strategy's modules are imported under in the attack process, apart
 from the attack's own modules."""
-
-
-# --- message encoding ---------------------------------------------------------------------------
-
-def pack(header: dict[str, Any], tensors: dict[str, torch.Tensor] | None = None) -> bytes:
-    """One message of the attack -> worker direction: JSON header plus safetensors blob."""
-    head = json.dumps(header).encode()
-    body = safetensors.torch.save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}) if tensors else b""
-    return len(head).to_bytes(8, "little") + head + body
-
-
-def unpack(data: bytes) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """Parse a message from the attack process without pickle; raise :class:`ProtocolError`."""
-    try:
-        size = int.from_bytes(data[:8], "little")
-        if size > len(data) - 8:
-            raise ValueError("header longer than the message")
-        header = json.loads(data[8:8 + size])
-        if not isinstance(header, dict):
-            raise ValueError("header is not an object")
-        body = data[8 + size:]
-        tensors = safetensors.torch.load(body) if body else {}
-    except Exception as exc:  # noqa: BLE001 - anything malformed is the attack's fault
-        raise ProtocolError(f"ProtocolError: the attack process sent a malformed message ({exc})") from None
-    return header, tensors
 
 
 # --- the attack process ---------------------------------------------------------------------------
@@ -201,43 +170,6 @@ def submitted_class(locator: AttackLocator, package: str, base: type) -> type:
     return cls
 
 
-def _caller(conn: Connection) -> Callable[..., Any]:
-    """One round trip to the worker: (header, tensors) -> its reply's payload, or its error raised again."""
-
-    def call(header: dict[str, Any], tensors: dict[str, torch.Tensor] | None = None) -> Any:
-        conn.send_bytes(pack(header, tensors))
-        status, *payload = pickle.loads(conn.recv_bytes())
-        if status == "error":
-            kind, message = payload
-            raise FORWARDED_ERRORS[kind](message)
-        return payload[0]
-
-    return call
-
-
-def _remote_target(call: Callable[..., Any], budget: int | None) -> Target:
-    """The attack's :class:`Target` over its channel: every answer comes with the server's remaining budget, so
-    reading it costs no message (before the first query it is the ``budget`` the attack was given)."""
-
-    def query(inputs: Any, spec: Any, purpose: str) -> torch.Tensor:
-        if isinstance(inputs, np.ndarray):
-            inputs = torch.from_numpy(inputs)
-        if not isinstance(inputs, torch.Tensor):
-            raise InvalidQueryError(f"inputs must be a torch.Tensor or numpy array, got {type(inputs).__name__}")
-        if isinstance(spec, Spec):
-            specs: Any = [float(spec.min_accuracy), float(spec.max_latency_ms)]
-        else:
-            try:
-                items = list(spec)
-            except TypeError:
-                items = [None]
-            specs = ([[float(s.min_accuracy), float(s.max_latency_ms)] for s in items]
-                     if all(isinstance(s, Spec) for s in items) else None)
-        return call({"op": "query", "purpose": str(purpose), "spec": specs}, {"inputs": inputs})
-
-    return Target(query, lambda: budget)
-
-
 def receive_setup(conn: Connection) -> dict[str, Any] | None:
     """The first message of a process forked by the sandbox (attack or defense) from its worker
     (trusted), None if the worker went away. The process takes on the message's address-space
@@ -273,9 +205,9 @@ def attack_main(conn: Connection) -> None:
             random.seed(setup["global_seed"])
             np.random.seed(setup["global_seed"])
             torch.manual_seed(setup["global_seed"])
-        call = _caller(conn)
+        call = caller(conn)
         with training_elsewhere(remote_trainer(call, setup["knowledge"], setup["max_message"])):
-            surrogate = attack.run(_remote_target(call, setup["budget"]), setup["knowledge"], setup["budget"],
+            surrogate = attack.run(remote_target(call, setup["budget"]), setup["knowledge"], setup["budget"],
                                    setup["rng"])
         if not isinstance(surrogate, torch.nn.Module):
             raise TypeError(f"attack returned {type(surrogate).__name__}, not a torch.nn.Module")
@@ -337,15 +269,6 @@ def sandbox_available() -> bool:
     return not sandbox_problem()
 
 
-def _spec_from_header(value: Any) -> Spec | list[Spec | None]:
-    if (isinstance(value, list) and len(value) == 2 and all(isinstance(v, (int, float)) for v in value)):
-        return Spec(float(value[0]), float(value[1]))
-    if isinstance(value, list) and all(isinstance(s, list) and len(s) == 2
-                                       and all(isinstance(v, (int, float)) for v in s) for s in value):
-        return [Spec(float(a), float(lat)) for a, lat in value]
-    return [None]  # the server answers: spec must be one Spec or a sequence of N Specs
-
-
 def _rebuild_surrogate(header: dict[str, Any], state: dict[str, torch.Tensor], knowledge: Knowledge,
                        trainer: SurrogateTrainer) -> Surrogate:
     """The returned surrogate, rebuilt here; its ``recipe`` is the worker's record of the training that produced
@@ -400,13 +323,9 @@ def run_attack(server: Server | Service, locator: AttackLocator, knowledge: Know
     sandbox = _sandbox(locator, gpu=knowledge.device != "cpu")
     conn = sandbox.fork()
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
-    input_bytes = int(np.prod(knowledge.input_shape)) * 8
-    max_message = _MESSAGE_SLACK + input_bytes * max(budget, 1)
-    limit = resource.getrlimit(resource.RLIMIT_AS)
-    if memory_mb:
-        limit = (memory_mb * 2**20, memory_mb * 2**20)
-    overrun = ""  # the server's own words when it refused the last query for the budget
-    finished = False
+    max_message = _MESSAGE_SLACK + int(np.prod(knowledge.input_shape)) * 8 * max(budget, 1)
+    limit = (memory_mb * 2**20, memory_mb * 2**20) if memory_mb else resource.getrlimit(resource.RLIMIT_AS)
+    exchange = _Exchange(server, conn, knowledge, transcript)
     # The answers are computed here: on one thread, as in a cell, whatever this process's count. The
     # reductions of a forward pass split that many ways, which changes the answers' last bits (with
     # AVX-512 kernels), and with them the surrogate trained on them.
@@ -418,53 +337,106 @@ def run_attack(server: Server | Service, locator: AttackLocator, knowledge: Know
             "rng": rng, "memory_limit": limit, "global_seed": global_seed, "max_message": max_message,
         }, protocol=pickle.HIGHEST_PROTOCOL))
         zoo = getattr(server, "zoo", None)
-        trainer = SurrogateTrainer(knowledge, getattr(zoo, "directory", None))
+        exchange.trainer = SurrogateTrainer(knowledge, getattr(zoo, "directory", None))
         while True:
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                raise AttackFailed(f"timed out after {timeout_s:g}s")
-            if not conn.poll(remaining):
-                continue
-            try:
-                data = conn.recv_bytes(max_message)
-            except EOFError:
-                raise AttackFailed("the attack process ended without a result (crashed, killed for memory, or "
-                                   "exited)") from None
-            except OSError as exc:
-                raise ProtocolError(f"ProtocolError: the attack process sent a message over {max_message} bytes "
-                                    f"({exc})") from None
-            header, tensors = unpack(data)
+            header, tensors = unpack(_receive(conn, deadline, timeout_s, max_message))
             op = header.get("op")
-            if op == "query":
-                reply = _answer(server, header, tensors)
-                overrun = reply[2] if reply[:2] == ("error", "BudgetExhausted") else ""
-                if transcript is not None:  # the spec and purpose, then the inputs and the answers
-                    for part in ([header.get("spec"), header.get("purpose")], tensors.get("inputs"),
-                                 reply[1][0] if reply[0] == "ok" else reply):
-                        transcript.update(part.contiguous().numpy().tobytes() if isinstance(part, torch.Tensor)
-                                          else json.dumps(part, default=str).encode())
-                conn.send_bytes(pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL))
-            elif op == "train":  # trained here, once per identical request (see psml_bench.isolation.trainer)
-                conn.send_bytes(pickle.dumps(trainer.answer(header, tensors), protocol=pickle.HIGHEST_PROTOCOL))
-            elif op == "done":
-                finished = True
-                return _rebuild_surrogate(header, tensors, knowledge, trainer)
-            elif op == "failed":
-                finished = True
-                kind = sanitise(header.get("type", "Error"), 60)
-                message = sanitise(header.get("message", ""), MAX_ERROR_CHARS)
-                log.debug("attack process failed:\n%s", sanitise(header.get("traceback", ""), 4000))
-                if overrun:  # the server refused its last query: the harness's record, not the attack's word
-                    raise AttackFailed(f"budget overrun: {overrun}")
-                raise AttackFailed(f"the attack raised {kind}: {message}")
-            else:
+            handler = _HANDLERS.get(op) if isinstance(op, str) else None
+            if handler is None:
                 raise ProtocolError(f"ProtocolError: the attack process sent an unknown message "
                                     f"{sanitise(op, 40)!r}")
+            surrogate = handler(exchange, header, tensors)
+            if surrogate is not None:
+                return surrogate
     finally:
         torch.set_num_threads(threads)
-        if not (finished and _exited(conn)):
+        if not (exchange.finished and _exited(conn)):
             sandbox.stop()  # ends the attack process and everything it started
         conn.close()
+
+
+def _receive(conn: Connection, deadline: float | None, timeout_s: float | None, max_message: int) -> bytes:
+    """The attack process's next message, waited for until ``deadline`` (``time.monotonic``; None: no limit).
+
+    Raises:
+        AttackFailed: the deadline passed, or the attack process ended without a result.
+        ProtocolError: the message is over ``max_message`` bytes.
+    """
+    while True:
+        remaining = None if deadline is None else deadline - time.monotonic()
+        if remaining is not None and remaining <= 0:
+            raise AttackFailed(f"timed out after {timeout_s:g}s")
+        if not conn.poll(remaining):
+            continue
+        try:
+            return conn.recv_bytes(max_message)
+        except EOFError:
+            raise AttackFailed("the attack process ended without a result (crashed, killed for memory, or "
+                               "exited)") from None
+        except OSError as exc:
+            raise ProtocolError(f"ProtocolError: the attack process sent a message over {max_message} bytes "
+                                f"({exc})") from None
+
+
+@dataclass
+class _Exchange:
+    """The worker's side of one attack process's channel, as its messages are handled.
+
+    Attributes:
+        trainer: trains the surrogates the attack asks for (set once the attack process has its setup).
+        overrun: the server's own words when it refused the last query for the budget ('' otherwise).
+        finished: the attack process sent its last message (its result or its failure).
+    """
+
+    server: Server | Service
+    conn: Connection
+    knowledge: Knowledge
+    transcript: Any = None
+    trainer: SurrogateTrainer | None = None
+    overrun: str = ""
+    finished: bool = False
+
+    def reply(self, payload: Any) -> None:
+        self.conn.send_bytes(pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def _on_query(exchange: _Exchange, header: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+    """A query: answered by the server (which counts the budget), recorded in the transcript, replied."""
+    reply = _answer(exchange.server, header, tensors)
+    exchange.overrun = reply[2] if reply[:2] == ("error", "BudgetExhausted") else ""
+    if exchange.transcript is not None:  # the spec and purpose, then the inputs and the answers
+        for part in ([header.get("spec"), header.get("purpose")], tensors.get("inputs"),
+                     reply[1][0] if reply[0] == "ok" else reply):
+            exchange.transcript.update(part.contiguous().numpy().tobytes() if isinstance(part, torch.Tensor)
+                                       else json.dumps(part, default=str).encode())
+    exchange.reply(reply)
+
+
+def _on_train(exchange: _Exchange, header: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+    """A surrogate training: trained here, once per identical request (see psml_bench.isolation.trainer)."""
+    exchange.reply(exchange.trainer.answer(header, tensors))
+
+
+def _on_done(exchange: _Exchange, header: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Surrogate:
+    """The attack's result: its surrogate, rebuilt here."""
+    exchange.finished = True
+    return _rebuild_surrogate(header, tensors, exchange.knowledge, exchange.trainer)
+
+
+def _on_failed(exchange: _Exchange, header: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+    """The attack raised: :class:`AttackFailed`, in the harness's words (a budget overrun is the server's record)."""
+    exchange.finished = True
+    kind = sanitise(header.get("type", "Error"), 60)
+    message = sanitise(header.get("message", ""), MAX_ERROR_CHARS)
+    log.debug("attack process failed:\n%s", sanitise(header.get("traceback", ""), 4000))
+    if exchange.overrun:  # the server refused its last query: the harness's record, not the attack's word
+        raise AttackFailed(f"budget overrun: {exchange.overrun}")
+    raise AttackFailed(f"the attack raised {kind}: {message}")
+
+
+_HANDLERS: dict[str, Callable[[_Exchange, dict[str, Any], dict[str, torch.Tensor]], Surrogate | None]] = {
+    "query": _on_query, "train": _on_train, "done": _on_done, "failed": _on_failed}
+"""What the worker does with each message of the attack process, by its ``op``; a handler's surrogate ends the run."""
 
 
 def _exited(conn: Connection) -> bool:
@@ -484,7 +456,7 @@ def _answer(server: Server | Service, header: dict[str, Any], tensors: dict[str,
         raise ProtocolError("ProtocolError: the attack process sent a query without inputs")
     purpose = header.get("purpose")
     try:
-        answers = server.query(inputs, _spec_from_header(header.get("spec")),
+        answers = server.query(inputs, spec_from_header(header.get("spec")),
                                purpose=purpose if isinstance(purpose, str) else "extract")
     except BudgetExhausted as exc:
         return ("error", "BudgetExhausted", str(exc))

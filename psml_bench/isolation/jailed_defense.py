@@ -29,8 +29,9 @@ import numpy as np
 import torch
 
 from ..contract.errors import DefenseError, ProtocolError, sanitise
-from .attack_process import (MAX_ERROR_CHARS, AttackLocator, failure_header, pack, process_sandbox, receive_setup,
-    submitted_class, unpack)
+from .attack_process import (MAX_ERROR_CHARS, AttackLocator, failure_header, process_sandbox, receive_setup,
+    submitted_class)
+from .channel import pack, unpack
 from ..contract.plugins import Defense
 from .sandbox import MemoryFinder, read_sources, sandbox_problem
 

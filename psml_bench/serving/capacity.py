@@ -26,17 +26,20 @@ admission, target), all of it fixed-seed:
   highest rate measured to meet the target (relative resolution ``(hi / lo) ** (1 / 2**SEARCH_STEPS)``:
   under 0.5% for a bracket up to 10^8 wide).
 
-Results are kept in a :class:`CapacityCache` passed in by the caller, by a content hash of the problem.
+Results are kept in a :class:`CapacityCache` passed in by the caller, by a content hash of the problem. A
+problem's batch service times come from latency profiles (:func:`batch_service_times`);
+:func:`committed_capacity_problem` builds a zoo's problem from its committed profiles alone, without the zoo.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -45,6 +48,10 @@ from ..contract.errors import ConfigError
 from ..contract.registries import POLICIES
 from ..common.metrics import benign_specs
 from ..contract.spec import SpecRange
+from ..zoo.config import load_zoo_config
+from ..zoo.model_zoo import MenuEntry, service_ranges
+from ..zoo.profiling import load_profile, reference_profile_path
+from .config import ServiceConfig
 from .simulator import BatchingConfig, BatchingSimulator, saturation_capacity
 from .slo_routing import simulate_routing
 
@@ -118,6 +125,55 @@ def capacity_problem(server, intercept_ms: Sequence[float], slope_ms: Sequence[f
                            tuple(float(e.latency_ms) for e in server.menu), tuple(float(a) for a in intercept_ms),
                            tuple(float(b) for b in slope_ms), tuple(int(r) for r in replicas), server.spec_range,
                            server.policy.name, batching, bool(reject), float(slo_target))
+
+
+def batch_service_times(menu: Sequence[MenuEntry], profiles: Sequence[Path | None]) -> tuple[np.ndarray, np.ndarray]:
+    """Per menu model, the (intercept, slope) in ms of its batch service time (as
+    :func:`~psml_bench.serving.service.service_times` says) from the first of ``profiles`` with a batch fit for it."""
+    fits: dict[str, dict] = {}
+    for path in profiles:
+        if path is not None and Path(path).is_file():
+            stat = Path(path).stat()
+            for model_id, fit in _profile_fits(str(path), stat.st_mtime_ns, stat.st_size).items():
+                fits.setdefault(model_id, fit)
+    intercept, slope = [], []
+    for entry in menu:
+        fit = fits.get(entry.id)
+        a, s = (max(float(fit["intercept_ms"]), 0.0), max(float(fit["slope_ms"]), 0.0)) if fit else (0.0, 0.0)
+        if a + s > 0:
+            intercept.append(a * entry.latency_ms / (a + s))
+            slope.append(s * entry.latency_ms / (a + s))
+        else:
+            intercept.append(0.0)
+            slope.append(entry.latency_ms)
+    return np.array(intercept), np.array(slope)
+
+
+@functools.lru_cache(maxsize=32)
+def _profile_fits(path: str, mtime_ns: int, size: int) -> dict[str, dict]:
+    """Each model's batch fit in a profile file (read once per version of the file: every cell key asks)."""
+    return {model_id: entry["fit"] for model_id, entry in load_profile(Path(path))["models"].items() if "fit" in entry}
+
+
+def committed_capacity_problem(zoo: str, accuracy: Mapping[str, float], policy: str,
+                               reject: bool = False) -> CapacityProblem:
+    """The capacity problem of zoo ``zoo`` from its committed profiles alone, without building it.
+
+    The menu is ``accuracy`` (model id: test accuracy, as a leaderboard's lock records it) at each model's batch-1
+    p50 in the zoo's committed reference profile; the batch service times are that profile's fits (else its
+    committed CPU profile's); the advertised ranges come from the zoo config's margins; one worker per model and
+    the default service (:class:`~psml_bench.serving.config.ServiceConfig`), ``policy`` and ``reject`` admission.
+    """
+    config = load_zoo_config(zoo)
+    reference = reference_profile_path(config.reference_profile)
+    profile = load_profile(reference)
+    menu = [MenuEntry(m, a, profile["models"][m]["p50_ms"]) for m, a in accuracy.items()]
+    intercept, slope = batch_service_times(menu, [reference, reference_profile_path(f"{config.name}-cpu.json")])
+    accuracy_range, latency_range = service_ranges([e.accuracy for e in menu], [e.latency_ms for e in menu],
+                                                   config.accuracy_margin, config.latency_margin)
+    return CapacityProblem(tuple(accuracy), tuple(e.accuracy for e in menu), tuple(e.latency_ms for e in menu),
+                           tuple(intercept), tuple(slope), (1,) * len(menu), SpecRange(accuracy_range, latency_range),
+                           policy, ServiceConfig().batching(latency_range[1]), reject)
 
 
 def attainment(problem: CapacityProblem, rate_per_ms: float, requests: int | None = None) -> Attainment:

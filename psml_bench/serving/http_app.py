@@ -109,29 +109,62 @@ def create_app(service: LiveService, metrics: Metrics, limits: HttpLimits = Http
     app = FastAPI(title="psml-bench live service", version="1",
                   description="A model zoo behind an INFaaS-style policy and a defense (docs/serving.md).",
                   lifespan=lifespan)
+    _add_error_handlers(app)
+    app.add_middleware(_CountQueries, metrics=metrics)
+    _add_routes(app, service, metrics, limits)
 
-    def error(status: int, message: str) -> JSONResponse:
-        return JSONResponse({"error": sanitise(message, 500)}, status_code=status)
+    @app.exception_handler(Exception)
+    async def internal_error(_request, exc: Exception):
+        log.exception("query failed")
+        return _error(500, f"internal error: {type(exc).__name__}: {exc}")
+
+    return app
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    """Every error's body: one sanitised line, ``{"error": "..."}``."""
+    return JSONResponse({"error": sanitise(message, 500)}, status_code=status)
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """HTTP errors and invalid query parameters as one-line JSON errors."""
 
     @app.exception_handler(HTTPException)
     async def http_error(_request, exc: HTTPException):
-        return error(exc.status_code, str(exc.detail))
+        return _error(exc.status_code, str(exc.detail))
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_request, exc: RequestValidationError):
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ()))
-        return error(422, f"{where}: {first.get('msg', 'invalid request')}")
+        return _error(422, f"{where}: {first.get('msg', 'invalid request')}")
 
-    app.add_middleware(_CountQueries, metrics=metrics)
 
-    def client_key(request: Request) -> str:
-        key = request.headers.get(KEY_HEADER)
-        if not key:
-            raise HTTPException(401, f"missing API key: send it in the {KEY_HEADER} header")
-        if key not in service.keys:
-            raise HTTPException(403, "unknown API key")
-        return key
+def _client_key(service: LiveService, request: Request) -> str:
+    """The request's API key; 401 without one, 403 for a key ``service`` does not know."""
+    key = request.headers.get(KEY_HEADER)
+    if not key:
+        raise HTTPException(401, f"missing API key: send it in the {KEY_HEADER} header")
+    if key not in service.keys:
+        raise HTTPException(403, "unknown API key")
+    return key
+
+
+async def _read_body(request: Request, limits: HttpLimits) -> bytes:
+    """The request's body; 413 as soon as it (or its declared length) is above ``limits.max_body_bytes``."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limits.max_body_bytes:
+        raise HTTPException(413, f"payload of {declared} bytes is above the limit of {limits.max_body_bytes}")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limits.max_body_bytes:
+            raise HTTPException(413, f"payload is above the limit of {limits.max_body_bytes} bytes")
+    return bytes(body)
+
+
+def _add_routes(app: FastAPI, service: LiveService, metrics: Metrics, limits: HttpLimits) -> None:
+    """The service's routes: what a client may know, its budget, queries, and the metrics."""
 
     @app.get("/v1/service", summary="What a client may know: spec ranges, input shape, classes")
     async def describe() -> dict[str, Any]:
@@ -139,7 +172,7 @@ def create_app(service: LiveService, metrics: Metrics, limits: HttpLimits = Http
 
     @app.get("/v1/budget", summary="The key's budget, queries used and remaining (null: unlimited)")
     async def budget(request: Request) -> dict[str, Any]:
-        return service.budget(client_key(request))
+        return service.budget(_client_key(service, request))
 
     @app.post("/v1/query", summary="Answer a batch of inputs (one query per row)",
               response_class=Response,
@@ -150,27 +183,19 @@ def create_app(service: LiveService, metrics: Metrics, limits: HttpLimits = Http
                   "application/x-npy": {"schema": {"type": "string", "format": "binary"}}}}})
     async def query(request: Request, purpose: str = Query("extract", max_length=32),
                     min_accuracy: float | None = Query(None), max_latency_ms: float | None = Query(None)):
-        key = client_key(request)
+        key = _client_key(service, request)
         arrival = time.perf_counter()
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limits.max_body_bytes:
-            raise HTTPException(413, f"payload of {declared} bytes is above the limit of {limits.max_body_bytes}")
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limits.max_body_bytes:
-                raise HTTPException(413, f"payload is above the limit of {limits.max_body_bytes} bytes")
+        body = await _read_body(request, limits)
         try:
-            inputs, spec = decode_query(bytes(body), request.headers.get("content-type", ""), min_accuracy,
-                                        max_latency_ms)
+            inputs, spec = decode_query(body, request.headers.get("content-type", ""), min_accuracy, max_latency_ms)
             answer = await service.query(key, inputs, spec, purpose)
         except EncodingError as exc:
-            return error(400, str(exc))
+            return _error(400, str(exc))
         except InvalidQueryError as exc:
-            return error(422, str(exc))
+            return _error(422, str(exc))
         except BudgetExhausted as exc:
             metrics.budget_rejections.inc()
-            return error(429, str(exc))
+            return _error(429, str(exc))
         metrics.latency.observe(time.perf_counter() - arrival)
         served_accuracy = answer.served_accuracy if service.keys[key].operator else None
         remaining = service.servers[key].remaining
@@ -183,13 +208,6 @@ def create_app(service: LiveService, metrics: Metrics, limits: HttpLimits = Http
         from prometheus_client import CONTENT_TYPE_LATEST
 
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
-
-    @app.exception_handler(Exception)
-    async def internal_error(_request, exc: Exception):
-        log.exception("query failed")
-        return error(500, f"internal error: {type(exc).__name__}: {exc}")
-
-    return app
 
 
 def bind(host: str, port: int) -> socket.socket:

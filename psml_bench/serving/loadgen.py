@@ -218,13 +218,13 @@ def run_load(url: str, key: str, zoo: Zoo, *, qps: float, duration_s: float, lat
     _, spec_range = _endpoint(url, key, zoo)
     bound_ms = float(latency_bound_ms if latency_bound_ms is not None else spec_range.latency_ms[1])
     sender = _Sender(url, key, zoo, spec_range, seed)
+    summary, elapsed = _run_loadgen(lg, sender, _server_settings(lg, qps, duration_s, bound_ms), log_dir)
+    return _report(summary, sender.outcomes, qps, duration_s, bound_ms, elapsed)
 
-    def issue(samples) -> None:  # on LoadGen's issue thread: hand over, never wait
-        for sample in samples:
-            sender.submit(sample.index,
-                          lambda sample_id=sample.id: lg.QuerySamplesComplete(
-                              [lg.QuerySampleResponse(sample_id, 0, 0)]))
 
+def _server_settings(lg: Any, qps: float, duration_s: float, bound_ms: float) -> Any:
+    """LoadGen's server scenario, performance only: ``qps`` Poisson arrivals for at least ``duration_s``, judged at
+    the 99th percentile against ``bound_ms``."""
     settings = lg.TestSettings()
     settings.scenario = lg.TestScenario.Server
     settings.mode = lg.TestMode.PerformanceOnly
@@ -234,6 +234,19 @@ def run_load(url: str, key: str, zoo: Zoo, *, qps: float, duration_s: float, lat
     settings.min_duration_ms = int(duration_s * 1000)
     settings.max_duration_ms = int(duration_s * 1000 * 2 + 10_000)
     settings.min_query_count = max(1, int(qps * duration_s * 0.5))
+    return settings
+
+
+def _run_loadgen(lg: Any, sender: _Sender, settings: Any, log_dir: Path | None) -> tuple[str, float]:
+    """Run LoadGen with ``settings``, each sample sent by ``sender`` (closed at the end); return LoadGen's summary
+    text and the run's seconds. Its logs go to ``log_dir`` (default: a temporary directory)."""
+
+    def issue(samples) -> None:  # on LoadGen's issue thread: hand over, never wait
+        for sample in samples:
+            sender.submit(sample.index,
+                          lambda sample_id=sample.id: lg.QuerySamplesComplete(
+                              [lg.QuerySampleResponse(sample_id, 0, 0)]))
+
     sut = lg.ConstructSUT(issue, lambda: None)
     qsl = lg.ConstructQSL(SAMPLES, SAMPLES, lambda _: None, lambda _: None)
     with tempfile.TemporaryDirectory(prefix="psml-loadgen-") as scratch:
@@ -253,12 +266,17 @@ def run_load(url: str, key: str, zoo: Zoo, *, qps: float, duration_s: float, lat
             sender.close()
             lg.DestroyQSL(qsl)
             lg.DestroySUT(sut)
-        summary = (out / "mlperf_log_summary.txt").read_text()
+        return (out / "mlperf_log_summary.txt").read_text(), elapsed
+
+
+def _report(summary: str, outcomes: list[Outcome], qps: float, duration_s: float, bound_ms: float,
+            elapsed: float) -> LoadReport:
+    """The report of a run: LoadGen's verdict, unmet constraints and p99 from its ``summary``, goodput and latency
+    from the requests' ``outcomes`` over ``elapsed`` seconds."""
     verdict = _summary_value(summary, "Result is") or "UNKNOWN"
     unmet = [m.group(1).strip() for m in re.finditer(r"^\s*(.+?)\s*satisfied\s*:\s*NO\s*$", summary,
                                                       flags=re.MULTILINE | re.IGNORECASE)]
     p99 = _summary_value(summary, "99.00 percentile latency (ns)")
-    outcomes = sender.outcomes
     good = np.array([o.meets_floor and o.latency_ms <= bound_ms for o in outcomes], dtype=bool)
     latency = np.array([o.latency_ms for o in outcomes if o.answered], dtype=float)
     return LoadReport(

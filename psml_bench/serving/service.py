@@ -19,7 +19,6 @@ the queues' state (:mod:`psml_bench.serving.slo_routing`); ``infaas`` routes a b
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 from dataclasses import replace
@@ -30,10 +29,10 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from .capacity import CapacityCache, capacity_problem
+from .capacity import CapacityCache, batch_service_times, capacity_problem
 from ..common.device import intra_op_threads
 from ..contract.errors import ConfigError
-from ..zoo.profiling import load_profile, reference_profile_path
+from ..zoo.profiling import reference_profile_path
 from ..common.metrics import benign_specs
 from ..contract.requests import Requests
 from .server import Served, Server, opaque_client_ids, released_ms
@@ -41,7 +40,7 @@ from ..contract.spec import Spec
 from .config import ServiceConfig
 from .simulator import BatchingSimulator
 from .slo_routing import SimulatedQueues, simulate_routing
-from ..zoo.model_zoo import MenuEntry, Zoo
+from ..zoo.model_zoo import Zoo
 
 BENIGN_CHUNK = 1024
 CAPACITY_FILE = "capacity_at_slo.json"
@@ -58,33 +57,6 @@ def service_times(zoo: Zoo) -> tuple[np.ndarray, np.ndarray]:
     (no batching gain).
     """
     return batch_service_times(zoo.menu, (zoo.profile_path, reference_profile_path(f"{zoo.name}-cpu.json")))
-
-
-def batch_service_times(menu: Sequence[MenuEntry], profiles: Sequence[Path | None]) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`service_times` of a menu from the first of ``profiles`` with a batch fit for each model."""
-    fits: dict[str, dict] = {}
-    for path in profiles:
-        if path is not None and Path(path).is_file():
-            stat = Path(path).stat()
-            for model_id, fit in _profile_fits(str(path), stat.st_mtime_ns, stat.st_size).items():
-                fits.setdefault(model_id, fit)
-    intercept, slope = [], []
-    for entry in menu:
-        fit = fits.get(entry.id)
-        a, s = (max(float(fit["intercept_ms"]), 0.0), max(float(fit["slope_ms"]), 0.0)) if fit else (0.0, 0.0)
-        if a + s > 0:
-            intercept.append(a * entry.latency_ms / (a + s))
-            slope.append(s * entry.latency_ms / (a + s))
-        else:
-            intercept.append(0.0)
-            slope.append(entry.latency_ms)
-    return np.array(intercept), np.array(slope)
-
-
-@functools.lru_cache(maxsize=32)
-def _profile_fits(path: str, mtime_ns: int, size: int) -> dict[str, dict]:
-    """Each model's batch fit in a profile file (read once per version of the file: every cell key asks)."""
-    return {model_id: entry["fit"] for model_id, entry in load_profile(Path(path))["models"].items() if "fit" in entry}
 
 
 def slo_capacity(zoo: Zoo, policy: str, config: ServiceConfig, capacities: CapacityCache | None = None) -> float:
@@ -109,11 +81,9 @@ class PoolAnswers:
     3.2e-7 on the fmnist-compact zoo, no argmax changed; ``tests/test_service.py``), so the attacker's own
     queries keep their live forward pass, exactly as without benign traffic.
 
-    On a GPU they are computed there, once per process, and kept in memory only: a GPU's rounding
-    is its own, so the file holds the CPU's answers alone.
+    On a GPU they are computed there, once per owner (:class:`PoolAnswersCache`), and kept in memory only: a
+    GPU's rounding is its own, so the file holds the CPU's answers alone.
     """
-
-    _OPEN: dict[tuple[str, str], PoolAnswers] = {}
 
     def __init__(self, zoo: Zoo, device: torch.device | str = "cpu"):
         device = torch.device(device)
@@ -135,13 +105,34 @@ class PoolAnswers:
         with intra_op_threads(1):
             return server.forward(pool, np.zeros(len(pool), dtype=np.int64))
 
-    @classmethod
-    def of(cls, zoo: Zoo, device: torch.device | str = "cpu") -> PoolAnswers:
-        """The zoo's pool answers on ``device`` (loaded or computed once per process)."""
+    @staticmethod
+    def of(zoo: Zoo, device: torch.device | str = "cpu", cache: PoolAnswersCache | None = None) -> PoolAnswers:
+        """The zoo's pool answers on ``device``, loaded or computed once per ``cache`` (default: the process's,
+        :data:`PROCESS_POOL_ANSWERS`)."""
+        return (PROCESS_POOL_ANSWERS if cache is None else cache).get(zoo, device)
+
+
+class PoolAnswersCache:
+    """The pool answers an owner (a run, a process) has opened, by (zoo directory, device kind).
+
+    A memo of a pure function: the answers depend only on the zoo's weights and the device's kind, so sharing an
+    owner changes no number, it only spares loading (on a GPU, computing) them again.
+    """
+
+    def __init__(self) -> None:
+        self._open: dict[tuple[str, str], PoolAnswers] = {}
+
+    def get(self, zoo: Zoo, device: torch.device | str = "cpu") -> PoolAnswers:
+        """The zoo's pool answers on ``device``, opened on this owner's first request for them."""
         key = (str(zoo.directory), torch.device(device).type)
-        if key not in cls._OPEN:
-            cls._OPEN[key] = cls(zoo, device)
-        return cls._OPEN[key]
+        if key not in self._open:
+            self._open[key] = PoolAnswers(zoo, device)
+        return self._open[key]
+
+
+PROCESS_POOL_ANSWERS = PoolAnswersCache()
+"""The owner of callers that pass none (:meth:`PoolAnswers.of`, a :class:`Service` without ``pool_answers``): kept
+for the process, so a worker's cells open each zoo's answers once."""
 
 
 def _save_atomically(path: Path, tensors: dict[str, torch.Tensor]) -> None:
@@ -257,12 +248,13 @@ class Service:
         capacities: where the capacity at the SLO is looked up (:func:`slo_capacity`; it may raise ConfigError).
         attacker_identities: the opaque client ids the attacker's rows are spread over, round-robin in the
             order it sends them (a Sybil attacker; the budget still counts them all together).
+        pool_answers: the owner of the zoos' pool answers (default: the process's, :data:`PROCESS_POOL_ANSWERS`).
     """
 
     def __init__(self, zoo: Zoo, *, defense, config: ServiceConfig, seed: int, budget: int,
                  policy: str = "infaas-slo", benign_queries: int = 1000, victim_id: str | None = None,
                  device: torch.device | str = "cpu", capacities: CapacityCache | None = None,
-                 attacker_identities: int = 1):
+                 attacker_identities: int = 1, pool_answers: PoolAnswersCache | None = None):
         self.zoo, self.config, self.benign_queries = zoo, config, benign_queries
         reject = config.admission == "reject"
         self.benign_server = Server(zoo, defense=defense, rng=np.random.default_rng([seed, 4]), policy=policy,
@@ -287,7 +279,7 @@ class Service:
         self._attacker_rows = 0
         self.attacker_work_ms = 0.0  # the client-side compute the attacker's answers cost it (proof of work)
         self.attacker_detected_at: int | None = None  # the attacker's requests, all ids, when one was first detected
-        self.answers = PoolAnswers.of(zoo, device)
+        self.answers = PoolAnswers.of(zoo, device, pool_answers)
         self.benign = _BenignStream(rate, self.benign_ids, len(zoo.splits["attacker_x"]), self.benign_server, seed)
         self.attacker_pace_ms = config.benign_clients / (config.attacker_rate * rate)
         self.simulator = BatchingSimulator(intercept, slope, self.batching, self.replicas)

@@ -108,6 +108,25 @@ def _replica_counts(replicas: Sequence[int] | None, models: int) -> list[int]:
     return [int(r) for r in counts]
 
 
+def _dispatch_time(times: list[float], deadlines: list[float], head: int, count: int, max_batch: int,
+                   max_wait: float, full_ms: float, free: float) -> float:
+    """The batching rule (module docstring): when the batch led by the waiting request at ``head`` is dispatched.
+
+    ``times`` and ``deadlines`` are the queue's, its first ``count`` requests known; ``full_ms`` is a full batch's
+    service time ``S(B)`` and ``free`` when the earliest-free worker is free. Stepping, advancing and predicting
+    all dispatch by this one function (it runs once per batch, on Python floats: numpy scalars would cost more).
+    """
+    oldest = times[head]
+    dispatch = oldest + max_wait
+    filled = head + max_batch - 1
+    if filled < count and times[filled] < dispatch:
+        dispatch = times[filled]
+    latest = deadlines[head] - full_ms
+    if latest < dispatch:  # Clockwork's rule: no wait past the oldest request's deadline
+        dispatch = latest if latest > oldest else oldest
+    return free if free > dispatch else dispatch
+
+
 class BatchingSimulator:
     """FIFO queues with dynamic batching, ``replicas[m]`` workers for model m (default 1), simulated batch by batch."""
 
@@ -248,17 +267,8 @@ class BatchingSimulator:
             head, count = 0, len(times)
             latency = math.inf  # stays so if the request would be dropped
             while head < count:
-                oldest = times[head]
-                dispatch = oldest + max_wait
-                filled = head + max_batch - 1
-                if filled < count and times[filled] < dispatch:
-                    dispatch = times[filled]
-                latest = deadlines[head] - full
-                if latest < dispatch:
-                    dispatch = latest if latest > oldest else oldest
-                if free > dispatch:
-                    dispatch = free
-                if timeout is not None and dispatch - oldest > timeout:
+                dispatch = _dispatch_time(times, deadlines, head, count, max_batch, max_wait, full, free)
+                if timeout is not None and dispatch - times[head] > timeout:
                     head += 1
                     continue
                 end = bisect_right(times, dispatch, head, min(head + max_batch, count))
@@ -381,20 +391,11 @@ class BatchingSimulator:
         # The hot loop runs once per batch on Python floats: numpy scalars would cost more here.
         timeout = self.config.timeout_ms
         while head < stop:
-            oldest = times[head]
-            dispatch = oldest + max_wait
-            filled = head + max_batch - 1
-            if filled < count and times[filled] < dispatch:
-                dispatch = times[filled]
-            latest = deadlines[head] - full
-            if latest < dispatch:  # Clockwork's rule: no wait past the oldest request's deadline
-                dispatch = latest if latest > oldest else oldest
-            if free > dispatch:
-                dispatch = free
+            dispatch = _dispatch_time(times, deadlines, head, count, max_batch, max_wait, full, free)
             if dispatch >= before:
                 break
             last_dispatch = dispatch
-            if timeout is not None and dispatch - oldest > timeout:
+            if timeout is not None and dispatch - times[head] > timeout:
                 sizes.append(0)
                 completions.append(math.inf)
                 head += 1
@@ -425,15 +426,8 @@ class BatchingSimulator:
         time at which its oldest request is dropped instead, if it timed out)."""
         times, head, count = queue.times, queue.head, len(queue.times)
         max_batch = self.config.max_batch
-        oldest = times[head]
-        dispatch = oldest + float(self.config.max_wait_ms)
-        filled = head + max_batch - 1
-        if filled < count and times[filled] < dispatch:
-            dispatch = times[filled]
-        latest = queue.deadlines[head] - self._full_ms[model]
-        if latest < dispatch:
-            dispatch = max(latest, oldest)
-        dispatch = max(dispatch, min(queue.workers))
+        dispatch = _dispatch_time(times, queue.deadlines, head, count, max_batch, float(self.config.max_wait_ms),
+                                  self._full_ms[model], min(queue.workers))
         return dispatch, bisect_right(times, dispatch, head, min(head + max_batch, count))
 
 

@@ -235,29 +235,12 @@ def _build_into(work: Path, config: ZooConfig, splits: Splits, source: str, in_c
                "attacker_y": splits.attacker_y,
                "benign_x": splits.benign_x, "test_x": splits.test_x, "test_y": splits.test_y},
               str(work / "splits.safetensors"))
-    weights_source = PretrainedWeights()
     kernels = config.build.kernels if torch_device.type == "cpu" else "native"
     pins = training_environment(kernels, torch_device)
     if pins is not None:
         (work / "predictions").mkdir()
-    train_jobs, inits, costs = [], {}, {}
-    for model_cfg in config.models:  # initialised here, so the Hub is asked once per build, not per worker
-        with torch.random.fork_rng():
-            torch.manual_seed(model_cfg.train.seed)
-            model, inits[model_cfg.id] = weights_source.create(model_cfg, in_chans, num_classes, config.mean,
-                                                               config.std)
-        costs[model_cfg.id] = (train_steps(model_cfg.train, len(splits.owner_y)) * model_cfg.train.batch_size
-                               * sum(p.numel() for p in model.parameters()))
-        initial = work / "initial" / f"{model_cfg.id}.safetensors"
-        if pins is None or inits[model_cfg.id] is not None:  # a portable build initialises from scratch where it trains
-            save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(initial))
-        train_jobs.append(TrainJob(model_cfg, in_chans, num_classes, config.mean, config.std,
-                                   str(work / "splits.safetensors"), str(initial) if initial.is_file() else "",
-                                   str(work / "weights" / f"{model_cfg.id}.safetensors"), str(torch_device), amp,
-                                   config.build.threads, progress,
-                                   str(work / "predictions" / f"{model_cfg.id}.safetensors")
-                                   if pins is not None else "",
-                                   config.build.eval_batch_size))
+    train_jobs, inits, costs = _train_jobs(work, config, len(splits.owner_y), in_chans, num_classes, torch_device,
+                                           amp, progress, pins is not None)
     workers = parallel_workers(config.build.threads, len(train_jobs), torch_device, jobs)
     log.info("zoo %s: training %d models, %d at a time, %d threads each, %s kernels", config.name, len(train_jobs),
              workers, config.build.threads, kernels)
@@ -266,40 +249,93 @@ def _build_into(work: Path, config: ZooConfig, splits: Splits, source: str, in_c
     shutil.rmtree(work / "initial")
     cards, predictions, capabilities = [], {}, set()
     for job in tqdm(train_jobs, desc=f"measure {config.name}", disable=not progress, unit="model"):
-        model_cfg, weights_path = job.model, Path(job.weights_path)
-        model = job.network()
-        model.load_state_dict(load_file(weights_path))
-        model.to(torch_device)
-        if job.predictions_path:  # computed where it trained, with the same kernels
-            with safe_open(job.predictions_path, "pt") as handle:
-                probs, meta = handle.get_tensor("probs"), handle.metadata() or {}
-            capabilities.add(meta.get("capability", "unknown"))
-        else:
-            probs = predict_proba(model, splits.test_x, config.build.eval_batch_size)
-        predictions[model_cfg.id] = probs
-        accuracy = float((probs.argmax(1) == splits.test_y).float().mean())
-        example = splits.test_x[:1].to(torch_device)
-        latency = measure_latency(model, example)
-        entry = {
-            "id": model_cfg.id, "arch": model_cfg.arch, "kwargs": model_cfg.kwargs,
-            "params": sum(p.numel() for p in model.parameters()), "macs": _count_macs(model, example),
-            "accuracy": round(accuracy, 6),
-            "latency": {**latency.as_dict(), "batch_size": 1, **environment(torch_device)},
-            "weights_sha256": _sha256_file(weights_path), "train": _card_train(model_cfg.train),
-            "train_seconds": round(train_seconds[model_cfg.id], 2),
-        }
-        if model_cfg.input_size is not None:
-            entry["input_size"] = model_cfg.input_size
-        if inits[model_cfg.id] is not None:
-            entry["init"] = inits[model_cfg.id]
+        entry, predictions[job.model.id] = _measure_model(job, splits, config.build.eval_batch_size, torch_device,
+                                                          capabilities)
+        entry["train_seconds"] = round(train_seconds[job.model.id], 2)
+        if job.model.input_size is not None:
+            entry["input_size"] = job.model.input_size
+        if inits[job.model.id] is not None:
+            entry["init"] = inits[job.model.id]
         cards.append(entry)
-        model.to("cpu")
-        if torch_device.type == "cuda":
-            torch.cuda.empty_cache()
     if pins is not None:
         shutil.rmtree(work / "predictions")
     training_capability = "/".join(sorted(capabilities)) if capabilities else None
     check_portable(kernels, training_capability or "")
+    card = _zoo_card(config, splits, source, num_classes, cards, predictions,
+                     build_environment(kernels, training_capability))
+    if torch_device.type != "cpu":
+        card["build"] = {"device": str(environment(torch_device)["device"]), "amp": amp}
+    validate(card, "card", "zoo card")
+    save_file({k: v.contiguous() for k, v in predictions.items()}, str(work / "predictions.safetensors"))
+    return card
+
+
+def _train_jobs(work: Path, config: ZooConfig, owner_samples: int, in_chans: int, num_classes: int,
+                torch_device: torch.device, amp: str, progress: bool, portable: bool
+                ) -> tuple[list[TrainJob], dict[str, dict[str, Any] | None], dict[str, int]]:
+    """Each model's training job, its card's ``init`` record and its training cost (for the order of the jobs).
+
+    The models are initialised here, so the Hub is asked once per build, not per worker; the initial weights go
+    to ``work/initial`` (a ``portable`` build initialises from scratch where it trains, so only pretrained ones).
+    """
+    weights_source = PretrainedWeights()
+    train_jobs, inits, costs = [], {}, {}
+    for model_cfg in config.models:
+        with torch.random.fork_rng():
+            torch.manual_seed(model_cfg.train.seed)
+            model, inits[model_cfg.id] = weights_source.create(model_cfg, in_chans, num_classes, config.mean,
+                                                               config.std)
+        costs[model_cfg.id] = (train_steps(model_cfg.train, owner_samples) * model_cfg.train.batch_size
+                               * sum(p.numel() for p in model.parameters()))
+        initial = work / "initial" / f"{model_cfg.id}.safetensors"
+        if not portable or inits[model_cfg.id] is not None:
+            save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(initial))
+        train_jobs.append(TrainJob(model_cfg, in_chans, num_classes, config.mean, config.std,
+                                   str(work / "splits.safetensors"), str(initial) if initial.is_file() else "",
+                                   str(work / "weights" / f"{model_cfg.id}.safetensors"), str(torch_device), amp,
+                                   config.build.threads, progress,
+                                   str(work / "predictions" / f"{model_cfg.id}.safetensors")
+                                   if portable else "",
+                                   config.build.eval_batch_size))
+    return train_jobs, inits, costs
+
+
+def _measure_model(job: TrainJob, splits: Splits, eval_batch_size: int, torch_device: torch.device,
+                   capabilities: set[str]) -> tuple[dict[str, Any], torch.Tensor]:
+    """A trained model's card entry (accuracy, latency, size, hashes) and its test-split probabilities; the kernel
+    capability its predictions were computed with (where it trained) joins ``capabilities``."""
+    model_cfg, weights_path = job.model, Path(job.weights_path)
+    model = job.network()
+    model.load_state_dict(load_file(weights_path))
+    model.to(torch_device)
+    if job.predictions_path:  # computed where it trained, with the same kernels
+        with safe_open(job.predictions_path, "pt") as handle:
+            probs, meta = handle.get_tensor("probs"), handle.metadata() or {}
+        capabilities.add(meta.get("capability", "unknown"))
+    else:
+        probs = predict_proba(model, splits.test_x, eval_batch_size)
+    accuracy = float((probs.argmax(1) == splits.test_y).float().mean())
+    example = splits.test_x[:1].to(torch_device)
+    latency = measure_latency(model, example)
+    entry = {
+        "id": model_cfg.id, "arch": model_cfg.arch, "kwargs": model_cfg.kwargs,
+        "params": sum(p.numel() for p in model.parameters()), "macs": _count_macs(model, example),
+        "accuracy": round(accuracy, 6),
+        "latency": {**latency.as_dict(), "batch_size": 1, **environment(torch_device)},
+        "weights_sha256": _sha256_file(weights_path), "train": _card_train(model_cfg.train),
+    }
+    model.to("cpu")
+    if torch_device.type == "cuda":
+        torch.cuda.empty_cache()
+    return entry, probs
+
+
+def _zoo_card(config: ZooConfig, splits: Splits, source: str, num_classes: int, cards: list[dict[str, Any]],
+              predictions: dict[str, torch.Tensor], build: dict[str, Any]) -> dict[str, Any]:
+    """The zoo card of the measured models ``cards``: dataset, splits, preprocessing, frontier, disagreement,
+    advertised service and build environment (``build``: the kernels')."""
+    import timm
+
     reference = reference_profile(config.reference_profile)
     latencies = ({c["id"]: c["latency"]["p50_ms"] for c in cards} if reference is None
                  else routing_latencies(load_profile(reference), [c["id"] for c in cards], str(reference)))
@@ -307,12 +343,10 @@ def _build_into(work: Path, config: ZooConfig, splits: Splits, source: str, in_c
     ordered = [latencies[c["id"]] for c in cards]
     frontier = [cards[i]["id"] for i in pareto_frontier(accuracies, ordered)]
     accuracy_range, latency_range = service_ranges(accuracies, ordered, config.accuracy_margin, config.latency_margin)
-    import timm
-
     preprocess: dict[str, Any] = {"mean": list(config.mean), "std": list(config.std)}
     if config.image.active:
         preprocess.update({k: v for k, v in vars(config.image).items() if v is not None})
-    card = {
+    return {
         "card_version": 1, "zoo": config.name, "description": config.description,
         "config_hash": config.config_hash,
         "dataset": {"name": config.dataset.name, "source": source},
@@ -327,14 +361,9 @@ def _build_into(work: Path, config: ZooConfig, splits: Splits, source: str, in_c
                     "reference_profile": config.reference_profile,
                     "accuracy_margin": config.accuracy_margin, "latency_margin": config.latency_margin,
                     "accuracy_range": list(accuracy_range), "latency_range_ms": list(latency_range)},
-        "environment": {**environment(), "timm": timm.__version__, **build_environment(kernels, training_capability),
+        "environment": {**environment(), "timm": timm.__version__, **build,
                         "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds")},
     }
-    if torch_device.type != "cpu":
-        card["build"] = {"device": str(environment(torch_device)["device"]), "amp": amp}
-    validate(card, "card", "zoo card")
-    save_file({k: v.contiguous() for k, v in predictions.items()}, str(work / "predictions.safetensors"))
-    return card
 
 
 def open_zoo(name_or_path: str | Path, cache_dir: Path | None = None, *, build: bool = True,

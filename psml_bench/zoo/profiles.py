@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from tabulate import tabulate
@@ -96,21 +96,9 @@ def profile_zoo(name_or_path: str | Path, cache_dir: Path | None = None, *, devi
     """
     config = load_zoo_config(name_or_path)
     torch_device = resolve_device(device)
-    models: dict[str, torch.nn.Module] = {}
     provenance: dict[str, Any] = {"config": config.name, "config_hash": config.config_hash}
     if untrained:
-        shape, num_classes = config.image.input_shape(), config.dataset.num_classes
-        if shape is None or num_classes is None:
-            raise ConfigError(f"{config.source}: profiling zoo {config.name} without data needs its input shape and "
-                              "classes: set preprocess.channels, preprocess.size and dataset.num_classes")
-        for model_cfg in config.models:
-            with torch.random.fork_rng():
-                torch.manual_seed(model_cfg.train.seed)
-                models[model_cfg.id] = ZooModel(model_cfg.arch, model_cfg.kwargs, shape[0], num_classes, config.mean,
-                                                config.std, model_cfg.input_size).eval()
-
-        def make_input(batch_size: int) -> torch.Tensor:
-            return torch.rand((batch_size, *shape), generator=torch.Generator().manual_seed(batch_size))
+        models, make_input = _untrained_models(config)
     else:
         zoo = open_zoo(name_or_path, cache_dir, progress=progress, data=data)
         provenance.update(zoo_dir=str(zoo.directory), card_hash=zoo.card_hash)
@@ -131,6 +119,26 @@ def profile_zoo(name_or_path: str | Path, cache_dir: Path | None = None, *, devi
         return make_batch_profile(config.name, entries, torch_device, precision=precision, batch_sizes=batch_sizes,
                                   warmup=warmup, repeats=repeats, weights="untrained" if untrained else "trained",
                                   provenance=provenance)
+
+
+def _untrained_models(config: ZooConfig) -> tuple[dict[str, torch.nn.Module], Callable[[int], torch.Tensor]]:
+    """Freshly initialised models of ``config`` (each seeded as its training is) and random inputs of its declared
+    shape, one fixed-seed batch per batch size."""
+    shape, num_classes = config.image.input_shape(), config.dataset.num_classes
+    if shape is None or num_classes is None:
+        raise ConfigError(f"{config.source}: profiling zoo {config.name} without data needs its input shape and "
+                          "classes: set preprocess.channels, preprocess.size and dataset.num_classes")
+    models: dict[str, torch.nn.Module] = {}
+    for model_cfg in config.models:
+        with torch.random.fork_rng():
+            torch.manual_seed(model_cfg.train.seed)
+            models[model_cfg.id] = ZooModel(model_cfg.arch, model_cfg.kwargs, shape[0], num_classes, config.mean,
+                                            config.std, model_cfg.input_size).eval()
+
+    def make_input(batch_size: int) -> torch.Tensor:
+        return torch.rand((batch_size, *shape), generator=torch.Generator().manual_seed(batch_size))
+
+    return models, make_input
 
 
 def profile_table(path: Path) -> str:
