@@ -14,7 +14,8 @@ from psml_bench.bench.row import FIELDS, VOLATILE_FIELDS, CellRow
 from psml_bench.report.results import RESULT_COLUMNS, results_csv, results_frame
 from psml_bench.runner import read_cell, write_cell
 
-CELLS = sorted((Path(__file__).resolve().parents[1] / "leaderboard" / "cells").glob("*.json"))
+CELLS = sorted((Path(__file__).resolve().parents[1] / "leaderboard").glob("**/cells/*.json"))
+"""Every committed cell file: the leaderboard's and each shipped grid's beside it."""
 OLD_CELL = {  # a cell file of the first committed leaderboard: no service, costs, ownership, flags nor recipe
     "accuracy": 0.8133, "accuracy_norm": 0.9012632978723405, "attack": "naive", "budget": 1000,
     "cell_key": "000c4a660a4c22bab36460a923d50cb2", "defense": "none", "device": "cpu (x86_64)", "error": "",
@@ -29,8 +30,8 @@ def test_every_committed_cell_is_read_and_written_again_byte_for_byte(tmp_path):
     for path in CELLS:
         row = read_cell(path)
         assert isinstance(row, CellRow) and isinstance(row.load, float) and isinstance(row.budget, int)
-        written = write_cell(tmp_path / path.name, row)
-        assert (tmp_path / path.name).read_bytes() == path.read_bytes(), path.name
+        written = write_cell(tmp_path / "cell.json", row)
+        assert (tmp_path / "cell.json").read_bytes() == path.read_bytes(), path
         stored = json.loads(path.read_text())
         del stored["content_sha256"]
         assert json.dumps(written.as_dict(), sort_keys=True) == json.dumps(stored, sort_keys=True)
