@@ -97,7 +97,7 @@ def main() -> None:
                             context.scores.clear()
                         before, scores = dict(_training.STATS), len(context.scores)
                         started = time.perf_counter()
-                        row = json.loads(json.dumps(run_cell(zoo, grid, cell, context=context)))
+                        row = json.loads(json.dumps(run_cell(zoo, grid, cell, context=context).as_dict()))
                         walls[selector][mode].append(time.perf_counter() - started)
                         if mode == "on":
                             delta = {k: _training.STATS[k] - before[k] for k in before}

@@ -74,8 +74,8 @@ def main() -> None:
                 protocol2_cell(zoo, grid, cell)
             else:
                 row = run_cell(zoo, grid, cell)
-                assert row["status"] == "ok", row["error"]
-                benign = row["benign_requests"]
+                assert row.status == "ok", row.error
+                benign = row.benign_requests
             times[name].append(time.perf_counter() - started)
     v2, v3 = statistics.median(times["v2"]), statistics.median(times["v3"])
     print(json.dumps({"zoo": args.zoo, "budget": args.budget, "load": args.load, "benign_requests_v3": benign,

@@ -12,16 +12,16 @@ leaderboard on a machine where the zoo weights are not built::
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from .contract.errors import ConfigError
 from .bench.grid import GridConfig
+from .bench.row import CellRow
 from .report.leaderboard import write_leaderboard
-from .runner import _row_order, read_cell
+from .runner import read_cell
 from .report.zoo_summary import read_zoo_summaries
 
 
-def committed_rows(out_dir: Path) -> list[dict[str, Any]]:
+def committed_rows(out_dir: Path) -> list[CellRow]:
     """Every sealed cell of ``out_dir/cells``, in the run's row order.
 
     Raises:
@@ -33,7 +33,7 @@ def committed_rows(out_dir: Path) -> list[dict[str, Any]]:
         if row is None:
             raise ConfigError(f"cell file {path} is unreadable or altered; re-rendering recomputes nothing")
         rows.append(row)
-    return sorted(rows, key=_row_order)
+    return sorted(rows, key=CellRow.order)
 
 
 def rerender(grid: GridConfig, out_dir: Path, *, figures: bool = True) -> int:

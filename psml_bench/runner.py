@@ -16,9 +16,9 @@ import logging
 import os
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from .serving.capacity import CapacityCache
 from .bench.cell import CellTask, cell_key, failed_row, provenance, zoo_identity
 from .bench.context import RunContext
+from .bench.row import CellRow
 from .common.files import content_hash, write_atomic
 from .contract.errors import ConfigError, RecomputeRefused, sanitise
 from .bench.executor import Executor, InlineExecutor, LocalExecutor, RayExecutor
@@ -42,7 +43,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class RunSummary:
-    rows: list[dict[str, Any]]
+    rows: list[CellRow]
     cached: int
     computed: int
     failed: int
@@ -95,7 +96,7 @@ def run_grid(grid: GridConfig, out_dir: Path, *, cache_dir: Path | None = None, 
     zoos = open_zoos(grid, cells, cache_dir, progress=progress, profile=profile)
     cells_dir = out_dir / "cells"
     prepare_out_dir(out_dir, create=False)  # a foreign or linked directory is refused before its cells are read
-    rows: dict[str, dict[str, Any]] = {}
+    rows: dict[str, CellRow] = {}
     tasks = []
     profile_arg = str(profile) if profile else None
     identities = {name: zoo_identity(zoo) for name, zoo in zoos.items()}
@@ -107,7 +108,7 @@ def run_grid(grid: GridConfig, out_dir: Path, *, cache_dir: Path | None = None, 
         path = cells_dir / f"{key}.json"
         if path.is_file():
             row = read_cell(path)
-            if row is not None and not (retry_failed and row.get("status") != "ok"):
+            if row is not None and not (retry_failed and row.status != "ok"):
                 rows[key] = row
                 continue
         tasks.append(CellTask(str(zoo.directory), profile_arg, identities[name], grid, cell, key, run_provenance,
@@ -124,12 +125,12 @@ def run_grid(grid: GridConfig, out_dir: Path, *, cache_dir: Path | None = None, 
     counts = {"failed": 0}
     bar.set_postfix(cached=cached, failed=0)
 
-    def on_result(task: CellTask, row: dict[str, Any] | None, error: str) -> None:
+    def on_result(task: CellTask, row: CellRow | None, error: str) -> None:
         row = row if row is not None else failed_row(zoos[grid.zoo_of(task.cell)], task,
                                                      sanitise(error, MAX_ERROR_CHARS))
-        row["error"] = sanitise(row.get("error", ""), MAX_ERROR_CHARS)
+        row = replace(row, error=sanitise(row.error or "", MAX_ERROR_CHARS))
         rows[task.key] = write_cell(cells_dir / f"{task.key}.json", row)
-        counts["failed"] += row["status"] != "ok"
+        counts["failed"] += row.status != "ok"
         bar.set_postfix(cached=cached, failed=counts["failed"])
         bar.update()
 
@@ -142,9 +143,9 @@ def run_grid(grid: GridConfig, out_dir: Path, *, cache_dir: Path | None = None, 
     # the serving curves and capacity kept of every defense setting (benign clients only; missing entries only)
     context.submissions()  # a submitted defense's stand-in is registered here too
     serving_curves.update(grid, zoos, cells, out_dir, progress=tqdm.write if progress else None)
-    ordered = sorted(rows.values(), key=_row_order)
+    ordered = sorted(rows.values(), key=CellRow.order)
     write_leaderboard(ordered, zoos, grid, out_dir)
-    failed = sum(r["status"] != "ok" for r in ordered)
+    failed = sum(r.status != "ok" for r in ordered)
     return RunSummary(ordered, cached, len(tasks), failed, time.perf_counter() - started, out_dir, plan)
 
 
@@ -217,16 +218,16 @@ def prepare_out_dir(out_dir: Path, *, create: bool = True) -> None:
             directory.chmod(info.st_mode & 0o755)  # nobody else may add or replace a cell file
 
 
-def write_cell(path: Path, row: dict[str, Any]) -> dict[str, Any]:
+def write_cell(path: Path, row: CellRow) -> CellRow:
     """Write ``row`` atomically, sealed with its content hash; return it as a later run will read it."""
-    stored = json.loads(json.dumps(row, sort_keys=True))
-    stored.pop(SEAL, None)
+    stored = json.loads(json.dumps(row.as_dict(), sort_keys=True))
     write_atomic(path, json.dumps({**stored, SEAL: content_hash(stored)}, indent=1, sort_keys=True) + "\n")
-    return stored
+    return CellRow.from_dict(stored)
 
 
-def read_cell(path: Path) -> dict[str, Any] | None:
-    """A stored row whose seal holds; None (with a warning: it is recomputed) for an unreadable or altered file."""
+def read_cell(path: Path) -> CellRow | None:
+    """A stored row whose seal holds; None (with a warning: it is recomputed) for an unreadable or altered file,
+    or one whose fields this harness cannot read."""
     try:
         row = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
@@ -239,10 +240,8 @@ def read_cell(path: Path) -> dict[str, Any] | None:
     if seal != content_hash(row):
         log.warning("cell file %s was altered (its content hash does not match); recomputing it", path)
         return None
-    return row
-
-
-def _row_order(row: dict[str, Any]) -> tuple:
-    """Rows by cell, whatever was cached: cells differing only in their service sort by it."""
-    return (row["zoo"], row["victim"], row["attack"], row["defense"], int(row["budget"]), float(row["load"]),
-            int(row["benign_clients"]), float(row["attacker_rate"]), bool(row["latency_visible"]), int(row["seed"]))
+    try:
+        return CellRow.from_dict(row)
+    except ValueError as exc:
+        log.warning("cell file %s does not hold a row (%s); recomputing it", path, exc)
+        return None

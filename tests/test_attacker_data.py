@@ -62,19 +62,20 @@ def test_the_default_leaves_cell_keys_alone_and_a_source_makes_new_cells(tmp_pat
     assert plain == cells[:1]  # the same cell, so the same key, as a grid without the parameter
     keys = {cell_key(tiny_zoo, grid, c) for c in cells}
     assert len(keys) == 2
-    assert row_identity(tiny_zoo, cells[1])["attack"].endswith(" on digits")
-    assert "attacker_data" not in row_identity(tiny_zoo, cells[0])
+    assert row_identity(tiny_zoo, cells[1]).attack.endswith(" on digits")
+    assert row_identity(tiny_zoo, cells[1]).attacker_data == "digits"
+    assert "attacker_data" not in row_identity(tiny_zoo, cells[0]).as_dict()
 
 
 def test_a_cell_on_digits_runs_and_benign_clients_keep_the_split(tmp_path, tiny_zoo):
     grid = load_grid(grid_file(tmp_path, block='attacker_data = ["in-distribution", "digits"]'))
     rows = [run_cell(tiny_zoo, grid, cell) for cell in grid.cells()]
-    assert [r["status"] for r in rows] == ["ok", "ok"], [r["error"] for r in rows]
-    assert rows[1]["attacker_data"] == "digits" and rows[1]["queries"] == 120
-    assert rows[0]["fidelity"] != rows[1]["fidelity"]
+    assert [r.status for r in rows] == ["ok", "ok"], [r.error for r in rows]
+    assert rows[1].attacker_data == "digits" and rows[1].queries == 120
+    assert rows[0].fidelity != rows[1].fidelity
     # the benign stream is drawn from the in-distribution split either way: same requests, same answers
-    assert rows[0]["benign_requests"] == rows[1]["benign_requests"]
-    assert rows[0]["benign_accuracy_drop"] == rows[1]["benign_accuracy_drop"] == 0.0
+    assert rows[0].benign_requests == rows[1].benign_requests
+    assert rows[0].benign_accuracy_drop == rows[1].benign_accuracy_drop == 0.0
 
 
 def test_the_threat_models_grid_crosses_attackers_defenses_data_and_identities():

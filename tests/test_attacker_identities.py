@@ -74,9 +74,9 @@ def test_prada_catches_one_identity_but_not_sixteen_below_its_history(tmp_path, 
     """PRADA tests a client only after min_history (100) of its queries: 400 over 16 ids is 25 each."""
     grid = load_grid(grid_file(tmp_path, block="attacker_identities = [1, 16]"))
     rows = [run_cell(tiny_zoo, grid, cell) for cell in grid.cells()]
-    assert [r["status"] for r in rows] == ["ok", "ok"], [r["error"] for r in rows]
+    assert [r.status for r in rows] == ["ok", "ok"], [r.error for r in rows]
     single, sybil = rows
-    assert single["detected"] == 1.0 and single["queries_to_detection"] <= 400
-    assert "identities_detected" not in single
-    assert sybil["detected"] == 0.0 and sybil["identities_detected"] == 0.0
-    assert sybil["attack"].endswith("as 16 clients") and sybil["queries"] == 400
+    assert single.detected == 1.0 and single.queries_to_detection <= 400
+    assert single.identities_detected is None and "identities_detected" not in single.as_dict()
+    assert sybil.detected == 0.0 and sybil.identities_detected == 0.0
+    assert sybil.attack.endswith("as 16 clients") and sybil.queries == 400

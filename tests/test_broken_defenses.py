@@ -72,8 +72,8 @@ def test_a_broken_defense_is_named_by_the_server_validate_and_the_cell(tiny_zoo,
     assert len(failed) == 1 and failed[0].detail.startswith(f"defense '{name}' "), failed
     grid = _grid(name)
     row = run_cell(tiny_zoo, grid, Cell("rank:1", grid.attacks[0], grid.defenses[0], 60, 0))
-    assert row["status"] == "failed"
-    assert row["error"].startswith(f"DefenseError: defense '{name}' ") and "\n" not in row["error"], row["error"]
+    assert row.status == "failed"
+    assert row.error.startswith(f"DefenseError: defense '{name}' ") and "\n" not in row.error, row.error
 
 
 def test_a_defense_rerouting_outside_the_menu_is_named(tiny_zoo):

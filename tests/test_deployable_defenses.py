@@ -166,8 +166,8 @@ def test_a_watermark_cell_scores_ownership_and_claims_no_innocent_model(tiny_zoo
     defense = PluginSpec("api-watermark", (("fraction", 0.05),))
     grid = GridConfig("wm", "fmnist-tiny", "infaas", ("rank:2",), (attack,), (defense,), (400,), (0,), 300, "test")
     row = run_cell(tiny_zoo, grid, Cell("rank:2", attack, defense, 400, 0))
-    assert row["status"] == "ok", row["error"]
-    assert row["watermark_pairs"] >= 8 and 0 <= row["watermark_agreement"] <= 1
-    assert row["innocent_claims"] == 0 and row["innocent_agreement"] <= 1 / 9 + 0.1
-    assert row["ownership_claimed"] == float(not np.isnan(row["ownership_queries"]))
-    assert 0 < row["benign_accuracy_drop"] < 0.1
+    assert row.status == "ok", row.error
+    assert row.watermark_pairs >= 8 and 0 <= row.watermark_agreement <= 1
+    assert row.innocent_claims == 0 and row.innocent_agreement <= 1 / 9 + 0.1
+    assert row.ownership_claimed == float(not np.isnan(row.ownership_queries))
+    assert 0 < row.benign_accuracy_drop < 0.1

@@ -44,14 +44,14 @@ def tiny_run(tiny_zoo, cache_dir, tmp_path_factory):
 
 
 def rows_by(summary, **match):
-    return [r for r in summary.rows if all(str(r[k]).startswith(str(v)) for k, v in match.items())]
+    return [r for r in summary.rows if all(str(getattr(r, k)).startswith(str(v)) for k, v in match.items())]
 
 
 def test_tiny_grid_completes_with_every_cell(tiny_run):
     summary, out = tiny_run
     grid = load_grid("tiny")
     assert len(summary.rows) == len(grid.cells()) == summary.computed + summary.cached
-    assert summary.failed == 0, [r["error"] for r in summary.rows if r["error"]]
+    assert summary.failed == 0, [r.error for r in summary.rows if r.error]
     with open(out / "results.csv") as handle:
         table = list(csv.DictReader(handle))
     assert len(table) == len(grid.cells())
@@ -93,45 +93,45 @@ def test_psml_fingerprint_cost_adapts_to_the_budget():
 def test_attacks_behave_as_specified_without_defense(tiny_run, tiny_zoo):
     summary, _ = tiny_run
     for row in rows_by(summary, defense="none"):
-        if row["attack"].startswith("oracle"):
-            assert row["victim_hit_rate"] == 1.0 and row["fingerprint_queries"] == 0
-            assert row["queries"] == row["budget"]
-        if row["attack"].startswith("psml"):
+        if row.attack.startswith("oracle"):
+            assert row.victim_hit_rate == 1.0 and row.fingerprint_queries == 0
+            assert row.queries == row.budget
+        if row.attack.startswith("psml"):
             # fingerprinting finds the victim's region: every extraction query asks for it, and the SLO-aware
             # router serves almost all there (a few go elsewhere when the victim's queue would miss the bound)
-            assert 0 < row["fingerprint_queries"] < row["budget"] / 2
-            assert row["victim_hit_rate"] >= 0.95 and row["fingerprint_accuracy"] == 1.0
-    psml = {r["budget"]: r["fingerprint_queries"] for r in rows_by(summary, attack="psml(", defense="none",
+            assert 0 < row.fingerprint_queries < row.budget / 2
+            assert row.victim_hit_rate >= 0.95 and row.fingerprint_accuracy == 1.0
+    psml = {r.budget: r.fingerprint_queries for r in rows_by(summary, attack="psml(", defense="none",
                                                                    victim="rank:2")}
     assert psml[200] < psml[400]  # at 200 the sweep is scaled down to 10% of the budget
     naive_middle = rows_by(summary, attack="naive", defense="none", victim="rank:2")
-    assert all(r["victim_hit_rate"] < 0.8 for r in naive_middle)
+    assert all(r.victim_hit_rate < 0.8 for r in naive_middle)
 
 
 def test_spec_noise_costs_goodput(tiny_run):
     summary, _ = tiny_run
-    clean = {r["spec_goodput"] for r in rows_by(summary, defense="none")}
-    noisy = [r["spec_goodput"] for r in rows_by(summary, defense="spec-noise")]
+    clean = {r.spec_goodput for r in rows_by(summary, defense="none")}
+    noisy = [r.spec_goodput for r in rows_by(summary, defense="spec-noise")]
     # feasible specs, undefended: routing meets nearly every one by the profile (the SLO-aware router falls back
     # to another model when every model meeting a spec is predicted to miss its bound)
     assert min(clean) >= 0.99
     assert all(g < 1.0 for g in noisy)
     for row in rows_by(summary, defense="none"):  # end to end, queueing at load 0.5 misses some bounds
-        assert 0.0 < row["goodput"] <= row["spec_goodput"] and row["latency_p99_ms"] > row["latency_p50_ms"]
+        assert 0.0 < row.goodput <= row.spec_goodput and row.latency_p99_ms > row.latency_p50_ms
 
 
 def test_defense_costs_show_where_each_defense_acts(tiny_run):
     summary, _ = tiny_run
     for row in rows_by(summary, defense="none"):
-        assert row["perturbation"] == 0.0 and row["latency_overhead"] == 0.0 and row["benign_accuracy_drop"] == 0.0
-        assert row["refused_benign"] == 0.0 and row["false_positive_clients"] == 0.0 and row["detected"] == 0.0
+        assert row.perturbation == 0.0 and row.latency_overhead == 0.0 and row.benign_accuracy_drop == 0.0
+        assert row.refused_benign == 0.0 and row.false_positive_clients == 0.0 and row.detected == 0.0
     for row in rows_by(summary, defense="random-routing"):
         # every candidate meets the spec, but slower models serve
-        assert row["spec_goodput"] >= 0.99 and row["latency_overhead"] > 0.0 and row["perturbation"] == 0.0
+        assert row.spec_goodput >= 0.99 and row.latency_overhead > 0.0 and row.perturbation == 0.0
     for row in rows_by(summary, defense="label-only"):
         # answers become one-hot vectors with the same argmax; routing and timing are untouched
-        assert row["spec_goodput"] >= 0.99 and row["perturbation"] > 0.05 and row["benign_accuracy_drop"] == 0.0
-        assert row["latency_overhead"] == 0.0
+        assert row.spec_goodput >= 0.99 and row.perturbation > 0.05 and row.benign_accuracy_drop == 0.0
+        assert row.latency_overhead == 0.0
 
 
 def test_second_run_reuses_every_cell(tiny_run, cache_dir):
@@ -192,15 +192,15 @@ def test_cli_budget_overrun_and_wrong_shape_fail_their_cells_only(tmp_path, cach
 
 
 def test_parallel_run_gives_identical_results(tiny_run, cache_dir, tmp_path):
-    from psml_bench.report.leaderboard import VOLATILE_COLUMNS
+    from psml_bench.bench.row import VOLATILE_FIELDS
 
     summary, _ = tiny_run
     parallel = run_grid(load_grid("tiny"), tmp_path, cache_dir=cache_dir, progress=False,
                         executor=make_executor("local", jobs=2))
     assert parallel.computed == len(summary.rows)
     # as the cell files store them (NaN, e.g. queries_to_detection of an undetected attacker, equal to itself)
-    strip = lambda rows: json.dumps([{k: v for k, v in r.items() if k not in VOLATILE_COLUMNS} for r in rows],  # noqa: E731
-                                    sort_keys=True)
+    strip = lambda rows: json.dumps([{k: v for k, v in r.as_dict().items() if k not in VOLATILE_FIELDS}  # noqa: E731
+                                     for r in rows], sort_keys=True)
     assert strip(parallel.rows) == strip(summary.rows)
 
 
@@ -211,5 +211,5 @@ def test_adaptive_psml_reaches_the_victim_more_often_under_random_routing(tiny_r
     # a latency bound below the faster alternatives leaves the victim the only candidate more often
     # (protocol 4: the candidates are the models *predicted* to meet the bound and the victim itself is predicted
     # to miss tight bounds when busy, so the advantage shrinks; measured 0.352 against 0.333 on the tiny grid)
-    assert adaptive["victim_hit_rate"] > plain["victim_hit_rate"]
-    assert adaptive["fingerprint_queries"] > plain["fingerprint_queries"]
+    assert adaptive.victim_hit_rate > plain.victim_hit_rate
+    assert adaptive.fingerprint_queries > plain.fingerprint_queries

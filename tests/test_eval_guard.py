@@ -89,10 +89,10 @@ def test_an_attack_that_queries_the_test_split_is_flagged(tiny_zoo, cache_dir, t
                          'params = { min_steps = 10, epochs = 1 }\n[[defenses]]\nname = "none"\n')
     grid = load_grid(grid_path)
     summary = run_grid(grid, tmp_path / "lb", cache_dir=cache_dir, executor=make_executor("inline"), progress=False)
-    rows = {row["attack"]: row for row in summary.rows}
+    rows = {row.attack: row for row in summary.rows}
     flagged = next(row for name, row in rows.items() if name.startswith("rebuilt"))
-    assert flagged["status"] == "ok", flagged["error"]
-    assert flagged["eval_queries"] == 12
-    assert "queried 12 inputs the cell is scored on" in flagged["flags"]
+    assert flagged.status == "ok", flagged.error
+    assert flagged.eval_queries == 12
+    assert "queried 12 inputs the cell is scored on" in flagged.flags
     honest = rows["naive(epochs=1,min_steps=10)"]
-    assert honest["eval_queries"] == 0 and "scored on" not in honest["flags"]
+    assert honest.eval_queries == 0 and "scored on" not in honest.flags

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from psml_bench.report.leaderboard import VOLATILE_COLUMNS
+from psml_bench.bench.row import VOLATILE_FIELDS
 from psml_bench.bench.grid import load_grid
 from psml_bench.runner import make_executor, run_grid
 
@@ -66,11 +66,11 @@ def test_hung_crashed_and_memory_hungry_cells_fail_alone(tiny_zoo, cache_dir, tm
                                           "naive"]))
     executor = make_executor("local", jobs=2, timeout_s=90, memory_mb=2048)
     summary = run_grid(grid, tmp_path / "lb", cache_dir=cache_dir, executor=executor, progress=False)
-    by_attack = {row["attack"]: row for row in summary.rows}
-    assert by_attack["hostile_cells:Hangs"]["error"] == "timed out after 90s"
-    assert "ended without a result" in by_attack["hostile_cells:Crashes"]["error"]
-    assert "memory" in by_attack["hostile_cells:Hogs"]["error"].lower()
-    assert by_attack["naive(epochs=1,min_steps=20)"]["status"] == "ok"
+    by_attack = {row.attack: row for row in summary.rows}
+    assert by_attack["hostile_cells:Hangs"].error == "timed out after 90s"
+    assert "ended without a result" in by_attack["hostile_cells:Crashes"].error
+    assert "memory" in by_attack["hostile_cells:Hogs"].error.lower()
+    assert by_attack["naive(epochs=1,min_steps=20)"].status == "ok"
     assert summary.failed == 3 and len(list((tmp_path / "lb" / "cells").glob("*.json"))) == 4
 
 
@@ -126,6 +126,6 @@ def test_ray_executor_matches_the_local_executor(tiny_zoo, cache_dir, tmp_path):
     finally:
         ray.shutdown()
     # as the cell files store them (NaN, e.g. queries_to_detection of an undetected attacker, equal to itself)
-    strip = lambda rows: json.dumps([{k: v for k, v in r.items() if k not in VOLATILE_COLUMNS} for r in rows],  # noqa: E731
-                                    sort_keys=True)
+    strip = lambda rows: json.dumps([{k: v for k, v in r.as_dict().items() if k not in VOLATILE_FIELDS}  # noqa: E731
+                                     for r in rows], sort_keys=True)
     assert remote.failed == 0 and strip(remote.rows) == strip(local.rows)

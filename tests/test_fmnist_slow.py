@@ -28,6 +28,6 @@ def test_psml_fingerprints_every_frontier_role(fmnist, victim):
     grid = load_grid("default")
     row = run_cell(fmnist, grid, Cell(victim, PluginSpec("psml", (("min_steps", 10), ("epochs", 1))),
                                       PluginSpec("none"), 1000, 0))
-    extraction = row["queries"] - row["fingerprint_queries"]
-    assert row["status"] == "ok" and row["fingerprint_queries"] < 100
-    assert row["victim_hit_rate"] * row["queries"] >= extraction
+    extraction = row.queries - row.fingerprint_queries
+    assert row.status == "ok" and row.fingerprint_queries < 100
+    assert row.victim_hit_rate * row.queries >= extraction

@@ -289,11 +289,11 @@ def test_a_tampered_cell_is_detected_and_recomputed(tiny_zoo, cache_dir, tmp_pat
     grid, out = _one_cell_grid(tmp_path), tmp_path / "lb"
     first = run_grid(grid, out, cache_dir=cache_dir, executor=make_executor("inline"), progress=False)
     (path,) = (out / "cells").glob("*.json")
-    honest = first.rows[0]["fidelity"]
+    honest = first.rows[0].fidelity
     path.write_text(path.read_text().replace(f'"fidelity": {honest}', '"fidelity": 0.999'))
     assert '"fidelity": 0.999' in path.read_text()
     second = run_grid(grid, out, cache_dir=cache_dir, executor=make_executor("inline"), progress=False)
-    assert second.computed == 1 and second.rows[0]["fidelity"] == honest
+    assert second.computed == 1 and second.rows[0].fidelity == honest
     assert "was altered" in caplog.text
     third = run_grid(grid, out, cache_dir=cache_dir, executor=make_executor("inline"), progress=False)
     assert third.cached == 1 and third.rows[0] == second.rows[0]

@@ -265,5 +265,5 @@ def test_cells_of_hostile_attacks_fail_alone(tiny_zoo, hostile, monkeypatch):
                            ("hostile_isolation:ReturnsAModule",
                             "the attack raised TypeError: attack returned a Linear")):
         row = run_cell(tiny_zoo, grid, Cell("rank:1", PluginSpec(name), defense, 20, 0))
-        assert row["status"] == "failed" and row["error"].startswith(expected), row["error"]
-        assert row["spec_goodput"] == 1.0 and row["benign_requests"] >= grid.benign_queries  # costs still measured
+        assert row.status == "failed" and row.error.startswith(expected), row.error
+        assert row.spec_goodput == 1.0 and row.benign_requests >= grid.benign_queries  # costs still measured

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from psml_bench.bench.grid import Block, GridConfig, PluginSpec
+from psml_bench.bench.row import CellRow
 from psml_bench.report.intervals import Estimate, paired_difference, shared_ranks, t_interval
-from psml_bench.report.leaderboard import RESULT_COLUMNS, render_markdown, results_frame, write_leaderboard
+from psml_bench.report.leaderboard import render_markdown, write_leaderboard
 from psml_bench.report.ranking import (FIXED, OWN, attack_ranking, defense_ranking, describe_grid, ineligibility,
     protection_table, tradeoff_auc)
+from psml_bench.report.results import RESULT_COLUMNS, results_frame
 from psml_bench.zoo.model_zoo import MenuEntry
 
 GOLDEN = Path(__file__).parent / "golden" / "leaderboard.md"
@@ -52,7 +55,8 @@ GOODPUT = {"none": 1.0, "spec-noise(scale=0.05)": 0.9, "spec-noise(scale=0.1)": 
 ACCURACY_DROP = {"none": 0.0, "spec-noise(scale=0.05)": 0.0, "spec-noise(scale=0.1)": 0.6}
 
 
-def rows():
+def rows() -> list[CellRow]:
+    """The toy grid's rows, as cells of different ages store them (seed 0's predate the sanity flags)."""
     out = []
     grid = toy_grid()
     for cell in grid.cells():
@@ -75,7 +79,7 @@ def rows():
         })
         if cell.seed == 1:
             out[-1]["flags"] = ""  # seed 0's cells predate the sanity checks: their flags were never computed
-    return out
+    return [CellRow.from_dict(row) for row in out]
 
 
 def test_markdown_matches_golden_file():
@@ -138,10 +142,8 @@ def test_overlapping_intervals_share_a_rank():
 
 
 def test_an_attack_above_the_oracle_by_more_than_its_interval_is_flagged():
-    data = rows()
-    for row in data:
-        if row["attack"] == "psml" and row["defense"] == "none" and row["budget"] == 100:
-            row["fidelity"] += 0.05 + 0.001 * row["seed"]
+    data = [replace(row, fidelity=row.fidelity + 0.05 + 0.001 * row.seed)
+            if row.attack == "psml" and row.defense == "none" and row.budget == 100 else row for row in rows()]
     blocks, _ = describe_grid(toy_grid())
     ranking = attack_ranking(results_frame(data), blocks[0])
     psml = [e for e in ranking if e["attack"] == "psml" and e["budget"] == 100 and e["victim"] == "rank:1"][0]
@@ -151,10 +153,8 @@ def test_an_attack_above_the_oracle_by_more_than_its_interval_is_flagged():
 
 
 def test_tracks_follow_the_recipe_the_surrogate_was_trained_with():
-    data = rows()
-    for row in data:
-        if row["attack"] == "psml(labels=hard)":
-            row["surrogate_recipe"] = "test_resnet, epochs=10, min_steps=40"
+    data = [replace(row, surrogate_recipe="test_resnet, epochs=10, min_steps=40")
+            if row.attack == "psml(labels=hard)" else row for row in rows()]
     blocks, _ = describe_grid(toy_grid())
     ranking = attack_ranking(results_frame(data), blocks[1])
     tracks = {e["attack"]: (e["track"], e["rank"]) for e in ranking if e["defense"] == "none"}
@@ -206,7 +206,7 @@ def test_every_zoo_of_a_grid_has_its_own_figures(tmp_path):
     class Second(CardOnlyZoo):
         name = "toy-b"
 
-    second_rows = [{**r, "zoo": "toy-b", "fidelity": r["fidelity"] - 0.1} for r in rows()]
+    second_rows = [replace(r, zoo="toy-b", fidelity=r.fidelity - 0.1) for r in rows()]
     frame = results_frame(rows() + second_rows)
     table = pd.concat([protection(frame[frame["zoo"] == z]).assign(zoo=z) for z in ("toy", "toy-b")])
     names = write_figures(frame, table, [CardOnlyZoo(), Second()], tmp_path)

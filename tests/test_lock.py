@@ -29,7 +29,7 @@ def first_run(tiny_zoo, cache_dir, tmp_path_factory):
     told = []
     summary = run_grid(_grid((60,)), out, cache_dir=cache_dir, progress=False, executor=make_executor("inline"),
                        on_preflight=told.append)
-    assert summary.failed == 0, [row["error"] for row in summary.rows]
+    assert summary.failed == 0, [row.error for row in summary.rows]
     return out, told[0]
 
 

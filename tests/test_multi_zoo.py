@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,9 @@ from psml_bench import ConfigError
 from psml_bench.bench.cell import cell_key, zoo_identity
 from psml_bench.bench.grid import Block, GridConfig, PluginSpec, load_grid
 from psml_bench.report.intervals import NO_ESTIMATE, Estimate
-from psml_bench.report.leaderboard import render_markdown, results_frame
+from psml_bench.bench.row import CellRow
+from psml_bench.report.leaderboard import render_markdown
+from psml_bench.report.results import results_frame
 from psml_bench.zoo.model_zoo import MenuEntry
 from psml_bench.report.zoo_comparison import agreement
 from psml_bench.runner import make_executor, run_grid
@@ -66,8 +69,8 @@ def test_a_two_zoo_grid_runs_end_to_end_with_one_leaderboard(two_zoos, tmp_path)
     out = tmp_path / "lb"
     summary = run_grid(grid, out, cache_dir=cache, executor=make_executor("inline"), progress=False)
     assert summary.failed == 0 and summary.computed == 2
-    assert sorted(r["zoo"] for r in summary.rows) == ["fmnist-tiny", "fmnist-tiny-b"]
-    assert len({r["cell_key"] for r in summary.rows}) == 2
+    assert sorted(r.zoo for r in summary.rows) == ["fmnist-tiny", "fmnist-tiny-b"]
+    assert len({r.cell_key for r in summary.rows}) == 2
     readme = (out / "README.md").read_text()
     for text in ("## Zoo `fmnist-tiny`", "## Zoo `fmnist-tiny-b`", "## Zoos compared", "block `b`, zoo `fmnist-tiny-b`",
                  "block `b`, zoo `fmnist-tiny`", "Mean pairwise disagreement", "zoo_frontier_fmnist-tiny-b.png"):
@@ -179,19 +182,19 @@ def hand_grid() -> GridConfig:
                       (100, 200), seeds, 100, "test", blocks)
 
 
-def hand_rows(zoos=("a", "b")) -> list[dict]:
+def hand_rows(zoos=("a", "b")) -> list[CellRow]:
     cells = []
     for zoo in zoos:
         cells += [(zoo, 100, a, "none", FIDELITY[(zoo, a, "none")]) for a in ("oracle", "naive", "psml")]
         # spec-noise 0.1 (ineligible: goodput 0.7) and top-k (not a spec defense) protect most
         cells += [(zoo, 200, a, d, SPEC.get((zoo, a, d)) or [f - 0.3 for f in SPEC[(zoo, a, "none")]])
                   for a in ("psml", "psml-adaptive") for d in DEFENSES]
-    return [{"zoo": zoo, "victim": "rank:1", "victim_model": "mid", "attack": attack,
-             "attack_access": "victim" if attack == "oracle" else "service", "defense": defense, "budget": budget,
-             "seed": seed, "load": 0.5, "status": "ok", "fidelity": fidelity[seed],
-             "accuracy": ACCURACY.get((zoo, attack), [0.7] * 3)[seed] if budget == 100 else 0.7,
-             "goodput": GOODPUT[defense], "benign_accuracy_drop": 0.0, "perturbation": 0.0, "latency_overhead": 0.0,
-             "flags": "", "cell_key": f"{zoo}{budget}{attack}{defense}{seed}"}
+    return [CellRow(zoo=zoo, victim="rank:1", victim_model="mid", attack=attack,
+                    attack_access="victim" if attack == "oracle" else "service", defense=defense, budget=budget,
+                    seed=seed, load=0.5, status="ok", fidelity=fidelity[seed],
+                    accuracy=ACCURACY.get((zoo, attack), [0.7] * 3)[seed] if budget == 100 else 0.7,
+                    goodput=GOODPUT[defense], benign_accuracy_drop=0.0, perturbation=0.0, latency_overhead=0.0,
+                    flags="", cell_key=f"{zoo}{budget}{attack}{defense}{seed}")
             for zoo, budget, attack, defense, fidelity in cells for seed in (0, 1, 2)]
 
 
@@ -262,7 +265,7 @@ def test_agreement_names_missing_zoos_and_intervals_it_cannot_judge():
 
 
 def test_a_zoo_without_an_eligible_spec_setting_says_so():
-    rows = [{**r, "goodput": 0.5} if r["zoo"] == "b" and r["defense"] != "none" else r for r in hand_rows()]
+    rows = [replace(r, goodput=0.5) if r.zoo == "b" and r.defense != "none" else r for r in hand_rows()]
     text = render_markdown(results_frame(rows), hand_zoos(), hand_grid())
     assert _row(text, "rank:1", "spec", "200", "0.5", "psml")[5:] == [
         f"0.023 ± {_hw([0.02, 0.03, 0.02]):.3f} (n=3)", "spec-noise(scale=0.05)", "—", "no eligible setting",

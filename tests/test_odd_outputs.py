@@ -72,9 +72,9 @@ def test_a_surrogate_whose_outputs_overflow_fails_its_cell(tiny_zoo, odd_attacks
     grid = GridConfig("odd", "fmnist-tiny", "infaas", ("rank:1",), (attack,), (PluginSpec("none"),), (20,), (0,),
                       50, "test")
     row = run_cell(tiny_zoo, grid, Cell("rank:1", attack, PluginSpec("none"), 20, 0))
-    assert row["status"] == "failed" and row["surrogate_recipe"] == ""
-    assert row["error"].startswith("the attack's surrogate predicts non-finite probabilities on the test split ("), row
-    assert all(np.isnan(row[m]) for m in ("fidelity", "kl", "l1"))
+    assert row.status == "failed" and row.surrogate_recipe == ""
+    assert row.error.startswith("the attack's surrogate predicts non-finite probabilities on the test split ("), row
+    assert all(np.isnan(getattr(row, m)) for m in ("fidelity", "kl", "l1"))
 
 
 class Casts(Defense):

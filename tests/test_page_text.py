@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import csv
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from markupsafe import Markup, escape
 
-from psml_bench.report.leaderboard import render_markdown, results_frame, write_leaderboard
+from psml_bench.report.leaderboard import render_markdown, write_leaderboard
+from psml_bench.report.results import results_frame
 from psml_bench.report.page_text import csv_text, inline_html, markdown_code, markdown_text, plot_text
 from psml_bench.runner import MAX_ERROR_CHARS
 from psml_bench.contract.errors import sanitise
@@ -34,11 +36,8 @@ def _table_cells(line: str) -> list[str]:
 
 
 def _hostile_rows():
-    out = rows()
-    for row in out:
-        if row["status"] == "failed":
-            row["error"] = sanitise("=cmd|' /C calc'!A0\n" + HOSTILE + "\x1b[31m" + "y" * 5000, MAX_ERROR_CHARS)
-    return out
+    error = sanitise("=cmd|' /C calc'!A0\n" + HOSTILE + "\x1b[31m" + "y" * 5000, MAX_ERROR_CHARS)
+    return [replace(row, error=error) if row.status == "failed" else row for row in rows()]
 
 
 def test_a_hostile_error_is_literal_in_the_markdown_table(tmp_path):

@@ -11,7 +11,8 @@ import pytest
 
 from psml_bench.bench.cell import attack_generator
 from psml_bench.report.intervals import shared_ranks, t_interval
-from psml_bench.report.leaderboard import leaderboard_sections, markdown_of, results_frame
+from psml_bench.report.leaderboard import leaderboard_sections, markdown_of
+from psml_bench.report.results import results_frame
 from psml_bench.report.paired_ranks import holm, narrowing, paired_ranks
 from psml_bench.report.ranking import NO_DEFENSE, defense_ranking, goodput_ratios, ineligibility, ok_values
 from psml_bench.report.sequential_seeds import decide, seeds_to_run

@@ -125,15 +125,15 @@ def test_a_proof_of_work_cell_reports_the_attacker_s_time_and_the_benign_cost(ti
         grid = GridConfig("pow", "fmnist-tiny", "infaas-slo", ("rank:2",), (attack,), (defense,), (300,), (0,), 200,
                           "test")
         row = run_cell(tiny_zoo, grid, Cell("rank:2", attack, defense, 300, 0, FAST))
-        assert row["status"] == "ok", row["error"]
+        assert row.status == "ok", row.error
         rows[defense.name] = row
     plain, priced = rows["none"], rows["proof-of-work"]
-    assert plain["attacker_work_s"] == 0.0 and priced["attacker_work_s"] > 0.5
-    assert priced["attacker_time_s"] >= priced["attacker_work_s"]
-    assert priced["attacker_time_s"] > plain["attacker_time_s"]
-    assert priced["latency_p50_ms"] > plain["latency_p50_ms"] and priced["latency_overhead"] > 0.5
-    assert priced["goodput"] < plain["goodput"] and priced["fidelity"] == plain["fidelity"]
-    assert plain["latency_overhead"] == pytest.approx(0.0, abs=1e-12)
+    assert plain.attacker_work_s == 0.0 and priced.attacker_work_s > 0.5
+    assert priced.attacker_time_s >= priced.attacker_work_s
+    assert priced.attacker_time_s > plain.attacker_time_s
+    assert priced.latency_p50_ms > plain.latency_p50_ms and priced.latency_overhead > 0.5
+    assert priced.goodput < plain.goodput and priced.fidelity == plain.fidelity
+    assert plain.latency_overhead == pytest.approx(0.0, abs=1e-12)
 
 
 class BadWork(Defense):

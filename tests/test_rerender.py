@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
+
+from psml_bench.bench.row import CellRow
 
 from psml_bench.contract.errors import ConfigError
 from psml_bench.report.leaderboard import write_leaderboard
 from psml_bench.render import rerender
 from psml_bench.report.zoo_summary import ZOO_SUMMARIES, read_zoo_summaries
-from psml_bench.runner import _row_order, write_cell
+from psml_bench.runner import write_cell
 from test_leaderboard import CardOnlyZoo, rows, toy_grid
 
 PAGES = ("README.md", "index.html", "results.csv")
@@ -18,14 +21,14 @@ PAGES = ("README.md", "index.html", "results.csv")
 
 def _cells():
     """The toy rows with the service fields a run records, in the run's row order."""
-    return sorted(({**row, "benign_clients": 8, "attacker_rate": 1.0, "latency_visible": False} for row in rows()),
-                  key=_row_order)
+    return sorted((replace(row, benign_clients=8, attacker_rate=1.0, latency_visible=False) for row in rows()),
+                  key=CellRow.order)
 
 
 def _committed(tmp_path):
     (tmp_path / "cells").mkdir()
     for row in _cells():
-        write_cell(tmp_path / "cells" / f"{row['cell_key']}.json", row)
+        write_cell(tmp_path / "cells" / f"{row.cell_key}.json", row)
     write_leaderboard(_cells(), CardOnlyZoo(), toy_grid(), tmp_path, figures=False)
     return {name: (tmp_path / name).read_bytes() for name in PAGES}
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -98,21 +99,21 @@ def test_same_cell_twice_gives_identical_rows(tiny_zoo):
     grid = _grid()
     cell = Cell("rank:2", grid.attacks[0], PluginSpec("spec-noise"), 60, 0, ServiceConfig(load=0.9))
     first, second = run_cell(tiny_zoo, grid, cell), run_cell(tiny_zoo, grid, cell)
-    assert first["status"] == "ok", first["error"]
-    first.pop("wall_s"), second.pop("wall_s")
-    assert json.dumps(first, sort_keys=True) == json.dumps(second, sort_keys=True)  # as the cell file stores it
-    assert first["benign_requests"] >= 200 and 0 < first["goodput"] <= 1
-    assert first["latency_p99_ms"] >= first["latency_p50_ms"] > 0
+    assert first.status == "ok", first.error
+    stored = [json.dumps(replace(row, wall_s=None).as_dict(), sort_keys=True) for row in (first, second)]
+    assert stored[0] == stored[1]  # as the cell file stores it, but for its wall clock
+    assert first.benign_requests >= 200 and 0 < first.goodput <= 1
+    assert first.latency_p99_ms >= first.latency_p50_ms > 0
 
 
 def test_load_costs_latency_and_goodput(tiny_zoo):
     grid = _grid(400)
     rows = [run_cell(tiny_zoo, grid, Cell("rank:2", grid.attacks[0], PluginSpec("none"), 60, 0,
                                           ServiceConfig(load=load))) for load in (0.2, 0.95)]
-    assert rows[1]["latency_p99_ms"] > rows[0]["latency_p99_ms"]
-    assert rows[1]["goodput"] < rows[0]["goodput"]
-    assert rows[0]["spec_goodput"] == pytest.approx(1.0)  # feasible specs, undefended: routing meets them all
-    assert rows[0]["latency_overhead"] == pytest.approx(0.0) and rows[0]["benign_accuracy_drop"] == 0.0
+    assert rows[1].latency_p99_ms > rows[0].latency_p99_ms
+    assert rows[1].goodput < rows[0].goodput
+    assert rows[0].spec_goodput == pytest.approx(1.0)  # feasible specs, undefended: routing meets them all
+    assert rows[0].latency_overhead == pytest.approx(0.0) and rows[0].benign_accuracy_drop == 0.0
 
 
 def test_latency_is_visible_only_when_the_cell_says_so(tiny_zoo):
@@ -157,18 +158,18 @@ def hostile_defenses():
 def test_a_defense_that_blocks_everyone_refuses_all_and_detects_the_attacker(tiny_zoo, hostile_defenses):
     grid = _grid()
     row = run_cell(tiny_zoo, grid, Cell("rank:2", grid.attacks[0], PluginSpec("block-everyone"), 60, 0))
-    assert row["status"] == "ok", row["error"]
-    assert row["refused_benign"] == 1.0 and row["goodput"] == 0.0 and row["false_positive_clients"] == 1.0
-    assert row["detected"] == 1.0 and row["queries_to_detection"] >= 1 and row["queries"] == 60
-    assert row["victim_hit_rate"] == 0.0
-    assert math.isnan(row["latency_p50_ms"])
+    assert row.status == "ok", row.error
+    assert row.refused_benign == 1.0 and row.goodput == 0.0 and row.false_positive_clients == 1.0
+    assert row.detected == 1.0 and row.queries_to_detection >= 1 and row.queries == 60
+    assert row.victim_hit_rate == 0.0
+    assert math.isnan(row.latency_p50_ms)
 
 
 def test_a_malformed_refusal_mask_fails_the_cell_with_one_clear_message(tiny_zoo, hostile_defenses):
     grid = _grid()
     row = run_cell(tiny_zoo, grid, Cell("rank:2", grid.attacks[0], PluginSpec("bad-mask"), 60, 0))
-    assert row["status"] == "failed"
-    assert "admit() must return None or a boolean array" in row["error"]
+    assert row.status == "failed"
+    assert "admit() must return None or a boolean array" in row.error
     service = Service(tiny_zoo, defense=BadMask(), config=ServiceConfig(), seed=0, budget=10, benign_queries=10)
     with pytest.raises(DefenseError, match="admit"):
         service.query(tiny_zoo.splits["attacker_x"][:2], Spec(tiny_zoo.accuracy_range[0], tiny_zoo.latency_range_ms[1]))
@@ -247,4 +248,4 @@ def test_benign_clients_send_distinct_inputs_from_disjoint_shares(tiny_zoo):
     assert restarted > 0  # 2,600 requests over 8 clients: some pass their share of 250
 
     row = run_cell(tiny_zoo, _grid(), Cell("rank:2", _grid().attacks[0], PluginSpec("none"), 60, 0))
-    assert row["benign_requests"] / 8 < share and row["benign_repeats"] == 0.0
+    assert row.benign_requests / 8 < share and row.benign_repeats == 0.0

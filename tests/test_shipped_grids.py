@@ -48,16 +48,18 @@ def test_first_sentence():
 def test_the_ownership_table_reports_claims_queries_and_innocent_claims():
     """Settings whose cells kept watermark pairs get a row: claim rate, queries to claim, innocent claims."""
     import math
+    from dataclasses import replace
 
-    from psml_bench.report.leaderboard import leaderboard_sections, results_frame
+    from psml_bench.report.leaderboard import leaderboard_sections
+    from psml_bench.report.results import results_frame
 
     marked = []
     for row in rows():
-        if row["defense"] == "spec-noise(scale=0.05)" and row["status"] == "ok":  # stands in for a watermark setting
-            claimed = row["seed"] == 0
-            row = {**row, "watermark_pairs": 4.0 + row["seed"], "watermark_agreement": 0.9 if claimed else 0.2,
-                   "ownership_queries": 3.0 if claimed else math.nan, "ownership_claimed": float(claimed),
-                   "innocent_claims": 0.0, "innocent_agreement": 0.1}
+        if row.defense == "spec-noise(scale=0.05)" and row.status == "ok":  # stands in for a watermark setting
+            claimed = row.seed == 0
+            row = replace(row, watermark_pairs=4.0 + row.seed, watermark_agreement=0.9 if claimed else 0.2,
+                          ownership_queries=3.0 if claimed else math.nan, ownership_claimed=float(claimed),
+                          innocent_claims=0.0, innocent_agreement=0.1)
         marked.append(row)
     frame = results_frame(marked)
     sections = leaderboard_sections(frame, CardOnlyZoo(), toy_grid())

@@ -230,9 +230,9 @@ def test_an_undefended_slo_routed_cell_is_its_own_undefended_baseline(tiny_zoo):
                       (60,), (0,), 400, "test")
     row = run_cell(tiny_zoo, grid, Cell("rank:2", PluginSpec("psml"), PluginSpec("none"), 60, 0,
                                         ServiceConfig(load=0.95)))
-    assert row["status"] == "ok", row["error"]
-    assert row["benign_accuracy_drop"] == 0.0 and row["latency_overhead"] == pytest.approx(0.0, abs=1e-12)
-    assert row["goodput"] >= 0.95 and row["refused_benign"] == 0.0
+    assert row.status == "ok", row.error
+    assert row.benign_accuracy_drop == 0.0 and row.latency_overhead == pytest.approx(0.0, abs=1e-12)
+    assert row.goodput >= 0.95 and row.refused_benign == 0.0
 
 
 def test_the_live_server_spreads_a_burst_with_the_same_policy(tiny_zoo):

@@ -216,20 +216,20 @@ def test_grid_with_hostile_and_invalid_submissions_completes(tiny_zoo, cache_dir
     summary = run_grid(grid, out, cache_dir=cache_dir, executor=make_executor("local", jobs=2, timeout_s=300),
                        progress=False)
     assert len(summary.rows) == 20
-    by = {(r["attack"], r["defense"]): r for r in summary.rows}
+    by = {(r.attack, r.defense): r for r in summary.rows}
     for defense in ("none", "round-probs(decimals=1)", "doubles", "jitter"):
-        assert by[("hostile-raises", defense)]["error"] == "the attack raised RuntimeError: boom"
-        assert by[("hostile-overruns", defense)]["error"].startswith(
+        assert by[("hostile-raises", defense)].error == "the attack raised RuntimeError: boom"
+        assert by[("hostile-overruns", defense)].error.startswith(
             "budget overrun: query of 41 inputs exceeds the remaining budget of 40")
-        assert by[("hostile-overruns", defense)]["queries"] == 0
-        steals = by[("hostile-steals", defense)]["error"]
+        assert by[("hostile-overruns", defense)].queries == 0
+        steals = by[("hostile-steals", defense)].error
         assert steals.startswith(("the attack raised PermissionError", "the attack raised IndexError")), steals
         for attack in ("naive(epochs=1,min_steps=10)", "uncertainty-sampling(epochs=1,min_steps=10)"):
-            assert by[(attack, defense)]["status"] == "ok", by[(attack, defense)]["error"]
-    assert by[("naive(epochs=1,min_steps=10)", "none")]["flags"] == ""
-    assert by[("naive(epochs=1,min_steps=10)", "round-probs(decimals=1)")]["flags"] == ""
-    assert by[("naive(epochs=1,min_steps=10)", "doubles")]["flags"] == "defense outputs are not probability vectors"
-    assert by[("naive(epochs=1,min_steps=10)", "jitter")]["flags"] == (
+            assert by[(attack, defense)].status == "ok", by[(attack, defense)].error
+    assert by[("naive(epochs=1,min_steps=10)", "none")].flags == ""
+    assert by[("naive(epochs=1,min_steps=10)", "round-probs(decimals=1)")].flags == ""
+    assert by[("naive(epochs=1,min_steps=10)", "doubles")].flags == "defense outputs are not probability vectors"
+    assert by[("naive(epochs=1,min_steps=10)", "jitter")].flags == (
         "defense claims deterministic = True but answered identical calls differently")
     page = (out / "README.md").read_text()
     assert "## Potentially unreliable" in page and "uncertainty-sampling" in page and "round-probs" in page

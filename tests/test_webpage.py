@@ -6,7 +6,8 @@ import shutil
 
 import pytest
 
-from psml_bench.report.leaderboard import leaderboard_sections, results_frame, write_leaderboard
+from psml_bench.report.leaderboard import leaderboard_sections, write_leaderboard
+from psml_bench.report.results import results_frame
 from test_leaderboard import CardOnlyZoo, rows, toy_grid
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -4,7 +4,8 @@ A cell is one (zoo, victim, attack, defense, budget, seed, service load and clie
 content hash of all that determines its result (zoo identity, routing menu, batch service times, plugin identities,
 budget, seed, service parameters, benign workload size, :data:`PROTOCOL_VERSION`). The attack runs
 against the cell's :class:`~psml_bench.serving.service.Service`, beside its benign clients. :func:`execute` runs a
-:class:`CellTask` in the current process (an executor's worker) and returns the cell's row.
+:class:`CellTask` in the current process (an executor's worker) and returns the cell's row
+(a :class:`~psml_bench.bench.row.CellRow`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from ..contract.errors import AttackFailed, BudgetExhausted, ExecutorError
 from .context import RunContext, default_context
 from .grid import Cell, GridConfig, ResolvedPlugin
 from .ownership import ownership_queries
+from .row import CellRow
 from ..isolation.attack_process import AttackLocator, run_attack
 from ..contract.registries import STRATEGIES
 from .sanity import defense_flags, surrogate_flags
@@ -205,34 +207,35 @@ def _repeat_share(clients: np.ndarray, rows: np.ndarray) -> float:
     return 1.0 - len(np.unique(pairs, axis=0)) / len(pairs)
 
 
-def row_identity(zoo: Zoo, cell: Cell) -> dict[str, Any]:
-    """The columns that say which cell a row is, from the cell's resolved plugins."""
+def row_identity(zoo: Zoo, cell: Cell) -> CellRow:
+    """The row that says which cell it is, from the cell's resolved plugins (status ``ok``, no metric yet)."""
     attack, defense = cell.attack_plugin, cell.defense_plugin
-    row = {"zoo": zoo.name, "victim": cell.victim, "victim_model": zoo.role(cell.victim),
-           "attack": attack.label, "attack_access": attack.access, "defense": defense.label,
-           "budget": cell.budget, "seed": cell.seed, "load": cell.service.load,
-           "benign_clients": cell.service.benign_clients, "attacker_rate": cell.service.attacker_rate,
-           "latency_visible": cell.service.latency_visible, "status": "ok", "error": ""}
+    label = attack.label
     if cell.attacker_data != IN_DISTRIBUTION:
-        # the attack's label carries the pool's source, so that tables keep the two apart; the column
-        # exists only then, so a grid without the parameter writes the results it wrote before it
-        row.update(attack=f"{attack.label} on {cell.attacker_data}", attacker_data=cell.attacker_data)
+        # the attack's label carries the pool's source, so that tables keep the two apart; the field
+        # is set only then, so a grid without the parameter writes the results it wrote before it
+        label = f"{label} on {cell.attacker_data}"
     if cell.attacker_identities != 1:  # likewise for a Sybil attacker
-        row.update(attack=f"{row['attack']} as {cell.attacker_identities} clients",
-                   attacker_identities=cell.attacker_identities)
-    return row
+        label = f"{label} as {cell.attacker_identities} clients"
+    return CellRow(zoo=zoo.name, victim=cell.victim, victim_model=zoo.role(cell.victim), attack=label,
+                   attack_access=attack.access, defense=defense.label, budget=cell.budget, seed=cell.seed,
+                   load=cell.service.load, benign_clients=cell.service.benign_clients,
+                   attacker_rate=cell.service.attacker_rate, latency_visible=cell.service.latency_visible,
+                   status="ok", error="",
+                   attacker_data=cell.attacker_data if cell.attacker_data != IN_DISTRIBUTION else None,
+                   attacker_identities=cell.attacker_identities if cell.attacker_identities != 1 else None)
 
 
-def failed_row(zoo: Zoo, task: CellTask, error: str) -> dict[str, Any]:
+def failed_row(zoo: Zoo, task: CellTask, error: str) -> CellRow:
     """The row of a cell whose worker produced none (timeout, crash, memory)."""
-    row = row_identity(zoo, task.cell)
-    row.update(status="failed", error=error, wall_s=float("nan"), **dict.fromkeys(METRICS, float("nan")))
+    row = replace(row_identity(zoo, task.cell), status="failed", error=error, wall_s=float("nan"),
+                  **dict.fromkeys(METRICS, float("nan")))
     return finish_row(row, zoo, task)
 
 
-def finish_row(row: dict[str, Any], zoo: Zoo, task: CellTask) -> dict[str, Any]:
+def finish_row(row: CellRow, zoo: Zoo, task: CellTask) -> CellRow:
     """Add the cell key, the routing profile, the grid name and provenance to a row."""
-    return {**row, "cell_key": task.key, "profile": zoo.profile_name, "grid": task.grid.name, **task.provenance}
+    return replace(row, cell_key=task.key, profile=zoo.profile_name, grid=task.grid.name, **task.provenance)
 
 
 def attack_generator(seed: int) -> np.random.Generator:
@@ -264,7 +267,7 @@ def _submitted(name: str, cls: type, params: dict[str, Any] | None = None) -> At
 
 def run_cell(zoo: Zoo, grid: GridConfig, cell: Cell, *, timeout_s: float | None = None,
              memory_mb: int | None = None, global_seed: int | None = None, transcript: Any = None,
-             device: torch.device | str = "cpu", context: RunContext | None = None) -> dict[str, Any]:
+             device: torch.device | str = "cpu", context: RunContext | None = None) -> CellRow:
     """Run one cell on its service and score it; a failing plugin gives a failed row, never an exception.
 
     ``context``: the run's state in this process (its submissions registered there); default: the
@@ -289,8 +292,8 @@ def run_cell(zoo: Zoo, grid: GridConfig, cell: Cell, *, timeout_s: float | None 
     knowledge = Knowledge(input_shape=zoo.input_shape, num_classes=zoo.num_classes, spec_range=service.spec_range,
                           pool=attacker_pool(zoo, cell.attacker_data), role=cell.victim,
                           latency_visible=cell.service.latency_visible, device=device.type)
-    row = row_identity(zoo, cell)
-    row["surrogate_recipe"] = ""  # the recipe of train_surrogate that produced the returned weights, if any
+    status, error = "ok", ""
+    recipe = ""  # the recipe of train_surrogate that produced the returned weights, if any
     metrics = dict.fromkeys(SURROGATE_METRICS, float("nan"))
     flags = _defense_flags(zoo, grid, cell)
     surrogate = None
@@ -304,23 +307,23 @@ def run_cell(zoo: Zoo, grid: GridConfig, cell: Cell, *, timeout_s: float | None 
             metrics = dict.fromkeys(SURROGATE_METRICS, float("nan"))
             raise AttackFailed(f"the attack's surrogate predicts non-finite probabilities on the test split "
                                f"({' and '.join(unscored).upper()} not finite): it cannot be scored")
-        row["surrogate_recipe"] = surrogate.recipe
+        recipe = surrogate.recipe
         flags += surrogate_problems
     except AttackFailed as exc:
-        row.update(status="failed", error=str(exc))
+        status, error = "failed", str(exc)
     except BudgetExhausted as exc:
-        row.update(status="failed", error=f"budget overrun: {exc}")
+        status, error = "failed", f"budget overrun: {exc}"
     except Exception as exc:  # noqa: BLE001 - a plugin crash fails its cell, not the grid
         log.debug("cell failed", exc_info=True)
-        row.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+        status, error = "failed", f"{type(exc).__name__}: {exc}"
     try:
         service.finish()
         costs = service_costs(zoo, service)
     except Exception as exc:  # noqa: BLE001 - a defense crash fails its cell, not the grid
         log.debug("benign workload failed", exc_info=True)
         costs = dict.fromkeys(COST_METRICS, float("nan"))
-        if row["status"] == "ok":
-            row.update(status="failed", error=f"defense failed on the benign workload: {type(exc).__name__}: {exc}")
+        if status == "ok":
+            status, error = "failed", f"defense failed on the benign workload: {type(exc).__name__}: {exc}"
     if service.server.eval_guard.count:
         flags.append(f"queried {service.server.eval_guard.count} inputs the cell is scored on (eval_queries)")
     try:
@@ -328,30 +331,24 @@ def run_cell(zoo: Zoo, grid: GridConfig, cell: Cell, *, timeout_s: float | None 
     except Exception as exc:  # noqa: BLE001 - a defense crash fails its cell, not the grid
         log.debug("ownership test failed", exc_info=True)
         ownership = dict.fromkeys(OWNERSHIP_METRICS, float("nan"))
-        if row["status"] == "ok":
-            row.update(status="failed",
-                       error=f"defense failed to give its watermark pairs: {type(exc).__name__}: {exc}")
+        if status == "ok":
+            status, error = "failed", f"defense failed to give its watermark pairs: {type(exc).__name__}: {exc}"
     victim_index = [e.id for e in service.menu].index(victim_id)
     detected_at = service.attacker_detected_at  # the first of its identities detected, counting all their queries
-    if cell.attacker_identities != 1:
-        row["identities_detected"] = sum(int(c) in service.detections for c in service.attacker_ids) / len(
-            service.attacker_ids)
-    row.update(metrics)
-    row.update({
-        "queries": service.used, "fingerprint_queries": service.log.count("fingerprint"),
-        "victim_hit_rate": scoring.victim_hit_rate(service.log.served_ids("extract"), victim_index),
-        "fingerprint_accuracy": scoring.fingerprint_accuracy(service.log.requested_ids("extract"), victim_index),
-        "detected": float(detected_at is not None),
-        "queries_to_detection": float(detected_at) if detected_at is not None else float("nan"),
-        "eval_queries": float(service.server.eval_guard.count),
-        "attacker_time_s": service.clock / 1000,  # the cell's clock when the attacker's last answer reached it
-        "attacker_work_s": service.attacker_work_ms / 1000,
-        **costs,
-        **ownership,
-        "flags": "; ".join(flags),
-        "wall_s": round(time.perf_counter() - started, 2),
-    })
-    return row
+    identities_detected = sum(int(c) in service.detections for c in service.attacker_ids) / len(
+        service.attacker_ids) if cell.attacker_identities != 1 else None
+    return replace(
+        row_identity(zoo, cell), status=status, error=error, surrogate_recipe=recipe, **metrics,
+        queries=service.used, fingerprint_queries=service.log.count("fingerprint"),
+        victim_hit_rate=scoring.victim_hit_rate(service.log.served_ids("extract"), victim_index),
+        fingerprint_accuracy=scoring.fingerprint_accuracy(service.log.requested_ids("extract"), victim_index),
+        detected=float(detected_at is not None),
+        queries_to_detection=float(detected_at) if detected_at is not None else float("nan"),
+        eval_queries=float(service.server.eval_guard.count),
+        attacker_time_s=service.clock / 1000,  # the cell's clock when the attacker's last answer reached it
+        attacker_work_s=service.attacker_work_ms / 1000,
+        identities_detected=identities_detected, **costs, **ownership,
+        flags="; ".join(flags), wall_s=round(time.perf_counter() - started, 2))
 
 
 def score_ownership(zoo: Zoo, victim_id: str, pairs: tuple[torch.Tensor, torch.Tensor] | None,
@@ -435,7 +432,7 @@ def _defense_flags(zoo: Zoo, grid: GridConfig, cell: Cell) -> list[str]:
         return []
 
 
-def execute(task: CellTask, context: RunContext | None = None) -> dict[str, Any]:
+def execute(task: CellTask, context: RunContext | None = None) -> CellRow:
     """Run one cell in this process (an executor's worker) on one thread; return its row.
 
     ``context``: the worker's run context (default: the process's :func:`default_context`).

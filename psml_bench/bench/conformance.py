@@ -11,6 +11,7 @@ from typing import Any
 from .cell import run_cell
 from ..contract.errors import DefenseError, ManifestError, PsmlError
 from .grid import Cell, GridConfig, PluginSpec
+from .row import CellRow
 from ..isolation.jailed_defense import SubmittedDefense
 from ..plugins.manifests import MANIFEST, load_manifest, name_clashes
 from ..plugins.registration import register
@@ -147,25 +148,26 @@ def attack_conformance(zoo: Zoo, name: str, victims: list[str] | None = None,
         first = run_cell(zoo, grid, cell, global_seed=GLOBAL_SEEDS[0], transcript=transcripts[0],
                          timeout_s=VALIDATE_TIMEOUT_S, memory_mb=VALIDATE_MEMORY_MB)
         second = first
-        if first["status"] == "ok":
+        if first.status == "ok":
             second = run_cell(zoo, grid, cell, global_seed=GLOBAL_SEEDS[1], transcript=transcripts[1],
                               timeout_s=VALIDATE_TIMEOUT_S, memory_mb=VALIDATE_MEMORY_MB)
-        failed = next((row for row in (first, second) if row["status"] != "ok"), None)
+        failed = next((row for row in (first, second) if row.status != "ok"), None)
         checks.append(Check(f"{victim}: runs in the isolated attack process and returns a Surrogate",
-                            failed is None, failed["error"] if failed else ""))
+                            failed is None, failed.error if failed else ""))
         if failed is not None:
             break  # the other roles would fail the same way
         checks.append(Check(f"{victim}: stays within its budget ({CONFORMANCE_BUDGET} queries)",
-                            first["queries"] <= CONFORMANCE_BUDGET,
-                            f"{first['queries']} queries, {first['fingerprint_queries']} to fingerprint"))
-        differ = [f"{k} {first[k]} then {second[k]}" for k in SAME_SURROGATE if not _same(first[k], second[k])]
+                            first.queries <= CONFORMANCE_BUDGET,
+                            f"{first.queries} queries, {first.fingerprint_queries} to fingerprint"))
+        differ = [f"{k} {getattr(first, k)} then {getattr(second, k)}" for k in SAME_SURROGATE
+                  if not _same(getattr(first, k), getattr(second, k))]
         if transcripts[0].digest() != transcripts[1].digest():
             differ.insert(0, "the two runs sent different queries or got different answers")
         checks.append(Check(f"{victim}: same seed gives the same queries and the same surrogate", not differ,
                             "; ".join(differ) + (" (does it draw from global random state, e.g. np.random.* or "
                                                  "torch.rand* without a generator? use the rng argument)"
                                                  if differ else "")))
-        checks.append(Check(f"{victim}: no sanity flag", not first.get("flags"), first.get("flags", "")))
+        checks.append(Check(f"{victim}: no sanity flag", not first.flags, first.flags or ""))
     return checks
 
 
@@ -204,14 +206,14 @@ def defense_conformance(zoo: Zoo, name: str, sweep: list[dict[str, Any]]) -> lis
         checks.append(Check(f"{label}: probability vectors, determinism as claimed over {DETERMINISM_CALLS} calls",
                             not flags, "; ".join(flags)))
         row = run_cell(zoo, grid, cell, timeout_s=VALIDATE_TIMEOUT_S, memory_mb=VALIDATE_MEMORY_MB)
-        checks.append(Check(f"{label}: a naive attack completes a cell", row["status"] == "ok",
-                            row["error"] if row["status"] != "ok" else cost_summary(row, baseline)))
+        checks.append(Check(f"{label}: a naive attack completes a cell", row.status == "ok",
+                            row.error if row.status != "ok" else cost_summary(row, baseline)))
     return checks
 
 
-def cost_summary(row: dict[str, Any], baseline: dict[str, Any]) -> str:
+def cost_summary(row: CellRow, baseline: CellRow) -> str:
     """What a defense cost the benign clients of a conformance cell, beside the same cell undefended."""
-    detected = "detected" if row["detected"] == 1 else "not detected"
-    return (f"goodput {row['goodput']:.3f} (undefended {baseline['goodput']:.3f}), benign requests refused "
-            f"{row['refused_benign']:.3f}, false-positive benign clients {row['false_positive_clients']:.3f}, "
-            f"benign accuracy drop {row['benign_accuracy_drop']:.3f}; the naive attacker {detected}")
+    detected = "detected" if row.detected == 1 else "not detected"
+    return (f"goodput {row.goodput:.3f} (undefended {baseline.goodput:.3f}), benign requests refused "
+            f"{row.refused_benign:.3f}, false-positive benign clients {row.false_positive_clients:.3f}, "
+            f"benign accuracy drop {row.benign_accuracy_drop:.3f}; the naive attacker {detected}")

@@ -27,12 +27,13 @@ import torch
 
 from .cell import CELL_THREADS, CellTask, execute
 from .context import RunContext
+from .row import CellRow
 from ..contract.errors import PsmlError
 from ..isolation.attack_process import prestart
 
 log = logging.getLogger(__name__)
 
-OnResult = Callable[[CellTask, "dict[str, Any] | None", str], None]
+OnResult = Callable[[CellTask, "CellRow | None", str], None]
 """Called once per task with (task, row, error): a row, or None and the reason it has none."""
 
 

@@ -30,10 +30,10 @@ def cmd_run(args: argparse.Namespace) -> int:
                        on_preflight=lambda plan: print(plan.text(), flush=True), require_cached=args.require_cached)
     print(f"grid {grid.name}: {len(summary.rows)} cells ({summary.cached} cached, {summary.computed} computed, "
           f"{summary.failed} failed) in {summary.seconds:.1f}s; leaderboard written to {summary.out_dir}")
-    failed = [row for row in summary.rows if row["status"] != "ok"]
+    failed = [row for row in summary.rows if row.status != "ok"]
     for row in failed:
-        print(f"psml-bench: error: cell {row['victim']} / {row['attack']} / {row['defense']} / budget "
-              f"{row['budget']} / seed {row['seed']} failed: {row['error']}", file=sys.stderr)
+        print(f"psml-bench: error: cell {row.victim} / {row.attack} / {row.defense} / budget "
+              f"{row.budget} / seed {row.seed} failed: {row.error}", file=sys.stderr)
     return 1 if failed else 0
 
 

@@ -23,8 +23,7 @@ DETECTION_COLUMNS = ["zoo", "victim", "defense", "attack", "budget", "load", "de
 def detecting_settings(frame: pd.DataFrame) -> list[str]:
     """The defense settings whose cells flagged someone: the attacker or a benign client."""
     ok = frame[frame["status"] == "ok"]
-    flagged = (pd.to_numeric(ok["detected"], errors="coerce").fillna(0) > 0) | \
-        (pd.to_numeric(ok["false_positive_clients"], errors="coerce").fillna(0) > 0)
+    flagged = (ok["detected"] > 0) | (ok["false_positive_clients"] > 0)
     return list(dict.fromkeys(ok.loc[flagged, "defense"]))
 
 
@@ -44,12 +43,10 @@ def detection_rows(frame: pd.DataFrame) -> tuple[list[list[str]], list[list[str]
     settings = detecting_settings(frame)
     part = frame[frame["defense"].isin(settings)]
     for (zoo, victim, defense, attack, budget, load), cells in part.groupby(
-            ["zoo", "victim", "defense", "attack", "budget", "load"], sort=False):
+            ["zoo", "victim", "defense", "attack", "budget", "load"], sort=False, dropna=False):
         detected = ok_values(cells, "detected")
         ok = cells[cells["status"] == "ok"]
-        queries = [float(q) for d, q in zip(pd.to_numeric(ok["detected"], errors="coerce"),
-                                            pd.to_numeric(ok["queries_to_detection"], errors="coerce"))
-                   if d > 0 and not math.isnan(q)]
+        queries = [float(q) for d, q in zip(ok["detected"], ok["queries_to_detection"]) if d > 0 and not math.isnan(q)]
         rows.append([str(zoo), str(victim), str(defense), str(attack), str(int(budget)), str(load),
                      t_interval(detected.values()).format(), median_range(queries),
                      t_interval(ok_values(cells, "false_positive_clients").values()).format(), str(len(detected))])

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import pandas as pd
 
@@ -23,11 +23,7 @@ FINGERPRINTER, BLIND = "psml", "naive"
 """The attack whose lead over the blind one is the zoo's ceiling of protection."""
 
 
-def _load_key(load: Any) -> str:
-    return str(float(load)) if load not in ("", None) else ""
-
-
-def ceilings(frame: pd.DataFrame, blocks: Sequence[BlockView]) -> dict[tuple[str, str, int, str], Estimate]:
+def ceilings(frame: pd.DataFrame, blocks: Sequence[BlockView]) -> dict[tuple[str, str, int, float], Estimate]:
     """Per (zoo, victim, budget, load): psml's fidelity minus naive's without a defense, seed by seed, in the
     block that sweeps budgets without a defense (empty without one)."""
     block = _budget_block(blocks)
@@ -36,16 +32,23 @@ def ceilings(frame: pd.DataFrame, blocks: Sequence[BlockView]) -> dict[tuple[str
     rows = block_rows(frame, block)
     undefended = rows[(rows["defense"] == NO_DEFENSE) & (rows["status"] == "ok")]
     out = {}
-    for (zoo, victim, budget, load), group in undefended.groupby(["zoo", "victim", "budget", "load"], sort=False):
+    for (zoo, victim, budget, load), group in undefended.groupby(["zoo", "victim", "budget", "load"], sort=False,
+                                                                 dropna=False):
         psml, naive = group[group["attack"] == FINGERPRINTER], group[group["attack"] == BLIND]
         if len(psml) and len(naive):
-            out[(zoo, victim, int(budget), _load_key(load))] = paired_difference(ok_values(psml, "fidelity"),
-                                                                                 ok_values(naive, "fidelity"))
+            out[_ceiling_key(zoo, victim, budget, load)] = paired_difference(ok_values(psml, "fidelity"),
+                                                                             ok_values(naive, "fidelity"))
     return out
 
 
-def ceiling_of(found: Mapping[tuple, Estimate], zoo: str, victim: str, budget: int, load: Any) -> Estimate | None:
-    return found.get((zoo, victim, int(budget), _load_key(load)))
+def _ceiling_key(zoo: str, victim: str, budget: int, load: float) -> tuple[str, str, int, float | None]:
+    """A ceiling's key; a missing load (NaN, which equals nothing) as None."""
+    return zoo, victim, budget, None if pd.isna(load) else load
+
+
+def ceiling_of(found: Mapping[tuple, Estimate], zoo: str, victim: str, budget: int, load: float) -> Estimate | None:
+    """The zoo's ceiling at (victim, budget, load) in ``found`` (:func:`ceilings`); None when it has none."""
+    return found.get(_ceiling_key(zoo, victim, budget, load))
 
 
 def _budget_block(blocks: Sequence[BlockView]) -> BlockView | None:

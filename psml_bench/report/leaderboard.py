@@ -19,18 +19,20 @@ import pandas as pd
 
 from ..common.files import write_atomic
 from ..bench.grid import GridConfig
-from .page_text import csv_text, markdown_text
+from ..bench.row import CellRow
+from .page_text import markdown_text
 from .sections import Section, Table, markdown_of
 from .shipped_grids import shipped_grids_section
 from .plots import caption, figure_names, write_figures
-from .ranking import (FIXED, GOODPUT_SHARE, attack_ranking, block_rows, canonical_order, crossover_notes,
-    defense_ranking, describe_grid, estimate, goodput_ratios, protection_table, recipe_text)
+from .ranking import (FIXED, GOODPUT_SHARE, attack_ranking, block_rows, crossover_notes, defense_ranking,
+    describe_grid, estimate, protection_table, recipe_text)
+from .results import results_csv, results_frame
 from .zoo_comparison import Comparison, attack_differences, spec_protections
 from .intervals import NO_ESTIMATE, Estimate
 from ..bench.grid import MAX_FALSE_POSITIVES
 from .detection import DETECTION_COLUMNS, detection_rows
 from .ownership_report import OWNERSHIP_COLUMNS, ownership_rows
-from .headline import attack_sentences, ceilings, defense_sentences
+from .headline import attack_sentences, ceiling_of, ceilings, defense_sentences
 from .paired_ranks import narrowing
 from .plots import write_serving_figures
 from .serving_report import CAPTION as SERVING_CAPTION, TABLE_LOADS, capacity_kept, capacity_rows, drawn, entries_of, \
@@ -38,39 +40,8 @@ from .serving_report import CAPTION as SERVING_CAPTION, TABLE_LOADS, capacity_ke
 from ..bench.serving_curves import read as read_serving
 from .ranking import ok_values
 
-RESULT_COLUMNS = [
-    "zoo", "victim", "victim_model", "attack", "attack_access", "defense", "budget", "seed", "load",
-    "benign_clients", "attacker_rate", "latency_visible", "status",
-    "fidelity", "accuracy", "accuracy_norm", "kl", "l1", "queries", "fingerprint_queries", "victim_hit_rate",
-    "fingerprint_accuracy", "detected", "queries_to_detection", "attacker_time_s", "attacker_work_s", "goodput",
-    "goodput_ratio", "spec_goodput", "latency_p50_ms", "latency_p99_ms", "refused_benign", "dropped_benign",
-    "false_positive_clients", "benign_accuracy_drop", "perturbation", "latency_overhead", "benign_requests",
-    "benign_repeats", "error",
-    "cell_key", "grid", "profile", "psml_bench", "git_commit", "torch", "timm", "device", "threads"]
-# kept in each cell file but not in results.csv, which is byte-identical across runs of the same cells
-VOLATILE_COLUMNS = ("wall_s",)
 COUNT_METRICS = ("queries", "fingerprint_queries")
 PROVENANCE = ("psml_bench", "git_commit", "torch", "timm", "device", "threads", "profile")
-
-
-PLUGIN_TEXT_COLUMNS = ("attack", "defense", "error", "flags", "surrogate_recipe")
-"""Columns of results.csv whose text a plugin can influence (kept from reading as spreadsheet formulas)."""
-
-
-def results_frame(rows: Sequence[dict[str, Any]]) -> pd.DataFrame:
-    """One row per cell in the run's order (:func:`psml_bench.report.ranking.canonical_order`, whatever order the rows
-    came in), protocol columns first, without the volatile ones; ``goodput_ratio`` is derived here
-    (:func:`psml_bench.report.ranking.goodput_ratios`)."""
-    frame = pd.DataFrame(list(rows))
-    for column in RESULT_COLUMNS:
-        if column not in frame and column != "goodput_ratio":
-            frame[column] = ""
-    frame["goodput_ratio"] = goodput_ratios(frame)
-    frame = canonical_order(frame)
-    return frame[RESULT_COLUMNS + sorted(c for c in frame.columns
-                                         if c not in RESULT_COLUMNS and c not in VOLATILE_COLUMNS)]
-
-
 
 
 def _f(value: float, digits: int = 3) -> str:
@@ -80,7 +51,7 @@ def _f(value: float, digits: int = 3) -> str:
 
 
 def _keys(group: pd.DataFrame) -> list[str]:
-    return [k for k in group.get("cell_key", []) if isinstance(k, str) and k]
+    return [k for k in group["cell_key"] if isinstance(k, str) and k]
 
 
 def zoo_table(zoo) -> Table:
@@ -126,8 +97,8 @@ def defense_tables(table: pd.DataFrame, ceilings: Mapping[tuple, Estimate] | Non
     ``kept``: a setting's capacity kept, formatted (:func:`psml_bench.report.serving_report.capacity_kept`).
     """
     ceilings = ceilings or {}
-    ceiling = lambda r: ceilings.get((r["zoo"], r["victim"], int(r["budget"]), str(r["load"])),  # noqa: E731
-                                     NO_ESTIMATE).format() if "zoo" in r else "—"
+    ceiling = lambda r: (ceiling_of(ceilings, r["zoo"], r["victim"], r["budget"], r["load"])  # noqa: E731
+                         or NO_ESTIMATE).format() if "zoo" in r else "—"
     ranked = defense_ranking(table)
     if "zoo" in table and len(ranked):
         ranked = ranked.assign(zoo=table["zoo"].iloc[0])
@@ -327,7 +298,7 @@ def leaderboard_sections(frame: pd.DataFrame, zoos, grid: GridConfig, figures: S
                 families, every = defense_tables(chosen, found, kept)
                 ranked = defense_ranking(chosen)
                 ranked_values += [list(group["protection_values"]) for _, group in
-                                  ranked.groupby(["budget", "load"], sort=False)] if len(ranked) else []
+                                  ranked.groupby(["budget", "load"], sort=False, dropna=False)] if len(ranked) else []
                 sections.append(Section(3, f"Defenses ranked: block `{block.name}`{on}", [
                     "Protection: per seed, the best attack's fidelity against the block's undefended service minus "
                     "the strongest attack's against the setting (95% t-interval of the paired difference); zoo "
@@ -443,7 +414,7 @@ def provenance_of(frame: pd.DataFrame) -> dict[str, str]:
             for column in PROVENANCE if column in frame}
 
 
-def write_leaderboard(rows: Sequence[dict[str, Any]], zoos, grid, out_dir: Path, *, figures: bool = True) -> None:
+def write_leaderboard(rows: Sequence[CellRow], zoos, grid, out_dir: Path, *, figures: bool = True) -> None:
     """Write ``results.csv``, the figures (PNG), ``README.md`` and ``index.html`` into ``out_dir`` (each atomically).
 
     ``zoos``: the opened zoos by the name the grid gives them (or the one zoo of a grid on one zoo);
@@ -453,8 +424,7 @@ def write_leaderboard(rows: Sequence[dict[str, Any]], zoos, grid, out_dir: Path,
     from .webpage import render_html
 
     frame = results_frame(rows)
-    csv = frame.assign(**{c: frame[c].map(csv_text) for c in PLUGIN_TEXT_COLUMNS if c in frame})
-    write_atomic(out_dir / "results.csv", csv.to_csv(index=False, float_format="%.6f"))
+    write_atomic(out_dir / "results.csv", results_csv(frame))
     opened = zoo_map(zoos, grid)
     write_zoo_summaries(opened, out_dir)  # what a later re-render reads instead of the built zoos
     blocks, settings = describe_grid(grid, _zoo_names(opened))

@@ -30,13 +30,12 @@ def ownership_rows(frame: pd.DataFrame) -> tuple[list[list[str]], list[list[str]
     if "watermark_pairs" not in frame:
         return [], []
     ok = frame[frame["status"] == "ok"]
-    kept = pd.to_numeric(ok["watermark_pairs"], errors="coerce")
-    part = ok[kept.notna()]
+    part = ok[ok["watermark_pairs"].notna()]
     rows, keys = [], []
     for (zoo, victim, defense, attack, budget, load), cells in part.groupby(
-            ["zoo", "victim", "defense", "attack", "budget", "load"], sort=False):
+            ["zoo", "victim", "defense", "attack", "budget", "load"], sort=False, dropna=False):
         claimed = ok_values(cells, "ownership_claimed")
-        queries = [float(q) for q in pd.to_numeric(cells["ownership_queries"], errors="coerce") if not math.isnan(q)]
+        queries = [float(q) for q in cells["ownership_queries"] if not math.isnan(q)]
         rows.append([str(zoo), str(victim), str(defense), str(attack), str(int(budget)), str(load),
                      t_interval(ok_values(cells, "watermark_pairs").values()).format(1),
                      t_interval(claimed.values()).format(), median_range(queries, "claimed"),

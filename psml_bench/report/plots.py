@@ -95,15 +95,14 @@ def budget_figure(frame: pd.DataFrame, path: Path, zoo_name: str = "") -> bool:
         attacks = sorted(set(curves[curves["victim"] == victim]["attack"]))
         for index, attack in enumerate(attacks):
             group = curves[(curves["victim"] == victim) & (curves["attack"] == attack)]
-            budgets = sorted(set(group["budget"].astype(int)))
-            estimates = [t_interval(group[group["budget"].astype(int) == b]["fidelity"].astype(float)) for b in budgets]
+            budgets = sorted(set(group["budget"]))
+            estimates = [t_interval(group[group["budget"] == b]["fidelity"]) for b in budgets]
             shift = 1.0 + 0.035 * (index - (len(attacks) - 1) / 2)  # a dodge on the log axis
             axis.errorbar([b * shift for b in budgets], [e.mean for e in estimates],
                           yerr=[0.0 if math.isnan(e.half_width) else e.half_width for e in estimates],
                           marker=MARKERS[index % len(MARKERS)], capsize=3, label=plot_text(attack), alpha=0.9)
         axis.set_xscale("log")
-        axis.set_xticks(sorted(set(curves["budget"].astype(int))),
-                        [str(b) for b in sorted(set(curves["budget"].astype(int)))])
+        axis.set_xticks(sorted(set(curves["budget"])), [str(b) for b in sorted(set(curves["budget"]))])
         axis.minorticks_off()
         axis.set_xlabel("query budget (log scale)")
         axis.set_ylabel("fidelity (mean, 95% interval over seeds)")
@@ -184,5 +183,5 @@ def _ceiling(table: pd.DataFrame, zoo: str, ceilings):
     defended = table[table["defense"] != "none"]
     if defended.empty:
         return None
-    victim, budget, load = defended.groupby(["victim", "budget", "load"]).size().idxmax()
+    victim, budget, load = defended.groupby(["victim", "budget", "load"], dropna=False).size().idxmax()
     return ceiling_of(ceilings, zoo, victim, budget, load)

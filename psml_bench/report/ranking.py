@@ -110,16 +110,22 @@ def describe_grid(grid: GridConfig, zoo_names: dict[str, str] | None = None
 
 
 def block_rows(frame: pd.DataFrame, block: BlockView) -> pd.DataFrame:
-    """The rows of ``frame`` that are cells of ``block``."""
+    """The rows of ``frame`` that are cells of ``block`` (a row without a load, written before cells had a
+    service, is one at any of the block's loads)."""
     rows = frame[frame["attack"].isin(block.attacks) & frame["defense"].isin(block.defenses)
-                 & frame["budget"].astype(int).isin(block.budgets)]
+                 & frame["budget"].isin(block.budgets)]
     if block.seeds:
-        rows = rows[rows["seed"].astype(int).isin(block.seeds)]
-    if block.zoos and "zoo" in rows:
+        rows = rows[rows["seed"].isin(block.seeds)]
+    if block.zoos:
         rows = rows[rows["zoo"].isin(block.zoos)]
-    if block.loads and "load" in rows and (rows["load"] != "").all():
-        rows = rows[rows["load"].astype(float).isin(block.loads)]
+    if block.loads:
+        rows = rows[rows["load"].isna() | rows["load"].isin(block.loads)]
     return rows
+
+
+def at_load(rows: pd.DataFrame, load: float) -> pd.Series:
+    """Which ``rows`` are at ``load`` (a missing one, NaN, at a missing one)."""
+    return rows["load"].isna() if pd.isna(load) else rows["load"] == load
 
 
 def track(row: pd.Series | dict[str, Any], block: BlockView) -> str:
@@ -150,9 +156,8 @@ def ok_values(group: pd.DataFrame, metric: str) -> dict[int, float]:
     """Per seed, the mean metric of the group's successful cells (one cell per seed within an attack's group;
     a group of several attacks averages them), whatever the order of the rows."""
     ok = group[group["status"] == "ok"]
-    values = pd.to_numeric(ok[metric], errors="coerce") if metric in ok else pd.Series(math.nan, index=ok.index)
     per_seed: dict[int, list[float]] = {}
-    for seed, value in zip(ok["seed"], values):
+    for seed, value in zip(ok["seed"], ok[metric]):
         if not math.isnan(value):
             per_seed.setdefault(int(seed), []).append(float(value))
     return {seed: math.fsum(found) / len(found) for seed, found in sorted(per_seed.items())}
@@ -162,9 +167,7 @@ def goodput_ratios(frame: pd.DataFrame) -> pd.Series:
     """Per row, its goodput divided by the goodput of the undefended cell it pairs with (:data:`PAIR_FIELDS`:
     same zoo, victim, attack, budget, seed and service); NaN for a failed row or one without that cell."""
     fields = [f for f in PAIR_FIELDS if f in frame]
-    goodput = pd.to_numeric(frame["goodput"], errors="coerce") if "goodput" in frame else \
-        pd.Series(math.nan, index=frame.index)
-    ok = (frame["status"] == "ok") if "status" in frame else pd.Series(True, index=frame.index)
+    goodput, ok = frame["goodput"], frame["status"] == "ok"
     keys = [tuple(str(v) for v in values) for values in frame[fields].itertuples(index=False)]
     base = {key: g for key, g, defense, good in zip(keys, goodput, frame["defense"], ok)
             if defense == NO_DEFENSE and good and not math.isnan(g)}
@@ -196,7 +199,7 @@ def _oracle(frame: pd.DataFrame, part: pd.DataFrame, victim: str, defense: str, 
     """The oracle's cells for this comparison: the block's victim-access attack, else any block's."""
     for rows in (part, frame):
         same = rows[(rows["attack_access"] == "victim") & (rows["victim"] == victim) & (rows["defense"] == defense)
-                    & (rows["budget"].astype(int) == budget) & (rows["load"] == load)]
+                    & (rows["budget"] == budget) & at_load(rows, load)]
         if len(same):
             best = max(same.groupby("attack"), key=lambda item: estimate(item[1], "fidelity").mean)
             return best[1]
@@ -209,7 +212,8 @@ def attack_ranking(frame: pd.DataFrame, block: BlockView) -> list[dict[str, Any]
     interval of the paired difference, cell flags)."""
     out = []
     part = block_rows(frame, block)
-    for (victim, defense, budget, load), group in part.groupby(["victim", "defense", "budget", "load"], sort=False):
+    for (victim, defense, budget, load), group in part.groupby(["victim", "defense", "budget", "load"], sort=False,
+                                                               dropna=False):
         oracle = _oracle(frame, part, victim, defense, int(budget), load)
         entries = []
         for attack, cells in group.groupby("attack", sort=False):
@@ -242,27 +246,6 @@ def by_rank(entries: list, ranks: list[str]) -> tuple[list, list[str]]:
     return [entries[i] for i in order], [ranks[i] for i in order]
 
 
-def _order_value(value: Any) -> tuple[int, float | str]:
-    try:
-        return (0, float(value))
-    except (TypeError, ValueError):
-        return (1, str(value))
-
-
-ROW_ORDER = ("zoo", "victim", "attack", "defense", "budget", "load", "benign_clients", "attacker_rate",
-             "latency_visible", "seed", "cell_key")
-
-
-def canonical_order(frame: pd.DataFrame) -> pd.DataFrame:
-    """The rows in the run's order (by cell: zoo, victim, attack, defense, budget, service, seed), whatever order
-    they came in: every table and rank of the page is computed from this order."""
-    fields = [f for f in ROW_ORDER if f in frame]
-    keys = [tuple(_order_value(v) if f not in ("zoo", "victim", "attack", "defense") else (1, str(v))
-                  for f, v in zip(fields, values)) for values in frame[fields].itertuples(index=False)]
-    order = sorted(range(len(frame)), key=lambda i: keys[i])
-    return frame.iloc[order].reset_index(drop=True)
-
-
 def np_mean(value: Estimate) -> float:
     """The mean, with a missing one below every other (for sorting)."""
     return value.mean if value.known else -math.inf
@@ -286,11 +269,11 @@ def protection_table(frame: pd.DataFrame, blocks: Sequence[BlockView], settings:
     for block in blocks:
         part = block_rows(frame, block)
         service = part[(part["attack_access"] == "service") & (part["status"] == "ok")]
-        for (victim, budget, load), group in service.groupby(["victim", "budget", "load"], sort=False):
+        for (victim, budget, load), group in service.groupby(["victim", "budget", "load"], sort=False, dropna=False):
             base = group[group["defense"] == NO_DEFENSE]
             if base.empty or (group["defense"] == NO_DEFENSE).all():
                 continue
-            everything = part[(part["victim"] == victim) & (part["budget"] == budget) & (part["load"] == load)]
+            everything = part[(part["victim"] == victim) & (part["budget"] == budget) & at_load(part, load)]
             start = estimate(everything[everything["defense"] == NO_DEFENSE], "goodput").mean
             start = 1.0 if math.isnan(start) else start
             for defense, cells in group.groupby("defense", sort=False):
@@ -315,7 +298,7 @@ def protection_table(frame: pd.DataFrame, blocks: Sequence[BlockView], settings:
                                              for s in sorted(set(base_values) & set(defended_values))},
                        "goodput_ratio_estimate": estimate(costs, "goodput_ratio"),
                        "false_positive_estimate": estimate(costs, "false_positive_clients"),
-                       "cell_keys": [k for k in costs.get("cell_key", []) if isinstance(k, str) and k],
+                       "cell_keys": [k for k in costs["cell_key"] if isinstance(k, str) and k],
                        **{m: estimate(costs, m).mean for m in ("goodput", "goodput_ratio", "benign_accuracy_drop",
                                                               "perturbation", "latency_overhead",
                                                               "false_positive_clients", "refused_benign")}}
@@ -405,7 +388,8 @@ def defense_ranking(table: pd.DataFrame) -> pd.DataFrame:
     within a rank by AUC (over the goodput ratio); families without an eligible setting last, unranked."""
     out = []
     keys = ["victim", "block", "budget", "load"]
-    for (victim, block, budget, load), part in table[table["defense"] != NO_DEFENSE].groupby(keys, sort=False):
+    for (victim, block, budget, load), part in table[table["defense"] != NO_DEFENSE].groupby(keys, sort=False,
+                                                                                             dropna=False):
         families = []
         for family, group in part.groupby("family", sort=False):
             usable = group[group["ineligible"] == ""]

@@ -14,7 +14,7 @@ from typing import Mapping, Sequence
 import pandas as pd
 
 from .intervals import NO_ESTIMATE, Estimate, paired_difference
-from .ranking import NO_DEFENSE, BlockView, DefenseSetting, block_rows, np_mean, ok_values
+from .ranking import NO_DEFENSE, BlockView, DefenseSetting, at_load, block_rows, np_mean, ok_values
 
 # (attack, minus attack, metric): the differences the paper reports, compared across zoos
 ATTACK_DIFFERENCES = (("psml", "oracle", "fidelity"), ("psml", "naive", "fidelity"), ("psml", "naive", "accuracy"))
@@ -107,7 +107,7 @@ def attack_differences(frames: Mapping[str, pd.DataFrame], blocks: Sequence[Bloc
         for zoo, frame in frames.items():
             rows = block_rows(frame, block)
             rows = rows[rows["defense"] == NO_DEFENSE]
-            for (victim, budget, load), group in rows.groupby(["victim", "budget", "load"], sort=False):
+            for (victim, budget, load), group in rows.groupby(["victim", "budget", "load"], sort=False, dropna=False):
                 for first, second, metric in ATTACK_DIFFERENCES:
                     what = f"{first} - {second}, {metric}"
                     key = (what, victim, int(budget), str(load))
@@ -139,9 +139,10 @@ def spec_protections(frames: Mapping[str, pd.DataFrame], table: pd.DataFrame, bl
         for zoo, frame in frames.items():
             rows = block_rows(frame, block)
             chosen = ran[(ran["block"] == block.name) & (ran["zoo"] == zoo)]
-            for (victim, budget, load), every in chosen.groupby(["victim", "budget", "load"], sort=False):
+            for (victim, budget, load), every in chosen.groupby(["victim", "budget", "load"], sort=False,
+                                                                dropna=False):
                 part = every[every["ineligible"] == ""]
-                cells = rows[(rows["victim"] == victim) & (rows["budget"] == budget) & (rows["load"] == load)]
+                cells = rows[(rows["victim"] == victim) & (rows["budget"] == budget) & at_load(rows, load)]
                 service = [a for a in block.attacks
                            if (cells[cells["attack"] == a]["attack_access"] == "service").any()]
                 best = {STRONGEST: max(((r["defense"], r["protection_estimate"]) for _, r in part.iterrows()),
