@@ -80,3 +80,29 @@ def test_prada_catches_one_identity_but_not_sixteen_below_its_history(tmp_path, 
     assert single.identities_detected is None and "identities_detected" not in single.as_dict()
     assert sybil.detected == 0.0 and sybil.identities_detected == 0.0
     assert sybil.attack.endswith("as 16 clients") and sybil.queries == 400
+
+
+def test_each_threat_setting_of_a_block_is_its_own_view_on_the_page():
+    """The committed threat-models results: a block with several attacker data sources and identity counts
+    is one view per setting, each with exactly that setting's rows, and together they hold every row."""
+    from pathlib import Path
+
+    import pandas as pd
+
+    from psml_bench.bench.grid import load_grid
+    from psml_bench.report.ranking import block_rows, describe_grid, threat_settings
+
+    root = Path(__file__).resolve().parents[1]
+    frame = pd.read_csv(root / "leaderboard" / "threat-models" / "results.csv")
+    views, _ = describe_grid(load_grid("threat-models"))
+    sybil = [view for view in views if view.name.startswith("sybil")]
+    assert len(sybil) == 6 and len({view.name for view in sybil}) == 6
+    threat = threat_settings(frame)
+    seen = set()
+    for view in views:
+        rows = block_rows(frame, view)
+        assert len(rows), view.name
+        assert (threat.loc[rows.index, "attacker_data"] == view.attacker_data).all()
+        assert (threat.loc[rows.index, "attacker_identities"] == view.attacker_identities).all()
+        seen |= set(rows.index)
+    assert seen == set(frame.index)

@@ -25,7 +25,7 @@ from ..common.files import content_hash
 from ..common.device import device_label, intra_op_threads, key_part, make_deterministic
 from ..contract.errors import AttackFailed, BudgetExhausted, ExecutorError
 from .context import RunContext, default_context
-from .grid import Cell, GridConfig, ResolvedPlugin
+from .grid import Cell, GridConfig, ResolvedPlugin, threat_attack_label
 from .ownership import ownership_queries
 from .row import CellRow
 from ..isolation.attack_process import AttackLocator, run_attack
@@ -210,13 +210,9 @@ def _repeat_share(clients: np.ndarray, rows: np.ndarray) -> float:
 def row_identity(zoo: Zoo, cell: Cell) -> CellRow:
     """The row that says which cell it is, from the cell's resolved plugins (status ``ok``, no metric yet)."""
     attack, defense = cell.attack_plugin, cell.defense_plugin
-    label = attack.label
-    if cell.attacker_data != IN_DISTRIBUTION:
-        # the attack's label carries the pool's source, so that tables keep the two apart; the field
-        # is set only then, so a grid without the parameter writes the results it wrote before it
-        label = f"{label} on {cell.attacker_data}"
-    if cell.attacker_identities != 1:  # likewise for a Sybil attacker
-        label = f"{label} as {cell.attacker_identities} clients"
+    # the fields are set only away from their defaults, so a grid without the parameters writes the
+    # results it wrote before them
+    label = threat_attack_label(attack.label, cell.attacker_data, cell.attacker_identities)
     return CellRow(zoo=zoo.name, victim=cell.victim, victim_model=zoo.role(cell.victim), attack=label,
                    attack_access=attack.access, defense=defense.label, budget=cell.budget, seed=cell.seed,
                    load=cell.service.load, benign_clients=cell.service.benign_clients,

@@ -130,6 +130,20 @@ def resolve(kind: str, spec: PluginSpec) -> ResolvedPlugin:
         acts_on_routing=kind == "defense" and acts_on_routing(cls))
 
 
+def threat_attack_label(label: str, attacker_data: str, attacker_identities: int) -> str:
+    """An attack's label in rows and tables under a threat setting: ``psml on photos as 16 clients``.
+
+    The label carries the pool's source and the attacker's identities so that tables keep threat
+    settings apart; at the defaults (in-distribution, one identity) it is the attack's own label, so
+    a grid without these parameters writes the results it wrote before they existed.
+    """
+    if attacker_data != IN_DISTRIBUTION:
+        label = f"{label} on {attacker_data}"
+    if attacker_identities != 1:
+        label = f"{label} as {attacker_identities} clients"
+    return label
+
+
 @dataclass(frozen=True)
 class Cell:
     """One (victim, attack, defense, budget, seed, service load and clients, zoo, attacker data) of a grid.

@@ -8,17 +8,19 @@ against the same block's undefended cells, as paired comparisons over seeds.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import pandas as pd
 
-from ..bench.grid import DEFAULT_RECIPE, MAX_FALSE_POSITIVES, RECIPE_FIELDS, GridConfig
+from ..bench.grid import DEFAULT_RECIPE, MAX_FALSE_POSITIVES, RECIPE_FIELDS, GridConfig, threat_attack_label
 from .page_text import markdown_code
 from ..contract.surrogate_config import SurrogateConfig
 from .intervals import NO_ESTIMATE, Estimate, paired_difference, t_interval
 from .paired_ranks import paired_ranks
+from ..zoo.attacker_data import IN_DISTRIBUTION
 
 # the utility constraint: a setting must keep this share of the undefended service's goodput, as the
 # paired goodput ratio (without load the undefended goodput is 1, so this is the paper's goodput >= 0.8)
@@ -28,7 +30,7 @@ GOODPUT_SHARE = 0.8
 GOODPUT_TOLERANCE = 0.005
 # the cells a goodput ratio pairs: the same cell with the defense replaced by none
 PAIR_FIELDS = ("zoo", "victim", "attack", "budget", "seed", "load", "benign_clients", "attacker_rate",
-               "latency_visible")
+               "latency_visible", "attacker_data", "attacker_identities")
 NO_DEFENSE = "none"
 # sanity limits beyond which a defense setting is flagged as degenerate (it answers, in effect, something else)
 DEGENERATE_ACCURACY_DROP = 0.5
@@ -70,6 +72,24 @@ class BlockView:
     seeds: tuple[int, ...] = ()
     zoos: tuple[str, ...] = ()
     """The names of the zoos the block runs on (empty: every zoo of the rows)."""
+    attacker_data: str = IN_DISTRIBUTION
+    attacker_identities: int = 1
+    """The threat setting of the view's rows: a block with several is one view per setting (:func:`describe_grid`)."""
+
+
+def threat_label(attacker_data: str, attacker_identities: int) -> str:
+    """A threat setting in words: where the attacker's pool comes from and how many client ids it uses."""
+    return f"{attacker_data}, {attacker_identities} identit{'y' if attacker_identities == 1 else 'ies'}"
+
+
+def threat_settings(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per row, its ``attacker_data`` and ``attacker_identities`` (a row records neither at the defaults:
+    in-distribution, one identity)."""
+    data = rows["attacker_data"] if "attacker_data" in rows else pd.Series(math.nan, index=rows.index)
+    identities = rows["attacker_identities"] if "attacker_identities" in rows else pd.Series(math.nan,
+                                                                                            index=rows.index)
+    return pd.DataFrame({"attacker_data": data.fillna(IN_DISTRIBUTION).astype(str),
+                         "attacker_identities": identities.fillna(1).astype(int)}, index=rows.index)
 
 
 def recipe_text(recipe: Sequence[tuple[str, Any]] | dict[str, Any]) -> str:
@@ -93,27 +113,36 @@ def describe_grid(grid: GridConfig, zoo_names: dict[str, str] | None = None
                                                   defense.acts_on_routing)
     views = []
     for block in grid.parts():
+        threats = list(itertools.product(block.attacker_data, block.attacker_identities))
         declared, submitted = {}, set()
         for spec in block.attacks:
             attack = grid.plugin("attack", spec)
             params = {**attack.defaults, **spec.kwargs}
-            declared[attack.label] = all(k in params for k in RECIPE_FIELDS) and \
-                tuple((k, params[k]) for k in RECIPE_FIELDS) == block.recipe
-            if attack.submitted:
-                submitted.add(attack.label)
-        views.append(BlockView(block.name or grid.name, tuple(grid.plugin("attack", a).label for a in block.attacks),
-                               tuple(grid.plugin("defense", d).label for d in block.defenses), tuple(block.budgets),
-                               tuple(dict.fromkeys(s.load for s in block.services)), block.recipe, declared,
-                               frozenset(submitted), tuple(block.seeds),
-                               tuple(zoo_names[z or grid.zoo] for z in block.zoos) if zoo_names else ()))
+            for data, identities in threats:
+                label = threat_attack_label(attack.label, data, identities)
+                declared[label] = all(k in params for k in RECIPE_FIELDS) and \
+                    tuple((k, params[k]) for k in RECIPE_FIELDS) == block.recipe
+                if attack.submitted:
+                    submitted.add(label)
+        name = block.name or grid.name
+        views += [BlockView(name if len(threats) == 1 else f"{name} ({threat_label(data, identities)})",
+                            tuple(threat_attack_label(grid.plugin("attack", a).label, data, identities)
+                                  for a in block.attacks),
+                            tuple(grid.plugin("defense", d).label for d in block.defenses), tuple(block.budgets),
+                            tuple(dict.fromkeys(s.load for s in block.services)), block.recipe, declared,
+                            frozenset(submitted), tuple(block.seeds),
+                            tuple(zoo_names[z or grid.zoo] for z in block.zoos) if zoo_names else (), data, identities)
+                  for data, identities in threats]
     return views, settings
 
 
 def block_rows(frame: pd.DataFrame, block: BlockView) -> pd.DataFrame:
     """The rows of ``frame`` that are cells of ``block`` (a row without a load, written before cells had a
-    service, is one at any of the block's loads)."""
+    service, is one at any of the block's loads), at the view's threat setting."""
+    threat = threat_settings(frame)
     rows = frame[frame["attack"].isin(block.attacks) & frame["defense"].isin(block.defenses)
-                 & frame["budget"].isin(block.budgets)]
+                 & frame["budget"].isin(block.budgets) & (threat["attacker_data"] == block.attacker_data)
+                 & (threat["attacker_identities"] == block.attacker_identities)]
     if block.seeds:
         rows = rows[rows["seed"].isin(block.seeds)]
     if block.zoos:
