@@ -1,4 +1,5 @@
-"""Generate the measured tables of the docs from the committed leaderboard (leaderboard/results.csv).
+"""Generate the measured tables of the docs from the committed leaderboard (leaderboard/results.csv) and the
+committed shipped grids beside it (leaderboard/NAME/results.csv).
 
     python scripts/leaderboard_docs.py          # rewrite the tables in place
     python scripts/leaderboard_docs.py --check  # exit 1 if a table differs from the committed results
@@ -11,6 +12,7 @@ a table no longer matches the committed results.
 
 from __future__ import annotations
 
+import functools
 import re
 import sys
 from pathlib import Path
@@ -24,8 +26,36 @@ BLOCK = re.compile(r"(<!-- leaderboard: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-
 STATEFUL = ("prada", "adaptive-misinformation", "prediction-poisoning")
 
 
-def _results() -> pd.DataFrame:
-    return pd.read_csv(ROOT / "leaderboard" / "results.csv", keep_default_na=False, na_values=["", "nan", "NaN"])
+@functools.lru_cache(maxsize=None)
+def _read(grid: str) -> pd.DataFrame:
+    folder = ROOT / "leaderboard" / grid if grid else ROOT / "leaderboard"
+    return pd.read_csv(folder / "results.csv", keep_default_na=False, na_values=["", "nan", "NaN"])
+
+
+def _results(grid: str = "") -> pd.DataFrame:
+    """The committed results of ``grid`` (the default grid's leaderboard when empty), a fresh copy."""
+    return _read(grid).copy()
+
+
+def _mean(values) -> str:
+    from psml_bench.report.intervals import t_interval
+
+    return t_interval(values).format()
+
+
+def _keep(columns: list[str], rows: list[list[str]], wanted: tuple[str, ...]) -> str:
+    index = [columns.index(c) for c in wanted]
+    return _table(list(wanted), [[row[i] for i in index] for row in rows])
+
+
+def _protection(grid: str) -> pd.DataFrame:
+    """The shipped grid's protection table (every block view, the leaderboard's own computation)."""
+    from psml_bench.bench.grid import load_grid
+    from psml_bench.report.ranking import describe_grid, protection_table
+
+    config = load_grid(grid)
+    views, settings = describe_grid(config)
+    return protection_table(_results(grid), views, settings, config.max_accuracy_drop, config.max_false_positives)
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -62,7 +92,120 @@ def stateful_detection(frame: pd.DataFrame) -> str:
     return _table([DETECTION_COLUMNS[i] for i in keep], [[row[i] for i in keep] for row in rows])
 
 
-GENERATORS = {"stateful-costs": stateful_costs, "stateful-detection": stateful_detection}
+def deployable_detection(frame: pd.DataFrame) -> str:
+    """query-hash's detections in the shipped grid ``deployable-defenses``."""
+    from psml_bench.report.detection import DETECTION_COLUMNS, detection_rows
+
+    rows, _ = detection_rows(_results("deployable-defenses"))
+    rows = [row for row in rows if row[2].startswith("query-hash")]
+    return _keep(DETECTION_COLUMNS, rows, ("defense", "attack", "detection rate",
+                                           "queries to detection (median, range)", "false-positive clients"))
+
+
+def deployable_ownership(frame: pd.DataFrame) -> str:
+    """api-watermark's ownership test in the shipped grid ``deployable-defenses``."""
+    from psml_bench.report.ownership_report import OWNERSHIP_COLUMNS, ownership_rows
+
+    rows, _ = ownership_rows(_results("deployable-defenses"))
+    return _keep(OWNERSHIP_COLUMNS, rows, ("defense", "attack", "pairs kept", "claimed",
+                                           "queries to claim (median, range)", "surrogate agreement",
+                                           "innocent claims", "benign acc. drop"))
+
+
+def deployable_costs(frame: pd.DataFrame) -> str:
+    """Per defense setting of ``deployable-defenses``: what benign users and the attacker pay, and the protection."""
+    from psml_bench.report.ranking import ok_values
+
+    results = _results("deployable-defenses")
+    protection = _protection("deployable-defenses").set_index("defense")
+    rows = []
+    for defense, cells in results.groupby("defense", sort=True):
+        found = protection.loc[defense] if defense in protection.index else None
+        rows.append([f"`{defense}`"] + [_mean(ok_values(cells, m).values()) for m in
+                                         ("goodput", "goodput_ratio", "latency_overhead", "attacker_time_s",
+                                          "attacker_work_s")]
+                    + [found["protection_estimate"].format() if found is not None else "—",
+                       f"`{found['strongest_attack']}`" if found is not None else "—"])
+    return ("Zoo `fmnist`, victim `rank:2`, budget 1000, load 0.5 (mean over the five attacks per seed, 95% "
+            "t-interval over seeds 0-2; protection as on the page: the best undefended attack's fidelity minus "
+            "the strongest attack's against the setting, paired by seed):\n\n"
+            + _table(["setting", "goodput", "goodput ratio", "latency overhead", "attacker time (s)",
+                      "attacker work (s)", "protection", "strongest attack"], rows))
+
+
+def _fidelity_by(results: pd.DataFrame, attack: str, defense: str) -> dict[int, float]:
+    from psml_bench.report.ranking import ok_values
+
+    return ok_values(results[(results["attack"] == attack) & (results["defense"] == defense)], "fidelity")
+
+
+def threat_data(frame: pd.DataFrame) -> str:
+    """Per attacker data source of the ``threat-models`` grid: each defense's protection, the strongest attack."""
+    table = _protection("threat-models")
+    table = table[table["block"].str.startswith("attacker-data") & (table["defense"] != "none")]
+    rows = [[str(row["block"]).split("(")[1].split(",")[0], f"`{row['defense']}`", row["protection_estimate"].format(),
+             f"`{row['strongest_attack']}`", row["fidelity_estimate"].format(), row["ineligible"] or "yes"]
+            for _, row in table.iterrows()]
+    return _table(["attacker data", "defense", "protection", "strongest attack", "its fidelity", "eligible"], rows)
+
+
+def threat_aware(frame: pd.DataFrame) -> str:
+    """In-distribution attackers of ``threat-models`` against each defense: fidelity, and psml-aware - psml paired."""
+    from psml_bench.report.intervals import paired_difference
+
+    results = _results("threat-models")
+    attacks = ("psml", "psml-aware", "knockoff(sampling=adaptive)", "psml(strategy=dfme)")
+    rows = []
+    for defense in sorted(set(results["defense"])):
+        by = {a: _fidelity_by(results, a, defense) for a in attacks}
+        rows.append([f"`{defense}`"] + [_mean(by[a].values()) for a in attacks]
+                    + [paired_difference(by["psml-aware"], by["psml"]).format(),
+                       paired_difference(by["knockoff(sampling=adaptive)"], by["psml"]).format()])
+    return _table(["defense", *(f"`{a}`" for a in attacks), "psml-aware - psml", "knockoff - psml"], rows)
+
+
+def threat_sybil(frame: pd.DataFrame) -> str:
+    """PRADA against a Sybil attacker in ``threat-models``: detection and fidelity per identity count."""
+    from psml_bench.report.detection import DETECTION_COLUMNS, detection_rows
+
+    results = _results("threat-models")
+    rows, _ = detection_rows(results[results["defense"].str.startswith("prada")])
+    index = {name: DETECTION_COLUMNS.index(name) for name in DETECTION_COLUMNS}
+    out = []
+    for row in rows:
+        attack = row[index["attack"]]
+        defended = _fidelity_by(results, attack, row[index["defense"]])
+        undefended = _fidelity_by(results, attack, "none")
+        out.append([f"`{attack}`", row[index["detection rate"]], row[index["queries to detection (median, range)"]],
+                    _mean(undefended.values()), _mean(defended.values())])
+    return ("`prada(delta=0.95)`, zoo `fmnist`, victim `rank:2`, budget 1000, load 0.5, seeds 0-2 (false-positive "
+            "benign clients as in the detection table above):\n\n"
+            + _table(["attacker", "detection rate", "queries to detection (median, range)", "fidelity undefended",
+                      "fidelity under prada"], out))
+
+
+def routing(frame: pd.DataFrame) -> str:
+    """The ``routing`` and ``routing-infaas`` grids side by side, cell for cell."""
+    from psml_bench.report.ranking import ok_values
+
+    slo, blind = _results("routing"), _results("routing-infaas")
+    rows = []
+    for (attack, load), cells in slo.groupby(["attack", "load"], sort=True):
+        other = blind[(blind["attack"] == attack) & (blind["load"] == load)]
+        rows.append([f"`{attack}`", f"{load:g}"] + [_mean(ok_values(part, m).values()) for m in
+                                                   ("victim_hit_rate", "fingerprint_accuracy", "fidelity", "goodput")
+                                                   for part in (cells, other)])
+    header = ["attack", "load"] + [f"{m} ({p})" for m in ("victim hit rate", "fingerprint acc.", "fidelity",
+                                                         "goodput") for p in ("infaas-slo", "infaas")]
+    return ("Zoo `fmnist`, victim `rank:2`, budget 1000, soft labels, latencies shown, seeds 0-2 (mean ± half-width "
+            "of the 95% t-interval; `load` is a fraction of each router's own capacity at the SLO):\n\n"
+            + _table(header, rows))
+
+
+GENERATORS = {"stateful-costs": stateful_costs, "stateful-detection": stateful_detection,
+              "deployable-detection": deployable_detection, "deployable-ownership": deployable_ownership,
+              "deployable-costs": deployable_costs, "threat-data": threat_data, "threat-aware": threat_aware,
+              "threat-sybil": threat_sybil, "routing": routing}
 
 
 def render(text: str, frame: pd.DataFrame) -> str:

@@ -23,6 +23,11 @@ def test_generated_tables_match_the_committed_results():
         text = page.read_text()
         assert script.render(text, frame) == text, f"{page.name} is out of date: run scripts/leaderboard_docs.py"
     assert "<!-- leaderboard: stateful-detection -->" in (ROOT / "docs" / "defenses.md").read_text()
+    defenses, protocol = ((ROOT / "docs" / page).read_text() for page in ("defenses.md", "protocol.md"))
+    for name in ("deployable-detection", "deployable-ownership", "deployable-costs", "threat-data", "threat-aware",
+                 "threat-sybil"):
+        assert f"<!-- leaderboard: {name} -->" in defenses, name
+    assert "<!-- leaderboard: routing -->" in protocol
 
 
 def test_a_number_that_differs_from_the_results_fails_the_check():
