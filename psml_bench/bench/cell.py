@@ -308,11 +308,11 @@ def run_cell(zoo: Zoo, grid: GridConfig, cell: Cell, *, timeout_s: float | None 
 
 def _cell_service(zoo: Zoo, grid: GridConfig, cell: Cell, defense: Any, victim_id: str, device: torch.device,
                   context: RunContext) -> Service:
-    """The cell's service around ``defense``, its eval-input guard set."""
+    """The cell's service around ``defense``, its pool answers owned by ``context``, its eval-input guard set."""
     service = Service(zoo, defense=defense, config=cell.service, seed=cell.seed, budget=cell.budget,
                       policy=grid.policy, benign_queries=grid.benign_queries,
                       victim_id=victim_id if cell.attack_plugin.access == "victim" else None, device=device,
-                      attacker_identities=cell.attacker_identities)
+                      attacker_identities=cell.attacker_identities, pool_answers=context.pool_answers)
     service.server.eval_guard = EvalInputGuard(zoo.splits["test_x"], zoo.splits["attacker_x"])
     return service
 
