@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 
 from psml_bench.bench import cell as _cell
 from psml_bench.isolation import trainer as _training
-from psml_bench.bench.cell import score_surrogate, surrogate_metrics
+from psml_bench.bench.cell import run_cell, score_surrogate, surrogate_metrics
 from psml_bench.bench.context import RunContext, default_context
+from psml_bench.bench.grid import Cell, GridConfig, PluginSpec
+from psml_bench.serving.service import PROCESS_POOL_ANSWERS, PoolAnswersCache
 from psml_bench.isolation.attack_process import pack, unpack
 from psml_bench.bench.sanity import surrogate_flags
 from psml_bench.extraction.surrogate import Surrogate, train_surrogate, training_elsewhere, weights_digest
@@ -40,6 +45,33 @@ def test_identical_weights_are_scored_once_with_the_fresh_numbers(tiny_zoo, monk
     before = len(default_context().scores)
     assert score_surrogate(tiny_zoo, victim, twin, context=run) == (fresh, fresh_flags)
     assert len(calls) == 2 and len(run.scores) == 1 and len(default_context().scores) == before
+
+
+def test_a_cell_opens_its_pool_answers_through_its_run_context_alone(tiny_zoo, monkeypatch):
+    """The run's context owns the pool answers its cells' services read: the process's owner is never asked, and
+    another context gives the same row."""
+    naive = PluginSpec("naive", (("epochs", 1), ("min_steps", 20)))
+    grid = GridConfig("owner", "fmnist-tiny", "infaas", ("rank:1",), (naive,), (PluginSpec("none"),), (60,), (0,),
+                      50, "test")
+    cell = Cell("rank:1", naive, PluginSpec("none"), 60, 0)
+    reference = run_cell(tiny_zoo, grid, cell, context=RunContext())
+    asked = []
+
+    class Recording(PoolAnswersCache):
+        def get(self, zoo, device="cpu"):
+            asked.append((zoo.name, torch.device(device).type))
+            return super().get(zoo, device)
+
+    run = RunContext()
+    run.pool_answers = Recording()
+    monkeypatch.setattr(PROCESS_POOL_ANSWERS, "get", lambda *a, **k: pytest.fail("the process's owner was asked"))
+    row = run_cell(tiny_zoo, grid, cell, context=run)
+    assert asked == [(tiny_zoo.name, "cpu")] and row.status == "ok", row.error
+
+    def numbers(r):
+        return json.dumps(replace(r, wall_s=None).as_dict(), sort_keys=True, default=str)
+
+    assert numbers(row) == numbers(reference)
 
 
 def _knowledge(zoo):

@@ -15,7 +15,7 @@ import subprocess
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -266,8 +266,8 @@ def run_cell(zoo: Zoo, grid: GridConfig, cell: Cell, *, timeout_s: float | None 
              device: torch.device | str = "cpu", context: RunContext | None = None) -> CellRow:
     """Run one cell on its service and score it; a failing plugin gives a failed row, never an exception.
 
-    ``context``: the run's state in this process (its submissions registered there); default: the
-    process's :func:`~psml_bench.bench.context.default_context`.
+    ``context``: the run's state in this process (its submissions registered there, the owner of the
+    service's pool answers); default: the process's :func:`~psml_bench.bench.context.default_context`.
     ``device``: where the service's forward passes, the surrogate's training and its scoring run.
     ``timeout_s`` and ``memory_mb`` limit the attack process (default: the executor's limits on the worker).
     ``global_seed`` and ``transcript`` are for conformance tests (see :func:`run_attack`): reseed
@@ -280,71 +280,116 @@ def run_cell(zoo: Zoo, grid: GridConfig, cell: Cell, *, timeout_s: float | None 
     context.submissions()  # registered in this process (a worker's own context registers them there)
     victim_id = zoo.role(cell.victim)
     defense = cell.defense_plugin.instantiate()
-    service = Service(zoo, defense=defense, config=cell.service, seed=cell.seed, budget=cell.budget,
-                      policy=grid.policy, benign_queries=grid.benign_queries,
-                      victim_id=victim_id if cell.attack_plugin.access == "victim" else None, device=device,
-                      attacker_identities=cell.attacker_identities)
-    service.server.eval_guard = EvalInputGuard(zoo.splits["test_x"], zoo.splits["attacker_x"])
+    service = _cell_service(zoo, grid, cell, defense, victim_id, device, context)
     knowledge = Knowledge(input_shape=zoo.input_shape, num_classes=zoo.num_classes, spec_range=service.spec_range,
                           pool=attacker_pool(zoo, cell.attacker_data), role=cell.victim,
                           latency_visible=cell.service.latency_visible, device=device.type)
-    status, error = "ok", ""
-    recipe = ""  # the recipe of train_surrogate that produced the returned weights, if any
-    metrics = dict.fromkeys(SURROGATE_METRICS, float("nan"))
+    verdict = _Verdict()
     flags = _defense_flags(zoo, grid, cell)
-    surrogate = None
-    try:
-        surrogate = run_attack(service, attack_locator(cell.attack_plugin), knowledge, cell.budget,
-                               attack_generator(cell.seed), timeout_s=timeout_s, memory_mb=memory_mb,
-                               global_seed=global_seed, transcript=transcript)
-        metrics, surrogate_problems = score_surrogate(zoo, victim_id, surrogate, device, context)
-        unscored = [name for name in ("kl", "l1") if not np.isfinite(metrics[name])]
-        if unscored:  # finite weights whose outputs overflow: no number of this cell means anything
-            metrics = dict.fromkeys(SURROGATE_METRICS, float("nan"))
-            raise AttackFailed(f"the attack's surrogate predicts non-finite probabilities on the test split "
-                               f"({' and '.join(unscored).upper()} not finite): it cannot be scored")
-        recipe = surrogate.recipe
-        flags += surrogate_problems
-    except AttackFailed as exc:
-        status, error = "failed", str(exc)
-    except BudgetExhausted as exc:
-        status, error = "failed", f"budget overrun: {exc}"
-    except Exception as exc:  # noqa: BLE001 - a plugin crash fails its cell, not the grid
-        log.debug("cell failed", exc_info=True)
-        status, error = "failed", f"{type(exc).__name__}: {exc}"
-    try:
-        service.finish()
-        costs = service_costs(zoo, service)
-    except Exception as exc:  # noqa: BLE001 - a defense crash fails its cell, not the grid
-        log.debug("benign workload failed", exc_info=True)
-        costs = dict.fromkeys(COST_METRICS, float("nan"))
-        if status == "ok":
-            status, error = "failed", f"defense failed on the benign workload: {type(exc).__name__}: {exc}"
+    surrogate, metrics, recipe, surrogate_problems = _scored_attack(
+        lambda: run_attack(service, attack_locator(cell.attack_plugin), knowledge, cell.budget,
+                           attack_generator(cell.seed), timeout_s=timeout_s, memory_mb=memory_mb,
+                           global_seed=global_seed, transcript=transcript),
+        zoo, victim_id, device, context, verdict)
+    flags += surrogate_problems
+    costs = _benign_costs(zoo, service, verdict)
     if service.server.eval_guard.count:
         flags.append(f"queried {service.server.eval_guard.count} inputs the cell is scored on (eval_queries)")
+    ownership = _ownership(zoo, victim_id, defense, service, surrogate, device, verdict)
+    return replace(
+        row_identity(zoo, cell), status=verdict.status, error=verdict.error, surrogate_recipe=recipe, **metrics,
+        **_attack_measures(service, cell, victim_id), **costs, **ownership,
+        flags="; ".join(flags), wall_s=round(time.perf_counter() - started, 2))
+
+
+def _cell_service(zoo: Zoo, grid: GridConfig, cell: Cell, defense: Any, victim_id: str, device: torch.device,
+                  context: RunContext) -> Service:
+    """The cell's service around ``defense``, its pool answers owned by ``context``, its eval-input guard set."""
+    service = Service(zoo, defense=defense, config=cell.service, seed=cell.seed, budget=cell.budget,
+                      policy=grid.policy, benign_queries=grid.benign_queries,
+                      victim_id=victim_id if cell.attack_plugin.access == "victim" else None, device=device,
+                      attacker_identities=cell.attacker_identities, pool_answers=context.pool_answers)
+    service.server.eval_guard = EvalInputGuard(zoo.splits["test_x"], zoo.splits["attacker_x"])
+    return service
+
+
+@dataclass
+class _Verdict:
+    """A cell's status and error while it runs: the first failure stands."""
+
+    status: str = "ok"
+    error: str = ""
+
+    def fail(self, error: str) -> None:
+        """Record ``error`` unless the cell already failed."""
+        if self.status == "ok":
+            self.status, self.error = "failed", error
+
+
+def _scored_attack(attack: Callable[[], Surrogate], zoo: Zoo, victim_id: str, device: torch.device,
+                   context: RunContext, verdict: _Verdict) -> tuple[Surrogate | None, dict[str, float], str, list[str]]:
+    """Run the cell's ``attack`` and score its surrogate: (surrogate, metrics, its training recipe, sanity flags).
+
+    A failure goes to ``verdict`` and gives NaN metrics, no recipe, no flags, and the surrogate if there is one.
+    """
+    surrogate = None
     try:
-        ownership = score_ownership(zoo, victim_id, defense.watermark_pairs(service.attacker_id), surrogate, device)
+        surrogate = attack()
+        metrics, problems = score_surrogate(zoo, victim_id, surrogate, device, context)
+        unscored = [name for name in ("kl", "l1") if not np.isfinite(metrics[name])]
+        if unscored:  # finite weights whose outputs overflow: no number of this cell means anything
+            raise AttackFailed(f"the attack's surrogate predicts non-finite probabilities on the test split "
+                               f"({' and '.join(unscored).upper()} not finite): it cannot be scored")
+        return surrogate, metrics, surrogate.recipe, problems
+    except AttackFailed as exc:
+        verdict.fail(str(exc))
+    except BudgetExhausted as exc:
+        verdict.fail(f"budget overrun: {exc}")
+    except Exception as exc:  # noqa: BLE001 - a plugin crash fails its cell, not the grid
+        log.debug("cell failed", exc_info=True)
+        verdict.fail(f"{type(exc).__name__}: {exc}")
+    return surrogate, dict.fromkeys(SURROGATE_METRICS, float("nan")), "", []
+
+
+def _benign_costs(zoo: Zoo, service: Service, verdict: _Verdict) -> dict[str, float]:
+    """Finish the service's benign workload and cost it (:func:`service_costs`); NaN if the defense crashes."""
+    try:
+        service.finish()
+        return service_costs(zoo, service)
+    except Exception as exc:  # noqa: BLE001 - a defense crash fails its cell, not the grid
+        log.debug("benign workload failed", exc_info=True)
+        verdict.fail(f"defense failed on the benign workload: {type(exc).__name__}: {exc}")
+        return dict.fromkeys(COST_METRICS, float("nan"))
+
+
+def _ownership(zoo: Zoo, victim_id: str, defense: Any, service: Service, surrogate: Surrogate | None,
+               device: torch.device, verdict: _Verdict) -> dict[str, float]:
+    """The ownership test on the watermark pairs the defense kept (:func:`score_ownership`); NaN if it crashes."""
+    try:
+        return score_ownership(zoo, victim_id, defense.watermark_pairs(service.attacker_id), surrogate, device)
     except Exception as exc:  # noqa: BLE001 - a defense crash fails its cell, not the grid
         log.debug("ownership test failed", exc_info=True)
-        ownership = dict.fromkeys(OWNERSHIP_METRICS, float("nan"))
-        if status == "ok":
-            status, error = "failed", f"defense failed to give its watermark pairs: {type(exc).__name__}: {exc}"
+        verdict.fail(f"defense failed to give its watermark pairs: {type(exc).__name__}: {exc}")
+        return dict.fromkeys(OWNERSHIP_METRICS, float("nan"))
+
+
+def _attack_measures(service: Service, cell: Cell, victim_id: str) -> dict[str, float | int | None]:
+    """What the server saw of the attacker: queries, routing to the victim, detection, clock and client work."""
     victim_index = [e.id for e in service.menu].index(victim_id)
     detected_at = service.attacker_detected_at  # the first of its identities detected, counting all their queries
     identities_detected = sum(int(c) in service.detections for c in service.attacker_ids) / len(
         service.attacker_ids) if cell.attacker_identities != 1 else None
-    return replace(
-        row_identity(zoo, cell), status=status, error=error, surrogate_recipe=recipe, **metrics,
-        queries=service.used, fingerprint_queries=service.log.count("fingerprint"),
-        victim_hit_rate=scoring.victim_hit_rate(service.log.served_ids("extract"), victim_index),
-        fingerprint_accuracy=scoring.fingerprint_accuracy(service.log.requested_ids("extract"), victim_index),
-        detected=float(detected_at is not None),
-        queries_to_detection=float(detected_at) if detected_at is not None else float("nan"),
-        eval_queries=float(service.server.eval_guard.count),
-        attacker_time_s=service.clock / 1000,  # the cell's clock when the attacker's last answer reached it
-        attacker_work_s=service.attacker_work_ms / 1000,
-        identities_detected=identities_detected, **costs, **ownership,
-        flags="; ".join(flags), wall_s=round(time.perf_counter() - started, 2))
+    return {
+        "queries": service.used, "fingerprint_queries": service.log.count("fingerprint"),
+        "victim_hit_rate": scoring.victim_hit_rate(service.log.served_ids("extract"), victim_index),
+        "fingerprint_accuracy": scoring.fingerprint_accuracy(service.log.requested_ids("extract"), victim_index),
+        "detected": float(detected_at is not None),
+        "queries_to_detection": float(detected_at) if detected_at is not None else float("nan"),
+        "eval_queries": float(service.server.eval_guard.count),
+        "attacker_time_s": service.clock / 1000,  # the cell's clock when the attacker's last answer reached it
+        "attacker_work_s": service.attacker_work_ms / 1000,
+        "identities_detected": identities_detected,
+    }
 
 
 def score_ownership(zoo: Zoo, victim_id: str, pairs: tuple[torch.Tensor, torch.Tensor] | None,

@@ -1,11 +1,12 @@
-"""The run context: the one owner of what a run holds in a process (submissions, opened zoos, score memos).
+"""The run context: the one owner of what a run holds in a process (submissions, opened zoos, pool answers, memos).
 
 The runner creates one :class:`RunContext` per run and passes it down to the cells it runs in its
 own process; each worker process of an executor holds one for the cells it runs. Library callers
 that pass none (``run_cell``, ``execute``, ``score_surrogate``, ``surrogate_flags``) get
 :func:`default_context`, the process's own. Nothing else in the bench layer keeps per-run state at
 module level; what stays process-wide elsewhere is a pure memo or a process resource (each says so
-where it is defined: the surrogate trainer's memory, the attack sandbox).
+where it is defined: the surrogate trainer's memory, the attack sandbox, the pool answers of a
+:class:`~psml_bench.serving.service.Service` built without an owner).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..plugins.manifests import Loaded
 from ..plugins.registration import load_submissions
+from ..serving.service import PoolAnswersCache
 
 if TYPE_CHECKING:
     import numpy as np
@@ -36,6 +38,8 @@ class RunContext:
             first (:func:`~psml_bench.bench.cell.score_surrogate`).
         victim_labels: the victim's labels on the unseen benign inputs by (zoo, victim, victim weights hash)
             (:func:`~psml_bench.bench.sanity.surrogate_flags`).
+        pool_answers: every zoo model's answers on the attacker's pool, opened once per zoo and device kind for the
+            services of this context's cells (:func:`~psml_bench.bench.cell.run_cell`); a memo of a pure function.
 
     The submissions are read and registered on first need, once per context (loading a grid registers
     nothing; the cells of a run need the registered stand-ins to build their plugins).
@@ -50,6 +54,7 @@ class RunContext:
         self.zoos: dict[tuple[str, str | None], tuple[Zoo, str]] = {}
         self.scores: dict[tuple[str, ...], tuple[dict[str, float], list[str]]] = {}
         self.victim_labels: dict[tuple[str, str, str], np.ndarray] = {}
+        self.pool_answers = PoolAnswersCache()
 
     def remember_score(self, key: tuple[str, ...], value: Any) -> None:
         """Keep a surrogate's score under ``key``, dropping the oldest beyond :data:`SCORE_MEMO_SIZE`."""

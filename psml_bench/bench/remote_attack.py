@@ -22,9 +22,11 @@ from safetensors.torch import save_file
 
 from .cell import attack_generator, attack_locator, surrogate_metrics
 from ..contract.errors import AttackFailed, ConfigError, PsmlError
-from .grid import PluginSpec, resolve
+from ..contract.target import Knowledge
+from .grid import PluginSpec, ResolvedPlugin, resolve
 from ..serving.http_client import HttpClient
 from ..isolation.attack_process import run_attack
+from ..extraction.surrogate import Surrogate
 from ..plugins.registration import load_submissions
 from ..zoo.model_zoo import Zoo
 
@@ -95,26 +97,15 @@ def attack_endpoint(url: str, api_key: str, attack: str, *, out_dir: Path, budge
     Raises:
         PsmlError: unknown attack, unreachable service, no budget or pool, or the attack failed.
     """
-    load_submissions()
-    plugin = resolve("attack", parse_plugin(attack))
-    if plugin.access != "service":
-        raise ConfigError(f"attack '{plugin.label}' needs direct access to the victim model; an endpoint offers "
-                          "only the service")
-    if pool is None:
-        if zoo is None:
-            raise ConfigError("no attacker pool: pass --zoo (its attacker split) or --pool FILE")
-        pool = zoo.splits["attacker_x"]
+    plugin = _service_attack(attack)
+    pool = _attacker_pool(zoo, pool)
     client = HttpClient(url, api_key, limit=budget)
     try:
         info = client.describe()
         if zoo is not None and info.get("zoo") != zoo.name:
             raise ConfigError(f"the endpoint serves zoo '{info.get('zoo')}', not '{zoo.name}'")
         knowledge = client.knowledge(pool, role)
-        budget = client.remaining
-        if budget is None:
-            raise ConfigError("the key has no budget at the server: pass --budget N")
-        if budget < 1:
-            raise PsmlError("the key's budget is spent: nothing left to query")
+        budget = _remaining_budget(client)
         started = time.perf_counter()
         surrogate = run_attack(client, attack_locator(plugin), knowledge, budget,
                                attack_generator(seed), timeout_s=timeout_s)
@@ -125,19 +116,72 @@ def attack_endpoint(url: str, api_key: str, attack: str, *, out_dir: Path, budge
         client.close()
     out_dir.mkdir(parents=True, exist_ok=True)
     surrogate_path = out_dir / "surrogate.safetensors"
-    arch = surrogate.net.pretrained_cfg.get("architecture")
-    save_file({k: v.contiguous() for k, v in surrogate.state_dict().items()}, str(surrogate_path),
-              metadata={"arch": str(arch), "in_chans": str(knowledge.input_shape[0]),
-                        "num_classes": str(knowledge.num_classes)})
+    arch = _save_surrogate(surrogate, knowledge, surrogate_path)
     summary: dict[str, Any] = {"target": url, "zoo": info.get("zoo"), "attack": plugin.label, "role": role,
                                "budget": budget, "queries": client.sent, "seed": seed, "arch": arch,
                                "wall_s": round(wall_s, 2)}
     if zoo is not None:
-        victim = zoo.role(role)
-        with torch.no_grad():
-            metrics = surrogate_metrics(zoo, victim, surrogate)
-        summary.update(victim_model=victim, fidelity=metrics["fidelity"], accuracy=metrics["accuracy"],
-                       accuracy_norm=metrics["accuracy_norm"])
+        summary.update(_local_scores(zoo, role, surrogate))
     summary_path = out_dir / "summary.json"
     summary_path.write_text(json.dumps(summary, indent=2) + "\n")
     return RemoteAttackResult(surrogate_path, summary_path, summary)
+
+
+def _service_attack(attack: str) -> ResolvedPlugin:
+    """``attack`` (``NAME[:k=v,...]``) resolved among the registered and submitted attacks.
+
+    Raises:
+        ConfigError: unknown attack, or one that needs direct access to the victim model.
+    """
+    load_submissions()
+    plugin = resolve("attack", parse_plugin(attack))
+    if plugin.access != "service":
+        raise ConfigError(f"attack '{plugin.label}' needs direct access to the victim model; an endpoint offers "
+                          "only the service")
+    return plugin
+
+
+def _attacker_pool(zoo: Zoo | None, pool: torch.Tensor | None) -> torch.Tensor:
+    """The attacker's unlabelled inputs: ``pool`` if given, else the zoo's attacker split.
+
+    Raises:
+        ConfigError: neither is given.
+    """
+    if pool is not None:
+        return pool
+    if zoo is None:
+        raise ConfigError("no attacker pool: pass --zoo (its attacker split) or --pool FILE")
+    return zoo.splits["attacker_x"]
+
+
+def _remaining_budget(client: HttpClient) -> int:
+    """The queries the attack may send: the client's limit or the key's budget at the server, whichever is lower.
+
+    Raises:
+        ConfigError: neither limits the key.
+        PsmlError: the budget is spent.
+    """
+    budget = client.remaining
+    if budget is None:
+        raise ConfigError("the key has no budget at the server: pass --budget N")
+    if budget < 1:
+        raise PsmlError("the key's budget is spent: nothing left to query")
+    return budget
+
+
+def _save_surrogate(surrogate: Surrogate, knowledge: Knowledge, path: Path) -> str | None:
+    """Write the surrogate's weights to ``path`` as safetensors, with what rebuilds it; return its architecture."""
+    arch = surrogate.net.pretrained_cfg.get("architecture")
+    save_file({k: v.contiguous() for k, v in surrogate.state_dict().items()}, str(path),
+              metadata={"arch": str(arch), "in_chans": str(knowledge.input_shape[0]),
+                        "num_classes": str(knowledge.num_classes)})
+    return arch
+
+
+def _local_scores(zoo: Zoo, role: str, surrogate: Surrogate) -> dict[str, Any]:
+    """The surrogate's fidelity and accuracy against the zoo's model in ``role``, on the test split."""
+    victim = zoo.role(role)
+    with torch.no_grad():
+        metrics = surrogate_metrics(zoo, victim, surrogate)
+    return {"victim_model": victim, "fidelity": metrics["fidelity"], "accuracy": metrics["accuracy"],
+            "accuracy_norm": metrics["accuracy_norm"]}

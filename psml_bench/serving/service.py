@@ -131,8 +131,12 @@ class PoolAnswersCache:
 
 
 PROCESS_POOL_ANSWERS = PoolAnswersCache()
-"""The owner of callers that pass none (:meth:`PoolAnswers.of`, a :class:`Service` without ``pool_answers``): kept
-for the process, so a worker's cells open each zoo's answers once."""
+"""The owner of callers that pass none (:meth:`PoolAnswers.of`, a :class:`Service` without ``pool_answers``), kept
+for the process. A run's cells do not use it: each :class:`~psml_bench.bench.context.RunContext` owns its own,
+which :func:`~psml_bench.bench.cell.run_cell` passes to the cell's service. Callers that pass none: the runner's
+precompute of the answers file before its workers start (``run_grid``), the serving curves' benign-only services
+(:mod:`psml_bench.bench.serving_curves`), benchmarks and tests. A memo of a pure function, so which owner opened
+the answers changes no number."""
 
 
 def _save_atomically(path: Path, tensors: dict[str, torch.Tensor]) -> None:
