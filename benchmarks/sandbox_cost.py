@@ -21,7 +21,7 @@ import time
 import numpy as np
 
 from psml_bench.isolation import attack_process as _isolation
-from psml_bench.isolation.attack_process import PREIMPORTED, AttackLocator, run_attack
+from psml_bench.isolation.attack_process import PREIMPORTED, PluginLocator, run_attack
 from psml_bench.contract.registries import DEFENSES
 from psml_bench.isolation.sandbox import Sandbox
 from psml_bench.contract.target import Knowledge
@@ -33,7 +33,7 @@ def one_attack(zoo, budget: int) -> float:
     server = Server(zoo, defense=DEFENSES.get("none")(), rng=np.random.default_rng([0, 2]), budget=budget)
     knowledge = Knowledge(zoo.input_shape, zoo.num_classes, server.spec_range, zoo.splits["attacker_x"], "rank:1")
     started = time.perf_counter()
-    run_attack(server, AttackLocator("naive", (("epochs", 1), ("min_steps", 5))), knowledge, budget,
+    run_attack(server, PluginLocator("naive", (("epochs", 1), ("min_steps", 5))), knowledge, budget,
                np.random.default_rng(0))
     return time.perf_counter() - started
 

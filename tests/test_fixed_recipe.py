@@ -8,7 +8,7 @@ import pytest
 
 from psml_bench import Knowledge, SurrogateConfig
 from psml_bench.bench.grid import load_grid
-from psml_bench.isolation.attack_process import AttackLocator, run_attack
+from psml_bench.isolation.attack_process import PluginLocator, run_attack
 from psml_bench.report.ranking import FIXED, OWN, describe_grid, group_track, recipe_text, track
 from psml_bench.contract.registries import ATTACKS, DEFENSES
 from psml_bench.serving.server import Server
@@ -72,7 +72,7 @@ def test_only_the_workers_own_weights_carry_a_recipe(tiny_zoo, claims, monkeypat
     server = Server(tiny_zoo, defense=DEFENSES.get("none")(), rng=np.random.default_rng([0, 2]), budget=20)
     knowledge = Knowledge(input_shape=tiny_zoo.input_shape, num_classes=tiny_zoo.num_classes,
                           spec_range=server.spec_range, pool=tiny_zoo.splits["attacker_x"], role="rank:1")
-    locator = AttackLocator(f"recipe_claims:{attack}")
+    locator = PluginLocator(f"recipe_claims:{attack}")
     ATTACKS.get(locator.name)
     surrogate = run_attack(server, locator, knowledge, 20, np.random.default_rng(0), timeout_s=120)
     assert surrogate.recipe == recipe

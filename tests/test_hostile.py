@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from psml_bench import Knowledge
-from psml_bench.isolation.attack_process import AttackFailed, AttackLocator, run_attack, sandbox_available
+from psml_bench.isolation.attack_process import AttackFailed, PluginLocator, run_attack, sandbox_available
 from psml_bench.contract.registries import ATTACKS, DEFENSES
 from psml_bench.serving.server import Server
 
@@ -174,7 +174,7 @@ def _run(zoo, plugin, monkeypatch, cls: str, budget: int = 30, timeout_s: float 
     server = Server(zoo, defense=defense, rng=np.random.default_rng([0, 2]), budget=budget)
     knowledge = Knowledge(input_shape=zoo.input_shape, num_classes=zoo.num_classes, spec_range=server.spec_range,
                           pool=zoo.splits["attacker_x"], role="rank:1")
-    locator = AttackLocator(f"hostile_plugin:{cls}")
+    locator = PluginLocator(f"hostile_plugin:{cls}")
     ATTACKS.get(locator.name)
     return run_attack(server, locator, knowledge, budget, np.random.default_rng(0), timeout_s=timeout_s)
 

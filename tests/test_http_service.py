@@ -25,7 +25,7 @@ import torch
 from psml_bench import BudgetExhausted, PsmlError, Spec
 from psml_bench.serving.http_client import HttpClient, HttpTarget
 from psml_bench.serving.http_wire import NPY, SAFETENSORS
-from psml_bench.isolation.attack_process import AttackLocator, run_attack
+from psml_bench.isolation.attack_process import PluginLocator, run_attack
 from psml_bench.contract.registries import make_defense
 from psml_bench.common.metrics import predict_labels
 from psml_bench.contract.target import Knowledge
@@ -123,7 +123,7 @@ def test_isolated_attack_through_http_gives_the_in_process_surrogate(live, tiny_
         knowledge = Knowledge(input_shape=tiny_zoo.input_shape, num_classes=tiny_zoo.num_classes,
                               spec_range=SpecRange(tiny_zoo.accuracy_range, tiny_zoo.latency_range_ms),
                               pool=tiny_zoo.splits["attacker_x"], role="rank:2")
-        surrogate = run_attack(server, AttackLocator("psml", params), knowledge, budget,
+        surrogate = run_attack(server, PluginLocator("psml", params), knowledge, budget,
                                np.random.default_rng([0, 1]), timeout_s=300)
         labels.append(predict_labels(surrogate, tiny_zoo.splits["test_x"], tiny_zoo.num_classes))
         used.append(server.sent if remote else server.used)

@@ -12,7 +12,7 @@ import torch
 
 from psml_bench import Knowledge
 from psml_bench.common import metrics as scoring
-from psml_bench.isolation.attack_process import (AttackFailed, AttackLocator, ProtocolError, pack, run_attack,
+from psml_bench.isolation.attack_process import (AttackFailed, PluginLocator, ProtocolError, pack, run_attack,
     sandbox_available, unpack)
 from psml_bench.contract.registries import ATTACKS, DEFENSES
 from psml_bench.bench.cell import run_cell
@@ -152,7 +152,7 @@ def _run_hostile(zoo, hostile, monkeypatch, cls: str, budget: int = 30, timeout_
     folder, _ = hostile
     monkeypatch.syspath_prepend(str(folder))
     server, knowledge = _setup(zoo, budget)
-    locator = AttackLocator(f"hostile_isolation:{cls}")
+    locator = PluginLocator(f"hostile_isolation:{cls}")
     ATTACKS.get(locator.name)
     return server, run_attack(server, locator, knowledge, budget, np.random.default_rng(0), timeout_s=timeout_s)
 
@@ -176,7 +176,7 @@ def test_isolated_attack_gives_the_in_process_numbers(tiny_zoo):
         rng = np.random.default_rng([0, 1])
         attack = ATTACKS.get("psml")(**params)
         if isolated:
-            surrogate = run_attack(server, AttackLocator("psml", tuple(sorted(params.items()))), knowledge, budget, rng)
+            surrogate = run_attack(server, PluginLocator("psml", tuple(sorted(params.items()))), knowledge, budget, rng)
         else:
             threads = torch.get_num_threads()
             torch.set_num_threads(1)
@@ -207,7 +207,7 @@ def test_isolated_attack_is_answered_on_one_thread_whatever_the_callers_count(ti
     threads = torch.get_num_threads()
     torch.set_num_threads(3)
     try:
-        run_attack(server, AttackLocator("naive", (("epochs", 1), ("min_steps", 2))), knowledge, 30,
+        run_attack(server, PluginLocator("naive", (("epochs", 1), ("min_steps", 2))), knowledge, 30,
                    np.random.default_rng(0))
         after = torch.get_num_threads()
     finally:

@@ -11,7 +11,7 @@ from psml_bench import Defense, Knowledge, Spec
 from psml_bench.bench.cell import run_cell
 from psml_bench.contract.errors import AttackFailed, DefenseError
 from psml_bench.bench.grid import Cell, GridConfig, PluginSpec
-from psml_bench.isolation.attack_process import AttackLocator, run_attack
+from psml_bench.isolation.attack_process import PluginLocator, run_attack
 from psml_bench.contract.registries import ATTACKS, DEFENSES
 from psml_bench.serving.server import Server
 
@@ -62,7 +62,7 @@ def test_a_surrogate_with_a_nan_weight_fails_with_one_line(tiny_zoo, odd_attacks
     with pytest.raises(AttackFailed, match=r"^the attack's surrogate has 1 non-finite weight value "
                                            r"\(NaN or infinity\), "
                                            r"the first in 'net\.[a-z_.]+weight': it cannot be scored$"):
-        run_attack(server, AttackLocator("odd_surrogates:NaNWeight"), knowledge, 20, np.random.default_rng(0),
+        run_attack(server, PluginLocator("odd_surrogates:NaNWeight"), knowledge, 20, np.random.default_rng(0),
                    timeout_s=120)
 
 

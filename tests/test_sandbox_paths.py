@@ -46,7 +46,7 @@ import numpy as np
 
 import psml_bench
 from psml_bench import Knowledge
-from psml_bench.isolation.attack_process import AttackFailed, AttackLocator, run_attack
+from psml_bench.isolation.attack_process import AttackFailed, PluginLocator, run_attack
 from psml_bench.contract.registries import DEFENSES
 from psml_bench.serving.server import Server
 from psml_bench.zoo.build import open_zoo
@@ -57,7 +57,7 @@ server = Server(zoo, defense=DEFENSES.get("none")(), rng=np.random.default_rng(0
 knowledge = Knowledge(input_shape=zoo.input_shape, num_classes=zoo.num_classes, spec_range=server.spec_range,
                       pool=zoo.splits["attacker_x"], role="rank:1")
 try:
-    run_attack(server, AttackLocator("venv_attack:LateImport"), knowledge, 10, np.random.default_rng(0), timeout_s=120)
+    run_attack(server, PluginLocator("venv_attack:LateImport"), knowledge, 10, np.random.default_rng(0), timeout_s=120)
 except AttackFailed as exc:
     print(exc)
 '''

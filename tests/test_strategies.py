@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from psml_bench import (ATTACKS, STRATEGIES, SURROGATE_DEFAULTS, ConfigError, Knowledge, QuerySession, Spec,
                         Surrogate, SurrogateConfig, UnknownPluginError, extract, query_batched, sample_pool)
-from psml_bench.isolation.attack_process import AttackLocator, run_attack
+from psml_bench.isolation.attack_process import PluginLocator, run_attack
 from psml_bench.contract.registries import make_defense
 from psml_bench.serving.server import Server, target_for
 
@@ -256,7 +256,7 @@ def test_strategy_runs_in_the_isolated_attack_process(tiny_zoo, strategy):
         server, knowledge = _setup(tiny_zoo, BUDGET)
         rng = np.random.default_rng([0, 1])
         if isolated:
-            surrogate = run_attack(server, AttackLocator("oracle", tuple(sorted(params.items()))), knowledge,
+            surrogate = run_attack(server, PluginLocator("oracle", tuple(sorted(params.items()))), knowledge,
                                    BUDGET, rng, timeout_s=120)
         else:
             threads = torch.get_num_threads()

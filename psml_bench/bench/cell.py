@@ -28,7 +28,7 @@ from .context import RunContext, default_context
 from .grid import Cell, GridConfig, ResolvedPlugin, threat_attack_label
 from .ownership import ownership_queries
 from .row import CellRow
-from ..isolation.attack_process import AttackLocator, run_attack
+from ..isolation.attack_process import PluginLocator, run_attack
 from ..contract.registries import STRATEGIES
 from .sanity import defense_flags, surrogate_flags
 from ..serving.eval_guard import EvalInputGuard
@@ -239,7 +239,7 @@ def attack_generator(seed: int) -> np.random.Generator:
     return np.random.default_rng([seed, 1])
 
 
-def attack_locator(plugin: ResolvedPlugin) -> AttackLocator:
+def attack_locator(plugin: ResolvedPlugin) -> PluginLocator:
     """Where the attack process finds a resolved attack: a registry name or a submission folder,
     with the submitted strategy its ``strategy`` parameter names, if it names one."""
     cls = plugin.cls
@@ -248,15 +248,15 @@ def attack_locator(plugin: ResolvedPlugin) -> AttackLocator:
     strategy_locator = _submitted(strategy_name, strategy.plugin) if strategy is not None else None
     if getattr(cls, "submission_folder", None) is not None:
         return replace(_submitted(plugin.spec.name, cls, plugin.spec.kwargs), strategy=strategy_locator)
-    return AttackLocator(plugin.spec.name, plugin.spec.params, strategy=strategy_locator)
+    return PluginLocator(plugin.spec.name, plugin.spec.params, strategy=strategy_locator)
 
 
-def _submitted(name: str, cls: type, params: dict[str, Any] | None = None) -> AttackLocator | None:
+def _submitted(name: str, cls: type, params: dict[str, Any] | None = None) -> PluginLocator | None:
     """The locator of a submitted attack or strategy (a registry stand-in); None for any other class."""
     folder = getattr(cls, "submission_folder", None)
     if folder is None:
         return None
-    return AttackLocator(name, tuple(sorted({**cls.defaults, **(params or {})}.items())), submission=str(folder),
+    return PluginLocator(name, tuple(sorted({**cls.defaults, **(params or {})}.items())), submission=str(folder),
                          entry=cls.submission_entry, imports=cls.submission_imports,
                          declared=tuple(sorted(cls.defaults.items())), version=cls.version)
 

@@ -84,8 +84,9 @@ PREIMPORTED = (
 
 
 @dataclass(frozen=True)
-class AttackLocator:
-    """How the attack process finds the attack class.
+class PluginLocator:
+    """How a sandboxed process finds a plugin class: the attack process its attack (and strategy), the jailed
+    defense process its defense.
 
     Attributes:
         name: the registry name (built-in, entry point or ``module:Class``); a ``module:Class`` the
@@ -109,7 +110,7 @@ class AttackLocator:
     imports: tuple[str, ...] = ()
     declared: tuple[tuple[str, Any], ...] = ()
     version: str = ""
-    strategy: AttackLocator | None = None
+    strategy: PluginLocator | None = None
 
 
 STRATEGY_PACKAGE = "psml_submitted_strategy"
@@ -119,7 +120,7 @@ from the attack's own modules."""
 
 # --- the attack process ---------------------------------------------------------------------------
 
-def plugin_sources(locator: AttackLocator) -> dict[str, str] | None:
+def plugin_sources(locator: PluginLocator) -> dict[str, str] | None:
     """The plugin code the attack process imports from memory: a submission's files, or a
     ``module:Class`` module the sandbox cannot see (read here, by the worker), and a submitted
     strategy's files under :data:`STRATEGY_PACKAGE`; None when there is none."""
@@ -131,7 +132,7 @@ def plugin_sources(locator: AttackLocator) -> dict[str, str] | None:
     return (sources or {}) | strategy | {f"{STRATEGY_PACKAGE}/__init__": ""}
 
 
-def _attack_sources(locator: AttackLocator) -> dict[str, str] | None:
+def _attack_sources(locator: PluginLocator) -> dict[str, str] | None:
     if locator.submission:
         return read_sources(Path(locator.submission))
     if ":" not in locator.name:
@@ -146,7 +147,7 @@ def _attack_sources(locator: AttackLocator) -> dict[str, str] | None:
     return {top: Path(spec.origin).read_text()}
 
 
-def _load_attack_class(locator: AttackLocator, sources: dict[str, str] | None) -> type:
+def _load_attack_class(locator: PluginLocator, sources: dict[str, str] | None) -> type:
     if sources:
         sys.meta_path.insert(0, MemoryFinder(sources, locator.submission or "plugin"))
     if locator.strategy is not None:
@@ -157,7 +158,7 @@ def _load_attack_class(locator: AttackLocator, sources: dict[str, str] | None) -
     return submitted_class(locator, "", ATTACKS.base)
 
 
-def submitted_class(locator: AttackLocator, package: str, base: type) -> type:
+def submitted_class(locator: PluginLocator, package: str, base: type) -> type:
     """A submission's entry class, imported from memory, checked against its manifest."""
     module_name, _, attr = (locator.entry or "").partition(":")
     cls = getattr(importlib.import_module(package + module_name), attr)
@@ -195,7 +196,7 @@ def attack_main(conn: Connection) -> None:
     setup = receive_setup(conn)
     if setup is None:
         return
-    locator: AttackLocator = setup["locator"]
+    locator: PluginLocator = setup["locator"]
     try:
         for module in locator.imports + (locator.strategy.imports if locator.strategy else ()):
             importlib.import_module(module)
@@ -233,7 +234,7 @@ _SANDBOXES: dict[tuple[int, bool, bool], Sandbox] = {}
 process-wide so that every cell a worker runs reuses one started sandbox."""
 
 
-def _trusted(locator: AttackLocator) -> bool:
+def _trusted(locator: PluginLocator) -> bool:
     """Built-in attacks may run unsandboxed where bubblewrap cannot; nothing else may."""
     return (locator.submission is None and locator.strategy is None
             and ATTACKS.entry(locator.name).source == "built-in")
@@ -244,7 +245,7 @@ SANDBOX_TARGETS = ("psml_bench.isolation.attack_process:attack_main",
 """What a process forked by the sandbox's zygote runs: an attack (0) or a submitted defense (1)."""
 
 
-def _sandbox(locator: AttackLocator, gpu: bool = False) -> Sandbox:
+def _sandbox(locator: PluginLocator, gpu: bool = False) -> Sandbox:
     """This process's sandbox (started on first use; with the GPUs' device files if ``gpu``); raise
     :class:`AttackFailed` if the attack may not run here."""
     problem = sandbox_problem()
@@ -294,7 +295,7 @@ def _rebuild_surrogate(header: dict[str, Any], state: dict[str, torch.Tensor], k
     return model.eval()
 
 
-def run_attack(server: Server | Service, locator: AttackLocator, knowledge: Knowledge, budget: int,
+def run_attack(server: Server | Service, locator: PluginLocator, knowledge: Knowledge, budget: int,
                rng: np.random.Generator, *, timeout_s: float | None = None,
                memory_mb: int | None = None, global_seed: int | None = None,
                transcript: Any = None) -> Surrogate:
@@ -465,8 +466,8 @@ def _answer(server: Server | Service, header: dict[str, Any], tensors: dict[str,
     return ("ok", (answers, server.last_refused, server.last_latency_ms, server.remaining))
 
 
-def prestart(locator: AttackLocator | None = None, gpu: bool = False) -> None:
+def prestart(locator: PluginLocator | None = None, gpu: bool = False) -> None:
     """Start this process's sandbox now, so its zygote's imports overlap the worker's own start-up."""
-    sandbox = _sandbox(locator or AttackLocator("naive"), gpu)
+    sandbox = _sandbox(locator or PluginLocator("naive"), gpu)
     if not sandbox.alive():
         sandbox.start()

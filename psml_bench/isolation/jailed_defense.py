@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from ..contract.errors import DefenseError, ProtocolError, sanitise
-from .attack_process import (MAX_ERROR_CHARS, AttackLocator, failure_header, process_sandbox, receive_setup,
+from .attack_process import (MAX_ERROR_CHARS, PluginLocator, failure_header, process_sandbox, receive_setup,
     submitted_class)
 from .channel import pack, unpack
 from ..contract.plugins import Defense
@@ -88,7 +88,7 @@ class SubmittedDefense(Defense):
         conn = process_sandbox().fork(DEFENSE_TARGET)
         weakref.finalize(self, conn.close)  # its process reads the end of its channel and exits
         self._conn = conn
-        locator = AttackLocator(self.name, submission=self.submission_folder, entry=self.submission_entry,
+        locator = PluginLocator(self.name, submission=self.submission_folder, entry=self.submission_entry,
                                 imports=self.submission_imports, declared=tuple(self.defaults.items()),
                                 version=self.version)
         try:
@@ -202,7 +202,7 @@ def defense_main(conn: Connection) -> None:
     setup = receive_setup(conn)
     if setup is None:
         return
-    locator: AttackLocator = setup["locator"]
+    locator: PluginLocator = setup["locator"]
     try:
         for module in locator.imports:
             importlib.import_module(module)
