@@ -364,10 +364,10 @@ def _receive(conn: Connection, deadline: float | None, timeout_s: float | None, 
         ProtocolError: the message is over ``max_message`` bytes.
     """
     while True:
-        remaining = None if deadline is None else deadline - time.monotonic()
-        if remaining is not None and remaining <= 0:
+        seconds_left = None if deadline is None else deadline - time.monotonic()
+        if seconds_left is not None and seconds_left <= 0:
             raise AttackFailed(f"timed out after {timeout_s:g}s")
-        if not conn.poll(remaining):
+        if not conn.poll(seconds_left):
             continue
         try:
             return conn.recv_bytes(max_message)
