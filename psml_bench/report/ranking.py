@@ -15,6 +15,7 @@ from typing import Any, Sequence
 import pandas as pd
 
 from ..bench.grid import DEFAULT_RECIPE, MAX_FALSE_POSITIVES, RECIPE_FIELDS, GridConfig
+from ..bench.sequential import SequentialSeeds
 from .page_text import markdown_code
 from ..contract.surrogate_config import SurrogateConfig
 from .intervals import NO_ESTIMATE, Estimate, paired_difference, t_interval
@@ -70,6 +71,15 @@ class BlockView:
     seeds: tuple[int, ...] = ()
     zoos: tuple[str, ...] = ()
     """The names of the zoos the block runs on (empty: every zoo of the rows)."""
+    sequential: SequentialSeeds | None = None
+    """The block's sequential seeds, if it asks for them: its rows may have seeds beyond ``seeds``."""
+    references: dict[str, str] = field(default_factory=dict)
+    """The labels of its reference attacks (psml, naive, oracle; :meth:`GridConfig.references`)."""
+
+    @property
+    def row_seeds(self) -> tuple[int, ...]:
+        """The seeds its rows may have: the declared ones, and those sequential seeds may add."""
+        return self.seeds if self.sequential is None else self.sequential.seeds(self.seeds)
 
 
 def recipe_text(recipe: Sequence[tuple[str, Any]] | dict[str, Any]) -> str:
@@ -105,7 +115,8 @@ def describe_grid(grid: GridConfig, zoo_names: dict[str, str] | None = None
                                tuple(grid.plugin("defense", d).label for d in block.defenses), tuple(block.budgets),
                                tuple(dict.fromkeys(s.load for s in block.services)), block.recipe, declared,
                                frozenset(submitted), tuple(block.seeds),
-                               tuple(zoo_names[z or grid.zoo] for z in block.zoos) if zoo_names else ()))
+                               tuple(zoo_names[z or grid.zoo] for z in block.zoos) if zoo_names else (),
+                               block.sequential, grid.references(block)))
     return views, settings
 
 
@@ -115,7 +126,7 @@ def block_rows(frame: pd.DataFrame, block: BlockView) -> pd.DataFrame:
     rows = frame[frame["attack"].isin(block.attacks) & frame["defense"].isin(block.defenses)
                  & frame["budget"].isin(block.budgets)]
     if block.seeds:
-        rows = rows[rows["seed"].isin(block.seeds)]
+        rows = rows[rows["seed"].isin(block.row_seeds)]
     if block.zoos:
         rows = rows[rows["zoo"].isin(block.zoos)]
     if block.loads:
