@@ -6,7 +6,8 @@ the seal holds, and recomputes it, with a warning, if not (see :mod:`psml_bench.
 key hashes). The driver creates the output directory, writable by it alone, before any attack runs.
 Before computing, a run tells its preflight (:mod:`psml_bench.bench.preflight`: the cells it reuses and
 computes, why a zoo differs from the lock in ``<out>/zoos.json``, an estimate of the time), or refuses
-to compute when asked to reuse every cell.
+to compute when asked to reuse every cell. A block with sequential seeds then gets more seeds, round by
+round, where its headline comparisons are not resolved (:func:`sequential_rounds`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import logging
 import os
 import time
 from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -34,6 +35,7 @@ from .bench.grid import Cell, GridConfig
 from .bench.preflight import Preflight, preflight
 from .bench import serving_curves
 from .report.leaderboard import write_leaderboard
+from .report.sequential_seeds import cells_asked
 from .serving.service import CAPACITY_FILE, PoolAnswers, slo_capacity
 from .zoo.model_zoo import Zoo
 from .zoo.build import open_zoo
@@ -50,6 +52,8 @@ class RunSummary:
     seconds: float
     out_dir: Path
     preflight: Preflight | None = None
+    rounds: list[tuple[str, ...]] = field(default_factory=list)
+    """Per round of sequential seeds, the keys of the cells it added to the run (computed or reused)."""
 
 
 def make_executor(name: str, *, jobs: int = 0, timeout_s: float | None = None, memory_mb: int | None = None,
@@ -82,11 +86,12 @@ def run_grid(grid: GridConfig, out_dir: Path, *, cache_dir: Path | None = None, 
     key of any cell not on the CPU). ``context``: the run's state for cells run in this process
     (default: a fresh :class:`~psml_bench.bench.context.RunContext`; workers hold their own).
     ``on_preflight`` is told the run's preflight before any cell is computed (the zoos are opened,
-    and built if needed, first: their weights decide the keys).
+    and built if needed, first: their weights decide the keys). A block with sequential seeds then
+    gets its later seeds, round by round (:func:`sequential_rounds`).
 
     Raises:
-        RecomputeRefused: ``require_cached`` and a cell of the grid is not in ``out_dir/cells``
-            (no cell is computed, no file written).
+        RecomputeRefused: ``require_cached`` and a cell of the grid (or one its sequential seeds ask for) is not
+            in ``out_dir/cells`` (no cell is computed).
     """
     started = time.perf_counter()
     device = torch.device(device)
@@ -94,59 +99,119 @@ def run_grid(grid: GridConfig, out_dir: Path, *, cache_dir: Path | None = None, 
     executor = executor or make_executor("local", device=device)
     cells = grid.cells()
     zoos = open_zoos(grid, cells, cache_dir, progress=progress, profile=profile)
-    cells_dir = out_dir / "cells"
     prepare_out_dir(out_dir, create=False)  # a foreign or linked directory is refused before its cells are read
-    rows: dict[str, CellRow] = {}
-    tasks = []
-    profile_arg = str(profile) if profile else None
-    identities = {name: zoo_identity(zoo) for name, zoo in zoos.items()}
-    run_provenance = provenance(device)
-    for cell in cells:
-        name = grid.zoo_of(cell)
-        zoo = zoos[name]
-        key = cell_key(zoo, grid, cell, identities[name], device)
-        path = cells_dir / f"{key}.json"
-        if path.is_file():
-            row = read_cell(path)
-            if row is not None and not (retry_failed and row.status != "ok"):
-                rows[key] = row
-                continue
-        tasks.append(CellTask(str(zoo.directory), profile_arg, identities[name], grid, cell, key, run_provenance,
-                              str(device)))
-    cached = len(rows)
-    plan = preflight(grid.name, out_dir, {name: zoo.card for name, zoo in zoos.items()}, cached,
+    store = GridCells(grid, zoos, out_dir / "cells", device, profile, retry_failed)
+    tasks = store.missing(cells)
+    plan = preflight(grid.name, out_dir, {name: zoo.card for name, zoo in zoos.items()}, store.cached,
                      Counter(grid.zoo_of(task.cell) for task in tasks), executor.jobs)
     if require_cached and tasks:
         raise RecomputeRefused(plan.refusal())
     prepare_out_dir(out_dir)
     if on_preflight is not None:
         on_preflight(plan)
-    bar = tqdm(total=len(tasks), desc=f"grid {grid.name}", disable=not progress, unit="cell")
-    counts = {"failed": 0}
-    bar.set_postfix(cached=cached, failed=0)
-
-    def on_result(task: CellTask, row: CellRow | None, error: str) -> None:
-        row = row if row is not None else failed_row(zoos[grid.zoo_of(task.cell)], task,
-                                                     sanitise(error, MAX_ERROR_CHARS))
-        row = replace(row, error=sanitise(row.error or "", MAX_ERROR_CHARS))
-        rows[task.key] = write_cell(cells_dir / f"{task.key}.json", row)
-        counts["failed"] += row.status != "ok"
-        bar.set_postfix(cached=cached, failed=counts["failed"])
-        bar.update()
-
-    if device.type == "cpu":
-        for name in dict.fromkeys(grid.zoo_of(task.cell) for task in tasks):
-            PoolAnswers.of(zoos[name])  # every model's answers on the pool, once here rather than in each worker
-    check_capacities(grid, zoos, [task.cell for task in tasks])
-    executor.map(tasks, on_result, context)
-    bar.close()
+    store.compute(tasks, executor, context, progress=progress)
+    rounds = sequential_rounds(store, executor, context, progress=progress, require_cached=require_cached)
     # the serving curves and capacity kept of every defense setting (benign clients only; missing entries only)
     context.submissions()  # a submitted defense's stand-in is registered here too
     serving_curves.update(grid, zoos, cells, out_dir, progress=tqdm.write if progress else None)
-    ordered = sorted(rows.values(), key=CellRow.order)
+    ordered = sorted(store.rows.values(), key=CellRow.order)
     write_leaderboard(ordered, zoos, grid, out_dir)
     failed = sum(r.status != "ok" for r in ordered)
-    return RunSummary(ordered, cached, len(tasks), failed, time.perf_counter() - started, out_dir, plan)
+    return RunSummary(ordered, store.cached, store.computed, failed, time.perf_counter() - started, out_dir, plan,
+                      rounds)
+
+
+class GridCells:
+    """A run's rows so far, by cell key: those read from the cells directory and those computed, each written there
+    as it finishes."""
+
+    def __init__(self, grid: GridConfig, zoos: dict[str, Zoo], cells_dir: Path, device: torch.device,
+                 profile: Path | None, retry_failed: bool):
+        self.grid, self.zoos, self.cells_dir, self.device = grid, zoos, cells_dir, device
+        self.rows: dict[str, CellRow] = {}
+        self.cached = self.computed = 0
+        self._profile = str(profile) if profile else None
+        self._retry_failed = retry_failed
+        self._identities = {name: zoo_identity(zoo) for name, zoo in zoos.items()}
+        self._provenance = provenance(device)
+
+    def key(self, cell: Cell) -> str:
+        name = self.grid.zoo_of(cell)
+        return cell_key(self.zoos[name], self.grid, cell, self._identities[name], self.device)
+
+    def missing(self, cells: list[Cell]) -> list[CellTask]:
+        """The tasks of the ``cells`` to compute; each not among the rows yet but stored (sealed, and not failed
+        when failed ones are retried) is read into the rows instead."""
+        tasks = []
+        for cell in cells:
+            name = self.grid.zoo_of(cell)
+            key = self.key(cell)
+            if key in self.rows:
+                continue
+            path = self.cells_dir / f"{key}.json"
+            if path.is_file():
+                row = read_cell(path)
+                if row is not None and not (self._retry_failed and row.status != "ok"):
+                    self.rows[key] = row
+                    self.cached += 1
+                    continue
+            tasks.append(CellTask(str(self.zoos[name].directory), self._profile, self._identities[name], self.grid,
+                                  cell, key, self._provenance, str(self.device)))
+        return tasks
+
+    def compute(self, tasks: list[CellTask], executor: Executor, context: RunContext, *, progress: bool,
+                desc: str = "") -> None:
+        """Run ``tasks`` on ``executor``; write each row (a failed one if the worker gave none) as it comes."""
+        bar = tqdm(total=len(tasks), desc=desc or f"grid {self.grid.name}", disable=not progress, unit="cell")
+        failed = [0]
+        bar.set_postfix(cached=self.cached, failed=0)
+
+        def on_result(task: CellTask, row: CellRow | None, error: str) -> None:
+            row = row if row is not None else failed_row(self.zoos[self.grid.zoo_of(task.cell)], task,
+                                                         sanitise(error, MAX_ERROR_CHARS))
+            row = replace(row, error=sanitise(row.error or "", MAX_ERROR_CHARS))
+            self.rows[task.key] = write_cell(self.cells_dir / f"{task.key}.json", row)
+            failed[0] += row.status != "ok"
+            bar.set_postfix(cached=self.cached, failed=failed[0])
+            bar.update()
+
+        if self.device.type == "cpu":
+            for name in dict.fromkeys(self.grid.zoo_of(task.cell) for task in tasks):
+                PoolAnswers.of(self.zoos[name])  # every model's answers on the pool, here rather than in each worker
+        check_capacities(self.grid, self.zoos, [task.cell for task in tasks])
+        executor.map(tasks, on_result, context)
+        bar.close()
+        self.computed += len(tasks)
+
+
+def sequential_rounds(store: GridCells, executor: Executor, context: RunContext, *, progress: bool,
+                      require_cached: bool) -> list[tuple[str, ...]]:
+    """Add seeds to the sequential blocks' unresolved headline comparisons, round by round, until none asks for one
+    (:mod:`psml_bench.report.sequential_seeds` decides from the rows alone); return each round's cell keys.
+
+    Raises:
+        RecomputeRefused: ``require_cached`` and a round needs a cell not in the cells directory.
+    """
+    grid, names = store.grid, {name: zoo.name for name, zoo in store.zoos.items()}
+    rounds: list[tuple[str, ...]] = []
+    while True:
+        asked = {store.key(cell): cell for cell in cells_asked(grid, list(store.rows.values()), names)}
+        fresh = {key: cell for key, cell in asked.items() if key not in store.rows}
+        if not fresh:
+            if asked:  # a seed asked for whose cells are all here: it would be asked again forever
+                log.warning("grid %s: sequential seeds ask for %d cells the run already has; stopping", grid.name,
+                            len(asked))
+            return rounds
+        rounds.append(tuple(fresh))
+        tasks = store.missing(list(fresh.values()))
+        if require_cached and tasks:
+            raise RecomputeRefused(f"--require-cached: round {len(rounds)} of the sequential seeds of grid {grid.name} "
+                                   f"needs {len(tasks)} cells not in {store.cells_dir}; no cell was computed")
+        log.info("grid %s, sequential seeds, round %d: %d cells (%d reused, %d to compute)", grid.name, len(rounds),
+                 len(fresh), len(fresh) - len(tasks), len(tasks))
+        if tasks:
+            store.compute(tasks, executor, context, progress=progress,
+                          desc=f"grid {grid.name}, sequential seeds round {len(rounds)}")
 
 
 def check_capacities(grid: GridConfig, zoos: dict[str, Zoo], cells: list[Cell]) -> None:

@@ -19,17 +19,25 @@ benign_queries = 100
 [[blocks]]
 name = "b"
 budgets = [{budget}]
-attacks = [{{ name = "psml", params = {{ min_steps = 20, epochs = 1 }} }}]
-defenses = [{{ name = "{defense}" }}]
+attacks = [{attacks}]
+defenses = [{defenses}]
 {block}
 """
-"""One block of psml (20 steps, one epoch) on fmnist-tiny's second model, one seed, 100 benign queries."""
+"""One block (psml, 20 steps, one epoch, by default) on fmnist-tiny's second model, one seed, 100 benign queries."""
 
 
-def tiny_grid(path: Path, *, budget: int, defense: str, top: str = "", block: str = "") -> Path:
+TINY_ATTACK = '{ name = "psml", params = { min_steps = 20, epochs = 1 } }'
+
+
+def tiny_grid(path: Path, *, budget: int, defense: str, top: str = "", block: str = "",
+              attacks: tuple[str, ...] = ("psml",), defenses: tuple[str, ...] = ()) -> Path:
     """Write a :data:`TINY_GRID` named after ``path`` (``top`` and ``block``: extra lines at the top and in its
-    block) to ``path``; return it."""
-    path.write_text(TINY_GRID.format(name=path.stem, budget=budget, defense=defense, top=top, block=block))
+    block; ``attacks``: the attack names, each trained for 20 steps and one epoch; ``defenses``: entries of the
+    block's defense list after ``defense``) to ``path``; return it."""
+    entries = ", ".join(TINY_ATTACK.replace('"psml"', f'"{name}"') for name in attacks)
+    listed = ", ".join([f'{{ name = "{defense}" }}', *defenses])
+    path.write_text(TINY_GRID.format(name=path.stem, budget=budget, attacks=entries, defenses=listed, top=top,
+                                     block=block))
     return path
 
 

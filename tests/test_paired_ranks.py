@@ -140,7 +140,9 @@ def test_sequential_seeds_add_the_next_seed_until_resolved_or_capped():
     assert tight.resolved and tight.next_seed is None
     capped = decide("protection", {s: (-1) ** s * 0.05 for s in range(10)}, cap=10)
     assert not capped.resolved and capped.next_seed is None and "cap of 10" in capped.reason
-    gap = decide("psml - oracle", {0: 0.01, 2: 0.02})  # a failed seed 1 is the next one to run
+    gap = decide("psml - oracle", {0: 0.01, 2: 0.02})  # seed 1, not run, is the next one to run
     assert gap.next_seed == 1
+    failed = decide("psml - oracle", {0: 0.01, 1: float("nan"), 2: 0.02})  # a failed seed is not run again
+    assert failed.next_seed == 3 and failed.estimate.n == 2
     assert seeds_to_run([wide, tight, capped, gap]) == {1: ["psml - oracle"], 3: ["psml - naive, budget 250"]}
     assert decide("psml - naive, budget 250", {2: 0.03, 0: 0.01, 1: 0.05}) == wide  # a function of the cells alone

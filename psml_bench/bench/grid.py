@@ -15,11 +15,12 @@ import logging
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from ..common.files import read_toml, resolve_config, validate
 from ..contract.errors import ConfigError, PsmlError
 from ..contract.plugins import Defense
+from .sequential import SequentialSeeds, read_sequential
 from ..plugins.manifests import Loaded, declared_submissions, grid_entries, scan_submissions
 from ..contract.registries import ATTACKS, DEFENSES, POLICIES, STRATEGIES
 from ..contract.registry import Registry
@@ -35,6 +36,8 @@ MAX_ACCURACY_DROP = 0.01
 MAX_FALSE_POSITIVES = 0.05
 MAX_ATTACKER_IDENTITIES = 64
 """The most client ids a Sybil attacker may spread its queries over (``attacker_identities``)."""
+REFERENCE_ATTACKS = ("psml", "naive", "oracle")
+"""The attacks whose differences are a sequential block's headline comparisons (psml - naive, psml - oracle)."""
 
 log = logging.getLogger(__name__)
 
@@ -202,6 +205,8 @@ class Block:
     """Where the attacker's pool comes from, one cell per source."""
     attacker_identities: tuple[int, ...] = (1,)
     """How many client ids the attacker spreads its queries over, one cell per value."""
+    sequential: SequentialSeeds | None = None
+    """Whether the runner adds seeds to the block's unresolved headline comparisons (None: its seeds only)."""
 
     def cells(self) -> list[Cell]:
         return [Cell(v, a, d, b, s, c, z, x, k) for z, v, a, d, b, c, x, k, s in itertools.product(
@@ -250,10 +255,31 @@ class GridConfig:
 
     def cells(self) -> list[Cell]:
         """The grid's cells, each carrying the plugins the grid resolved when it loaded."""
-        cells = (replace(cell, zoo=self.zoo_of(cell)) for block in self.parts() for cell in block.cells())
+        return self._carried(cell for block in self.parts() for cell in block.cells())
+
+    def block_cells(self, block: Block, seeds: tuple[int, ...]) -> list[Cell]:
+        """``block``'s cells at ``seeds`` (a sequential block's later seeds), as :meth:`cells` makes them."""
+        return self._carried(replace(block, seeds=seeds).cells())
+
+    def _carried(self, cells: Iterable[Cell]) -> list[Cell]:
         resolved = self._resolved
         return [cell.carrying(resolved.get(("attack", cell.attack)), resolved.get(("defense", cell.defense)))
-                for cell in dict.fromkeys(cells)]
+                for cell in dict.fromkeys(replace(cell, zoo=self.zoo_of(cell)) for cell in cells)]
+
+    def references(self, block: Block) -> dict[str, str]:
+        """Per name of :data:`REFERENCE_ATTACKS`, the label of the block's attack of that name whose parameters are
+        its defaults, the training recipe aside (one on the block's recipe first, else the first listed)."""
+        found: dict[str, str] = {}
+        for spec in sorted(block.attacks, key=lambda a: self._recipe_of(a) != block.recipe):
+            attack = self.plugin("attack", spec)
+            if spec.name in REFERENCE_ATTACKS and spec.name not in found and all(
+                    attack.defaults.get(k) == v for k, v in spec.params if k not in RECIPE_FIELDS):
+                found[spec.name] = attack.label
+        return found
+
+    def _recipe_of(self, spec: PluginSpec) -> tuple[tuple[str, Any], ...]:
+        params = {**self.plugin("attack", spec).defaults, **spec.kwargs}
+        return tuple((k, params.get(k)) for k in RECIPE_FIELDS)
 
     def zoo_of(self, cell: Cell) -> str:
         """The zoo a cell runs on, as the grid names it."""
@@ -310,7 +336,7 @@ def load_grid(name_or_path: str | Path) -> GridConfig:
                     if (kind, spec) not in resolved:
                         resolved[(kind, spec)] = resolve(kind, spec)
     union = lambda field: tuple(dict.fromkeys(x for block in blocks for x in getattr(block, field)))  # noqa: E731
-    return GridConfig(
+    grid = GridConfig(
         name=raw["name"], zoo=raw["zoo"], policy=policy, victims=union("victims"),
         attacks=union("attacks"), defenses=union("defenses"), budgets=union("budgets"),
         seeds=tuple(raw["seeds"]), benign_queries=raw.get("benign_queries", 1000), source=str(path),
@@ -318,6 +344,8 @@ def load_grid(name_or_path: str | Path) -> GridConfig:
         max_false_positives=float(raw.get("max_false_positives", MAX_FALSE_POSITIVES)),
         plugins=tuple(resolved.values()),
     )
+    _check_sequential(grid)
+    return grid
 
 
 def _services(grid_level: dict[str, Any], block_level: dict[str, Any], source: str, where: str
@@ -391,8 +419,30 @@ def _blocks(raw: dict[str, Any], source: str, loaded: list[Loaded],
                                            tuple(entry.get("budgets", raw.get("budgets"))), source, where),
                             _attacker_identities(raw.get("attacker_identities", 1),
                                                  entry.get("attacker_identities") if "blocks" in raw else None,
-                                                 source, where)))
+                                                 source, where),
+                            read_sequential(entry if "blocks" in raw else {}, tuple(entry.get("seeds", raw["seeds"])),
+                                            source, where)))
     return tuple(blocks)
+
+
+def _check_sequential(grid: GridConfig) -> None:
+    """Refuse a sequential block with no headline comparison to add seeds to.
+
+    Raises:
+        ConfigError: the block lacks the defense ``none``, or has neither psml with naive or oracle nor another
+            defense.
+    """
+    for index, block in enumerate(grid.blocks):
+        if block.sequential is None:
+            continue
+        references = grid.references(block)
+        undefended = any(d.name == "none" for d in block.defenses)
+        attacks = "psml" in references and ("naive" in references or "oracle" in references)
+        if not (undefended and (attacks or len(block.defenses) > 1)):
+            raise ConfigError(f"{grid.source}: field 'blocks.{index}.sequential_seeds': block '{block.name}' has no "
+                              "headline comparison to add seeds to: it needs the defense 'none' and either 'psml' "
+                              "with 'naive' or 'oracle' (at their defaults, the training recipe aside) or another "
+                              "defense")
 
 
 def _attacker_identities(grid_level: int | list[int], block_level: int | list[int] | None, source: str,

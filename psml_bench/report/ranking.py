@@ -16,6 +16,7 @@ from typing import Any, Sequence
 import pandas as pd
 
 from ..bench.grid import DEFAULT_RECIPE, MAX_FALSE_POSITIVES, RECIPE_FIELDS, GridConfig, threat_attack_label
+from ..bench.sequential import SequentialSeeds
 from .page_text import markdown_code
 from ..contract.surrogate_config import SurrogateConfig
 from .intervals import NO_ESTIMATE, Estimate, paired_difference, t_interval
@@ -75,6 +76,15 @@ class BlockView:
     attacker_data: str = IN_DISTRIBUTION
     attacker_identities: int = 1
     """The threat setting of the view's rows: a block with several is one view per setting (:func:`describe_grid`)."""
+    sequential: SequentialSeeds | None = None
+    """The block's sequential seeds, if it asks for them: its rows may have seeds beyond ``seeds``."""
+    references: dict[str, str] = field(default_factory=dict)
+    """The labels of its reference attacks (psml, naive, oracle; :meth:`GridConfig.references`)."""
+
+    @property
+    def row_seeds(self) -> tuple[int, ...]:
+        """The seeds its rows may have: the declared ones, and those sequential seeds may add."""
+        return self.seeds if self.sequential is None else self.sequential.seeds(self.seeds)
 
 
 def threat_label(attacker_data: str, attacker_identities: int) -> str:
@@ -131,7 +141,9 @@ def describe_grid(grid: GridConfig, zoo_names: dict[str, str] | None = None
                             tuple(grid.plugin("defense", d).label for d in block.defenses), tuple(block.budgets),
                             tuple(dict.fromkeys(s.load for s in block.services)), block.recipe, declared,
                             frozenset(submitted), tuple(block.seeds),
-                            tuple(zoo_names[z or grid.zoo] for z in block.zoos) if zoo_names else (), data, identities)
+                            tuple(zoo_names[z or grid.zoo] for z in block.zoos) if zoo_names else (), data, identities,
+                            block.sequential, {role: threat_attack_label(label, data, identities)
+                                               for role, label in grid.references(block).items()})
                   for data, identities in threats]
     return views, settings
 
@@ -144,7 +156,7 @@ def block_rows(frame: pd.DataFrame, block: BlockView) -> pd.DataFrame:
                  & frame["budget"].isin(block.budgets) & (threat["attacker_data"] == block.attacker_data)
                  & (threat["attacker_identities"] == block.attacker_identities)]
     if block.seeds:
-        rows = rows[rows["seed"].isin(block.seeds)]
+        rows = rows[rows["seed"].isin(block.row_seeds)]
     if block.zoos:
         rows = rows[rows["zoo"].isin(block.zoos)]
     if block.loads:
