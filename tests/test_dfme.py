@@ -207,5 +207,5 @@ def test_a_data_free_cell_runs_in_the_sandbox_and_is_own_training(tmp_path, tiny
     path.write_text(GRID)
     grid = load_grid(path)
     rows = [run_cell(tiny_zoo, grid, cell) for cell in grid.cells()]
-    assert [r["status"] for r in rows] == ["ok", "ok"], [r["error"] for r in rows]
-    assert all(r["queries"] == 300 and r["surrogate_recipe"] == "" and 0 <= r["fidelity"] <= 1 for r in rows)
+    assert [r.status for r in rows] == ["ok", "ok"], [r.error for r in rows]
+    assert all(r.queries == 300 and r.surrogate_recipe == "" and 0 <= r.fidelity <= 1 for r in rows)
