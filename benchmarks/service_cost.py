@@ -2,6 +2,7 @@
 protocol-2 cell (the attack against a lone server, then the benign workload forwarded live twice).
 
     python benchmarks/service_cost.py [--zoo fmnist] [--budget 1000] [--load 0.95] [--repeats 3]
+    python benchmarks/service_cost.py --policies [--zoo fmnist] [--load 0.95] [--repeats 3]
 
 Both sides run the same attack (``psml``, isolated in its process as in every cell) with the same
 seed and defense (``spec-noise``). "v2" is the protocol-2 cell: the attack against a
@@ -10,6 +11,13 @@ undefended server. "v3" is ``run_cell``: the attack on the cell's ``Service`` wi
 clients at ``--load``, the benign stream answered from the pool answers cached per zoo. Prints
 the median wall time of each and the ratio v3 / v2 (goal: at most about 1.05). Run it alone:
 timings are noisy when another heavy job shares the cores.
+
+``--policies``: the same cell (``run_cell``, the load a fraction of each router's own capacity at the
+SLO) under protocol 4's SLO-aware router ``infaas-slo`` and protocol 3's queue-blind ``infaas``,
+alternately, each run with a fresh :class:`RunContext` and an empty surrogate-training cache (memory
+and a fresh ``surrogates/`` directory: psml collects the same training set under both routers, so a
+shared cache would make every run after the first a hit);
+prints both medians and the ratio infaas-slo / infaas (issue 25's goal: at most 1.10 at load 0.95).
 """
 
 from __future__ import annotations
@@ -17,11 +25,16 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import tempfile
 import time
+from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from psml_bench.bench.context import RunContext
+from psml_bench.isolation import trainer as _training
 from psml_bench.bench.cell import CELL_THREADS, attack_generator, attack_locator, run_cell
 from psml_bench.bench.grid import Cell, GridConfig, PluginSpec
 from psml_bench.isolation.attack_process import run_attack
@@ -50,6 +63,29 @@ def protocol2_cell(zoo, grid: GridConfig, cell: Cell) -> None:
         benign.query(zoo.splits["test_x"][rows], specs, purpose="benign")
 
 
+def compare_policies(zoo, grid: GridConfig, cell: Cell, args: argparse.Namespace) -> None:
+    """The cell under infaas-slo and infaas, alternately, with fresh contexts: medians and their ratio."""
+    times: dict[str, list[float]] = {"infaas-slo": [], "infaas": []}
+    benign: dict[str, int] = {}
+    init = _training.SurrogateTrainer.__init__
+    for _ in range(args.repeats):
+        for policy in times:
+            with tempfile.TemporaryDirectory() as cache:
+                _training.clear_memory()
+                _training.SurrogateTrainer.__init__ = lambda self, knowledge, cache_dir, _c=cache: init(
+                    self, knowledge, Path(_c))
+                started = time.perf_counter()
+                row = run_cell(zoo, replace(grid, policy=policy), cell, context=RunContext())
+                times[policy].append(time.perf_counter() - started)
+            assert row.status == "ok", row.error
+            benign[policy] = row.benign_requests
+    slo, blind = statistics.median(times["infaas-slo"]), statistics.median(times["infaas"])
+    print(json.dumps({"zoo": args.zoo, "budget": args.budget, "load": args.load, "benign_requests": benign,
+                      "infaas_slo_median_s": round(slo, 2), "infaas_median_s": round(blind, 2),
+                      "ratio_slo_over_blind": round(slo / blind, 3),
+                      "runs": {k: [round(t, 2) for t in v] for k, v in times.items()}}, indent=1))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--zoo", default="fmnist")
@@ -57,6 +93,7 @@ def main() -> None:
     parser.add_argument("--load", type=float, default=0.95)
     parser.add_argument("--benign-queries", type=int, default=2000)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--policies", action="store_true", help="infaas-slo against infaas instead of v3 against v2")
     args = parser.parse_args()
     torch.set_num_threads(CELL_THREADS)
     zoo = open_zoo(args.zoo, progress=False)
@@ -65,6 +102,9 @@ def main() -> None:
     grid = GridConfig("bench", args.zoo, "infaas", ("rank:2",), (attack,), (defense,), (args.budget,), (0,),
                       args.benign_queries, "benchmark")
     cell = Cell("rank:2", attack, defense, args.budget, 0, ServiceConfig(load=args.load))
+    if args.policies:
+        compare_policies(zoo, grid, cell, args)
+        return
     times: dict[str, list[float]] = {"v2": [], "v3": []}
     benign = 0.0
     for _ in range(args.repeats):
