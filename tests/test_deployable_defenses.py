@@ -171,3 +171,27 @@ def test_a_watermark_cell_scores_ownership_and_claims_no_innocent_model(tiny_zoo
     assert row.innocent_claims == 0 and row.innocent_agreement <= 1 / 9 + 0.1
     assert row.ownership_claimed == float(not np.isnan(row.ownership_queries))
     assert 0 < row.benign_accuracy_drop < 0.1
+
+
+def test_the_defense_table_shows_ownership_only_for_watermarking_settings():
+    """Every-setting table of the committed deployable-defenses grid: an 'ownership claimed' column with the
+    claim rate against the strongest attack for api-watermark, '—' for the others; no column without one."""
+    from pathlib import Path
+
+    import pandas as pd
+
+    from psml_bench.bench.grid import load_grid
+    from psml_bench.report.leaderboard import defense_tables
+    from psml_bench.report.ranking import describe_grid, protection_table
+
+    frame = pd.read_csv(Path(__file__).resolve().parents[1] / "leaderboard" / "deployable-defenses" / "results.csv")
+    grid = load_grid("deployable-defenses")
+    views, settings = describe_grid(grid)
+    table = protection_table(frame, views, settings, grid.max_accuracy_drop, grid.max_false_positives)
+    _, every = defense_tables(table)
+    column = every.headers.index("ownership claimed")
+    by_defense = {row[2]: row[column] for row in every.rows}
+    assert all(value != "—" for name, value in by_defense.items() if "api-watermark" in name)
+    assert all(value == "—" for name, value in by_defense.items() if "api-watermark" not in name)
+    _, plain = defense_tables(table[~table["defense"].str.contains("api-watermark")])
+    assert "ownership claimed" not in plain.headers

@@ -125,7 +125,16 @@ def defense_tables(table: pd.DataFrame, ceilings: Mapping[tuple, Estimate] | Non
                        _f(r["refused_benign"]), markdown_text(r["strongest_attack"]), r["fidelity_estimate"].format(),
                        markdown_text("; ".join(r["flags"])) or "—"] for _, r in table.iterrows()],
                      [list(r["cell_keys"]) for _, r in table.iterrows()])
+    if "ownership_estimate" in table and any(e.known for e in table["ownership_estimate"]):
+        settings = _with_column(settings, settings.headers.index("its fidelity") + 1, "ownership claimed",
+                                [e.format() if e.known else "—" for e in table["ownership_estimate"]])
     return families, settings
+
+
+def _with_column(table: Table, at: int, name: str, values: Sequence[str]) -> Table:
+    """``table`` with the column ``name`` inserted at ``at`` (one value per row)."""
+    return Table(table.headers[:at] + [name] + table.headers[at:],
+                 [row[:at] + [value] + row[at:] for row, value in zip(table.rows, values)], table.cells)
 
 
 HOW_TO_READ = (

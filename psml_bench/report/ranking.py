@@ -339,6 +339,7 @@ def protection_table(frame: pd.DataFrame, blocks: Sequence[BlockView], settings:
                                              for s in sorted(set(base_values) & set(defended_values))},
                        "goodput_ratio_estimate": estimate(costs, "goodput_ratio"),
                        "false_positive_estimate": estimate(costs, "false_positive_clients"),
+                       "ownership_estimate": ownership(cells[cells["attack"] == strongest]),
                        "cell_keys": [k for k in costs["cell_key"] if isinstance(k, str) and k],
                        **{m: estimate(costs, m).mean for m in ("goodput", "goodput_ratio", "benign_accuracy_drop",
                                                               "perturbation", "latency_overhead",
@@ -348,6 +349,14 @@ def protection_table(frame: pd.DataFrame, blocks: Sequence[BlockView], settings:
                 row["flags"] = setting_flags(row) + cell_flags(costs)
                 out.append(row)
     return pd.DataFrame(out)
+
+
+def ownership(cells: pd.DataFrame) -> Estimate:
+    """The share of seeds whose stolen surrogate the owner claims (:mod:`psml_bench.bench.ownership`), with its
+    t-interval; no estimate where the cells kept no watermark pairs (a defense that does not watermark)."""
+    if "watermark_pairs" not in cells or not cells["watermark_pairs"].notna().any():
+        return NO_ESTIMATE
+    return estimate(cells[cells["watermark_pairs"].notna()], "ownership_claimed")
 
 
 def goodput_floor(undefended_goodput: float) -> float:
