@@ -48,14 +48,17 @@ def _keep(columns: list[str], rows: list[list[str]], wanted: tuple[str, ...]) ->
     return _table(list(wanted), [[row[i] for i in index] for row in rows])
 
 
-def _protection(grid: str) -> pd.DataFrame:
-    """The shipped grid's protection table (every block view, the leaderboard's own computation)."""
+def _protection(grid: str, zoo: str | None = None) -> pd.DataFrame:
+    """A grid's protection table (every block view, the leaderboard's own computation), on one zoo if named
+    (``""``: the default grid)."""
     from psml_bench.bench.grid import load_grid
     from psml_bench.report.ranking import describe_grid, protection_table
 
-    config = load_grid(grid)
+    config = load_grid(grid or "default")
     views, settings = describe_grid(config)
-    return protection_table(_results(grid), views, settings, config.max_accuracy_drop, config.max_false_positives)
+    frame = _results(grid)
+    frame = frame[frame["zoo"] == zoo] if zoo else frame
+    return protection_table(frame, views, settings, config.max_accuracy_drop, config.max_false_positives)
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -202,10 +205,31 @@ def routing(frame: pd.DataFrame) -> str:
             + _table(header, rows))
 
 
+def routing_defenses(frame: pd.DataFrame) -> str:
+    """The spec-defenses block on fmnist under infaas-slo (the default grid) and infaas (spec-defenses-infaas)."""
+    slo = _protection("", "fmnist")
+    slo = slo[(slo["block"] == "spec-defenses") & (slo["load"] == 0.5)].set_index("defense")
+    blind = _protection("spec-defenses-infaas").set_index("defense")
+    rows = []
+    for defense in blind.index:
+        if defense not in slo.index:
+            continue
+        a, b = slo.loc[defense], blind.loc[defense]
+        rows.append([f"`{defense}`", a["protection_estimate"].format(), b["protection_estimate"].format(),
+                     a["fidelity_estimate"].format(), b["fidelity_estimate"].format(),
+                     a["goodput_ratio_estimate"].format(), b["goodput_ratio_estimate"].format()])
+    return ("Zoo `fmnist`, victim `rank:2`, budget 1000, psml and psml-adaptive, 8 benign clients at load 0.5 of each "
+            "router's capacity, seeds 0-2 (strongest attack's fidelity; protection and goodput ratio paired with "
+            "the same router's undefended cells):\n\n"
+            + _table(["defense", "protection (infaas-slo)", "protection (infaas)", "strongest fidelity (infaas-slo)",
+                      "strongest fidelity (infaas)", "goodput ratio (infaas-slo)", "goodput ratio (infaas)"], rows))
+
+
 GENERATORS = {"stateful-costs": stateful_costs, "stateful-detection": stateful_detection,
               "deployable-detection": deployable_detection, "deployable-ownership": deployable_ownership,
               "deployable-costs": deployable_costs, "threat-data": threat_data, "threat-aware": threat_aware,
-              "threat-sybil": threat_sybil, "routing": routing}
+              "threat-sybil": threat_sybil, "routing": routing,
+              "routing-defenses": routing_defenses}
 
 
 def render(text: str, frame: pd.DataFrame) -> str:

@@ -90,7 +90,8 @@ def test_each_threat_setting_of_a_block_is_its_own_view_on_the_page():
     import pandas as pd
 
     from psml_bench.bench.grid import load_grid
-    from psml_bench.report.ranking import block_rows, describe_grid, threat_settings
+    from psml_bench.report.ranking import block_rows, describe_grid
+    from psml_bench.report.threats import threat_settings
 
     root = Path(__file__).resolve().parents[1]
     frame = pd.read_csv(root / "leaderboard" / "threat-models" / "results.csv")

@@ -22,6 +22,7 @@ from ..contract.surrogate_config import SurrogateConfig
 from .intervals import NO_ESTIMATE, Estimate, paired_difference, t_interval
 from .paired_ranks import paired_ranks
 from ..zoo.attacker_data import IN_DISTRIBUTION
+from .threats import threat_label, threat_settings
 
 # the utility constraint: a setting must keep this share of the undefended service's goodput, as the
 # paired goodput ratio (without load the undefended goodput is 1, so this is the paper's goodput >= 0.8)
@@ -85,21 +86,6 @@ class BlockView:
     def row_seeds(self) -> tuple[int, ...]:
         """The seeds its rows may have: the declared ones, and those sequential seeds may add."""
         return self.seeds if self.sequential is None else self.sequential.seeds(self.seeds)
-
-
-def threat_label(attacker_data: str, attacker_identities: int) -> str:
-    """A threat setting in words: where the attacker's pool comes from and how many client ids it uses."""
-    return f"{attacker_data}, {attacker_identities} identit{'y' if attacker_identities == 1 else 'ies'}"
-
-
-def threat_settings(rows: pd.DataFrame) -> pd.DataFrame:
-    """Per row, its ``attacker_data`` and ``attacker_identities`` (a row records neither at the defaults:
-    in-distribution, one identity)."""
-    data = rows["attacker_data"] if "attacker_data" in rows else pd.Series(math.nan, index=rows.index)
-    identities = rows["attacker_identities"] if "attacker_identities" in rows else pd.Series(math.nan,
-                                                                                            index=rows.index)
-    return pd.DataFrame({"attacker_data": data.fillna(IN_DISTRIBUTION).astype(str),
-                         "attacker_identities": identities.fillna(1).astype(int)}, index=rows.index)
 
 
 def recipe_text(recipe: Sequence[tuple[str, Any]] | dict[str, Any]) -> str:
