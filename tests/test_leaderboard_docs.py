@@ -27,7 +27,7 @@ def test_generated_tables_match_the_committed_results():
     for name in ("deployable-detection", "deployable-ownership", "deployable-costs", "threat-data", "threat-aware",
                  "threat-sybil"):
         assert f"<!-- leaderboard: {name} -->" in defenses, name
-    assert "<!-- leaderboard: routing -->" in protocol
+    assert "<!-- leaderboard: routing -->" in protocol and "<!-- leaderboard: routing-defenses -->" in protocol
 
 
 def test_a_number_that_differs_from_the_results_fails_the_check():
