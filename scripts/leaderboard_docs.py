@@ -37,10 +37,11 @@ def _results(grid: str = "") -> pd.DataFrame:
     return _read(grid).copy()
 
 
-def _mean(values) -> str:
-    from psml_bench.report.intervals import t_interval
+def _estimate(cells: pd.DataFrame, metric: str) -> str:
+    """The metric over the cells' seeds, formatted as on the page (:func:`psml_bench.report.ranking.estimate`)."""
+    from psml_bench.report.ranking import estimate
 
-    return t_interval(values).format()
+    return estimate(cells, metric).format()
 
 
 def _keep(columns: list[str], rows: list[list[str]], wanted: tuple[str, ...]) -> str:
@@ -68,16 +69,13 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 def stateful_costs(frame: pd.DataFrame) -> str:
     """Per stateful defense setting on the default zoo: goodput ratio, benign accuracy drop, false-positive clients."""
-    from psml_bench.report.intervals import t_interval
-    from psml_bench.report.ranking import ok_values
-
     zoo = frame["zoo"].iloc[0]
     rows = []
     part = frame[(frame["zoo"] == zoo) & frame["latency_visible"].astype(str).eq("True")]
     for defense, cells in part.groupby("defense", sort=True):
         if not defense.startswith(STATEFUL) and defense != "none":
             continue
-        rows.append([f"`{defense}`"] + [t_interval(ok_values(cells, m).values()).format()
+        rows.append([f"`{defense}`"] + [_estimate(cells, m)
                                         for m in ("goodput", "goodput_ratio", "benign_accuracy_drop",
                                                   "false_positive_clients")])
     return (f"Zoo `{zoo}`, block `stateful-defenses` (mean over attacks per seed, 95% t-interval over seeds):\n\n"
@@ -117,14 +115,12 @@ def deployable_ownership(frame: pd.DataFrame) -> str:
 
 def deployable_costs(frame: pd.DataFrame) -> str:
     """Per defense setting of ``deployable-defenses``: what benign users and the attacker pay, and the protection."""
-    from psml_bench.report.ranking import ok_values
-
     results = _results("deployable-defenses")
     protection = _protection("deployable-defenses").set_index("defense")
     rows = []
     for defense, cells in results.groupby("defense", sort=True):
         found = protection.loc[defense] if defense in protection.index else None
-        rows.append([f"`{defense}`"] + [_mean(ok_values(cells, m).values()) for m in
+        rows.append([f"`{defense}`"] + [_estimate(cells, m) for m in
                                          ("goodput", "goodput_ratio", "latency_overhead", "attacker_time_s",
                                           "attacker_work_s")]
                     + [found["protection_estimate"].format() if found is not None else "—",
@@ -136,10 +132,8 @@ def deployable_costs(frame: pd.DataFrame) -> str:
                       "attacker work (s)", "protection", "strongest attack"], rows))
 
 
-def _fidelity_by(results: pd.DataFrame, attack: str, defense: str) -> dict[int, float]:
-    from psml_bench.report.ranking import ok_values
-
-    return ok_values(results[(results["attack"] == attack) & (results["defense"] == defense)], "fidelity")
+def _cells(results: pd.DataFrame, attack: str, defense: str) -> pd.DataFrame:
+    return results[(results["attack"] == attack) & (results["defense"] == defense)]
 
 
 def threat_data(frame: pd.DataFrame) -> str:
@@ -155,13 +149,15 @@ def threat_data(frame: pd.DataFrame) -> str:
 def threat_aware(frame: pd.DataFrame) -> str:
     """In-distribution attackers of ``threat-models`` against each defense: fidelity, and psml-aware - psml paired."""
     from psml_bench.report.intervals import paired_difference
+    from psml_bench.report.ranking import ok_values
 
     results = _results("threat-models")
     attacks = ("psml", "psml-aware", "knockoff(sampling=adaptive)", "psml(strategy=dfme)")
     rows = []
     for defense in sorted(set(results["defense"])):
-        by = {a: _fidelity_by(results, a, defense) for a in attacks}
-        rows.append([f"`{defense}`"] + [_mean(by[a].values()) for a in attacks]
+        cells = {a: _cells(results, a, defense) for a in attacks}
+        by = {a: ok_values(cells[a], "fidelity") for a in attacks}
+        rows.append([f"`{defense}`"] + [_estimate(cells[a], "fidelity") for a in attacks]
                     + [paired_difference(by["psml-aware"], by["psml"]).format(),
                        paired_difference(by["knockoff(sampling=adaptive)"], by["psml"]).format()])
     return _table(["defense", *(f"`{a}`" for a in attacks), "psml-aware - psml", "knockoff - psml"], rows)
@@ -177,10 +173,9 @@ def threat_sybil(frame: pd.DataFrame) -> str:
     out = []
     for row in rows:
         attack = row[index["attack"]]
-        defended = _fidelity_by(results, attack, row[index["defense"]])
-        undefended = _fidelity_by(results, attack, "none")
         out.append([f"`{attack}`", row[index["detection rate"]], row[index["queries to detection (median, range)"]],
-                    _mean(undefended.values()), _mean(defended.values())])
+                    _estimate(_cells(results, attack, "none"), "fidelity"),
+                    _estimate(_cells(results, attack, row[index["defense"]]), "fidelity")])
     return ("`prada(delta=0.95)`, zoo `fmnist`, victim `rank:2`, budget 1000, load 0.5, seeds 0-2 (false-positive "
             "benign clients as in the detection table above):\n\n"
             + _table(["attacker", "detection rate", "queries to detection (median, range)", "fidelity undefended",
@@ -189,13 +184,11 @@ def threat_sybil(frame: pd.DataFrame) -> str:
 
 def routing(frame: pd.DataFrame) -> str:
     """The ``routing`` and ``routing-infaas`` grids side by side, cell for cell."""
-    from psml_bench.report.ranking import ok_values
-
     slo, blind = _results("routing"), _results("routing-infaas")
     rows = []
     for (attack, load), cells in slo.groupby(["attack", "load"], sort=True):
         other = blind[(blind["attack"] == attack) & (blind["load"] == load)]
-        rows.append([f"`{attack}`", f"{load:g}"] + [_mean(ok_values(part, m).values()) for m in
+        rows.append([f"`{attack}`", f"{load:g}"] + [_estimate(part, m) for m in
                                                    ("victim_hit_rate", "fingerprint_accuracy", "fidelity", "goodput")
                                                    for part in (cells, other)])
     header = ["attack", "load"] + [f"{m} ({p})" for m in ("victim hit rate", "fingerprint acc.", "fidelity",

@@ -114,10 +114,11 @@ def describe_grid(grid: GridConfig, zoo_names: dict[str, str] | None = None
         for spec in block.attacks:
             attack = grid.plugin("attack", spec)
             params = {**attack.defaults, **spec.kwargs}
+            on_recipe = all(k in params for k in RECIPE_FIELDS) and \
+                tuple((k, params[k]) for k in RECIPE_FIELDS) == block.recipe
             for data, identities in threats:
                 label = threat_attack_label(attack.label, data, identities)
-                declared[label] = all(k in params for k in RECIPE_FIELDS) and \
-                    tuple((k, params[k]) for k in RECIPE_FIELDS) == block.recipe
+                declared[label] = on_recipe
                 if attack.submitted:
                     submitted.add(label)
         name = block.name or grid.name
