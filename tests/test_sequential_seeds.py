@@ -95,6 +95,16 @@ def test_a_comparison_stops_at_the_cap_and_a_failed_seed_counts(tmp_path):
     assert "open at the cap of 4 seeds (1 of them failed)" in decision.reason
 
 
+def test_the_most_cells_a_sequential_block_may_add_are_its_comparisons_cells_up_to_the_cap(tmp_path):
+    grid = sequential_grid(tmp_path)  # psml, naive x none, spec-noise; seeds 0-2 declared, cap 4
+    block, = grid.parts()
+    cells = {(c.attack.name, c.defense.name, c.seed) for c in grid.sequential_cells(block)}
+    assert cells == {(a, d, 3) for a in ("psml", "naive") for d in ("none", "spec-noise")}
+    assert set(grid.sequential_cells(block)) >= set(cells_asked(grid, rows_of(grid, UNDEFENDED), {ZOO: ZOO}))
+    plain = load_grid(tiny_grid(tmp_path / "plain.toml", budget=200, defense="none", attacks=("psml", "naive")))
+    assert plain.sequential_cells(plain.parts()[0]) == []
+
+
 def test_a_run_adds_seeds_up_to_the_cap_and_a_rerun_computes_nothing(tiny_zoo, cache_dir, tmp_path):
     grid = load_grid(tiny_grid(tmp_path / "seq.toml", budget=200, defense="none", attacks=("psml", "naive"),
                                block="sequential_seeds = true\nseed_cap = 3\ntarget_half_width = 0.000001"))
@@ -102,7 +112,8 @@ def test_a_run_adds_seeds_up_to_the_cap_and_a_rerun_computes_nothing(tiny_zoo, c
     told = []
     first = run_grid(grid, out, cache_dir=cache_dir, progress=False, executor=make_executor("inline"),
                      on_preflight=told.append)
-    assert told[0].to_compute == 2  # the preflight counts the declared seed's cells
+    assert told[0].to_compute == 2  # the declared seed's cells, then the most the later seeds may add
+    assert told[0].sequential_at_most == 4 and "may then add up to 4 cells (later seeds" in told[0].text()
     assert first.failed == 0 and first.computed == 6 and len(first.rounds) == 2
     assert sorted((r.attack.split("(")[0], r.seed) for r in first.rows) == [
         (a, s) for a in ("naive", "psml") for s in range(3)]

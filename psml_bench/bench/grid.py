@@ -266,6 +266,18 @@ class GridConfig:
         return [cell.carrying(resolved.get(("attack", cell.attack)), resolved.get(("defense", cell.defense)))
                 for cell in dict.fromkeys(replace(cell, zoo=self.zoo_of(cell)) for cell in cells)]
 
+    def sequential_cells(self, block: Block) -> list[Cell]:
+        """The most cells ``block``'s sequential seeds may add: at its later seeds up to its cap, the reference
+        attacks without a defense and, where it has defense settings, every service attack (none without
+        sequential seeds; the runner asks only for the seeds of comparisons still open)."""
+        if block.sequential is None:
+            return []
+        compared = set(found.values()) if "psml" in (found := self.references(block)) and len(found) > 1 else set()
+        defended = any(d.name != "none" for d in block.defenses)
+        later = tuple(s for s in block.sequential.seeds(block.seeds) if s not in block.seeds)
+        return [cell for cell in self.block_cells(block, later) if (defended and cell.attack_plugin.access == "service")
+                or (cell.defense_plugin.spec.name == "none" and cell.attack_plugin.label in compared)]
+
     def references(self, block: Block) -> dict[str, str]:
         """Per name of :data:`REFERENCE_ATTACKS`, the label of the block's attack of that name whose parameters are
         its defaults, the training recipe aside (one on the block's recipe first, else the first listed)."""

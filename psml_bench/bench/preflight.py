@@ -38,15 +38,28 @@ class Preflight:
     seconds_per_cell: float | None
     jobs: int
     """The cells computed at once (the executor's, at most the cells to compute)."""
+    notes: tuple[str, ...] = ()
+    """One clause per thing the user should know about the cells to compute (e.g. benign clients that repeat)."""
+    sequential_at_most: int = 0
+    """The most cells the grid's sequential blocks may add after these (their later seeds up to each block's cap,
+    those not stored): the runner asks only for the seeds of headline comparisons still open."""
+    sequential_estimate_s: float | None = None
+    """The estimated wall time of those cells, at most (None: none, or no stored cell records its time)."""
 
     def text(self) -> str:
         """The paragraph a run tells before computing."""
         total = self.reused + self.to_compute
+        later = ""
+        if self.sequential_at_most:
+            cost = (f", about {format_duration(self.sequential_estimate_s)} more at most"
+                    if self.sequential_estimate_s is not None else "")
+            later = (f" Its sequential blocks may then add up to {self.sequential_at_most} cells (later seeds, only "
+                     f"for headline comparisons still open){cost}.")
         if not self.to_compute:
-            return f"grid {self.grid}: all {total} cells reused from {self.cells_dir}; none to compute."
+            return f"grid {self.grid}: all {total} cells reused from {self.cells_dir}; none to compute." + later
         parts = [f"grid {self.grid}: {self.reused} of {total} cells reused from {self.cells_dir}, "
                  f"{self.to_compute} to compute."]
-        parts += [f"{difference[0].upper()}{difference[1:]}." for difference in self.differences]
+        parts += [f"{clause[0].upper()}{clause[1:]}." for clause in (*self.differences, *self.notes)]
         if self.estimate_s is None:
             parts.append(f"No cell of grid {self.grid} in {self.cells_dir} records its time, so there is no "
                          "estimate of how long computing takes.")
@@ -54,7 +67,7 @@ class Preflight:
             parts.append(f"Computing them takes about {format_duration(self.estimate_s)} (an estimate: "
                          f"{self.seconds_per_cell:.0f} s per cell, the mean wall_s of the grid's stored cells, "
                          f"{self.jobs} at a time).")
-        return " ".join(parts)
+        return " ".join(parts) + later
 
     def refusal(self) -> str:
         """The one line a run that must reuse every cell refuses with."""
@@ -64,7 +77,8 @@ class Preflight:
 
 
 def preflight(grid: str, out_dir: Path, cards: Mapping[str, Mapping[str, Any]], reused: int,
-              to_compute: Mapping[str, int], jobs: int) -> Preflight:
+              to_compute: Mapping[str, int], jobs: int, sequential: Mapping[str, int] | None = None,
+              notes: tuple[str, ...] = ()) -> Preflight:
     """The preflight of a run of ``grid`` into ``out_dir``.
 
     Args:
@@ -74,6 +88,8 @@ def preflight(grid: str, out_dir: Path, cards: Mapping[str, Mapping[str, Any]], 
         reused: the cells found in ``out_dir/cells``.
         to_compute: the cells to compute, per zoo (by the grid's name for it).
         jobs: the cells the executor runs at once.
+        sequential: the most cells the grid's sequential blocks may add, not stored, per zoo (by the grid's name).
+        notes: clauses about the cells to compute that the user should read before they run.
     """
     differences = []
     locks = _locks(out_dir / LOCK_FILE)
@@ -91,16 +107,25 @@ def preflight(grid: str, out_dir: Path, cards: Mapping[str, Mapping[str, Any]], 
             differences.append(f"zoo {name} differs from the lock in {out_dir / LOCK_FILE}: {len(changed)} of "
                                f"{len(card['models'])} models have other weights ({', '.join(changed)}): "
                                f"{why_differs(card, lock)}")
-    count = sum(to_compute.values())
+    count, later = sum(to_compute.values()), {name: n for name, n in (sequential or {}).items() if n}
     times = stored_cell_seconds(out_dir / "cells", grid)  # by the rows' zoo: the card's name
     everywhere = [seconds for per_zoo in times.values() for seconds in per_zoo]
+
+    def cell_seconds(counts: Mapping[str, int]) -> float | None:
+        if not everywhere:
+            return None
+        return sum(n * _mean(times.get(str(cards[name].get("zoo", name))) or everywhere) for name, n in counts.items())
+
+    at_most = sum(later.values())
+    later_s = cell_seconds(later) if at_most else None
+    later_s = None if later_s is None else later_s / max(1, min(jobs, at_most))
     if not (everywhere and count):
-        return Preflight(grid, out_dir / "cells", reused, count, tuple(differences), None, None, jobs)
-    cell_seconds = sum(n * _mean(times.get(str(cards[name].get("zoo", name))) or everywhere)
-                       for name, n in to_compute.items() if n)
+        return Preflight(grid, out_dir / "cells", reused, count, tuple(differences), None, None, jobs, notes,
+                         at_most, later_s)
+    seconds = cell_seconds({name: n for name, n in to_compute.items() if n}) or 0.0
     at_once = max(1, min(jobs, count))
-    return Preflight(grid, out_dir / "cells", reused, count, tuple(differences), cell_seconds / at_once,
-                     cell_seconds / count, at_once)
+    return Preflight(grid, out_dir / "cells", reused, count, tuple(differences), seconds / at_once,
+                     seconds / count, at_once, notes, at_most, later_s)
 
 
 def stored_cell_seconds(cells_dir: Path, grid: str) -> dict[str, list[float]]:

@@ -93,6 +93,12 @@ class ServiceConfig:
         """The workers' batching, for a service whose advertised maximum latency is ``max_latency_ms``."""
         return BatchingConfig(self.max_batch, self.max_wait_ms, self.timeout * max_latency_ms)
 
+    def benign_requests_per_client(self, budget: int, benign_queries: int) -> float:
+        """About the fewest requests each benign client sends in a cell of ``budget`` queries: the stream runs
+        until the attacker, at ``attacker_rate`` times one client's rate, has sent its budget (longer when its
+        answers come back late), and for ``benign_queries`` requests in all at least."""
+        return max(budget / self.attacker_rate, benign_queries / self.benign_clients)
+
     def as_dict(self) -> dict[str, object]:
         return {"load": self.load, "benign_clients": self.benign_clients, "attacker_rate": self.attacker_rate,
                 "latency_visible": self.latency_visible, "max_batch": self.max_batch, "max_wait_ms": self.max_wait_ms,
