@@ -83,14 +83,8 @@ def main() -> None:
         for mode in ("off", "on"):
             with tempfile.TemporaryDirectory() as cache:
                 _training.clear_memory()
-                context = RunContext()  # a fresh score memo for each mode
+                context = RunContext(training_cache=Path(cache))  # a fresh score memo and trainings cache per mode
                 _training.SurrogateTrainer.answer = answer if mode == "on" else (lambda self, h, t: ("ok", None))
-                init = _training.SurrogateTrainer.__init__
-
-                def fresh_cache(self, knowledge, cache_dir, _init=init, _cache=cache):
-                    _init(self, knowledge, Path(_cache))
-
-                _training.SurrogateTrainer.__init__ = fresh_cache
                 try:
                     for selector, cell in zip(args.cells, cells):
                         if mode == "off":
@@ -107,7 +101,6 @@ def main() -> None:
                                                 f"{cell_key(zoo, grid, cell, identity)}.json").read_text())
                         equal[selector] &= all(_same(row[k], committed[k]) for k in COMPARED)
                 finally:
-                    _training.SurrogateTrainer.__init__ = init
                     _training.SurrogateTrainer.answer = answer
     report = {}
     for selector in args.cells:

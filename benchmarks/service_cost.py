@@ -67,15 +67,12 @@ def compare_policies(zoo, grid: GridConfig, cell: Cell, args: argparse.Namespace
     """The cell under infaas-slo and infaas, alternately, with fresh contexts: medians and their ratio."""
     times: dict[str, list[float]] = {"infaas-slo": [], "infaas": []}
     benign: dict[str, int] = {}
-    init = _training.SurrogateTrainer.__init__
     for _ in range(args.repeats):
         for policy in times:
             with tempfile.TemporaryDirectory() as cache:
                 _training.clear_memory()
-                _training.SurrogateTrainer.__init__ = lambda self, knowledge, cache_dir, _c=cache: init(
-                    self, knowledge, Path(_c))
                 started = time.perf_counter()
-                row = run_cell(zoo, replace(grid, policy=policy), cell, context=RunContext())
+                row = run_cell(zoo, replace(grid, policy=policy), cell, context=RunContext(training_cache=Path(cache)))
                 times[policy].append(time.perf_counter() - started)
             assert row.status == "ok", row.error
             benign[policy] = row.benign_requests

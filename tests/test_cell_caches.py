@@ -74,6 +74,24 @@ def test_a_cell_opens_its_pool_answers_through_its_run_context_alone(tiny_zoo, m
     assert numbers(row) == numbers(reference)
 
 
+def test_a_run_context_keeps_its_cells_trainings_where_it_is_told(tiny_zoo, tmp_path):
+    """``RunContext(training_cache=DIR)``: the cells' surrogate trainings go to DIR's ``surrogates/``, not the
+    zoo's, and a fresh directory (with the memory cleared) trains again; the numbers stay the same."""
+    naive = PluginSpec("naive", (("epochs", 1), ("min_steps", 20)))
+    grid = GridConfig("owner", "fmnist-tiny", "infaas", ("rank:1",), (naive,), (PluginSpec("none"),), (60,), (0,),
+                      50, "test")
+    cell = Cell("rank:1", naive, PluginSpec("none"), 60, 0)
+    rows, trained = [], []
+    for name in ("first", "second"):
+        _training.clear_memory()
+        before = _training.STATS["trained"]
+        rows.append(run_cell(tiny_zoo, grid, cell, context=RunContext(training_cache=tmp_path / name)))
+        trained.append(_training.STATS["trained"] - before)
+        assert rows[-1].status == "ok", rows[-1].error
+        assert len(list((tmp_path / name / _training.CACHE_DIR).glob("*.safetensors"))) == 1
+    assert trained == [1, 1] and rows[0].fidelity == rows[1].fidelity
+
+
 def _knowledge(zoo):
     from psml_bench.contract.target import Knowledge
     from psml_bench.contract.spec import SpecRange

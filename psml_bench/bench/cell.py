@@ -289,7 +289,8 @@ def run_cell(zoo: Zoo, grid: GridConfig, cell: Cell, *, timeout_s: float | None 
     surrogate, metrics, recipe, surrogate_problems = _scored_attack(
         lambda: run_attack(service, attack_locator(cell.attack_plugin), knowledge, cell.budget,
                            attack_generator(cell.seed), timeout_s=timeout_s, memory_mb=memory_mb,
-                           global_seed=global_seed, transcript=transcript),
+                           global_seed=global_seed, transcript=transcript,
+                           training_cache=context.training_cache_of(zoo)),
         zoo, victim_id, device, context, verdict)
     flags += surrogate_problems
     costs = _benign_costs(zoo, service, verdict)

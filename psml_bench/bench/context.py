@@ -46,10 +46,13 @@ class RunContext:
 
     Args:
         submissions_dirs: where the submissions are (default: the submissions directories, read then).
+        training_cache: the directory whose ``surrogates/`` keeps the cells' surrogate trainings on disk
+            (default: each zoo's own directory; benchmarks that time a cold cache give an empty one).
     """
 
-    def __init__(self, submissions_dirs: list[Path] | None = None):
+    def __init__(self, submissions_dirs: list[Path] | None = None, training_cache: Path | None = None):
         self.submissions_dirs = submissions_dirs
+        self.training_cache = training_cache
         self._submissions: list[Loaded] | None = None
         self.zoos: dict[tuple[str, str | None], tuple[Zoo, str]] = {}
         self.scores: dict[tuple[str, ...], tuple[dict[str, float], list[str]]] = {}
@@ -61,6 +64,10 @@ class RunContext:
         if key not in self.scores and len(self.scores) >= SCORE_MEMO_SIZE:
             self.scores.pop(next(iter(self.scores)))
         self.scores[key] = value
+
+    def training_cache_of(self, zoo: Zoo) -> Path:
+        """Where the surrogate trainings of ``zoo``'s cells are kept on disk (in ``surrogates/`` there)."""
+        return self.training_cache if self.training_cache is not None else zoo.directory
 
     def submissions(self) -> list[Loaded]:
         """Every submission, read and (the valid ones) registered on the first call of this context."""

@@ -298,7 +298,7 @@ def _rebuild_surrogate(header: dict[str, Any], state: dict[str, torch.Tensor], k
 def run_attack(server: Server | Service, locator: PluginLocator, knowledge: Knowledge, budget: int,
                rng: np.random.Generator, *, timeout_s: float | None = None,
                memory_mb: int | None = None, global_seed: int | None = None,
-               transcript: Any = None) -> Surrogate:
+               transcript: Any = None, training_cache: Path | None | str = "zoo") -> Surrogate:
     """Run an attack in its own sandboxed process against ``server``; return its surrogate.
 
     The server's answers and the surrogate trainings are computed in this process on one thread
@@ -315,6 +315,8 @@ def run_attack(server: Server | Service, locator: PluginLocator, knowledge: Know
         memory_mb: address-space limit of the attack process (``None``: this process's own limit).
         global_seed: reseed the attack process's global generators (``random``, numpy's, torch's).
         transcript: a ``hashlib`` hash updated with every query (inputs, spec, purpose) and answer, in order.
+        training_cache: the directory whose ``surrogates/`` keeps the surrogate trainings this run's workers did
+            (``"zoo"``: the server's zoo's directory; ``None``: none on disk).
 
     Raises:
         AttackFailed: the attack raised, died, timed out, broke the protocol or returned no
@@ -337,8 +339,9 @@ def run_attack(server: Server | Service, locator: PluginLocator, knowledge: Know
             "locator": locator, "sources": plugin_sources(locator), "knowledge": knowledge, "budget": budget,
             "rng": rng, "memory_limit": limit, "global_seed": global_seed, "max_message": max_message,
         }, protocol=pickle.HIGHEST_PROTOCOL))
-        zoo = getattr(server, "zoo", None)
-        exchange.trainer = SurrogateTrainer(knowledge, getattr(zoo, "directory", None))
+        if training_cache == "zoo":
+            training_cache = getattr(getattr(server, "zoo", None), "directory", None)
+        exchange.trainer = SurrogateTrainer(knowledge, None if training_cache is None else Path(training_cache))
         while True:
             header, tensors = unpack(_receive(conn, deadline, timeout_s, max_message))
             op = header.get("op")

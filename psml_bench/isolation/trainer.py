@@ -246,7 +246,7 @@ class SurrogateTrainer:
         if self.cache_dir is None:
             return
         try:
-            self.cache_dir.mkdir(exist_ok=True)
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
             if sum(p.stat().st_size for p in self.cache_dir.glob("*.safetensors")) > DISK_BYTES:
                 return
             tmp = self.cache_dir / f".{key}.{os.getpid()}.tmp"
