@@ -115,26 +115,25 @@ def defense_tables(table: pd.DataFrame, ceilings: Mapping[tuple, Estimate] | Non
                        _f(r["benign_accuracy_drop"]), _f(r["false_positive_clients"]), _f(r["perturbation"]),
                        _f(r["latency_overhead"]), r["eligible"]] for _, r in ranked.iterrows()],
                      [list(r["cell_keys"]) for _, r in ranked.iterrows()])
-    settings = Table(["budget", "load", "defense", "eligible", "protection", "zoo ceiling", "goodput", "goodput ratio",
-                      "capacity kept", "benign acc. drop", "false-positive clients", "perturbation", "latency overhead",
-                      "refused benign", "strongest attack", "its fidelity", "flags"],
-                     [[str(r["budget"]), str(r["load"]), markdown_text(r["defense"]), "yes" if not r["ineligible"] else
-                       f"no: {markdown_text(r['ineligible'])}", r["protection_estimate"].format(), ceiling(r),
-                       _f(r["goodput"]), r["goodput_ratio_estimate"].format(), kept(r), _f(r["benign_accuracy_drop"]),
-                       r["false_positive_estimate"].format(), _f(r["perturbation"]), _f(r["latency_overhead"]),
-                       _f(r["refused_benign"]), markdown_text(r["strongest_attack"]), r["fidelity_estimate"].format(),
-                       markdown_text("; ".join(r["flags"])) or "—"] for _, r in table.iterrows()],
+    watermarks = "ownership_estimate" in table and any(e.known for e in table["ownership_estimate"])
+    columns: list[tuple[str, Callable[[Mapping[str, Any]], str]]] = [
+        ("budget", lambda r: str(r["budget"])), ("load", lambda r: str(r["load"])),
+        ("defense", lambda r: markdown_text(r["defense"])),
+        ("eligible", lambda r: "yes" if not r["ineligible"] else f"no: {markdown_text(r['ineligible'])}"),
+        ("protection", lambda r: r["protection_estimate"].format()), ("zoo ceiling", ceiling),
+        ("goodput", lambda r: _f(r["goodput"])), ("goodput ratio", lambda r: r["goodput_ratio_estimate"].format()),
+        ("capacity kept", kept), ("benign acc. drop", lambda r: _f(r["benign_accuracy_drop"])),
+        ("false-positive clients", lambda r: r["false_positive_estimate"].format()),
+        ("perturbation", lambda r: _f(r["perturbation"])), ("latency overhead", lambda r: _f(r["latency_overhead"])),
+        ("refused benign", lambda r: _f(r["refused_benign"])),
+        ("strongest attack", lambda r: markdown_text(r["strongest_attack"])),
+        ("its fidelity", lambda r: r["fidelity_estimate"].format()),
+        *([("ownership claimed", lambda r: r["ownership_estimate"].format() if r["ownership_estimate"].known
+            else "—")] if watermarks else []),  # only where some setting watermarks
+        ("flags", lambda r: markdown_text("; ".join(r["flags"])) or "—")]
+    settings = Table([name for name, _ in columns], [[value(r) for _, value in columns] for _, r in table.iterrows()],
                      [list(r["cell_keys"]) for _, r in table.iterrows()])
-    if "ownership_estimate" in table and any(e.known for e in table["ownership_estimate"]):
-        settings = _with_column(settings, settings.headers.index("its fidelity") + 1, "ownership claimed",
-                                [e.format() if e.known else "—" for e in table["ownership_estimate"]])
     return families, settings
-
-
-def _with_column(table: Table, at: int, name: str, values: Sequence[str]) -> Table:
-    """``table`` with the column ``name`` inserted at ``at`` (one value per row)."""
-    return Table(table.headers[:at] + [name] + table.headers[at:],
-                 [row[:at] + [value] + row[at:] for row, value in zip(table.rows, values)], table.cells)
 
 
 HOW_TO_READ = (
