@@ -21,13 +21,13 @@ import torch
 from safetensors.torch import save_file
 
 from .cell import attack_generator, attack_locator, surrogate_metrics
+from .context import RunContext, default_context
 from ..contract.errors import AttackFailed, ConfigError, PsmlError
 from ..contract.target import Knowledge
 from .grid import PluginSpec, ResolvedPlugin, resolve
 from ..serving.http_client import HttpClient
 from ..isolation.attack_process import run_attack
 from ..extraction.surrogate import Surrogate
-from ..plugins.registration import load_submissions
 from ..zoo.model_zoo import Zoo
 
 
@@ -79,7 +79,7 @@ class RemoteAttackResult:
 
 def attack_endpoint(url: str, api_key: str, attack: str, *, out_dir: Path, budget: int | None = None,
                     role: str = "rank:1", zoo: Zoo | None = None, pool: torch.Tensor | None = None, seed: int = 0,
-                    timeout_s: float | None = None) -> RemoteAttackResult:
+                    timeout_s: float | None = None, context: RunContext | None = None) -> RemoteAttackResult:
     """Run ``attack`` (``NAME[:k=v,...]``) against the endpoint at ``url``; write its surrogate and summary.
 
     Args:
@@ -93,11 +93,13 @@ def attack_endpoint(url: str, api_key: str, attack: str, *, out_dir: Path, budge
         pool: the attacker's unlabelled inputs (default: the zoo's attacker split).
         seed: seeds the attack's generator.
         timeout_s: wall-clock limit of the attack process.
+        context: the run's state in this process, whose submissions name the attacks (default: the process's
+            :func:`~psml_bench.bench.context.default_context`).
 
     Raises:
         PsmlError: unknown attack, unreachable service, no budget or pool, or the attack failed.
     """
-    plugin = _service_attack(attack)
+    plugin = _service_attack(attack, context or default_context())
     pool = _attacker_pool(zoo, pool)
     client = HttpClient(url, api_key, limit=budget)
     try:
@@ -127,13 +129,13 @@ def attack_endpoint(url: str, api_key: str, attack: str, *, out_dir: Path, budge
     return RemoteAttackResult(surrogate_path, summary_path, summary)
 
 
-def _service_attack(attack: str) -> ResolvedPlugin:
+def _service_attack(attack: str, context: RunContext) -> ResolvedPlugin:
     """``attack`` (``NAME[:k=v,...]``) resolved among the registered and submitted attacks.
 
     Raises:
         ConfigError: unknown attack, or one that needs direct access to the victim model.
     """
-    load_submissions()
+    context.submissions()  # a submitted attack is registered through the run's context, once
     plugin = resolve("attack", parse_plugin(attack))
     if plugin.access != "service":
         raise ConfigError(f"attack '{plugin.label}' needs direct access to the victim model; an endpoint offers "

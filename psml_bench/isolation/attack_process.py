@@ -295,6 +295,13 @@ def _rebuild_surrogate(header: dict[str, Any], state: dict[str, torch.Tensor], k
     return model.eval()
 
 
+def _training_dir(server: Any, training_cache: Path | None | str) -> Path | None:
+    """The directory whose ``surrogates/`` keeps the trainings (``"zoo"``: the server's zoo's, if it has one)."""
+    if training_cache == "zoo":
+        return getattr(getattr(server, "zoo", None), "directory", None)
+    return None if training_cache is None else Path(training_cache)
+
+
 def run_attack(server: Server | Service, locator: PluginLocator, knowledge: Knowledge, budget: int,
                rng: np.random.Generator, *, timeout_s: float | None = None,
                memory_mb: int | None = None, global_seed: int | None = None,
@@ -339,9 +346,7 @@ def run_attack(server: Server | Service, locator: PluginLocator, knowledge: Know
             "locator": locator, "sources": plugin_sources(locator), "knowledge": knowledge, "budget": budget,
             "rng": rng, "memory_limit": limit, "global_seed": global_seed, "max_message": max_message,
         }, protocol=pickle.HIGHEST_PROTOCOL))
-        if training_cache == "zoo":
-            training_cache = getattr(getattr(server, "zoo", None), "directory", None)
-        exchange.trainer = SurrogateTrainer(knowledge, None if training_cache is None else Path(training_cache))
+        exchange.trainer = SurrogateTrainer(knowledge, _training_dir(server, training_cache))
         while True:
             header, tensors = unpack(_receive(conn, deadline, timeout_s, max_message))
             op = header.get("op")
