@@ -68,9 +68,9 @@ def test_validate_runs_the_code_of_the_folder_at_path(tmp_path, cache_dir):
     folder = write_submission(tmp_path, {**ATTACK_MANIFEST, "name": "shortcut", "entry": "shortcut:Shortcut"},
                               {"shortcut.py": SHORTCUT.format(returns="(None, None)")})
     result = validate_submission(folder, cache_dir=cache_dir)
-    assert [c.name for c in result.checks] == ["registers",
+    assert [c.name for c in result.checks] == ["registers", "the manifest's parameters are class Shortcut's",
                                                "rank:1: runs in the isolated attack process and returns a Surrogate"]
-    assert not result.checks[1].ok and "attack returned tuple" in result.checks[1].detail
+    assert not result.checks[2].ok and "attack returned tuple" in result.checks[2].detail
 
 
 def test_modules_of_the_same_name_in_two_submissions_do_not_collide(tmp_path):
@@ -148,6 +148,7 @@ def test_a_defense_that_disagrees_with_its_manifest_is_an_error_not_overwritten(
     assert "parameter(s) extra are not declared" in text and "phantom declared but not in the class's defaults" in text
     assert "'parameters.scale.default': the class's default is 0.2, the manifest's 0.1" in text
     assert "the class sets version '2.0', the manifest '1.0'" in text
+    assert text.endswith("`psml-bench validate --write-parameters` rewrites the manifest's parameters from the class")
 
 
 def test_an_attack_that_disagrees_with_its_manifest_fails_in_its_process(tmp_path, tiny_zoo):

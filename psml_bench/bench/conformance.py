@@ -13,6 +13,7 @@ from ..contract.errors import DefenseError, ManifestError, PsmlError
 from .grid import Cell, GridConfig, PluginSpec
 from .row import CellRow
 from ..isolation.jailed_defense import SubmittedDefense
+from ..plugins.derived import parameter_differences
 from ..plugins.manifests import MANIFEST, load_manifest, name_clashes
 from ..plugins.registration import register
 from ..contract.registries import ATTACKS, DEFENSES
@@ -75,7 +76,8 @@ def validate_submission(path: Path | str, *, cache_dir: Path | None = None, run:
     """Check the submission at ``path``, import it, and run the conformance tests on ``fmnist-tiny``.
 
     Every manifest problem is reported at once, with any clash of its name with another
-    submission folder (of ``$PSML_BENCH_SUBMISSIONS`` or ``submissions/``) or a built-in. An
+    submission folder (of ``$PSML_BENCH_SUBMISSIONS`` or ``submissions/``) or a built-in. Its class,
+    read in the sandbox, must have the manifest's parameters (:func:`parameters_check`). An
     attack is imported only in the isolated attack process: it runs against the undefended tiny
     zoo for every victim role, twice per role (see :func:`attack_conformance`); a strategy passes
     the same checks as the ``strategy`` of the built-in ``naive`` attack. A submitted defense runs in
@@ -105,6 +107,9 @@ def validate_submission(path: Path | str, *, cache_dir: Path | None = None, run:
         return result
     if not run:
         return result
+    result.checks.append(parameters_check(folder))
+    if not result.checks[-1].ok:
+        return result
     zoo = open_zoo(CONFORMANCE_ZOO, cache_dir, progress=progress)
     if manifest.kind == "attack":
         result.checks += attack_conformance(zoo, manifest.name)
@@ -114,6 +119,17 @@ def validate_submission(path: Path | str, *, cache_dir: Path | None = None, run:
         values = [{manifest.sweep[0]: v} for v in manifest.sweep[1]] if manifest.sweep else []
         result.checks += defense_conformance(zoo, manifest.name, values)
     return result
+
+
+def parameters_check(folder: Path) -> Check:
+    """Whether the manifest's parameters are those derived from the class (read in the sandbox; descriptions
+    aside): what ``validate --write-parameters`` would write (:mod:`psml_bench.plugins.derived`)."""
+    try:
+        cls, changes = parameter_differences(folder, VALIDATE_TIMEOUT_S, VALIDATE_MEMORY_MB)
+    except PsmlError as exc:
+        return Check("the manifest's parameters are the class's", False, str(exc))
+    fix = f"; `psml-bench validate --write-parameters {folder}` writes them from the class" if changes else ""
+    return Check(f"the manifest's parameters are class {cls}'s", not changes, "; ".join(changes) + fix)
 
 
 SMALL_SURROGATE = {"min_steps": 20, "epochs": 1}

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from ..contract.errors import ConfigError, PsmlError
+from ..contract.errors import ConfigError, ManifestError, PsmlError
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -219,6 +219,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
         raise PsmlError(f"no submission folders to validate (looked in {looked})")
     failed = 0
     for path in paths:
+        if args.write_parameters and not _write_parameters(path):
+            failed += 1
+            print(f"psml-bench: error: submission {path} is not valid", file=sys.stderr)
+            continue
         result = validate_submission(path, cache_dir=args.cache, run=not args.manifest_only, progress=not args.quiet)
         for error in result.manifest_errors:
             print(f"psml-bench: error: {error}", file=sys.stderr)
@@ -231,6 +235,29 @@ def cmd_validate(args: argparse.Namespace) -> int:
             failed += 1
             print(f"psml-bench: error: submission {result.folder} is not valid", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _write_parameters(path: Path) -> bool:
+    """``validate --write-parameters``: rewrite one manifest's parameters from its class, saying what changed;
+    False (the error printed) if it could not."""
+    from ..plugins.derived import write_parameters
+
+    try:
+        rewrite = write_parameters(path)
+    except ManifestError as exc:
+        for error in exc.errors:
+            print(f"psml-bench: error: {error}", file=sys.stderr)
+        return False
+    except PsmlError as exc:
+        print(f"psml-bench: error: {exc}", file=sys.stderr)
+        return False
+    for line in rewrite.changes:
+        print(f"{rewrite.path}: {line}")
+    for line in rewrite.notes:
+        print(f"{rewrite.path}: note: {line}")
+    print(f"{rewrite.path}: parameters written from class {rewrite.cls}" if rewrite.written
+          else f"{rewrite.path}: parameters already those of class {rewrite.cls}; nothing written")
+    return True
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -169,6 +169,10 @@ def _add_validate(commands: argparse._SubParsersAction) -> None:
     validate.add_argument("--manifest-only", action="store_true",
                           help="check the manifests and register them (no plugin code is imported or run), "
                                "without the conformance tests")
+    validate.add_argument("--write-parameters", action="store_true",
+                          help="first rewrite each manifest's parameters (types, defaults, minimum/maximum/choices) "
+                               "from its class, read in the sandbox, keeping their descriptions; the file is "
+                               "written only when they differ, and each change is printed")
     validate.set_defaults(func=cmd_validate)
 
 

@@ -113,6 +113,8 @@ class PluginLocator:
     strategy: PluginLocator | None = None
 
 
+FIX_PARAMETERS = "`psml-bench validate --write-parameters` rewrites the manifest's parameters from the class"
+"""What a disagreement about parameters between a manifest and its class says to do (after the differences)."""
 STRATEGY_PACKAGE = "psml_submitted_strategy"
 """The package a submitted strategy's modules are imported under in the attack process, apart
 from the attack's own modules."""
@@ -158,16 +160,25 @@ def _load_attack_class(locator: PluginLocator, sources: dict[str, str] | None) -
     return submitted_class(locator, "", ATTACKS.base)
 
 
-def submitted_class(locator: PluginLocator, package: str, base: type) -> type:
-    """A submission's entry class, imported from memory, checked against its manifest."""
+def entry_class(locator: PluginLocator, package: str, base: type) -> type:
+    """A submission's entry class, imported from memory (its modules under ``package``), a subclass of ``base``."""
     module_name, _, attr = (locator.entry or "").partition(":")
     cls = getattr(importlib.import_module(package + module_name), attr)
     if not (isinstance(cls, type) and issubclass(cls, base)):
         raise TypeError(f"entry '{locator.entry}' of {locator.submission} is not a subclass of "
                         f"psml_bench.{base.__name__}")
+    return cls
+
+
+def submitted_class(locator: PluginLocator, package: str, base: type) -> type:
+    """A submission's entry class, imported from memory, checked against its manifest (a disagreement about
+    parameters says which command rewrites the manifest's from the class)."""
+    cls = entry_class(locator, package, base)
     problems = declaration_mismatches(cls, dict(locator.declared), locator.version)
     if problems:
-        raise ConfigError(f"{locator.submission}/manifest.json disagrees with class {attr}: {'; '.join(problems)}")
+        fix = [FIX_PARAMETERS] if any(p.startswith("field 'parameters") for p in problems) else []
+        raise ConfigError(f"{locator.submission}/manifest.json disagrees with class "
+                          f"{(locator.entry or '').partition(':')[2]}: {'; '.join(problems + fix)}")
     return cls
 
 
@@ -241,8 +252,10 @@ def _trusted(locator: PluginLocator) -> bool:
 
 
 SANDBOX_TARGETS = ("psml_bench.isolation.attack_process:attack_main",
-                   "psml_bench.isolation.jailed_defense:defense_main")
-"""What a process forked by the sandbox's zygote runs: an attack (0) or a submitted defense (1)."""
+                   "psml_bench.isolation.jailed_defense:defense_main",
+                   "psml_bench.isolation.declaration:declaration_main")
+"""What a process forked by the sandbox's zygote runs: an attack (0), a submitted defense (1), or the reading of a
+submission's class (2, :mod:`psml_bench.isolation.declaration`)."""
 
 
 def _sandbox(locator: PluginLocator, gpu: bool = False) -> Sandbox:

@@ -238,6 +238,37 @@ def _semantic_errors(raw: dict[str, Any], folder: Path, bad: set[str]) -> list[s
     return errors
 
 
+def manifest_folder(path: Path | str) -> Path:
+    """The submission folder of ``path``, the folder or its manifest.json."""
+    path = Path(path)
+    return path.parent if path.name == MANIFEST else path
+
+
+def read_raw(folder: Path) -> Any:
+    """The parsed manifest.json of ``folder``, unchecked.
+
+    Raises:
+        ManifestError: there is no such file, or it is not JSON.
+    """
+    source = folder / MANIFEST
+    try:
+        return json.loads(source.read_text())
+    except FileNotFoundError:
+        raise ManifestError([f"{source}: no such file (a submission folder needs a {MANIFEST})"]) from None
+    except json.JSONDecodeError as exc:
+        raise ManifestError([f"{source}: invalid JSON: {exc}"]) from None
+
+
+def manifest_problems(raw: Any, folder: Path) -> tuple[list[str], set[str]]:
+    """Every problem of ``raw``, the parsed manifest of ``folder`` (one line each, naming the file and the field),
+    and the top-level fields the schema rejected (``""``: the manifest as a whole)."""
+    source = str(folder / MANIFEST)
+    errors, bad = _field_errors(raw, source)
+    if isinstance(raw, dict) and "" not in bad:
+        errors += [f"{source}: {e}" for e in _semantic_errors(raw, folder.resolve(), bad)]
+    return errors, bad
+
+
 def load_manifest(path: Path | str) -> Manifest:
     """Read and validate a submission's manifest (``path``: the folder or its manifest.json).
 
@@ -249,19 +280,9 @@ def load_manifest(path: Path | str) -> Manifest:
     Raises:
         ManifestError: one line per problem, each naming the field and what is expected.
     """
-    path = Path(path)
-    folder = path.parent if path.name == MANIFEST else path
-    manifest_path = folder / MANIFEST
-    source = str(manifest_path)
-    try:
-        raw = json.loads(manifest_path.read_text())
-    except FileNotFoundError:
-        raise ManifestError([f"{source}: no such file (a submission folder needs a {MANIFEST})"]) from None
-    except json.JSONDecodeError as exc:
-        raise ManifestError([f"{source}: invalid JSON: {exc}"]) from None
-    errors, bad = _field_errors(raw, source)
-    if isinstance(raw, dict) and "" not in bad:
-        errors += [f"{source}: {e}" for e in _semantic_errors(raw, folder.resolve(), bad)]
+    folder = manifest_folder(path)
+    raw = read_raw(folder)
+    errors, _ = manifest_problems(raw, folder)
     errors += folder_problems(folder)
     if errors:
         raise ManifestError(errors)
