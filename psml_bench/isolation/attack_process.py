@@ -339,9 +339,7 @@ def run_attack(frontend: Frontend | SimulatedService, locator: PluginLocator, kn
             "locator": locator, "sources": plugin_sources(locator), "knowledge": knowledge, "budget": budget,
             "rng": rng, "memory_limit": limit, "global_seed": global_seed, "max_message": max_message,
         }, protocol=pickle.HIGHEST_PROTOCOL))
-        if training_cache == "zoo":
-            training_cache = getattr(getattr(frontend, "zoo", None), "directory", None)
-        exchange.trainer = SurrogateTrainer(knowledge, None if training_cache is None else Path(training_cache))
+        exchange.trainer = SurrogateTrainer(knowledge, _training_directory(frontend, training_cache))
         while True:
             header, tensors = unpack(_receive(conn, deadline, timeout_s, max_message))
             op = header.get("op")
@@ -380,6 +378,14 @@ def _receive(conn: Connection, deadline: float | None, timeout_s: float | None, 
         except OSError as exc:
             raise ProtocolError(f"ProtocolError: the attack process sent a message over {max_message} bytes "
                                 f"({exc})") from None
+
+
+def _training_directory(frontend: Frontend | SimulatedService, training_cache: Path | None | str) -> Path | None:
+    """Where the surrogate trainings are kept: ``training_cache``, or for ``"zoo"`` the directory of ``frontend``'s
+    zoo (``None``: nowhere on disk)."""
+    if training_cache == "zoo":
+        training_cache = getattr(getattr(frontend, "zoo", None), "directory", None)
+    return None if training_cache is None else Path(training_cache)
 
 
 @dataclass
