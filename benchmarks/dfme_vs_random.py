@@ -24,7 +24,7 @@ from scipy import stats
 from psml_bench import ATTACKS, Knowledge
 from psml_bench.common import metrics as scoring
 from psml_bench.contract.registries import make_defense
-from psml_bench.serving.server import Server, target_for
+from psml_bench.serving.frontend import Frontend, target_for
 from psml_bench.zoo.build import open_zoo
 
 
@@ -51,8 +51,8 @@ def main() -> None:
     fidelity: dict[str, list[float]] = {"random": [], "dfme": []}
     for seed in args.seeds:
         for strategy in fidelity:
-            server = Server(zoo, defense=make_defense("none"), rng=np.random.default_rng([seed, 2]),
-                            budget=args.budget)
+            server = Frontend(zoo, defense=make_defense("none"), rng=np.random.default_rng([seed, 2]),
+                              budget=args.budget)
             knowledge = Knowledge(input_shape=zoo.input_shape, num_classes=zoo.num_classes,
                                   spec_range=server.spec_range, pool=zoo.splits["attacker_x"], role=args.role)
             surrogate = ATTACKS.get("psml")(strategy=strategy).run(target_for(server), knowledge, args.budget,

@@ -37,17 +37,17 @@ from psml_bench import Knowledge, SurrogateConfig, Target
 from psml_bench.bench.cell import surrogate_metrics
 from psml_bench.contract.registries import make_defense
 from psml_bench.extraction.surrogate import Surrogate, fit_surrogate
-from psml_bench.serving.server import Server
+from psml_bench.serving.frontend import Frontend
 from psml_bench.zoo.build import open_zoo
 from psml_bench.zoo.model_zoo import Zoo
 
 
-def _server(zoo: Zoo, victim: str, budget: int, seed: int) -> Server:
-    return Server(zoo, defense=make_defense("none"), rng=np.random.default_rng([seed, 2]), budget=budget,
-                  model_ids=[victim])
+def _server(zoo: Zoo, victim: str, budget: int, seed: int) -> Frontend:
+    return Frontend(zoo, defense=make_defense("none"), rng=np.random.default_rng([seed, 2]), budget=budget,
+                    model_ids=[victim])
 
 
-def _knowledge(zoo: Zoo, server: Server) -> Knowledge:
+def _knowledge(zoo: Zoo, server: Frontend) -> Knowledge:
     return Knowledge(input_shape=zoo.input_shape, num_classes=zoo.num_classes, spec_range=server.spec_range,
                      pool=zoo.splits["attacker_x"], role="rank:1")
 

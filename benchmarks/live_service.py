@@ -4,7 +4,7 @@
                                       [--attack naive:epochs=2] [--attack-budget 300] [--alone] [--out FILE]
 
 1. HTTP overhead: the same 256-input query (routed to the most accurate model) answered by the
-   in-process ``Server`` and through ``psml-bench serve`` + ``HttpClient``, alternately,
+   in-process ``Frontend`` and through ``psml-bench serve`` + ``HttpClient``, alternately,
    ``--repeats`` times each, both on one torch thread; prints the median ratio HTTP/in-process
    (goal: at most 1.3).
 2. Capacity: closed-loop single-input benign queries, 16 always in flight (one asyncio client, the
@@ -42,7 +42,7 @@ from psml_bench import Spec
 from psml_bench.serving.http_client import HttpClient
 from psml_bench.serving.loadgen import measure_capacity, run_load
 from psml_bench.contract.registries import make_defense
-from psml_bench.serving.server import Server
+from psml_bench.serving.frontend import Frontend
 from psml_bench.zoo.build import open_zoo
 
 ATTACK_KEYS = 4  # one per run with an attack
@@ -83,7 +83,7 @@ def http_overhead(zoo, url: str, repeats: int) -> tuple[float, float, float]:
     torch.set_num_threads(1)
     inputs = zoo.splits["attacker_x"][:256]
     spec = Spec(zoo.accuracy_range[1], zoo.latency_range_ms[1])
-    server = Server(zoo, defense=make_defense("none"), rng=np.random.default_rng(0))
+    server = Frontend(zoo, defense=make_defense("none"), rng=np.random.default_rng(0))
     client = HttpClient(url, "op")
     for _ in range(3):  # warm both
         server.query(inputs, spec)

@@ -56,7 +56,7 @@ class ComputeClock:
 def _attack_in_process(server, locator, knowledge, budget, rng):
     """The attack on this process's own clock; isolation gives the same numbers (tests/test_isolation.py)."""
     from psml_bench import ATTACKS
-    from psml_bench.serving.server import target_for
+    from psml_bench.serving.frontend import target_for
 
     return ATTACKS.get(locator.name)(**dict(locator.params)).run(target_for(server), knowledge, budget, rng)
 

@@ -25,12 +25,12 @@ from psml_bench.isolation.attack_process import PREIMPORTED, PluginLocator, run_
 from psml_bench.contract.registries import DEFENSES
 from psml_bench.isolation.sandbox import Sandbox
 from psml_bench.contract.target import Knowledge
-from psml_bench.serving.server import Server
+from psml_bench.serving.frontend import Frontend
 from psml_bench.zoo.build import open_zoo
 
 
 def one_attack(zoo, budget: int) -> float:
-    server = Server(zoo, defense=DEFENSES.get("none")(), rng=np.random.default_rng([0, 2]), budget=budget)
+    server = Frontend(zoo, defense=DEFENSES.get("none")(), rng=np.random.default_rng([0, 2]), budget=budget)
     knowledge = Knowledge(zoo.input_shape, zoo.num_classes, server.spec_range, zoo.splits["attacker_x"], "rank:1")
     started = time.perf_counter()
     run_attack(server, PluginLocator("naive", (("epochs", 1), ("min_steps", 5))), knowledge, budget,

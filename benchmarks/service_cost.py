@@ -6,8 +6,8 @@ protocol-2 cell (the attack against a lone server, then the benign workload forw
 
 Both sides run the same attack (``psml``, isolated in its process as in every cell) with the same
 seed and defense (``spec-noise``). "v2" is the protocol-2 cell: the attack against a
-``Server`` with no clock, then ``benign_queries`` test inputs sent through a defended and an
-undefended server. "v3" is ``run_cell``: the attack on the cell's ``Service`` with the benign
+``Frontend`` with no clock, then ``benign_queries`` test inputs sent through a defended and an
+undefended front end. "v3" is ``run_cell``: the attack on the cell's ``SimulatedService`` with the benign
 clients at ``--load``, the benign stream answered from the pool answers cached per zoo. Prints
 the median wall time of each and the ratio v3 / v2 (goal: at most about 1.05). Run it alone:
 timings are noisy when another heavy job shares the cores.
@@ -42,21 +42,21 @@ from psml_bench.contract.registries import make_defense
 from psml_bench.common.metrics import benign_specs
 from psml_bench.serving.service import PoolAnswers, ServiceConfig
 from psml_bench.contract.target import Knowledge
-from psml_bench.serving.server import Server
+from psml_bench.serving.frontend import Frontend
 from psml_bench.zoo.build import open_zoo
 
 
 def protocol2_cell(zoo, grid: GridConfig, cell: Cell) -> None:
     """The protocol-2 cell's work: the attack on a lone server, then the benign workload twice."""
     defense = cell.defense_plugin.instantiate()
-    server = Server(zoo, defense=defense, rng=np.random.default_rng([cell.seed, 2]), budget=cell.budget)
+    server = Frontend(zoo, defense=defense, rng=np.random.default_rng([cell.seed, 2]), budget=cell.budget)
     knowledge = Knowledge(zoo.input_shape, zoo.num_classes, server.spec_range, zoo.splits["attacker_x"], cell.victim)
     surrogate = run_attack(server, attack_locator(cell.attack_plugin), knowledge, cell.budget,
                            attack_generator(cell.seed))
     with torch.no_grad():
         surrogate(zoo.splits["test_x"])
     for benign_defense in (cell.defense_plugin.instantiate(), make_defense("none")):
-        benign = Server(zoo, defense=benign_defense, rng=np.random.default_rng([cell.seed, 4]))
+        benign = Frontend(zoo, defense=benign_defense, rng=np.random.default_rng([cell.seed, 4]))
         specs = benign_specs(benign._accuracy, benign._latency, benign.spec_range, grid.benign_queries,
                              np.random.default_rng([cell.seed, 3]))
         rows = torch.arange(len(specs)) % len(zoo.splits["test_x"])

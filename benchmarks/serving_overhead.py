@@ -1,9 +1,9 @@
-"""Serving-layer overhead: answering through the Server versus raw batched forward passes.
+"""Serving-layer overhead: answering through the front end (``Frontend``) versus raw batched forward passes.
 
     python benchmarks/serving_overhead.py [--zoo fmnist-tiny] [--queries 4096] [--repeats 7]
 
 Both sides answer the same pool inputs with the same models and batch size: "raw" runs the
-models in batches of 512 and takes the softmax; "served" sends the inputs through `Server.query`
+models in batches of 512 and takes the softmax; "served" sends the inputs through `Frontend.query`
 (spec validation, defense hook, routing, grouping, log, budget) in queries of 512 with a spec that
 routes every query to one model, and with per-input specs that spread queries over the frontier
 (compared with raw forward passes of the same groups). Prints the median ratio served/raw over
@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from psml_bench import Spec
 from psml_bench.contract.session import QUERY_BATCH, query_batched
 from psml_bench.contract.registries import make_defense
-from psml_bench.serving.server import Server, target_for
+from psml_bench.serving.frontend import Frontend, target_for
 from psml_bench.zoo.build import open_zoo
 
 
@@ -39,7 +39,7 @@ def main() -> None:
     inputs = zoo.splits["attacker_x"][: args.queries]
     top = zoo.role("rank:1")
     spec = Spec(zoo.accuracy_range[1], zoo.latency_range_ms[1])
-    mixed = Server(zoo, defense=make_defense("none"), rng=np.random.default_rng(0)).spec_range.sample(
+    mixed = Frontend(zoo, defense=make_defense("none"), rng=np.random.default_rng(0)).spec_range.sample(
         len(inputs), np.random.default_rng(0))
 
     @torch.no_grad()
@@ -50,7 +50,7 @@ def main() -> None:
                 F.softmax(zoo.model(model_id)(batch[i:i + QUERY_BATCH]), dim=1)
 
     def served(specs):
-        server = Server(zoo, defense=make_defense("none"), rng=np.random.default_rng(0))
+        server = Frontend(zoo, defense=make_defense("none"), rng=np.random.default_rng(0))
         query_batched(target_for(server), inputs, specs)
         return server
 

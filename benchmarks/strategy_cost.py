@@ -22,7 +22,7 @@ import torch
 from psml_bench import STRATEGIES, Knowledge, Spec, SurrogateConfig, extract
 from psml_bench.common import metrics as scoring
 from psml_bench.contract.registries import make_defense
-from psml_bench.serving.server import Server, target_for
+from psml_bench.serving.frontend import Frontend, target_for
 from psml_bench.zoo.build import open_zoo
 
 
@@ -44,8 +44,8 @@ def main() -> None:
         for seed in args.seeds:
             base = None
             for strategy in strategies:
-                server = Server(zoo, defense=make_defense("none"), rng=np.random.default_rng([seed, 2]),
-                                budget=args.budget, model_ids=[victim])
+                server = Frontend(zoo, defense=make_defense("none"), rng=np.random.default_rng([seed, 2]),
+                                  budget=args.budget, model_ids=[victim])
                 knowledge = Knowledge(input_shape=zoo.input_shape, num_classes=zoo.num_classes,
                                       spec_range=server.spec_range, pool=zoo.splits["attacker_x"], role="rank:1")
                 spec = Spec(knowledge.spec_range.accuracy[0], knowledge.spec_range.latency_ms[1])

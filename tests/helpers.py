@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from psml_bench import Spec, Target
-from psml_bench.serving.server import Server
+from psml_bench.serving.frontend import Frontend
 
 TINY_GRID = """
 name = "{name}"
@@ -44,7 +44,7 @@ def tiny_grid(path: Path, *, budget: int, defense: str, top: str = "", block: st
 class Recorder:
     """A target that records every input and spec it forwards to the server (once answered)."""
 
-    def __init__(self, server: Server):
+    def __init__(self, server: Frontend):
         self.server = server
         self.inputs: list[torch.Tensor] = []
         self.specs: list[Spec] = []

@@ -11,8 +11,8 @@ from psml_bench import BudgetExhausted, ConfigError, Spec
 from psml_bench.bench.cell import cell_key, run_cell
 from psml_bench.bench.grid import load_grid
 from psml_bench.contract.registries import make_defense
-from psml_bench.serving.server import opaque_client_ids
-from psml_bench.serving.service import Service, ServiceConfig
+from psml_bench.serving.frontend import opaque_client_ids
+from psml_bench.serving.service import ServiceConfig, SimulatedService
 
 from helpers import tiny_grid
 
@@ -34,7 +34,7 @@ def test_one_identity_keeps_cells_and_ids_and_k_sweeps(tmp_path, tiny_zoo):
     assert load_grid(grid_file(tmp_path)).cells() == cells[:1]
     assert cell_key(tiny_zoo, grid, cells[0]) != cell_key(tiny_zoo, grid, cells[1])
     config = ServiceConfig()
-    one = Service(tiny_zoo, defense=make_defense("none"), config=config, seed=3, budget=10)
+    one = SimulatedService(tiny_zoo, defense=make_defense("none"), config=config, seed=3, budget=10)
     ids = opaque_client_ids(3, config.benign_clients + 1)
     assert one.attacker_id == ids[0] and np.array_equal(one.benign_ids, ids[1:])
     assert list(one.attacker_ids) == [ids[0]]
@@ -55,7 +55,8 @@ def test_rows_go_round_robin_over_the_identities_and_the_budget_counts_them_toge
             return self.inner.admit(requests, rng)
 
     defense = Recording()
-    service = Service(tiny_zoo, defense=defense, config=ServiceConfig(), seed=0, budget=10, attacker_identities=4)
+    service = SimulatedService(tiny_zoo, defense=defense, config=ServiceConfig(), seed=0, budget=10,
+                               attacker_identities=4)
     assert len(set(service.attacker_ids.tolist())) == 4
     assert not set(service.attacker_ids.tolist()) & set(service.benign_ids.tolist())
     spec = Spec(service.spec_range.accuracy[0], service.spec_range.latency_ms[1])

@@ -13,7 +13,7 @@ from psml_bench.contract.errors import DefenseError
 from psml_bench.bench.grid import Cell, GridConfig, PluginSpec
 from psml_bench.contract.registries import DEFENSES
 from psml_bench.bench.sanity import defense_flags
-from psml_bench.serving.server import Server
+from psml_bench.serving.frontend import Frontend
 
 
 class DropsARow(Defense):
@@ -64,7 +64,7 @@ def _grid(defense: str) -> GridConfig:
 @pytest.mark.parametrize("name", sorted(BROKEN))
 def test_a_broken_defense_is_named_by_the_server_validate_and_the_cell(tiny_zoo, broken_defenses, name):
     cls, message = BROKEN[name]
-    server = Server(tiny_zoo, defense=cls(), rng=np.random.default_rng(0))
+    server = Frontend(tiny_zoo, defense=cls(), rng=np.random.default_rng(0))
     spec = Spec(sum(server.spec_range.accuracy) / 2, sum(server.spec_range.latency_ms) / 2)
     with pytest.raises(DefenseError, match=f"^defense '{name}' {message}$"):
         server.query(tiny_zoo.splits["benign_x"][:4], spec)
@@ -78,7 +78,7 @@ def test_a_broken_defense_is_named_by_the_server_validate_and_the_cell(tiny_zoo,
 
 def test_a_defense_rerouting_outside_the_menu_is_named(tiny_zoo):
     ReroutesAway.name = "reroutes-away"
-    server = Server(tiny_zoo, defense=ReroutesAway(), rng=np.random.default_rng(0))
+    server = Frontend(tiny_zoo, defense=ReroutesAway(), rng=np.random.default_rng(0))
     spec = Spec(sum(server.spec_range.accuracy) / 2, sum(server.spec_range.latency_ms) / 2)
     with pytest.raises(DefenseError, match="^defense 'reroutes-away' rerouted to models outside the menu$"):
         server.query(tiny_zoo.splits["benign_x"][:4], spec)

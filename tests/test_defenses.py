@@ -11,7 +11,7 @@ import torch
 from psml_bench import ConfigError, Spec, SpecRange
 from psml_bench.contract.registries import DEFENSES, make_defense
 from psml_bench.bench.grid import load_grid
-from psml_bench.serving.server import Server
+from psml_bench.serving.frontend import Frontend
 from psml_bench.bench.sanity import are_probability_vectors
 
 RANGE = SpecRange((0.70, 0.96), (0.5, 10.0))
@@ -20,7 +20,7 @@ RANGE = SpecRange((0.70, 0.96), (0.5, 10.0))
 def _feasible_specs(zoo, n, seed):
     rng = np.random.default_rng(seed)
     accuracy, latency = rng.uniform(*zoo.accuracy_range, n), rng.uniform(*zoo.latency_range_ms, n)
-    meets = Server(zoo, defense=make_defense("none"), rng=np.random.default_rng(0)).route(accuracy, latency)[1]
+    meets = Frontend(zoo, defense=make_defense("none"), rng=np.random.default_rng(0)).route(accuracy, latency)[1]
     return accuracy[meets], latency[meets]
 
 
@@ -59,18 +59,18 @@ def test_spec_noise_declares_strength_and_randomness():
 
 
 def test_noisy_specs_are_clipped_and_misroute_near_boundaries(tiny_zoo):
-    server = Server(tiny_zoo, defense=make_defense("spec-noise", {"scale": 0.2}), rng=np.random.default_rng(0))
+    server = Frontend(tiny_zoo, defense=make_defense("spec-noise", {"scale": 0.2}), rng=np.random.default_rng(0))
     top = tiny_zoo.entry(tiny_zoo.role("rank:2")).accuracy + 0.001  # just inside rank:1's region
     served, meets = server.route(np.full(2000, top), np.full(2000, tiny_zoo.latency_range_ms[1]))
     # noise downwards past the boundary reaches the less accurate rank:2, a miss
     assert 0.2 < meets.mean() < 0.8 and len(set(served.tolist())) > 1
-    clean = Server(tiny_zoo, defense=make_defense("none"), rng=np.random.default_rng(0))
+    clean = Frontend(tiny_zoo, defense=make_defense("none"), rng=np.random.default_rng(0))
     assert clean.route(np.full(10, top), np.full(10, tiny_zoo.latency_range_ms[1]))[1].all()
 
 
 def test_goodput_falls_as_noise_grows(tiny_zoo):
     accuracy, latency = _feasible_specs(tiny_zoo, 4000, 2)
-    goodputs = [Server(tiny_zoo, defense=make_defense("spec-noise", {"scale": scale}), rng=np.random.default_rng(0))
+    goodputs = [Frontend(tiny_zoo, defense=make_defense("spec-noise", {"scale": scale}), rng=np.random.default_rng(0))
                 .route(accuracy, latency)[1].mean() for scale in (0.0, 0.02, 0.1, 0.3)]
     assert goodputs[0] == 1.0
     assert goodputs == sorted(goodputs, reverse=True) and goodputs[-1] < goodputs[1]
@@ -107,7 +107,7 @@ def test_answers_are_probabilities_and_determinism_is_as_declared(name, tiny_zoo
     spec = Spec(sum(tiny_zoo.accuracy_range) / 2, sum(tiny_zoo.latency_range_ms) / 2)
     runs = []
     for _ in range(2):  # two fresh servers with the same seed: the same answers
-        server = Server(tiny_zoo, defense=make_defense(name), rng=np.random.default_rng(3))
+        server = Frontend(tiny_zoo, defense=make_defense(name), rng=np.random.default_rng(3))
         calls = [server.query(inputs, spec) for _ in range(2)]
         runs.append(calls)
         answered = ~server.last_refused  # query-hash refuses the second call (the same inputs again)
@@ -214,11 +214,11 @@ def test_spec_quantize_costs_goodput_and_serves_one_model_per_grid_cell(tiny_zoo
     accuracy, latency = _feasible_specs(tiny_zoo, 6000, 0)
     goodput = {}
     for step in (0.0, 0.1, 0.3):
-        server = Server(tiny_zoo, defense=make_defense("spec-quantize", {"step": step}), rng=np.random.default_rng(0))
+        server = Frontend(tiny_zoo, defense=make_defense("spec-quantize", {"step": step}), rng=np.random.default_rng(0))
         goodput[step] = server.route(accuracy, latency)[1].mean()
     assert goodput[0.0] == 1.0 and goodput[0.3] < goodput[0.1] < 1.0 and goodput[0.3] < 0.95
     # a fine sweep of the accuracy floor: the served model changes only where the snapped floor does
-    server = Server(tiny_zoo, defense=make_defense("spec-quantize", {"step": 0.1}), rng=np.random.default_rng(0))
+    server = Frontend(tiny_zoo, defense=make_defense("spec-quantize", {"step": 0.1}), rng=np.random.default_rng(0))
     floors = np.linspace(*tiny_zoo.accuracy_range, 400)
     served, _ = server.route(floors, np.full(400, tiny_zoo.latency_range_ms[1]))
     snapped = server.defense.perturb_spec(floors, floors, server.spec_range, None)[0]
@@ -264,8 +264,8 @@ def test_random_routing_keeps_goodput_and_costs_latency(tiny_zoo):
     accuracy, latency = _feasible_specs(tiny_zoo, 6000, 1)
     served_latency = {}
     for probability in (0.0, 0.5, 1.0):
-        server = Server(tiny_zoo, defense=make_defense("random-routing", {"probability": probability}),
-                        rng=np.random.default_rng(0))
+        server = Frontend(tiny_zoo, defense=make_defense("random-routing", {"probability": probability}),
+                          rng=np.random.default_rng(0))
         served, meets = server.route(accuracy, latency)
         assert meets.all()  # every candidate meets the spec
         if probability == 0.0:
@@ -273,8 +273,8 @@ def test_random_routing_keeps_goodput_and_costs_latency(tiny_zoo):
         served_latency[probability] = server._latency[served].mean()
     assert served_latency[0.0] < served_latency[0.5] < served_latency[1.0]
     # the attacker's lax spec: every model serves, mixed at random
-    server = Server(tiny_zoo, defense=make_defense("random-routing", {"probability": 1.0}),
-                    rng=np.random.default_rng(0))
+    server = Frontend(tiny_zoo, defense=make_defense("random-routing", {"probability": 1.0}),
+                      rng=np.random.default_rng(0))
     lax = server.route(np.full(900, tiny_zoo.accuracy_range[0]), np.full(900, tiny_zoo.latency_range_ms[1]))[0]
     assert np.bincount(lax, minlength=len(server.menu)) / 900 == pytest.approx([1 / 3] * 3, abs=0.05)
 

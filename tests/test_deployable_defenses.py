@@ -10,7 +10,7 @@ from attacks.psml import Psml
 from attacks.psml_jitter import JitteredTarget
 from psml_bench import ConfigError, Knowledge, Requests
 from psml_bench.contract.registries import make_defense
-from psml_bench.serving.server import Server, target_for
+from psml_bench.serving.frontend import Frontend, target_for
 from defenses.query_hash import WindowHasher
 
 
@@ -22,7 +22,7 @@ def _requests(inputs: torch.Tensor, clients) -> Requests:
 
 def _fingerprint(zoo, defense, attack_target=None, seed: int = 0):
     """Run psml's fingerprint phase against a server defended by ``defense``; return the server and the spec."""
-    server = Server(zoo, defense=defense, rng=np.random.default_rng(0))
+    server = Frontend(zoo, defense=defense, rng=np.random.default_rng(0))
     knowledge = Knowledge(zoo.input_shape, zoo.num_classes, server.spec_range, zoo.splits["attacker_x"], "rank:2")
     rng = np.random.default_rng([seed, 1])
     target = target_for(server) if attack_target is None else attack_target(target_for(server), rng).handle()

@@ -14,7 +14,7 @@ from psml_bench import (STRATEGIES, ConfigError, Knowledge, QuerySession, Spec, 
 from psml_bench.bench.cell import run_cell
 from psml_bench.bench.grid import load_grid
 from psml_bench.contract.registries import make_defense
-from psml_bench.serving.server import Server
+from psml_bench.serving.frontend import Frontend
 from strategies.dfme import (PROBABILITY_FLOOR, Dfme, InputGenerator, disagreement, forward_difference_gradient,
                              to_input, victim_logits)
 
@@ -32,7 +32,7 @@ def one_thread():
 class Recorder:
     """A target that records each call's inputs before the server answers them."""
 
-    def __init__(self, server: Server, refuse_every: int = 0):
+    def __init__(self, server: Frontend, refuse_every: int = 0):
         self.server, self.refuse_every = server, refuse_every
         self.calls: list[torch.Tensor] = []
 
@@ -52,8 +52,8 @@ class Recorder:
 
 def _setup(zoo, budget: int | None):
     victim = zoo.role("rank:2")
-    server = Server(zoo, defense=make_defense("none"), rng=np.random.default_rng([0, 2]), budget=budget,
-                    model_ids=[victim])
+    server = Frontend(zoo, defense=make_defense("none"), rng=np.random.default_rng([0, 2]), budget=budget,
+                      model_ids=[victim])
     knowledge = Knowledge(input_shape=zoo.input_shape, num_classes=zoo.num_classes, spec_range=server.spec_range,
                           pool=zoo.splits["attacker_x"], role="rank:2")
     return server, knowledge, Spec(knowledge.spec_range.accuracy[0], knowledge.spec_range.latency_ms[1])

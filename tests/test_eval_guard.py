@@ -14,7 +14,7 @@ from psml_bench.contract.registries import make_defense
 from psml_bench.plugins.folders import SUBMISSIONS_ENV
 from psml_bench.runner import make_executor, run_grid
 from psml_bench.serving.eval_guard import NEAR_RMS, EvalInputGuard
-from psml_bench.serving.server import Server
+from psml_bench.serving.frontend import Frontend
 
 
 def test_exact_and_nearly_equal_scored_inputs_count_and_distinct_ones_do_not(tiny_zoo):
@@ -37,7 +37,7 @@ def test_an_input_of_the_attackers_own_pool_is_not_counted(tiny_zoo):
 
 
 def test_the_server_counts_every_call_of_its_client(tiny_zoo):
-    server = Server(tiny_zoo, defense=make_defense("none"), rng=np.random.default_rng(0))
+    server = Frontend(tiny_zoo, defense=make_defense("none"), rng=np.random.default_rng(0))
     server.eval_guard = EvalInputGuard(tiny_zoo.splits["test_x"], tiny_zoo.splits["attacker_x"])
     spec = Spec(server.spec_range.accuracy[0], server.spec_range.latency_ms[1])
     server.query(tiny_zoo.splits["test_x"][:6], spec)

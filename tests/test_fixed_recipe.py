@@ -11,7 +11,7 @@ from psml_bench.bench.grid import load_grid
 from psml_bench.isolation.attack_process import PluginLocator, run_attack
 from psml_bench.report.ranking import FIXED, OWN, describe_grid, group_track, recipe_text, track
 from psml_bench.contract.registries import ATTACKS, DEFENSES
-from psml_bench.serving.server import Server
+from psml_bench.serving.frontend import Frontend
 
 CLAIMS = '''
 import torch
@@ -69,7 +69,7 @@ def claims(tmp_path_factory):
     ("Untrained", ""), ("Tampered", "")])
 def test_only_the_workers_own_weights_carry_a_recipe(tiny_zoo, claims, monkeypatch, attack, recipe):
     monkeypatch.syspath_prepend(str(claims))
-    server = Server(tiny_zoo, defense=DEFENSES.get("none")(), rng=np.random.default_rng([0, 2]), budget=20)
+    server = Frontend(tiny_zoo, defense=DEFENSES.get("none")(), rng=np.random.default_rng([0, 2]), budget=20)
     knowledge = Knowledge(input_shape=tiny_zoo.input_shape, num_classes=tiny_zoo.num_classes,
                           spec_range=server.spec_range, pool=tiny_zoo.splits["attacker_x"], role="rank:1")
     locator = PluginLocator(f"recipe_claims:{attack}")

@@ -14,7 +14,7 @@ import pytest
 from psml_bench import Knowledge
 from psml_bench.isolation.attack_process import AttackFailed, PluginLocator, run_attack, sandbox_available
 from psml_bench.contract.registries import ATTACKS, DEFENSES
-from psml_bench.serving.server import Server
+from psml_bench.serving.frontend import Frontend
 
 pytestmark = pytest.mark.skipif(not sandbox_available(), reason="the sandbox needs bubblewrap and user namespaces")
 
@@ -171,7 +171,7 @@ def _run(zoo, plugin, monkeypatch, cls: str, budget: int = 30, timeout_s: float 
     monkeypatch.syspath_prepend(str(folder))
     monkeypatch.chdir(folder)  # a driver working directory the sandbox user could write, were it visible
     defense = DEFENSES.get("none")()
-    server = Server(zoo, defense=defense, rng=np.random.default_rng([0, 2]), budget=budget)
+    server = Frontend(zoo, defense=defense, rng=np.random.default_rng([0, 2]), budget=budget)
     knowledge = Knowledge(input_shape=zoo.input_shape, num_classes=zoo.num_classes, spec_range=server.spec_range,
                           pool=zoo.splits["attacker_x"], role="rank:1")
     locator = PluginLocator(f"hostile_plugin:{cls}")
@@ -417,7 +417,7 @@ def test_a_submitted_defense_runs_jailed_and_is_never_imported_by_the_harness(ti
     (folder / "snoops.py").write_text(SNOOPING_DEFENSE.format(marker=str(marker), denied=denied, out=str(out / "cells"),
                                                                  outcome=OUTCOME))
     register(load_manifest(folder))
-    server = Server(tiny_zoo, defense=DEFENSES.get("snoops")(), rng=np.random.default_rng(0))
+    server = Frontend(tiny_zoo, defense=DEFENSES.get("snoops")(), rng=np.random.default_rng(0))
     spec = Spec(sum(server.spec_range.accuracy) / 2, sum(server.spec_range.latency_ms) / 2)
     with pytest.raises(DefenseError) as error:
         server.query(tiny_zoo.splits["benign_x"][:4], spec)

@@ -29,7 +29,7 @@ from psml_bench.isolation.attack_process import PluginLocator, run_attack
 from psml_bench.contract.registries import make_defense
 from psml_bench.common.metrics import predict_labels
 from psml_bench.contract.target import Knowledge
-from psml_bench.serving.server import Server
+from psml_bench.serving.frontend import Frontend
 from psml_bench.contract.spec import SpecRange
 
 # the server runs `psml-bench serve` (FastAPI); none of the imports above needs fastapi or httpx
@@ -100,7 +100,7 @@ def test_http_answers_equal_the_in_process_server(live, tiny_zoo, one_thread):
     _, url, _ = live
     x = tiny_zoo.splits["attacker_x"][:40]
     specs = SpecRange(tiny_zoo.accuracy_range, tiny_zoo.latency_range_ms).sample(40, np.random.default_rng(3))
-    local = Server(tiny_zoo, defense=make_defense("none"), rng=np.random.default_rng(0))
+    local = Frontend(tiny_zoo, defense=make_defense("none"), rng=np.random.default_rng(0))
     expected = local.query(x, specs)
     target = HttpTarget(url, "free")
     answers = target.query(x, specs)
@@ -118,7 +118,7 @@ def test_isolated_attack_through_http_gives_the_in_process_surrogate(live, tiny_
     budget = KEYS["attacker"]
     labels, used = [], []
     for remote in (False, True):
-        server = HttpClient(url, "attacker") if remote else Server(
+        server = HttpClient(url, "attacker") if remote else Frontend(
             tiny_zoo, defense=make_defense("none"), rng=np.random.default_rng(0), budget=budget)
         knowledge = Knowledge(input_shape=tiny_zoo.input_shape, num_classes=tiny_zoo.num_classes,
                               spec_range=SpecRange(tiny_zoo.accuracy_range, tiny_zoo.latency_range_ms),

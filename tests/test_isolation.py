@@ -17,7 +17,7 @@ from psml_bench.isolation.attack_process import (AttackFailed, PluginLocator, Pr
 from psml_bench.contract.registries import ATTACKS, DEFENSES
 from psml_bench.bench.cell import run_cell
 from psml_bench.bench.grid import Cell, PluginSpec, load_grid
-from psml_bench.serving.server import Server, target_for
+from psml_bench.serving.frontend import Frontend, target_for
 
 SANDBOXED = pytest.mark.skipif(not sandbox_available(), reason="the sandbox needs bubblewrap and user namespaces")
 
@@ -66,7 +66,7 @@ class ReachesTheWorker(Attack):
             except OSError as exc:
                 outcomes.append(f"{{what}}: {{type(exc).__name__}}")
         found = [type(o).__name__ for o in gc.get_objects()
-                 if type(o).__name__ in ("Server", "Zoo", "QueryLog", "ZooModel")]
+                 if type(o).__name__ in ("Frontend", "Zoo", "QueryLog", "ZooModel")]
         outcomes.append(f"internals: {{sorted(set(found))}}")
         loaded = sorted(m for m in sys.modules if m.startswith('psml_bench.zoo.model_zoo'))
         outcomes.append(f"zoo modules loaded: {{loaded}}")
@@ -142,7 +142,7 @@ def hostile(tiny_zoo, tmp_path_factory):
 
 def _setup(zoo, budget: int, seed: int = 0, victim: str = "rank:1"):
     defense = DEFENSES.get("none")()
-    server = Server(zoo, defense=defense, rng=np.random.default_rng([seed, 2]), budget=budget)
+    server = Frontend(zoo, defense=defense, rng=np.random.default_rng([seed, 2]), budget=budget)
     knowledge = Knowledge(input_shape=zoo.input_shape, num_classes=zoo.num_classes, spec_range=server.spec_range,
                           pool=zoo.splits["attacker_x"], role=victim)
     return server, knowledge

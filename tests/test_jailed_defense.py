@@ -14,7 +14,7 @@ from psml_bench.plugins.manifests import load_manifest
 from psml_bench.plugins.registration import register
 from psml_bench.contract.registries import DEFENSES
 from psml_bench.contract.requests import Requests
-from psml_bench.serving.server import Server
+from psml_bench.serving.frontend import Frontend
 
 from test_submissions import write_submission
 
@@ -69,7 +69,7 @@ MANIFEST = {"name": "jittery", "kind": "defense", "entry": "jittery:Jittery", "v
 
 def _serve(zoo, defense) -> tuple[list, list, list]:
     """Two servers (two generators) sharing the defense, as a cell's benign and attacker servers do."""
-    servers = [Server(zoo, defense=defense, rng=np.random.default_rng([7, k])) for k in (2, 4)]
+    servers = [Frontend(zoo, defense=defense, rng=np.random.default_rng([7, k])) for k in (2, 4)]
     accuracy, latency = (sum(r) / 2 for r in (servers[0].spec_range.accuracy, servers[0].spec_range.latency_ms))
     inputs, outcomes = zoo.splits["benign_x"], []
     for step in range(8):

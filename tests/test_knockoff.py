@@ -9,7 +9,7 @@ import torch
 from attacks.knockoff import GradientBandit, Knockoff, Rewards, coarse_classes
 from psml_bench import ConfigError, Knowledge, Spec, Target
 from psml_bench.contract.registries import make_defense
-from psml_bench.serving.server import Server
+from psml_bench.serving.frontend import Frontend
 
 from helpers import Recorder
 
@@ -63,8 +63,8 @@ def test_knockoff_rejects_unknown_sampling():
 
 def _run(zoo, budget: int, seed: int, **params):
     victim = zoo.role("rank:1")
-    server = Server(zoo, defense=make_defense("none"), rng=np.random.default_rng([seed, 2]), budget=budget,
-                    model_ids=[victim])
+    server = Frontend(zoo, defense=make_defense("none"), rng=np.random.default_rng([seed, 2]), budget=budget,
+                      model_ids=[victim])
     knowledge = Knowledge(input_shape=zoo.input_shape, num_classes=zoo.num_classes, spec_range=server.spec_range,
                           pool=zoo.splits["attacker_x"], role="rank:1")
     recorder = Recorder(server)
@@ -99,7 +99,7 @@ def test_adaptive_sampling_favours_the_clusters_that_reward_it(tiny_zoo):
     index = {row.numpy().tobytes(): i for i, row in enumerate(knowledge.pool)}
     counts = np.bincount(classes[[index[row.numpy().tobytes()] for row in queried]], minlength=arms)
     victim = tiny_zoo.role("rank:1")
-    server = Server(tiny_zoo, defense=make_defense("none"), rng=np.random.default_rng(0), model_ids=[victim])
+    server = Frontend(tiny_zoo, defense=make_defense("none"), rng=np.random.default_rng(0), model_ids=[victim])
     lax = Spec(knowledge.spec_range.accuracy[0], knowledge.spec_range.latency_ms[1])
     answers = server.query(knowledge.pool, lax, "extract")
     top = answers.topk(2, dim=1).values

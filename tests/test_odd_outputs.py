@@ -13,7 +13,7 @@ from psml_bench.contract.errors import AttackFailed, DefenseError
 from psml_bench.bench.grid import Cell, GridConfig, PluginSpec
 from psml_bench.isolation.attack_process import PluginLocator, run_attack
 from psml_bench.contract.registries import ATTACKS, DEFENSES
-from psml_bench.serving.server import Server
+from psml_bench.serving.frontend import Frontend
 
 ODD = '''
 import torch
@@ -55,7 +55,7 @@ def odd_attacks(tmp_path_factory):
 
 def test_a_surrogate_with_a_nan_weight_fails_with_one_line(tiny_zoo, odd_attacks, monkeypatch):
     monkeypatch.syspath_prepend(str(odd_attacks))
-    server = Server(tiny_zoo, defense=DEFENSES.get("none")(), rng=np.random.default_rng([0, 2]), budget=20)
+    server = Frontend(tiny_zoo, defense=DEFENSES.get("none")(), rng=np.random.default_rng([0, 2]), budget=20)
     knowledge = Knowledge(input_shape=tiny_zoo.input_shape, num_classes=tiny_zoo.num_classes,
                           spec_range=server.spec_range, pool=tiny_zoo.splits["attacker_x"], role="rank:1")
     ATTACKS.get("odd_surrogates:NaNWeight")
@@ -91,7 +91,7 @@ class Casts(Defense):
 
 
 def _query(zoo, dtype):
-    server = Server(zoo, defense=Casts(dtype), rng=np.random.default_rng(0))
+    server = Frontend(zoo, defense=Casts(dtype), rng=np.random.default_rng(0))
     spec = Spec(sum(server.spec_range.accuracy) / 2, sum(server.spec_range.latency_ms) / 2)
     return server.query(zoo.splits["benign_x"][:8], spec, with_raw=True)
 

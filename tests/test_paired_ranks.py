@@ -116,7 +116,7 @@ def test_a_seed_fixes_the_same_common_random_numbers_in_every_cell():
     assert not np.array_equal(attack_generator(3).integers(1000, size=50), attack_generator(4).integers(1000, size=50))
 
     class Menu:
-        """What the benign stream reads of a server: the menu's accuracies and latencies and the spec range."""
+        """What the benign stream reads of a front end: the menu's accuracies and latencies and the spec range."""
 
         def __init__(self):
             from psml_bench.common.metrics import SpecRange

@@ -12,7 +12,7 @@ import torch
 from psml_bench import Knowledge, Spec, Surrogate
 from psml_bench.bench.sanity import are_probability_vectors
 from psml_bench.contract.registries import make_defense
-from psml_bench.serving.server import Server, target_for
+from psml_bench.serving.frontend import Frontend, target_for
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 
@@ -29,7 +29,7 @@ def example(page: str, section: str = "## The example") -> types.ModuleType:
 
 def test_the_attack_example_steals_within_its_budget(tiny_zoo):
     attack = example("writing-an-attack.md").FloorAttack(floor=0.5, min_steps=10, epochs=1)
-    server = Server(tiny_zoo, defense=make_defense("none"), rng=np.random.default_rng(0), budget=150)
+    server = Frontend(tiny_zoo, defense=make_defense("none"), rng=np.random.default_rng(0), budget=150)
     knowledge = Knowledge(input_shape=tiny_zoo.input_shape, num_classes=tiny_zoo.num_classes,
                           spec_range=server.spec_range, pool=tiny_zoo.splits["attacker_x"][:400], role="rank:1")
     surrogate = attack.run(target_for(server), knowledge, 150, np.random.default_rng(1))
@@ -42,7 +42,7 @@ def test_the_attack_example_steals_within_its_budget(tiny_zoo):
 
 def test_the_defense_example_rounds_and_blocks_a_client_past_its_limit(tiny_zoo):
     defense = example("writing-a-defense.md").RoundAndLimit(decimals=1, limit=100)
-    server = Server(tiny_zoo, defense=defense, rng=np.random.default_rng(0))
+    server = Frontend(tiny_zoo, defense=defense, rng=np.random.default_rng(0))
     inputs = tiny_zoo.splits["attacker_x"][:64]
     spec = Spec(*(bound[1] for bound in (server.spec_range.accuracy, server.spec_range.latency_ms)))
     first, raw = server.query(inputs, spec, with_raw=True)
@@ -55,10 +55,10 @@ def test_the_defense_example_rounds_and_blocks_a_client_past_its_limit(tiny_zoo)
 
 
 def test_the_client_work_example_prices_each_answer_and_the_service_waits_for_it(tiny_zoo):
-    from psml_bench.serving.service import Service, ServiceConfig
+    from psml_bench.serving.service import ServiceConfig, SimulatedService
     defense = example("writing-a-defense.md", "## Client work").PayPerQuery()
-    service = Service(tiny_zoo, defense=defense, config=ServiceConfig(attacker_rate=1000.0), seed=0, budget=50,
-                      benign_queries=20)
+    service = SimulatedService(tiny_zoo, defense=defense, config=ServiceConfig(attacker_rate=1000.0), seed=0, budget=50,
+                               benign_queries=20)
     spec = Spec(*(bound[1] for bound in (service.spec_range.accuracy, service.spec_range.latency_ms)))
     service.query(tiny_zoo.splits["attacker_x"][:10], spec)
     assert service.attacker_work_ms == sum(range(1, 11)) and service.clock >= 55.0

@@ -16,8 +16,8 @@ from psml_bench.contract.errors import DefenseError
 from psml_bench.contract.registries import make_defense
 from psml_bench.serving.config import ServiceConfig
 from psml_bench.serving.live import ApiKey, LiveService
-from psml_bench.serving.server import Server, released_ms
-from psml_bench.serving.service import Service
+from psml_bench.serving.frontend import Frontend, released_ms
+from psml_bench.serving.service import SimulatedService
 from defenses.proof_of_work import ORDERS, epsilon, gnmax_log_q, gnmax_rdp
 
 FAST = ServiceConfig(load=0.5, attacker_rate=50.0)  # an attacker fast enough that its work, not its pace, sets its time
@@ -87,7 +87,7 @@ def test_a_client_works_on_one_answer_at_a_time():
 
 
 def _run(zoo, defense: Defense, calls: int = 6):
-    service = Service(zoo, defense=defense, config=FAST, seed=1, budget=600, benign_queries=200)
+    service = SimulatedService(zoo, defense=defense, config=FAST, seed=1, budget=600, benign_queries=200)
     pool = zoo.splits["attacker_x"]
     spec = Spec(zoo.accuracy_range[0], zoo.latency_range_ms[1])
     answers = [service.query(pool[100 * i:100 * i + 80], spec) for i in range(calls)]
@@ -142,7 +142,7 @@ class BadWork(Defense):
 
 
 def test_a_malformed_price_fails_with_one_line(tiny_zoo):
-    server = Server(tiny_zoo, defense=BadWork(), rng=np.random.default_rng(0))
+    server = Frontend(tiny_zoo, defense=BadWork(), rng=np.random.default_rng(0))
     with pytest.raises(DefenseError, match=r"^defense '[^']*' client_work_ms\(\) must return None or 3 finite ms "
                                            r">= 0, one per answered request, got [^\n]*$"):
         server.query(tiny_zoo.splits["attacker_x"][:3], Spec(tiny_zoo.accuracy_range[0], tiny_zoo.latency_range_ms[1]))

@@ -9,7 +9,7 @@ import torch
 from attacks.psml_aware import AveragingTarget, PsmlAware, diagnose
 from psml_bench import ConfigError, Knowledge, Spec, Target
 from psml_bench.contract.registries import ATTACKS, make_defense
-from psml_bench.serving.server import Server, target_for
+from psml_bench.serving.frontend import Frontend, target_for
 
 from helpers import Recorder
 
@@ -19,8 +19,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def _service(zoo, defense: str, params: dict | None = None, budget: int | None = None, victim_only: bool = False):
     model_ids = [zoo.role("rank:1")] if victim_only else None
-    server = Server(zoo, defense=make_defense(defense, params or {}), rng=np.random.default_rng(3), budget=budget,
-                    model_ids=model_ids)
+    server = Frontend(zoo, defense=make_defense(defense, params or {}), rng=np.random.default_rng(3), budget=budget,
+                      model_ids=model_ids)
     knowledge = Knowledge(zoo.input_shape, zoo.num_classes, server.spec_range, zoo.splits["attacker_x"], "rank:1")
     return server, knowledge
 

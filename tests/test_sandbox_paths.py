@@ -48,12 +48,12 @@ import psml_bench
 from psml_bench import Knowledge
 from psml_bench.isolation.attack_process import AttackFailed, PluginLocator, run_attack
 from psml_bench.contract.registries import DEFENSES
-from psml_bench.serving.server import Server
+from psml_bench.serving.frontend import Frontend
 from psml_bench.zoo.build import open_zoo
 
 assert psml_bench.__file__.startswith(sys.argv[2]), psml_bench.__file__
 zoo = open_zoo("fmnist-tiny", Path(sys.argv[1]), progress=False)
-server = Server(zoo, defense=DEFENSES.get("none")(), rng=np.random.default_rng(0), budget=10)
+server = Frontend(zoo, defense=DEFENSES.get("none")(), rng=np.random.default_rng(0), budget=10)
 knowledge = Knowledge(input_shape=zoo.input_shape, num_classes=zoo.num_classes, spec_range=server.spec_range,
                       pool=zoo.splits["attacker_x"], role="rank:1")
 try:

@@ -16,9 +16,9 @@ from psml_bench.bench.cell import run_cell
 from psml_bench.contract.errors import DefenseError
 from psml_bench.bench.grid import Cell, GridConfig, PluginSpec, load_grid
 from psml_bench.contract.registries import DEFENSES, make_defense
-from psml_bench.serving.service import (PROCESS_POOL_ANSWERS, PoolAnswers, PoolAnswersCache, Service, ServiceConfig,
-                                        service_times)
-from psml_bench.serving.server import Server, target_for
+from psml_bench.serving.service import (PROCESS_POOL_ANSWERS, PoolAnswers, PoolAnswersCache, ServiceConfig,
+                                        SimulatedService, service_times)
+from psml_bench.serving.frontend import Frontend, target_for
 
 SMALL = (("epochs", 1), ("min_steps", 10))
 
@@ -53,7 +53,7 @@ def test_pool_answers_equal_a_live_forward_pass(tiny_zoo):
     torch.set_num_threads(1)
     try:
         for index, entry in enumerate(tiny_zoo.menu):
-            server = Server(tiny_zoo, defense=make_defense("none"), rng=rng)
+            server = Frontend(tiny_zoo, defense=make_defense("none"), rng=rng)
             assert torch.equal(answers.probabilities[entry.id][:1024],
                                server.forward(pool[:1024], np.full(1024, index)))
             for size in (1, 7, 300):
@@ -68,8 +68,9 @@ def test_pool_answers_equal_a_live_forward_pass(tiny_zoo):
 def test_pool_answers_are_opened_once_per_owner_with_the_same_numbers(tiny_zoo):
     """A service takes its pool answers from the owner it is given (default: the process's); owners share none."""
     owner, other = PoolAnswersCache(), PoolAnswersCache()
-    services = [Service(tiny_zoo, defense=make_defense("none"), config=ServiceConfig(), seed=seed, budget=10,
-                        benign_queries=10, pool_answers=cache) for seed, cache in ((0, owner), (1, owner), (2, other))]
+    services = [SimulatedService(tiny_zoo, defense=make_defense("none"), config=ServiceConfig(), seed=seed, budget=10,
+                                 benign_queries=10, pool_answers=cache)
+                for seed, cache in ((0, owner), (1, owner), (2, other))]
     assert services[0].answers is services[1].answers is owner.get(tiny_zoo)
     assert services[2].answers is other.get(tiny_zoo) and services[2].answers is not services[0].answers
     assert PoolAnswers.of(tiny_zoo) is PROCESS_POOL_ANSWERS.get(tiny_zoo) is not services[0].answers
@@ -84,9 +85,9 @@ def test_every_defense_answers_the_attacker_as_without_benign_traffic(tiny_zoo, 
     8 clients equal the single-client server's, call by call (same defense randomness stream). The SLO-aware
     policy routes on the queues, so there the answers depend on the load by design."""
     cls = DEFENSES.get(name)
-    alone = Server(tiny_zoo, defense=cls(), rng=np.random.default_rng([3, 2]), budget=500)
-    service = Service(tiny_zoo, defense=cls(), config=ServiceConfig(load=0.8), seed=3, budget=500,
-                      benign_queries=300, policy="infaas")
+    alone = Frontend(tiny_zoo, defense=cls(), rng=np.random.default_rng([3, 2]), budget=500)
+    service = SimulatedService(tiny_zoo, defense=cls(), config=ServiceConfig(load=0.8), seed=3, budget=500,
+                               benign_queries=300, policy="infaas")
     for inputs, specs in _calls(tiny_zoo):
         expected = alone.query(inputs, specs)
         got = service.query(inputs, specs)
@@ -119,8 +120,8 @@ def test_load_costs_latency_and_goodput(tiny_zoo):
 
 def test_latency_is_visible_only_when_the_cell_says_so(tiny_zoo):
     for visible in (False, True):
-        service = Service(tiny_zoo, defense=make_defense("none"), config=ServiceConfig(latency_visible=visible),
-                          seed=0, budget=50, benign_queries=50)
+        service = SimulatedService(tiny_zoo, defense=make_defense("none"),
+                                   config=ServiceConfig(latency_visible=visible), seed=0, budget=50, benign_queries=50)
         target = target_for(service)
         spec = Spec(tiny_zoo.accuracy_range[0], tiny_zoo.latency_range_ms[1])
         target.query(tiny_zoo.splits["attacker_x"][:4], spec)
@@ -171,7 +172,8 @@ def test_a_malformed_refusal_mask_fails_the_cell_with_one_clear_message(tiny_zoo
     row = run_cell(tiny_zoo, grid, Cell("rank:2", grid.attacks[0], PluginSpec("bad-mask"), 60, 0))
     assert row.status == "failed"
     assert "admit() must return None or a boolean array" in row.error
-    service = Service(tiny_zoo, defense=BadMask(), config=ServiceConfig(), seed=0, budget=10, benign_queries=10)
+    service = SimulatedService(tiny_zoo, defense=BadMask(), config=ServiceConfig(), seed=0, budget=10,
+                               benign_queries=10)
     with pytest.raises(DefenseError, match="admit"):
         service.query(tiny_zoo.splits["attacker_x"][:2], Spec(tiny_zoo.accuracy_range[0], tiny_zoo.latency_range_ms[1]))
 
@@ -213,9 +215,9 @@ def test_a_load_sweep_makes_one_cell_per_load(tmp_path):
 def test_requests_an_overloaded_worker_drops_come_back_refused_and_cost_budget(tiny_zoo):
     # a timeout far below one batch's service time, and the attacker's rows arriving in a burst: whatever
     # queues behind a batch is dropped
-    service = Service(tiny_zoo, defense=make_defense("none"),
-                      config=ServiceConfig(load=1.0, timeout=0.01, attacker_rate=1e4), seed=0, budget=200,
-                      benign_queries=100)
+    service = SimulatedService(tiny_zoo, defense=make_defense("none"),
+                               config=ServiceConfig(load=1.0, timeout=0.01, attacker_rate=1e4), seed=0, budget=200,
+                               benign_queries=100)
     target = target_for(service)
     answers = target.query(tiny_zoo.splits["attacker_x"][:200],
                            Spec(tiny_zoo.accuracy_range[0], tiny_zoo.latency_range_ms[1]))
@@ -231,8 +233,8 @@ def test_requests_an_overloaded_worker_drops_come_back_refused_and_cost_budget(t
 def test_benign_clients_send_distinct_inputs_from_disjoint_shares(tiny_zoo):
     """Users upload new images: no client repeats an input before it has sent its whole share, no two clients
     share an input (the pool is dealt into disjoint shares), and a client past its share starts it again."""
-    service = Service(tiny_zoo, defense=make_defense("none"), config=ServiceConfig(benign_clients=8), seed=4,
-                      budget=10, benign_queries=2600)
+    service = SimulatedService(tiny_zoo, defense=make_defense("none"), config=ServiceConfig(benign_clients=8), seed=4,
+                               budget=10, benign_queries=2600)
     service.query(tiny_zoo.splits["attacker_x"][:10], Spec(tiny_zoo.accuracy_range[0], tiny_zoo.latency_range_ms[1]))
     service.finish()
     outcome = service.benign_outcome()

@@ -8,12 +8,12 @@ import torch
 
 from psml_bench import BudgetExhausted, InvalidQueryError, Spec
 from psml_bench.contract.registries import make_defense
-from psml_bench.serving.server import Server, target_for
+from psml_bench.serving.frontend import Frontend, target_for
 
 
 @pytest.fixture
 def server(tiny_zoo, rng):
-    return Server(tiny_zoo, defense=make_defense("none"), rng=rng, budget=50)
+    return Frontend(tiny_zoo, defense=make_defense("none"), rng=rng, budget=50)
 
 
 def pool(zoo, n):
@@ -87,7 +87,7 @@ def test_specs_outside_the_advertised_range_are_rejected(tiny_zoo, server):
 
 def test_single_model_service_serves_only_the_victim(tiny_zoo, rng):
     victim = tiny_zoo.role("rank:2")
-    server = Server(tiny_zoo, defense=make_defense("none"), rng=rng, model_ids=[victim])
+    server = Frontend(tiny_zoo, defense=make_defense("none"), rng=rng, model_ids=[victim])
     specs = server.spec_range.sample(20, rng)
     server.query(pool(tiny_zoo, 20), specs)
     assert set(server.menu_ids(server.log.served_ids())) == {victim}

@@ -242,7 +242,7 @@ def test_the_live_server_spreads_a_burst_with_the_same_policy(tiny_zoo):
         try:
             spec = Spec(tiny_zoo.accuracy_range[0], tiny_zoo.latency_range_ms[1])
             await service.query("k", tiny_zoo.splits["attacker_x"][:600], spec)
-            return set(service.servers["k"].log.served_ids().tolist())
+            return set(service.frontends["k"].log.served_ids().tolist())
         finally:
             await service.stop()
 

@@ -13,7 +13,7 @@ from psml_bench import (ATTACKS, STRATEGIES, SURROGATE_DEFAULTS, ConfigError, Kn
                         Surrogate, SurrogateConfig, UnknownPluginError, extract, query_batched, sample_pool)
 from psml_bench.isolation.attack_process import PluginLocator, run_attack
 from psml_bench.contract.registries import make_defense
-from psml_bench.serving.server import Server, target_for
+from psml_bench.serving.frontend import Frontend, target_for
 
 from helpers import Recorder
 
@@ -28,8 +28,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def _setup(zoo, budget: int | None, pool_size: int | None = None, victim_only: bool = True):
     victim = zoo.role("rank:1")
-    server = Server(zoo, defense=make_defense("none"), rng=np.random.default_rng([0, 2]), budget=budget,
-                    model_ids=[victim] if victim_only else None)
+    server = Frontend(zoo, defense=make_defense("none"), rng=np.random.default_rng([0, 2]), budget=budget,
+                      model_ids=[victim] if victim_only else None)
     pool = zoo.splits["attacker_x"]
     knowledge = Knowledge(input_shape=zoo.input_shape, num_classes=zoo.num_classes, spec_range=server.spec_range,
                           pool=pool if pool_size is None else pool[:pool_size], role="rank:1")

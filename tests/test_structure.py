@@ -22,7 +22,7 @@ orchestration (``runner``), the command line and the public face (``psml_bench/_
 
 
 def modules(package: Path = PACKAGE) -> dict[str, Path]:
-    """Every module of the package by dotted name relative to it (``serving.server``; ``bench`` for its __init__)."""
+    """Every module of the package by dotted name relative to it (``serving.frontend``; ``bench`` for its __init__)."""
     found = {}
     for path in sorted(package.rglob("*.py")):
         parts = list(path.relative_to(package).with_suffix("").parts)

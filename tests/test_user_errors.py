@@ -11,13 +11,13 @@ import torch
 import psml_bench as p
 from psml_bench.cli import main
 from psml_bench.contract.registries import DEFENSES
-from psml_bench.serving.server import Server, target_for
+from psml_bench.serving.frontend import Frontend, target_for
 from psml_bench.zoo.model_zoo import ZooModel
 
 
 @pytest.fixture(scope="module")
 def world(tiny_zoo):
-    server = Server(tiny_zoo, defense=DEFENSES.get("none")(), rng=np.random.default_rng(0), budget=10**6)
+    server = Frontend(tiny_zoo, defense=DEFENSES.get("none")(), rng=np.random.default_rng(0), budget=10**6)
     knowledge = p.Knowledge(input_shape=tiny_zoo.input_shape, num_classes=tiny_zoo.num_classes,
                             spec_range=server.spec_range, pool=tiny_zoo.splits["attacker_x"], role="rank:1")
     spec = p.Spec(server.spec_range.accuracy[0], server.spec_range.latency_ms[1])

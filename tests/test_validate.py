@@ -19,7 +19,7 @@ from psml_bench.bench.grid import load_grid
 from psml_bench.plugins.manifests import load_manifest
 from psml_bench.plugins.registration import load_submissions, register
 from psml_bench.plugins.folders import SUBMISSIONS_ENV
-from psml_bench.serving.server import Server
+from psml_bench.serving.frontend import Frontend
 
 from test_submissions import EXAMPLES, GOOD, DEMO, cli, write_submission
 
@@ -239,7 +239,7 @@ class _NumpyAnswers(Defense):
 
 
 def test_a_numpy_answer_from_postprocess_says_a_tensor_is_expected(tiny_zoo):
-    server = Server(tiny_zoo, defense=_NumpyAnswers(), rng=np.random.default_rng(0))
+    server = Frontend(tiny_zoo, defense=_NumpyAnswers(), rng=np.random.default_rng(0))
     spec = Spec(sum(server.spec_range.accuracy) / 2, sum(server.spec_range.latency_ms) / 2)
     with pytest.raises(DefenseError, match=r"must return a torch.Tensor of shape \(4, 10\), got numpy.ndarray "
                                            r"\(convert it with torch.from_numpy\)"):

@@ -3,8 +3,8 @@
 A cell is one (zoo, victim, attack, defense, budget, seed, service load and clients). Its key is a
 content hash of all that determines its result (zoo identity, routing menu, batch service times, plugin identities,
 budget, seed, service parameters, benign workload size, :data:`PROTOCOL_VERSION`). The attack runs
-against the cell's :class:`~psml_bench.serving.service.Service`, beside its benign clients. :func:`execute` runs a
-:class:`CellTask` in the current process (an executor's worker) and returns the cell's row
+against the cell's :class:`~psml_bench.serving.service.SimulatedService`, beside its benign clients. :func:`execute`
+runs a :class:`CellTask` in the current process (an executor's worker) and returns the cell's row
 (a :class:`~psml_bench.bench.row.CellRow`).
 """
 
@@ -32,7 +32,7 @@ from ..isolation.attack_process import PluginLocator, run_attack
 from ..contract.registries import STRATEGIES
 from .sanity import defense_flags, surrogate_flags
 from ..serving.eval_guard import EvalInputGuard
-from ..serving.service import Service, service_times
+from ..serving.service import SimulatedService, service_times
 from ..contract.target import Knowledge
 from ..extraction.surrogate import Surrogate, weights_digest
 from .._version import PROTOCOL_VERSION, __version__
@@ -130,7 +130,7 @@ class CellTask:
     device: str = "cpu"
 
 
-def service_costs(zoo: Zoo, service: Service) -> dict[str, float]:
+def service_costs(zoo: Zoo, service: SimulatedService) -> dict[str, float]:
     """What the cell's defense cost its benign clients, from every benign request of the cell.
 
     ``goodput``: share of benign requests answered by a model meeting the client's accuracy floor
@@ -140,7 +140,7 @@ def service_costs(zoo: Zoo, service: Service) -> dict[str, float]:
     ones; ``refused_benign`` (by the defense); ``dropped_benign`` (timed out in an overloaded queue, or
     rejected at admission by the policy); ``false_positive_clients``: share of benign clients the defense
     detected or blocked; ``benign_accuracy_drop``: top-1 accuracy of the answers the same requests get
-    from the undefended service (the same policy, no defense: :meth:`Service.undefended_run`) minus that
+    from the undefended service (the same policy, no defense: :meth:`SimulatedService.undefended_run`) minus that
     of the defended answers (a refused or rejected request counts as wrong); ``perturbation``: mean halved L1 between
     each answer and the serving model's own
     output; ``latency_overhead``: mean end-to-end latency of the answered requests over that of the
@@ -178,15 +178,15 @@ def _answered(outcome: dict[str, np.ndarray]) -> np.ndarray:
     return ~outcome["refused"] & ~np.isinf(outcome["latency"])
 
 
-def slo_costs(service: Service, outcome: dict[str, np.ndarray] | None = None) -> dict[str, float]:
+def slo_costs(service: SimulatedService, outcome: dict[str, np.ndarray] | None = None) -> dict[str, float]:
     """The SLO part of :func:`service_costs` (``goodput``, ``latency_p50_ms``, ``latency_p99_ms``,
     ``refused_benign``, ``dropped_benign``), without the undefended re-run the other costs need
-    (``outcome``: :meth:`Service.benign_outcome`, if the caller has it)."""
+    (``outcome``: :meth:`SimulatedService.benign_outcome`, if the caller has it)."""
     outcome = service.benign_outcome() if outcome is None else outcome
     n = len(outcome["refused"])
     answered = _answered(outcome)
     dropped = ~outcome["refused"] & np.isinf(outcome["latency"])
-    accuracies = np.array([e.accuracy for e in service.benign_server.menu])
+    accuracies = np.array([e.accuracy for e in service.benign_frontend.menu])
     accurate_enough = answered & (accuracies[np.maximum(outcome["served"], 0)] >= outcome["min_accuracy"])
     in_time = answered & (outcome["latency"] <= outcome["max_latency"])
     latency = outcome["latency"][answered]
@@ -294,8 +294,9 @@ def run_cell(zoo: Zoo, grid: GridConfig, cell: Cell, *, timeout_s: float | None 
         zoo, victim_id, device, context, verdict)
     flags += surrogate_problems
     costs = _benign_costs(zoo, service, verdict)
-    if service.server.eval_guard.count:
-        flags.append(f"queried {service.server.eval_guard.count} inputs the cell is scored on (eval_queries)")
+    eval_queries = service.attacker_frontend.eval_guard.count
+    if eval_queries:
+        flags.append(f"queried {eval_queries} inputs the cell is scored on (eval_queries)")
     ownership = _ownership(zoo, victim_id, defense, service, surrogate, device, verdict)
     return replace(
         row_identity(zoo, cell), status=verdict.status, error=verdict.error, surrogate_recipe=recipe, **metrics,
@@ -304,13 +305,13 @@ def run_cell(zoo: Zoo, grid: GridConfig, cell: Cell, *, timeout_s: float | None 
 
 
 def _cell_service(zoo: Zoo, grid: GridConfig, cell: Cell, defense: Any, victim_id: str, device: torch.device,
-                  context: RunContext) -> Service:
+                  context: RunContext) -> SimulatedService:
     """The cell's service around ``defense``, its pool answers owned by ``context``, its eval-input guard set."""
-    service = Service(zoo, defense=defense, config=cell.service, seed=cell.seed, budget=cell.budget,
-                      policy=grid.policy, benign_queries=grid.benign_queries,
-                      victim_id=victim_id if cell.attack_plugin.access == "victim" else None, device=device,
-                      attacker_identities=cell.attacker_identities, pool_answers=context.pool_answers)
-    service.server.eval_guard = EvalInputGuard(zoo.splits["test_x"], zoo.splits["attacker_x"])
+    service = SimulatedService(zoo, defense=defense, config=cell.service, seed=cell.seed, budget=cell.budget,
+                               policy=grid.policy, benign_queries=grid.benign_queries,
+                               victim_id=victim_id if cell.attack_plugin.access == "victim" else None, device=device,
+                               attacker_identities=cell.attacker_identities, pool_answers=context.pool_answers)
+    service.attacker_frontend.eval_guard = EvalInputGuard(zoo.splits["test_x"], zoo.splits["attacker_x"])
     return service
 
 
@@ -352,7 +353,7 @@ def _scored_attack(attack: Callable[[], Surrogate], zoo: Zoo, victim_id: str, de
     return surrogate, dict.fromkeys(SURROGATE_METRICS, float("nan")), "", []
 
 
-def _benign_costs(zoo: Zoo, service: Service, verdict: _Verdict) -> dict[str, float]:
+def _benign_costs(zoo: Zoo, service: SimulatedService, verdict: _Verdict) -> dict[str, float]:
     """Finish the service's benign workload and cost it (:func:`service_costs`); NaN if the defense crashes."""
     try:
         service.finish()
@@ -363,7 +364,7 @@ def _benign_costs(zoo: Zoo, service: Service, verdict: _Verdict) -> dict[str, fl
         return dict.fromkeys(COST_METRICS, float("nan"))
 
 
-def _ownership(zoo: Zoo, victim_id: str, defense: Any, service: Service, surrogate: Surrogate | None,
+def _ownership(zoo: Zoo, victim_id: str, defense: Any, service: SimulatedService, surrogate: Surrogate | None,
                device: torch.device, verdict: _Verdict) -> dict[str, float]:
     """The ownership test on the watermark pairs the defense kept (:func:`score_ownership`); NaN if it crashes."""
     try:
@@ -374,8 +375,8 @@ def _ownership(zoo: Zoo, victim_id: str, defense: Any, service: Service, surroga
         return dict.fromkeys(OWNERSHIP_METRICS, float("nan"))
 
 
-def _attack_measures(service: Service, cell: Cell, victim_id: str) -> dict[str, float | int | None]:
-    """What the server saw of the attacker: queries, routing to the victim, detection, clock and client work."""
+def _attack_measures(service: SimulatedService, cell: Cell, victim_id: str) -> dict[str, float | int | None]:
+    """What the service saw of the attacker: queries, routing to the victim, detection, clock and client work."""
     victim_index = [e.id for e in service.menu].index(victim_id)
     detected_at = service.attacker_detected_at  # the first of its identities detected, counting all their queries
     identities_detected = sum(int(c) in service.detections for c in service.attacker_ids) / len(
@@ -386,7 +387,7 @@ def _attack_measures(service: Service, cell: Cell, victim_id: str) -> dict[str, 
         "fingerprint_accuracy": scoring.fingerprint_accuracy(service.log.requested_ids("extract"), victim_index),
         "detected": float(detected_at is not None),
         "queries_to_detection": float(detected_at) if detected_at is not None else float("nan"),
-        "eval_queries": float(service.server.eval_guard.count),
+        "eval_queries": float(service.attacker_frontend.eval_guard.count),
         "attacker_time_s": service.clock / 1000,  # the cell's clock when the attacker's last answer reached it
         "attacker_work_s": service.attacker_work_ms / 1000,
         "identities_detected": identities_detected,

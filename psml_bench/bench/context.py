@@ -6,7 +6,7 @@ that pass none (``run_cell``, ``execute``, ``score_surrogate``, ``surrogate_flag
 :func:`default_context`, the process's own. Nothing else in the bench layer keeps per-run state at
 module level; what stays process-wide elsewhere is a pure memo or a process resource (each says so
 where it is defined: the surrogate trainer's memory, the attack sandbox, the pool answers of a
-:class:`~psml_bench.serving.service.Service` built without an owner).
+:class:`~psml_bench.serving.service.SimulatedService` built without an owner).
 """
 
 from __future__ import annotations

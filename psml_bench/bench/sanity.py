@@ -10,7 +10,7 @@ import torch
 
 from ..common import metrics as scoring
 from ..contract.registries import DEFENSES
-from ..serving.server import Server
+from ..serving.frontend import Frontend
 from ..contract.spec import Spec
 
 if TYPE_CHECKING:
@@ -34,19 +34,19 @@ def are_probability_vectors(outputs: Any, num_classes: int) -> bool:
 
 
 def defense_flags(zoo: Zoo, grid: GridConfig, cell: Cell, probe_size: int = 64, calls: int = 2) -> list[str]:
-    """Probe the cell's defense on a fresh server with ``calls`` identical calls: the first two
+    """Probe the cell's defense on a fresh front end with ``calls`` identical calls: the first two
     answer probability vectors; determinism as claimed (every call answered like the first).
 
     The probe has its own generator (``[seed, 5]``), so it changes none of the cell's numbers.
     """
     defense = DEFENSES.get(cell.defense.name)(**cell.defense.kwargs)
-    server = Server(zoo, defense=defense, rng=np.random.default_rng([cell.seed, 5]), policy=grid.policy)
+    frontend = Frontend(zoo, defense=defense, rng=np.random.default_rng([cell.seed, 5]), policy=grid.policy)
     inputs = zoo.splits["benign_x"][:probe_size]
-    spec = Spec(sum(server.spec_range.accuracy) / 2, sum(server.spec_range.latency_ms) / 2)
+    spec = Spec(sum(frontend.spec_range.accuracy) / 2, sum(frontend.spec_range.latency_ms) / 2)
     answers, answered = [], []
     for _ in range(calls):
-        answers.append(server.query(inputs, spec, purpose="probe"))
-        answered.append(~server.last_refused)
+        answers.append(frontend.query(inputs, spec, purpose="probe"))
+        answered.append(~frontend.last_refused)
     flags = []
     # a refused row (NaN) is a refusal, not a malformed answer: a stateful defense may refuse a client that
     # repeats itself (query-hash refuses the second call); the first call must be answered

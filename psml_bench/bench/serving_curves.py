@@ -8,7 +8,7 @@ and the capacity each defense setting leaves to benign users, with no attacker:
 - **curve**: for each zoo of the grid, each defense setting its cells name (a :class:`Setting`:
   the defense, the benign clients and the service config with the load left out) and each load of
   :data:`CURVE_LOADS` (fractions of the undefended capacity at the SLO, up to overload), the
-  service of a cell (:class:`~psml_bench.serving.service.Service`) with ``benign_queries`` benign
+  service of a cell (:class:`~psml_bench.serving.service.SimulatedService`) with ``benign_queries`` benign
   requests, budget 0 and the grid's policy, on each seed of :data:`SEEDS`: ``goodput`` (SLO
   attainment: answered within the bound by a model meeting the floor) and ``latency_p99_ms``, as a
   cell's :func:`~psml_bench.bench.cell.service_costs` computes them. The undefended setting is also
@@ -44,7 +44,7 @@ from .._version import PROTOCOL_VERSION
 from ..common.files import content_hash, write_atomic
 from ..contract.errors import sanitise
 from ..serving.config import MAX_LOAD as _CONFIG_MAX_LOAD, ServiceConfig
-from ..serving.service import Service, service_times
+from ..serving.service import SimulatedService, service_times
 from ..zoo.model_zoo import Zoo
 from .cell import slo_costs, zoo_identity
 from .grid import Cell, GridConfig, PluginSpec, ResolvedPlugin
@@ -106,8 +106,8 @@ def settings_of(grid: GridConfig, cells: Iterable[Cell]) -> list[Setting]:
 
 def measure(zoo: Zoo, setting: Setting, load: float, seed: int, benign_queries: int) -> dict[str, float]:
     """The setting's service at ``load`` with benign clients only: its goodput and tail latency on ``seed``."""
-    service = Service(zoo, defense=setting.defense.instantiate(), config=replace(setting.service, load=load),
-                      seed=seed, budget=0, policy=setting.policy, benign_queries=benign_queries)
+    service = SimulatedService(zoo, defense=setting.defense.instantiate(), config=replace(setting.service, load=load),
+                               seed=seed, budget=0, policy=setting.policy, benign_queries=benign_queries)
     service.finish()
     costs = slo_costs(service)  # as a cell computes them, without the undefended re-run a cell's other costs need
     return {"goodput": costs["goodput"], "latency_p99_ms": costs["latency_p99_ms"],

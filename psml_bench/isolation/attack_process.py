@@ -1,6 +1,6 @@
 """The attack process: every attack runs in a process of its own, in the sandbox, behind a query channel.
 
-The cell worker (which holds the zoo, the server, its hidden log and the test labels) has each attack
+The cell worker (which holds the zoo, the front end, its hidden log and the test labels) has each attack
 process forked by its sandbox's zygote (:mod:`psml_bench.isolation.sandbox`: bubblewrap, fresh namespaces per
 cell, a filesystem with the Python installation and the harness's packages only). The attack
 process receives, over its channel, the attack's locator, the source of any plugin code the
@@ -15,7 +15,7 @@ The channel is a socket pair (its wire form: :mod:`psml_bench.isolation.channel`
 - worker -> attack: pickled replies (the attack process may trust the worker).
 
 ``Target.query`` in the attack process becomes a round trip: the worker calls
-:meth:`Server.query`, which counts and enforces the budget; :class:`BudgetExhausted` and
+:meth:`Frontend.query`, which counts and enforces the budget; :class:`BudgetExhausted` and
 :class:`InvalidQueryError` come back and are raised again with the same class and message.
 ``train_surrogate`` of a fresh surrogate becomes a request to the worker, which trains it
 (:mod:`psml_bench.isolation.trainer`). When the attack returns, its surrogate (a :class:`Surrogate`) comes back as
@@ -54,10 +54,10 @@ from ..extraction.surrogate import Surrogate, nonfinite_weights, training_elsewh
 from .trainer import SurrogateTrainer, remote_trainer
 from .channel import caller, pack, remote_target, spec_from_header, unpack
 from ..contract.target import Knowledge
-from ..serving.server import Server
+from ..serving.frontend import Frontend
 
 if TYPE_CHECKING:
-    from ..serving.service import Service
+    from ..serving.service import SimulatedService
 
 log = logging.getLogger(__name__)
 
@@ -308,47 +308,40 @@ def _rebuild_surrogate(header: dict[str, Any], state: dict[str, torch.Tensor], k
     return model.eval()
 
 
-def _training_dir(server: Any, training_cache: Path | None | str) -> Path | None:
-    """The directory whose ``surrogates/`` keeps the trainings (``"zoo"``: the server's zoo's, if it has one)."""
-    if training_cache == "zoo":
-        return getattr(getattr(server, "zoo", None), "directory", None)
-    return None if training_cache is None else Path(training_cache)
-
-
-def run_attack(server: Server | Service, locator: PluginLocator, knowledge: Knowledge, budget: int,
+def run_attack(frontend: Frontend | SimulatedService, locator: PluginLocator, knowledge: Knowledge, budget: int,
                rng: np.random.Generator, *, timeout_s: float | None = None,
                memory_mb: int | None = None, global_seed: int | None = None,
                transcript: Any = None, training_cache: Path | None | str = "zoo") -> Surrogate:
-    """Run an attack in its own sandboxed process against ``server``; return its surrogate.
+    """Run an attack in its own sandboxed process against ``frontend``; return its surrogate.
 
-    The server's answers and the surrogate trainings are computed in this process on one thread
+    The front end's answers and the surrogate trainings are computed in this process on one thread
     (:data:`ATTACK_THREADS`, as in a cell), whatever this process's thread count.
 
     Args:
-        server: the service the attack queries (the budget is enforced here, in this process): a
-            :class:`Server`, or a cell's :class:`~psml_bench.serving.service.Service` on its simulated clock.
+        frontend: what the attack queries (the budget is enforced here, in this process): a :class:`Frontend`,
+            or a cell's :class:`~psml_bench.serving.service.SimulatedService` on its simulated clock.
         locator: which attack, with its parameters.
         knowledge: what the attacker knows; sent to the attack process.
-        budget: the attack's query budget (passed to ``run``; the server enforces its own).
+        budget: the attack's query budget (passed to ``run``; the front end enforces its own).
         rng: the attack's generator, sent with its state.
         timeout_s: wall-clock limit of the attack process (``None``: the executor's cell timeout).
         memory_mb: address-space limit of the attack process (``None``: this process's own limit).
         global_seed: reseed the attack process's global generators (``random``, numpy's, torch's).
         transcript: a ``hashlib`` hash updated with every query (inputs, spec, purpose) and answer, in order.
         training_cache: the directory whose ``surrogates/`` keeps the surrogate trainings this run's workers did
-            (``"zoo"``: the server's zoo's directory; ``None``: none on disk).
+            (``"zoo"``: the directory of ``frontend``'s zoo; ``None``: none on disk).
 
     Raises:
         AttackFailed: the attack raised, died, timed out, broke the protocol or returned no
             usable surrogate; the message is the cell's error, in the harness's words.
-        Exception: whatever the server (policy, defense) raised while answering.
+        Exception: whatever the front end (policy, defense) raised while answering.
     """
     sandbox = _sandbox(locator, gpu=knowledge.device != "cpu")
     conn = sandbox.fork()
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     max_message = _MESSAGE_SLACK + int(np.prod(knowledge.input_shape)) * 8 * max(budget, 1)
     limit = (memory_mb * 2**20, memory_mb * 2**20) if memory_mb else resource.getrlimit(resource.RLIMIT_AS)
-    exchange = _Exchange(server, conn, knowledge, transcript)
+    exchange = _Exchange(frontend, conn, knowledge, transcript)
     # The answers are computed here: on one thread, as in a cell, whatever this process's count. The
     # reductions of a forward pass split that many ways, which changes the answers' last bits (with
     # AVX-512 kernels), and with them the surrogate trained on them.
@@ -359,7 +352,7 @@ def run_attack(server: Server | Service, locator: PluginLocator, knowledge: Know
             "locator": locator, "sources": plugin_sources(locator), "knowledge": knowledge, "budget": budget,
             "rng": rng, "memory_limit": limit, "global_seed": global_seed, "max_message": max_message,
         }, protocol=pickle.HIGHEST_PROTOCOL))
-        exchange.trainer = SurrogateTrainer(knowledge, _training_dir(server, training_cache))
+        exchange.trainer = SurrogateTrainer(knowledge, _training_directory(frontend, training_cache))
         while True:
             header, tensors = unpack(_receive(conn, deadline, timeout_s, max_message))
             op = header.get("op")
@@ -400,17 +393,25 @@ def _receive(conn: Connection, deadline: float | None, timeout_s: float | None, 
                                 f"({exc})") from None
 
 
+def _training_directory(frontend: Frontend | SimulatedService, training_cache: Path | None | str) -> Path | None:
+    """Where the surrogate trainings are kept: ``training_cache``, or for ``"zoo"`` the directory of ``frontend``'s
+    zoo (``None``: nowhere on disk)."""
+    if training_cache == "zoo":
+        training_cache = getattr(getattr(frontend, "zoo", None), "directory", None)
+    return None if training_cache is None else Path(training_cache)
+
+
 @dataclass
 class _Exchange:
     """The worker's side of one attack process's channel, as its messages are handled.
 
     Attributes:
         trainer: trains the surrogates the attack asks for (set once the attack process has its setup).
-        overrun: the server's own words when it refused the last query for the budget ('' otherwise).
+        overrun: the front end's own words when it refused the last query for the budget ('' otherwise).
         finished: the attack process sent its last message (its result or its failure).
     """
 
-    server: Server | Service
+    frontend: Frontend | SimulatedService
     conn: Connection
     knowledge: Knowledge
     transcript: Any = None
@@ -423,8 +424,8 @@ class _Exchange:
 
 
 def _on_query(exchange: _Exchange, header: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
-    """A query: answered by the server (which counts the budget), recorded in the transcript, replied."""
-    reply = _answer(exchange.server, header, tensors)
+    """A query: answered by the front end (which counts the budget), recorded in the transcript, replied."""
+    reply = _answer(exchange.frontend, header, tensors)
     exchange.overrun = reply[2] if reply[:2] == ("error", "BudgetExhausted") else ""
     if exchange.transcript is not None:  # the spec and purpose, then the inputs and the answers
         for part in ([header.get("spec"), header.get("purpose")], tensors.get("inputs"),
@@ -446,12 +447,13 @@ def _on_done(exchange: _Exchange, header: dict[str, Any], tensors: dict[str, tor
 
 
 def _on_failed(exchange: _Exchange, header: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
-    """The attack raised: :class:`AttackFailed`, in the harness's words (a budget overrun is the server's record)."""
+    """The attack raised: :class:`AttackFailed`, in the harness's words (a budget overrun is the front end's
+    record)."""
     exchange.finished = True
     kind = sanitise(header.get("type", "Error"), 60)
     message = sanitise(header.get("message", ""), MAX_ERROR_CHARS)
     log.debug("attack process failed:\n%s", sanitise(header.get("traceback", ""), 4000))
-    if exchange.overrun:  # the server refused its last query: the harness's record, not the attack's word
+    if exchange.overrun:  # the front end refused its last query: the harness's record, not the attack's word
         raise AttackFailed(f"budget overrun: {exchange.overrun}")
     raise AttackFailed(f"the attack raised {kind}: {message}")
 
@@ -472,19 +474,20 @@ def _exited(conn: Connection) -> bool:
     return False
 
 
-def _answer(server: Server | Service, header: dict[str, Any], tensors: dict[str, torch.Tensor]) -> tuple:
+def _answer(frontend: Frontend | SimulatedService, header: dict[str, Any],
+            tensors: dict[str, torch.Tensor]) -> tuple:
     inputs = tensors.get("inputs")
     if inputs is None:
         raise ProtocolError("ProtocolError: the attack process sent a query without inputs")
     purpose = header.get("purpose")
     try:
-        answers = server.query(inputs, spec_from_header(header.get("spec")),
-                               purpose=purpose if isinstance(purpose, str) else "extract")
+        answers = frontend.query(inputs, spec_from_header(header.get("spec")),
+                                 purpose=purpose if isinstance(purpose, str) else "extract")
     except BudgetExhausted as exc:
         return ("error", "BudgetExhausted", str(exc))
     except InvalidQueryError as exc:
         return ("error", "InvalidQueryError", str(exc))
-    return ("ok", (answers, server.last_refused, server.last_latency_ms, server.remaining))
+    return ("ok", (answers, frontend.last_refused, frontend.last_latency_ms, frontend.remaining))
 
 
 def prestart(locator: PluginLocator | None = None, gpu: bool = False) -> None:

@@ -26,7 +26,7 @@ from ..contract.target import Target
 
 FORWARDED_ERRORS: dict[str, type[PsmlError]] = {"BudgetExhausted": BudgetExhausted,
                                                 "InvalidQueryError": InvalidQueryError}
-"""Server errors re-raised in the attack process with the same class and message."""
+"""The front end's errors re-raised in the attack process with the same class and message."""
 
 
 def pack(header: dict[str, Any], tensors: dict[str, torch.Tensor] | None = None) -> bytes:

@@ -1,1 +1,1 @@
-"""The serving system: routing policies, the server, the simulated service, the live HTTP service."""
+"""The serving system: routing policies, the front end, the simulated service, the live HTTP service."""

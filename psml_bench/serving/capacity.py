@@ -118,13 +118,14 @@ class Attainment:
         return float(np.percentile(finite, 99)) if len(finite) else math.inf
 
 
-def capacity_problem(server, intercept_ms: Sequence[float], slope_ms: Sequence[float], replicas: Sequence[int],
+def capacity_problem(frontend, intercept_ms: Sequence[float], slope_ms: Sequence[float], replicas: Sequence[int],
                      batching: BatchingConfig, reject: bool, slo_target: float) -> CapacityProblem:
-    """The capacity problem of a :class:`~psml_bench.serving.server.Server`'s whole menu (undefended, its policy)."""
-    return CapacityProblem(tuple(e.id for e in server.menu), tuple(float(e.accuracy) for e in server.menu),
-                           tuple(float(e.latency_ms) for e in server.menu), tuple(float(a) for a in intercept_ms),
-                           tuple(float(b) for b in slope_ms), tuple(int(r) for r in replicas), server.spec_range,
-                           server.policy.name, batching, bool(reject), float(slo_target))
+    """The capacity problem of a :class:`~psml_bench.serving.frontend.Frontend`'s whole menu (undefended, its
+    policy)."""
+    return CapacityProblem(tuple(e.id for e in frontend.menu), tuple(float(e.accuracy) for e in frontend.menu),
+                           tuple(float(e.latency_ms) for e in frontend.menu), tuple(float(a) for a in intercept_ms),
+                           tuple(float(b) for b in slope_ms), tuple(int(r) for r in replicas), frontend.spec_range,
+                           frontend.policy.name, batching, bool(reject), float(slo_target))
 
 
 def batch_service_times(menu: Sequence[MenuEntry], profiles: Sequence[Path | None]) -> tuple[np.ndarray, np.ndarray]:

@@ -198,7 +198,7 @@ def _add_routes(app: FastAPI, service: LiveService, metrics: Metrics, limits: Ht
             return _error(429, str(exc))
         metrics.latency.observe(time.perf_counter() - arrival)
         served_accuracy = answer.served_accuracy if service.keys[key].operator else None
-        remaining = service.servers[key].remaining
+        remaining = service.frontends[key].remaining
         return Response(encode_answers(answer.probabilities, answer.refused, answer.latency_ms, served_accuracy),
                         media_type=SAFETENSORS,
                         headers={"X-Budget-Remaining": "unlimited" if remaining is None else str(remaining)})

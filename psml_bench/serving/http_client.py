@@ -25,7 +25,7 @@ NO_DELAY = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
 
 
 class HttpClient:
-    """Queries a live endpoint with one API key; mirrors :class:`~psml_bench.serving.server.Server`'s client face.
+    """Queries a live endpoint with one API key; mirrors :class:`~psml_bench.serving.frontend.Frontend`'s client face.
 
     Args:
         url: the service's base URL (``http://host:port``).

@@ -1,8 +1,8 @@
 """The live service: the zoo behind the cells' policy and defense, per-key budgets, real dynamic batching.
 
-The real-clock counterpart of :mod:`psml_bench.serving.service`. Each API key is one client with its
-own :class:`~psml_bench.serving.server.Server` (its own budget and hidden log), all sharing one defense
-instance and one defense generator, so the defense sees every client under its opaque id. A
+The real-clock counterpart of :class:`~psml_bench.serving.service.SimulatedService`. Each API key is one
+client with its own front end (:class:`~psml_bench.serving.frontend.Frontend`: its own budget and hidden log),
+all sharing one defense instance and one defense generator, so the defense sees every client under its opaque id. A
 query is checked, admitted and routed (and counted against the key's budget) in one step with no
 ``await`` in between, so concurrent queries on one key can never overspend it; the admitted rows
 then wait in their model's queue. The SLO-aware policy (``infaas-slo``, the default) routes each row with
@@ -13,7 +13,7 @@ per model takes what is queued, waiting up to
 ``max_wait_ms`` for a batch of up to ``max_batch`` inputs, and runs the forward pass on a pool
 of ``forward_threads`` threads shared by all models; the defense's ``answer`` runs when the rows
 come back. A defense that prices answers in client compute (``client_work_ms``, proof of work) has
-the server hold each answer for that long, as the simulated service does (no puzzle is sent: the
+the service hold each answer for that long, as the simulated service does (no puzzle is sent: the
 wait stands for the client's work).
 """
 
@@ -34,7 +34,7 @@ import torch
 
 from ..contract.errors import ConfigError
 from .service import service_times
-from .server import Server, opaque_client_ids, released_ms
+from .frontend import Frontend, opaque_client_ids, released_ms
 from ..contract.spec import Spec
 from .simulator import BatchingConfig
 from ..zoo.model_zoo import Zoo
@@ -92,12 +92,12 @@ class _Item:
 class ModelWorker:
     """One model's queue and worker: dynamic batching on the real clock, forward passes on ``executor``'s threads."""
 
-    def __init__(self, server: Server, index: int, limits: BatchingConfig, executor: ThreadPoolExecutor,
+    def __init__(self, frontend: Frontend, index: int, limits: BatchingConfig, executor: ThreadPoolExecutor,
                  metrics: Any = None, service_ms: tuple[float, float] = (0.0, 0.0)):
-        self.server, self.index, self.limits, self.metrics = server, index, limits, metrics
+        self.frontend, self.index, self.limits, self.metrics = frontend, index, limits, metrics
         self.intercept_ms, self.slope_ms = service_ms
         self.busy_until = 0.0  # perf_counter seconds when the batch in progress is predicted to finish
-        self.model_id = server.menu[index].id
+        self.model_id = frontend.menu[index].id
         self._items: deque[_Item] = deque()
         self._queued = 0
         self._ready = asyncio.Event()
@@ -117,7 +117,7 @@ class ModelWorker:
 
     def _forward(self, batch: torch.Tensor) -> tuple[torch.Tensor, float, float]:
         started = time.perf_counter()
-        outputs = self.server.forward(batch, np.full(len(batch), self.index, dtype=np.int64))
+        outputs = self.frontend.forward(batch, np.full(len(batch), self.index, dtype=np.int64))
         return outputs, started, time.perf_counter()
 
     async def run(self) -> None:
@@ -237,32 +237,33 @@ class LiveService:
         self.forward_threads = forward_threads
         self.rng = np.random.default_rng([seed, 2])
         self.client_ids = {key: int(i) for key, i in zip(keys, opaque_client_ids(seed, len(keys)))}
-        self.servers = {key: Server(zoo, defense=defense, rng=self.rng, budget=entry.budget, policy=policy)
-                        for key, entry in keys.items()}
-        self.server = Server(zoo, defense=defense, rng=self.rng, policy=policy)
+        self.frontends = {key: Frontend(zoo, defense=defense, rng=self.rng, budget=entry.budget, policy=policy)
+                          for key, entry in keys.items()}
+        # the front end of no key: the menu and spec range clients see, the workers' forward passes
+        self.frontend = Frontend(zoo, defense=defense, rng=self.rng, policy=policy)
         self.workers: list[ModelWorker] = []
         self._tasks: list[asyncio.Task] = []
 
     def describe(self) -> dict[str, Any]:
         """What a client may know of the service (the :class:`~psml_bench.Knowledge` it can build)."""
-        spec_range = self.server.spec_range
+        spec_range = self.frontend.spec_range
         return {"zoo": self.zoo.name, "input_shape": list(self.zoo.input_shape), "num_classes": self.zoo.num_classes,
                 "spec_range": {"accuracy": list(spec_range.accuracy), "latency_ms": list(spec_range.latency_ms)},
                 "latency_visible": True, "max_batch": self.limits.max_batch, "max_wait_ms": self.limits.max_wait_ms}
 
     def budget(self, key: str) -> dict[str, int | bool | None]:
         """The key's budget, queries used and remaining, and whether it is the operator's."""
-        server = self.servers[key]
-        return {"budget": server.budget, "used": server.used, "remaining": server.remaining,
+        frontend = self.frontends[key]
+        return {"budget": frontend.budget, "used": frontend.used, "remaining": frontend.remaining,
                 "operator": self.keys[key].operator}
 
     async def start(self) -> None:
         """Load every model and start one worker per model."""
-        for entry in self.server.menu:
+        for entry in self.frontend.menu:
             self.zoo.model(entry.id)
         self._executor = ThreadPoolExecutor(max_workers=self.forward_threads, thread_name_prefix="psml-forward")
         intercept, slope = service_times(self.zoo)
-        self.workers = [ModelWorker(self.server, i, self.limits, self._executor, self.metrics, (a, b))
+        self.workers = [ModelWorker(self.frontend, i, self.limits, self._executor, self.metrics, (a, b))
                         for i, (a, b) in enumerate(zip(intercept.tolist(), slope.tolist()))]
         self._tasks = [asyncio.create_task(worker.run()) for worker in self.workers]
 
@@ -280,13 +281,13 @@ class LiveService:
             BudgetExhausted: the query would go past the key's budget; nothing of it was served.
         """
         arrival = time.perf_counter()
-        server = self.servers[key]
+        frontend = self.frontends[key]
         # check, admit, route and count in one step: no await until the rows are queued
-        requests = server.check(inputs, spec, self.client_ids[key], arrival * 1000)
+        requests = frontend.check(inputs, spec, self.client_ids[key], arrival * 1000)
         inputs, n = requests.inputs, len(requests)
-        queues = LiveQueues(self.workers, arrival) if server.policy.queue_aware else None
-        served = server.plan(requests, self.rng, queues)
-        server.record(served, purpose)
+        queues = LiveQueues(self.workers, arrival) if frontend.policy.queue_aware else None
+        served = frontend.plan(requests, self.rng, queues)
+        frontend.record(served, purpose)
         rows = np.flatnonzero(~served.refused)
         latency = np.full(n, np.nan)
         pending = []
@@ -299,12 +300,12 @@ class LiveService:
             results = await asyncio.gather(*futures)
             produced[torch.from_numpy(positions)] = torch.cat([outputs for outputs, _ in results])
             latency[rows[positions]] = (max(done for _, done in results) - arrival) * 1000
-        server.fill(requests, served, produced, self.rng)
+        frontend.fill(requests, served, produced, self.rng)
         if served.work_ms.any():  # the client's work on each answer, one answer at a time, from its arrival
             released = released_ms(requests.clients, arrival * 1000 + latency, served.work_ms, arrival * 1000)
             await asyncio.sleep(max(0.0, float(np.nanmax(released)) / 1000 - time.perf_counter()))
             latency = released - arrival * 1000
-        accuracy = np.array([e.accuracy for e in server.menu])
+        accuracy = np.array([e.accuracy for e in frontend.menu])
         served_accuracy = np.where(served.refused, np.nan, accuracy[np.maximum(served.served, 0)])
         if self.metrics is not None:
             self.metrics.answered(n - len(rows), len(rows))

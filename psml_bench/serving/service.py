@@ -1,16 +1,18 @@
 """A cell's multi-tenant service on a simulated clock: benign clients, the attacker, model workers under load.
 
-Protocol version 4 (docs/protocol.md, section 4). The service hosts the zoo behind one
-:class:`~psml_bench.serving.server.Server` (policy and defense) and ``replicas`` workers per model sharing a
-FIFO queue with deadline-aware dynamic batching (:mod:`psml_bench.serving.simulator`). Its clients are the
-attacker and ``benign_clients`` benign clients, each with an opaque id shuffled per cell. Benign requests
+Protocol version 4 (docs/protocol.md, section 4). :class:`SimulatedService`, the simulated-clock counterpart of
+:class:`~psml_bench.serving.live.LiveService`, hosts the zoo behind two front ends
+(:class:`~psml_bench.serving.frontend.Frontend`: policy and defense), the attacker's and the benign clients', which
+share one defense instance, and ``replicas`` workers per model sharing a FIFO queue with deadline-aware dynamic
+batching (:mod:`psml_bench.serving.simulator`). Its clients are the attacker and ``benign_clients`` benign clients,
+each with an opaque id shuffled per cell. Benign requests
 arrive as a Poisson process of total rate ``load`` times the service's capacity at the SLO
 (:mod:`psml_bench.serving.capacity`), each from a client drawn uniformly, with an input from the attacker's pool
 split and a spec drawn like the benign workload. The attacker is a closed-loop client: each
 ``Target.query`` call arrives at once, its rows reach the queues at its pace (``attacker_rate`` times one
 benign client's rate), and the next call arrives no earlier than the previous one's answers. A defense
 that prices answers in client compute (``client_work_ms``) delays each answer until its client, working
-on one answer at a time, has done that work (:func:`~psml_bench.serving.server.released_ms`).
+on one answer at a time, has done that work (:func:`~psml_bench.serving.frontend.released_ms`).
 
 Every request passes the defense in arrival order (benign requests that arrived before an attacker
 call, or before a batch dispatch it waits on, first). ``infaas-slo`` routes each request on arrival on
@@ -35,7 +37,7 @@ from ..contract.errors import ConfigError
 from ..zoo.profiling import reference_profile_path
 from ..common.metrics import benign_specs
 from ..contract.requests import Requests
-from .server import Served, Server, opaque_client_ids, released_ms
+from .frontend import Frontend, Served, opaque_client_ids, released_ms
 from ..contract.spec import Spec
 from .config import ServiceConfig
 from .simulator import BatchingSimulator
@@ -65,9 +67,9 @@ def slo_capacity(zoo: Zoo, policy: str, config: ServiceConfig, capacities: Capac
 
     Raises:
         ConfigError: ``replicas`` names a model the zoo does not serve, or no load meets the SLO target."""
-    server = Server(zoo, defense=None, rng=np.random.default_rng(0), policy=policy)
-    problem = capacity_problem(server, *service_times(zoo), config.replica_counts([e.id for e in server.menu]),
-                               config.batching(server.spec_range.latency_ms[1]), config.admission == "reject",
+    frontend = Frontend(zoo, defense=None, rng=np.random.default_rng(0), policy=policy)
+    problem = capacity_problem(frontend, *service_times(zoo), config.replica_counts([e.id for e in frontend.menu]),
+                               config.batching(frontend.spec_range.latency_ms[1]), config.admission == "reject",
                                config.slo_target)
     return (capacities if capacities is not None else CapacityCache(zoo.directory / CAPACITY_FILE)).get(problem)
 
@@ -100,10 +102,10 @@ class PoolAnswers:
     @torch.no_grad()
     def compute(zoo: Zoo, model_id: str, device: torch.device | str = "cpu") -> torch.Tensor:
         """``model_id``'s answers on the whole pool, as a cell's one thread computes them on ``device``."""
-        server = Server(zoo, defense=None, rng=np.random.default_rng(0), model_ids=[model_id], device=device)
+        frontend = Frontend(zoo, defense=None, rng=np.random.default_rng(0), model_ids=[model_id], device=device)
         pool = zoo.splits["attacker_x"]
         with intra_op_threads(1):
-            return server.forward(pool, np.zeros(len(pool), dtype=np.int64))
+            return frontend.forward(pool, np.zeros(len(pool), dtype=np.int64))
 
     @staticmethod
     def of(zoo: Zoo, device: torch.device | str = "cpu", cache: PoolAnswersCache | None = None) -> PoolAnswers:
@@ -131,9 +133,10 @@ class PoolAnswersCache:
 
 
 PROCESS_POOL_ANSWERS = PoolAnswersCache()
-"""The owner of callers that pass none (:meth:`PoolAnswers.of`, a :class:`Service` without ``pool_answers``), kept
-for the process. A run's cells do not use it: each :class:`~psml_bench.bench.context.RunContext` owns its own,
-which :func:`~psml_bench.bench.cell.run_cell` passes to the cell's service. Callers that pass none: the runner's
+"""The owner of callers that pass none (:meth:`PoolAnswers.of`, a :class:`SimulatedService` without
+``pool_answers``), kept for the process. A run's cells do not use it: each
+:class:`~psml_bench.bench.context.RunContext` owns its own, which :func:`~psml_bench.bench.cell.run_cell` passes to
+the cell's service. Callers that pass none: the runner's
 precompute of the answers file before its workers start (``run_grid``), the serving curves' benign-only services
 (:mod:`psml_bench.bench.serving_curves`), benchmarks and tests. A memo of a pure function, so which owner opened
 the answers changes no number."""
@@ -189,8 +192,8 @@ class _BenignStream:
     """The benign requests of a cell, generated lazily in fixed chunks (so the stream does not depend
     on how far it is read)."""
 
-    def __init__(self, rate_per_ms: float, clients: np.ndarray, pool_size: int, server: Server, seed: int):
-        self.rate, self.clients, self.pool_size, self.server = rate_per_ms, clients, pool_size, server
+    def __init__(self, rate_per_ms: float, clients: np.ndarray, pool_size: int, frontend: Frontend, seed: int):
+        self.rate, self.clients, self.pool_size, self.frontend = rate_per_ms, clients, pool_size, frontend
         self._arrivals = np.random.default_rng([seed, 6])
         self._specs = np.random.default_rng([seed, 3])
         self.times, self.client, self.pool_row = np.empty(0), np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
@@ -204,8 +207,8 @@ class _BenignStream:
         which = self._arrivals.integers(len(self.clients), size=BENIGN_CHUNK)
         client = self.clients[which]
         rows = self._inputs.next_rows(which)
-        specs = benign_specs(self.server._accuracy, self.server._latency, self.server.spec_range, BENIGN_CHUNK,
-                             self._specs)
+        specs = benign_specs(self.frontend._accuracy, self.frontend._latency, self.frontend.spec_range,
+                             BENIGN_CHUNK, self._specs)
         self.times = np.concatenate([self.times, last + np.cumsum(gaps)])
         self.client = np.concatenate([self.client, client])
         self.pool_row = np.concatenate([self.pool_row, rows])
@@ -234,15 +237,18 @@ class _BenignStream:
         return taken
 
 
-class Service:
-    """The attacker's and the benign clients' service of one cell (see the module docstring).
+class SimulatedService:
+    """The attacker's and the benign clients' service of one cell on the simulated clock (see the module docstring).
+
+    The attacker's front end (:attr:`attacker_frontend`) counts its budget and keeps its hidden log; the benign
+    clients' (:attr:`benign_frontend`) routes and answers the benign stream. Both call the same defense instance.
 
     Args:
         zoo: the built zoo.
         defense: the cell's defense instance (one for every client).
         config: load, clients and batching.
         seed: the cell's seed.
-        budget: the attacker's query budget (counted at the server).
+        budget: the attacker's query budget (counted at its front end).
         policy: the routing policy.
         benign_queries: the fewest benign requests the cell sends; the benign stream also runs at
             least as long as the attacker does.
@@ -261,17 +267,19 @@ class Service:
                  attacker_identities: int = 1, pool_answers: PoolAnswersCache | None = None):
         self.zoo, self.config, self.benign_queries = zoo, config, benign_queries
         reject = config.admission == "reject"
-        self.benign_server = Server(zoo, defense=defense, rng=np.random.default_rng([seed, 4]), policy=policy,
-                                    device=device, reject=reject)
-        self.server = Server(zoo, defense=defense, rng=np.random.default_rng([seed, 2]), budget=budget,
-                             model_ids=[victim_id] if victim_id else None, policy=policy, device=device, reject=reject)
+        self.benign_frontend = Frontend(zoo, defense=defense, rng=np.random.default_rng([seed, 4]), policy=policy,
+                                        device=device, reject=reject)
+        self.attacker_frontend = Frontend(zoo, defense=defense, rng=np.random.default_rng([seed, 2]), budget=budget,
+                                          model_ids=[victim_id] if victim_id else None, policy=policy, device=device,
+                                          reject=reject)
         self.defense = defense
-        self.online = self.benign_server.policy.queue_aware
-        self.menu_index = np.array([[e.id for e in self.benign_server.menu].index(e.id) for e in self.server.menu])
+        self.online = self.benign_frontend.policy.queue_aware
+        benign_menu = [e.id for e in self.benign_frontend.menu]
+        self.menu_index = np.array([benign_menu.index(e.id) for e in self.attacker_frontend.menu])
         intercept, slope = service_times(zoo)
         self.intercept, self.slope = intercept, slope
-        self.batching = config.batching(self.benign_server.spec_range.latency_ms[1])
-        self.replicas = config.replica_counts([e.id for e in self.benign_server.menu])
+        self.batching = config.batching(self.benign_frontend.spec_range.latency_ms[1])
+        self.replicas = config.replica_counts([e.id for e in self.benign_frontend.menu])
         self.capacity_per_ms = slo_capacity(zoo, policy, config, capacities)
         rate = config.load * self.capacity_per_ms
         if isinstance(attacker_identities, bool) or not isinstance(attacker_identities, int) or attacker_identities < 1:
@@ -284,7 +292,8 @@ class Service:
         self.attacker_work_ms = 0.0  # the client-side compute the attacker's answers cost it (proof of work)
         self.attacker_detected_at: int | None = None  # the attacker's requests, all ids, when one was first detected
         self.answers = PoolAnswers.of(zoo, device, pool_answers)
-        self.benign = _BenignStream(rate, self.benign_ids, len(zoo.splits["attacker_x"]), self.benign_server, seed)
+        self.benign = _BenignStream(rate, self.benign_ids, len(zoo.splits["attacker_x"]), self.benign_frontend,
+                                    seed)
         self.attacker_pace_ms = config.benign_clients / (config.attacker_rate * rate)
         self.simulator = BatchingSimulator(intercept, slope, self.batching, self.replicas)
         self.clock = 0.0
@@ -299,27 +308,27 @@ class Service:
 
     @property
     def used(self) -> int:
-        return self.server.used
+        return self.attacker_frontend.used
 
     @property
     def remaining(self) -> int | None:
-        return self.server.remaining
+        return self.attacker_frontend.remaining
 
     @property
     def log(self):
-        return self.server.log
+        return self.attacker_frontend.log
 
     @property
     def spec_range(self):
-        return self.server.spec_range
+        return self.attacker_frontend.spec_range
 
     @property
     def menu(self):
-        return self.server.menu
+        return self.attacker_frontend.menu
 
     def pool_answers(self, pool_rows: np.ndarray, served: np.ndarray) -> torch.Tensor:
         """The answers of the models at menu indices ``served`` to the pool inputs at ``pool_rows``."""
-        menu = self.benign_server.menu
+        menu = self.benign_frontend.menu
         result = torch.empty(len(served), self.zoo.num_classes)
         for index in np.unique(served):
             chosen = np.flatnonzero(served == index)
@@ -330,7 +339,7 @@ class Service:
     def query(self, inputs, spec: Spec | Sequence[Spec], purpose: str = "extract") -> torch.Tensor:
         """One attacker call: arrives now on the clock, is served, and moves the clock past its answers."""
         now = self.clock
-        requests = self.server.check(inputs, spec, self.attacker_id, now)
+        requests = self.attacker_frontend.check(inputs, spec, self.attacker_id, now)
         if len(self.attacker_ids) > 1:  # round-robin over the attacker's identities, across calls
             turn = (self._attacker_rows + np.arange(len(requests))) % len(self.attacker_ids)
             requests = replace(requests, clients=self.attacker_ids[turn])
@@ -341,7 +350,8 @@ class Service:
         # routes each when it arrives, after the benign requests arriving before it
         arrivals = now + np.arange(n) * self.attacker_pace_ms
         queues = SimulatedQueues(self.simulator, arrivals, self._route_benign, self.menu_index) if self.online else None
-        served = self.server.serve(requests, self.server.rng, queues=queues)  # a live forward pass, as alone
+        # a live forward pass, as alone
+        served = self.attacker_frontend.serve(requests, self.attacker_frontend.rng, queues=queues)
         self._note_detections(requests)
         answered = np.flatnonzero(~served.refused)
         self._attacker_requests.append((arrivals, self.menu_index[served.requested], requests.max_latency_ms))
@@ -369,7 +379,7 @@ class Service:
                 refused[lost], served_ids[lost] = True, -1
                 answers[torch.from_numpy(lost)] = float("nan")
                 served = replace(served, refused=refused, served=served_ids, answers=answers)
-        self.server.record(served, purpose)
+        self.attacker_frontend.record(served, purpose)
         self.clock = max(now + n * self.attacker_pace_ms, done)
         self.last_refused = torch.from_numpy(served.refused.copy())
         self.last_latency_ms = latency if self.config.latency_visible else None
@@ -403,8 +413,9 @@ class Service:
         requests = Requests(stream.client[taken], self.zoo.splits["attacker_x"][torch.from_numpy(rows)],
                             stream.min_accuracy[taken], stream.max_latency[taken], stream.times[taken])
         queues = SimulatedQueues(self.simulator, requests.arrival_ms) if self.online else None
-        served = self.benign_server.serve(requests, self.benign_server.rng,
-                                          lambda positions, models: self.pool_answers(rows[positions], models), queues)
+        served = self.benign_frontend.serve(requests, self.benign_frontend.rng,
+                                            lambda positions, models: self.pool_answers(rows[positions], models),
+                                            queues)
         self._note_detections(requests)
         if queues is not None:
             sim_ids, rejected = queues.ids, queues.rejected
@@ -466,6 +477,6 @@ class Service:
         pinned = tuple(np.concatenate([r[i] for r in self._attacker_requests]) if self._attacker_requests
                        else np.empty(0) for i in range(3))
         simulator = BatchingSimulator(self.intercept, self.slope, self.batching, self.replicas)
-        return simulate_routing(self.benign_server.policy, self.benign_server._accuracy, self.benign_server._latency,
-                                outcome["min_accuracy"], outcome["max_latency"], outcome["arrival"], simulator,
-                                self.benign_server.reject, pinned)
+        frontend = self.benign_frontend
+        return simulate_routing(frontend.policy, frontend._accuracy, frontend._latency, outcome["min_accuracy"],
+                                outcome["max_latency"], outcome["arrival"], simulator, frontend.reject, pinned)

@@ -1,13 +1,14 @@
-"""The serving system's request path: specs, routing policies, the defense hooks, the server, the attacker's view.
+"""The serving front end's request path: specs, routing policies, the defense hooks, the attacker's view.
 
 One input is one request is one query. A batch of requests (a :class:`Requests` view: client
 ids, inputs, specs, arrival times) passes the defense's ``admit`` (refusals, blocked clients),
 then each admitted request's spec passes ``perturb_spec``, the policy picks a model per request,
 ``reroute`` may move it, requests are grouped by model for a batched forward pass, and the
-defense's ``answer`` (by default its ``postprocess``) shapes the answers. The server logs, hidden
+defense's ``answer`` (by default its ``postprocess``) shapes the answers. The front end logs, hidden
 from attacks, which model served each query; the attacker's budget is counted per input here.
-When a request's answer is computed is the business of the simulated clock
-(:mod:`psml_bench.serving.service`).
+When a request's answer is computed is the business of the service around the front end: the simulated
+clock of a cell (:class:`~psml_bench.serving.service.SimulatedService`) or the real one
+(:class:`~psml_bench.serving.live.LiveService`).
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ def opaque_client_ids(seed: int, count: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Served:
-    """What the server did with a batch of requests (harness only).
+    """What the front end did with a batch of requests (harness only).
 
     Attributes:
         answers: the answers, one row per request; a refused request's row is NaN.
@@ -85,7 +86,7 @@ class Served:
 
 @dataclass
 class QueryLog:
-    """The server's hidden record: per query, the model that served it and why it was sent."""
+    """The front end's hidden record: per query, the model that served it and why it was sent."""
 
     served: list[np.ndarray] = field(default_factory=list)
     requested: list[np.ndarray] = field(default_factory=list)
@@ -108,8 +109,9 @@ class QueryLog:
         return sum(n for p, n in self.purposes if purpose is None or p == purpose)
 
 
-class Server:
-    """A zoo behind a policy and a defense, answering per-input queries within a budget.
+class Frontend:
+    """The serving front end: a zoo behind a policy and a defense, answering per-input queries within a budget
+    and keeping the hidden query log (:class:`QueryLog`).
 
     Args:
         zoo: the built zoo; ``model_ids``: the models this service offers (default: the whole zoo).
@@ -249,7 +251,7 @@ class Server:
         """Admit and route a batch of requests (the defense's ``admit``, spec and reroute hooks).
 
         Returns what will be served, with every answer still NaN: :meth:`fill` adds the answers
-        of the admitted rows. :meth:`serve` does both; a live server awaits its batched forward
+        of the admitted rows. :meth:`serve` does both; a live service awaits its batched forward
         passes in between.
 
         Raises:
@@ -362,11 +364,12 @@ def released_ms(clients: np.ndarray, ready_ms: np.ndarray, work_ms: np.ndarray,
     return released
 
 
-def target_for(server) -> Target:
-    """The narrow attacker-facing handle on ``server`` (a :class:`Server` or a cell's service)."""
+def target_for(frontend) -> Target:
+    """The narrow attacker-facing handle on ``frontend`` (a :class:`Frontend`, or a cell's
+    :class:`~psml_bench.serving.service.SimulatedService`, which shows the same client face)."""
 
     def query(inputs, spec, purpose):
-        answers = server.query(inputs, spec, purpose)
-        return answers, server.last_refused, server.last_latency_ms
+        answers = frontend.query(inputs, spec, purpose)
+        return answers, frontend.last_refused, frontend.last_latency_ms
 
-    return Target(query, lambda: server.remaining)
+    return Target(query, lambda: frontend.remaining)
