@@ -218,11 +218,46 @@ def routing_defenses(frame: pd.DataFrame) -> str:
                       "strongest fidelity (infaas)", "goodput ratio (infaas-slo)", "goodput ratio (infaas)"], rows))
 
 
+def _comparison_text(what: str) -> str:
+    """``psml - naive`` as `` `psml` - `naive` ``, ``protection of X`` as ``protection of `X` ``."""
+    if what.startswith("protection of "):
+        return f"protection of `{what.removeprefix('protection of ')}`"
+    return " - ".join(f"`{label}`" for label in what.split(" - "))
+
+
+def headline_sequential(frame: pd.DataFrame) -> str:
+    """Each headline comparison of the shipped grid ``headline-sequential``: its paired estimate on the default
+    grid's declared seeds and after the sequential seeds, how many seeds it ran, and whether it is resolved."""
+    from psml_bench.bench.grid import load_grid
+    from psml_bench.report.intervals import t_interval
+    from psml_bench.report.ranking import describe_grid
+    from psml_bench.report.sequential_seeds import block_decisions
+
+    grid, results = load_grid("headline-sequential"), _results("headline-sequential")
+    views, settings = describe_grid(grid, {name: name for name in grid.zoos()})
+    rows, resolved, total = [], 0, 0
+    for view in views:
+        for comparison, decision in block_decisions(results, view, settings, grid.max_accuracy_drop,
+                                                    grid.max_false_positives):
+            declared = [comparison.differences[s] for s in view.seeds if s in comparison.differences]
+            rows.append([f"`{comparison.zoo}`", f"`{view.name}`", str(comparison.budget),
+                         _comparison_text(comparison.what),
+                         t_interval(declared).format(), decision.estimate.format(), str(len(comparison.differences)),
+                         decision.status])
+            resolved, total = resolved + decision.resolved, total + 1
+    rule = next(v.sequential for v in views if v.sequential is not None)
+    return (f"Victim `rank:2`, load 0.5; paired differences of fidelity (mean ± half-width of the 95% t-interval over "
+            f"seeds); resolved at a half-width <= {rule.target_half_width:g}, at most {rule.seed_cap} seeds. "
+            f"{resolved} of {total} headline comparisons resolved:\n\n"
+            + _table(["zoo", "block", "budget", "comparison", "declared seeds", "after sequential seeds", "seeds",
+                      "status"], rows))
+
+
 GENERATORS = {"stateful-costs": stateful_costs, "stateful-detection": stateful_detection,
               "deployable-detection": deployable_detection, "deployable-ownership": deployable_ownership,
               "deployable-costs": deployable_costs, "threat-data": threat_data, "threat-aware": threat_aware,
               "threat-sybil": threat_sybil, "routing": routing,
-              "routing-defenses": routing_defenses}
+              "routing-defenses": routing_defenses, "headline-sequential": headline_sequential}
 
 
 def render(text: str, frame: pd.DataFrame) -> str:

@@ -29,10 +29,18 @@ def test_the_page_lists_every_shipped_grid_and_links_those_with_results(tmp_path
     assert "partial: 3 of 36 cells, 1 failed" in line
     assert f"complete: {total} of {total} cells" in readme
     assert "| `threat-models` " in readme and "defined, not run" in readme
+    sequential = load_grid("headline-sequential")
+    declared, later = len(sequential.cells()), sum(len(sequential.sequential_cells(b)) for b in sequential.parts())
+    assert "| `headline-sequential` " in readme and "defined, not run" in next(
+        x for x in readme.splitlines() if x.startswith("| `headline-sequential`"))
     assert "- [routing: its page](routing/index.html)" in readme
     assert '<a href="deployable-defenses/index.html">deployable-defenses: its page</a>' in page
     assert 'href="threat-models/index.html"' not in page  # no results: no link
     assert "| `default` " not in readme and "| `tiny` " not in readme
+    _results(tmp_path / "headline-sequential", ["ok"] * (declared + 7))
+    found = {g.name: g for g in shipped_grids(tmp_path, "routing")}["headline-sequential"]
+    assert found.status == (f"complete: {declared + 7} cells, of {declared} declared and up to {later} more by "
+                            "sequential seeds")  # a sequential grid's rows outnumber its declared cells
     listed = {g.name for g in shipped_grids(tmp_path, "routing")}
     assert "routing" not in listed and "deployable-defenses" in listed  # a grid's own page does not list itself
 

@@ -35,6 +35,8 @@ class ShippedGrid:
     finished: int | None
     """Rows of its ``results.csv`` under the leaderboard directory; None when it has none."""
     failed: int
+    sequential: int = 0
+    """The most cells its sequential seeds may add to ``cells`` (its declared cells)."""
 
     @property
     def status(self) -> str:
@@ -42,6 +44,9 @@ class ShippedGrid:
             return "defined, not run"
         done = "complete" if self.finished >= self.cells else "partial"
         failed = f", {self.failed} failed" if self.failed else ""
+        if self.sequential:
+            return (f"{done}: {self.finished} cells, of {self.cells} declared and up to {self.sequential} more by "
+                    f"sequential seeds{failed}")
         return f"{done}: {self.finished} of {self.cells} cells{failed}"
 
 
@@ -79,7 +84,8 @@ def shipped_grids(out_dir: Path, own: str) -> list[ShippedGrid]:
         results = _results(out_dir / name)
         description = tomllib.loads(Path(grid.source).read_text()).get("description", "")
         found.append(ShippedGrid(name, first_sentence(description), grid.zoos(), len(grid.cells()),
-                                 None if results is None else results[0], 0 if results is None else results[1]))
+                                 None if results is None else results[0], 0 if results is None else results[1],
+                                 sum(len(grid.sequential_cells(block)) for block in grid.parts())))
     return found
 
 
