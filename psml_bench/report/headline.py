@@ -114,5 +114,5 @@ def defense_sentences(table: pd.DataFrame, zoo: str, found: Mapping[tuple, Estim
             f"`{best['strongest_attack']}`" + (f" (zoo ceiling {ceiling.format()})" if ceiling is not None else "")
             + f" at a goodput ratio of {best['goodput_ratio_estimate'].format()}, benign accuracy drop "
               f"{best['benign_accuracy_drop']:.3f}, false-positive clients {best['false_positive_estimate'].format()} "
-              f"(block `{best['block']}`, budget {best['budget']}, load {best['load']}).")))
+              f"(block `{best['block']}`, budget {int(best['budget'])}, load {best['load']}).")))
     return [sentence for _, _, sentence in sorted(ranked)] + unranked
