@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
+import pandas as pd
+
 from psml_bench.bench.grid import load_grid
+from psml_bench.report.ranking import describe_grid
+from psml_bench.report.sequential_seeds import block_decisions
 from psml_bench.report.leaderboard import write_leaderboard
 from psml_bench.report.shipped_grids import first_sentence, shipped_grids
 from test_leaderboard import CardOnlyZoo, rows, toy_grid
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _results(directory, statuses):
@@ -37,10 +46,20 @@ def test_the_page_lists_every_shipped_grid_and_links_those_with_results(tmp_path
     assert '<a href="deployable-defenses/index.html">deployable-defenses: its page</a>' in page
     assert 'href="threat-models/index.html"' not in page  # no results: no link
     assert "| `default` " not in readme and "| `tiny` " not in readme
-    _results(tmp_path / "headline-sequential", ["ok"] * (declared + 7))
+    committed = ROOT / "leaderboard" / "headline-sequential" / "results.csv"
+    (tmp_path / "headline-sequential").mkdir()
+    shutil.copy(committed, tmp_path / "headline-sequential" / "results.csv")
     found = {g.name: g for g in shipped_grids(tmp_path, "routing")}["headline-sequential"]
-    assert found.status == (f"complete: {declared + 7} cells, of {declared} declared and up to {later} more by "
-                            "sequential seeds")  # a sequential grid's rows outnumber its declared cells
+    count = len(committed.read_text().splitlines()) - 1  # a sequential grid's rows outnumber its declared cells
+    frame = pd.read_csv(committed, keep_default_na=False, na_values=["", "nan", "NaN"])
+    views, settings = describe_grid(sequential, {z: z for z in sequential.zoos()})
+    decided = [d for v in views for _, d in block_decisions(frame, v, settings, 0.01, 0.05)]
+    resolved = f"{sum(d.resolved for d in decided)} of {len(decided)} headline comparisons resolved"
+    assert count > declared and found.status == (
+        f"complete: {count} cells, of {declared} declared and up to {later} more by sequential seeds; {resolved}")
+    write_leaderboard(rows(), CardOnlyZoo(), toy_grid(), tmp_path, figures=False)
+    headline = (tmp_path / "README.md").read_text().split("## Headline")[1].split("\n- ")[1]
+    assert headline.startswith("Shipped grid `headline-sequential`") and resolved in headline  # the first bullet
     listed = {g.name for g in shipped_grids(tmp_path, "routing")}
     assert "routing" not in listed and "deployable-defenses" in listed  # a grid's own page does not list itself
 

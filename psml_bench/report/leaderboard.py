@@ -24,7 +24,7 @@ from ..bench.grid import GridConfig
 from ..bench.row import CellRow
 from .page_text import markdown_text
 from .sections import Section, Table, markdown_of
-from .shipped_grids import shipped_grids_section
+from .shipped_grids import ShippedGrid, has_shipped_results, shipped_grids, shipped_grids_section
 from .plots import caption, figure_names, write_figures
 from .ranking import (FIXED, GOODPUT_SHARE, attack_ranking, block_rows, crossover_notes, defense_ranking,
     describe_grid, estimate, protection_table, recipe_text)
@@ -254,13 +254,15 @@ def protection_by_zoo(frame: pd.DataFrame, names: Sequence[str], blocks, setting
 
 def leaderboard_sections(frame: pd.DataFrame, zoos, grid: GridConfig, figures: Sequence[str] = (),
                          protection: pd.DataFrame | None = None,
-                         serving: Mapping[str, Any] | None = None) -> list[Section]:
+                         serving: Mapping[str, Any] | None = None, shipped: Sequence[ShippedGrid] = ()
+                         ) -> list[Section]:
     """The whole page as sections (shared by README.md and index.html).
 
     ``zoos``: the opened zoos by the name the grid gives them (or the one zoo of a grid on one zoo).
     A block on several zoos has its tables once per zoo; every ranking is computed within one zoo.
     ``protection``: :func:`protection_by_zoo`'s table, if the caller has it already. ``serving``: the run's
-    ``serving.json`` (:mod:`psml_bench.bench.serving_curves`), if any.
+    ``serving.json`` (:mod:`psml_bench.bench.serving_curves`), if any. ``shipped``: the shipped grids beside it
+    (:mod:`psml_bench.report.shipped_grids`), whose sequential seeds the headline reports.
     """
     serving = serving or {}
     kept = lambda r: capacity_kept(serving, r["zoo"], r["defense"], grid.policy)  # noqa: E731
@@ -275,7 +277,7 @@ def leaderboard_sections(frame: pd.DataFrame, zoos, grid: GridConfig, figures: S
     found = ceilings(frame, blocks)
     decided = {block.name: block_decisions(frame, block, settings, grid.max_accuracy_drop, grid.max_false_positives)
                for block in blocks if block.sequential is not None}
-    sections = [title_section(grid), headline_section(frame, table, blocks, list(by_name), found, decided),
+    sections = [title_section(grid), headline_section(frame, table, blocks, list(by_name), found, decided, shipped),
                 *(zoo_section(zoo, grid, [f for f in figures if f in own[name]]) for name, zoo in by_name.items())]
     ranked_values: list[list[dict[int, float]]] = []
     if len(by_name) > 1 and frame["zoo"].nunique() > 1:
@@ -372,12 +374,12 @@ def failed_section(frame: pd.DataFrame, several: bool) -> list[Section]:
 
 
 def headline_section(frame: pd.DataFrame, table: pd.DataFrame, blocks, zoos: Sequence[str], found,
-                     decided: Mapping[str, Sequence[tuple[HeadlineComparison, SeedDecision]]] | None = None
-                     ) -> Section:
+                     decided: Mapping[str, Sequence[tuple[HeadlineComparison, SeedDecision]]] | None = None,
+                     shipped: Sequence[ShippedGrid] = ()) -> Section:
     """The box at the top of the page: per zoo, the best attack per budget, the zoo's ceiling and each defense
     family's best eligible setting, in words (:mod:`psml_bench.report.headline`); then, per block with
-    sequential seeds, how many of its headline comparisons are resolved."""
-    bullets = []
+    sequential seeds, here or in a shipped grid beside it, how many of its headline comparisons are resolved."""
+    bullets = [sentence for sentence in (g.headline() for g in shipped) if sentence]  # its seeds: more than here
     for zoo in zoos:
         bullets += attack_sentences(frame, blocks, zoo) + defense_sentences(table, zoo, found)
     bullets += [sentence for block in blocks if block.name in (decided or {})
@@ -485,7 +487,8 @@ def write_leaderboard(rows: Sequence[CellRow], zoos, grid, out_dir: Path, *, fig
     names = write_figures(frame, protection, list(opened.values()), out_dir, ceilings(frame, blocks)) if figures else []
     serving = read_serving(out_dir)
     names += write_serving_figures(serving, [zoo.name for zoo in opened.values()], out_dir) if figures else []
-    sections = leaderboard_sections(frame, zoos, grid, names, protection, serving)
-    sections += shipped_grids_section(out_dir, grid.name)
+    shipped = shipped_grids(out_dir, grid.name) if has_shipped_results(out_dir) else []
+    sections = leaderboard_sections(frame, zoos, grid, names, protection, serving, shipped)
+    sections += shipped_grids_section(shipped)
     write_atomic(out_dir / "README.md", markdown_of(sections))
     write_atomic(out_dir / "index.html", render_html(sections, provenance_of(frame)))

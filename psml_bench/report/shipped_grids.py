@@ -15,10 +15,14 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..bench.grid import load_grid
+import pandas as pd
+
+from ..bench.grid import GridConfig, load_grid
 from ..common.files import shipped_configs
 from ..contract.errors import ConfigError
+from .ranking import describe_grid
 from .sections import Section, Table
+from .sequential_seeds import block_decisions
 
 NOT_LISTED = ("default", "tiny")
 """The leaderboard's own grid and the test grid: never a shipped grid's row."""
@@ -37,6 +41,8 @@ class ShippedGrid:
     failed: int
     sequential: int = 0
     """The most cells its sequential seeds may add to ``cells`` (its declared cells)."""
+    resolved: tuple[int, int] | None = None
+    """(resolved, all) of its sequential blocks' headline comparisons on its results; None without either."""
 
     @property
     def status(self) -> str:
@@ -46,8 +52,19 @@ class ShippedGrid:
         failed = f", {self.failed} failed" if self.failed else ""
         if self.sequential:
             return (f"{done}: {self.finished} cells, of {self.cells} declared and up to {self.sequential} more by "
-                    f"sequential seeds{failed}")
+                    f"sequential seeds{failed}" + (f"; {self.resolved[0]} of {self.resolved[1]} headline comparisons "
+                                                   "resolved" if self.resolved else ""))
         return f"{done}: {self.finished} of {self.cells} cells{failed}"
+
+    def headline(self) -> str | None:
+        """The sentence a leaderboard's headline gives this grid: how many headline comparisons its sequential
+        seeds resolved (None for a grid without them or without results)."""
+        if not self.resolved:
+            return None
+        what = self.description.rstrip(".")
+        return (f"Shipped grid `{self.name}` ({what[:1].lower()}{what[1:]}; {self.finished} cells): "
+                f"{self.resolved[0]} of {self.resolved[1]} headline comparisons resolved, each with its interval on "
+                f"its page ({self.name}/index.html).")
 
 
 def _results(directory: Path) -> tuple[int, int] | None:
@@ -58,6 +75,19 @@ def _results(directory: Path) -> tuple[int, int] | None:
     with path.open(newline="") as handle:
         statuses = [row.get("status", "") for row in csv.DictReader(handle)]
     return len(statuses), sum(status != "ok" for status in statuses)
+
+
+def headline_resolved(directory: Path, grid: GridConfig) -> tuple[int, int] | None:
+    """(resolved, all) headline comparisons of ``grid``'s sequential blocks on its ``results.csv`` in
+    ``directory``, decided as its own page decides them; None without sequential blocks or results."""
+    path = directory / "results.csv"
+    if all(block.sequential is None for block in grid.parts()) or not path.is_file():
+        return None
+    frame = pd.read_csv(path, keep_default_na=False, na_values=["", "nan", "NaN"])
+    views, settings = describe_grid(grid, {name: name for name in grid.zoos()})
+    decided = [decision for view in views for _, decision in block_decisions(
+        frame, view, settings, grid.max_accuracy_drop, grid.max_false_positives)]
+    return sum(d.resolved for d in decided), len(decided)
 
 
 def first_sentence(text: str) -> str:
@@ -85,7 +115,8 @@ def shipped_grids(out_dir: Path, own: str) -> list[ShippedGrid]:
         description = tomllib.loads(Path(grid.source).read_text()).get("description", "")
         found.append(ShippedGrid(name, first_sentence(description), grid.zoos(), len(grid.cells()),
                                  None if results is None else results[0], 0 if results is None else results[1],
-                                 sum(len(grid.sequential_cells(block)) for block in grid.parts())))
+                                 sum(len(grid.sequential_cells(block)) for block in grid.parts()),
+                                 headline_resolved(out_dir / name, grid)))
     return found
 
 
@@ -95,13 +126,13 @@ def has_shipped_results(out_dir: Path) -> bool:
                if name not in NOT_LISTED)
 
 
-def shipped_grids_section(out_dir: Path, own: str) -> list[Section]:
-    """The page's "Shipped grids" section (none when ``out_dir`` holds no shipped grid's results).
+def shipped_grids_section(grids: list[ShippedGrid]) -> list[Section]:
+    """The page's "Shipped grids" section for ``grids`` (:func:`shipped_grids`; none when the page's directory holds
+    no shipped grid's results, :func:`has_shipped_results`).
 
     The descriptions are the shipped configs' own text (no plugin's), so their code spans render."""
-    if not has_shipped_results(out_dir):
+    if not grids:
         return []
-    grids = shipped_grids(out_dir, own)
     rows = [[f"`{g.name}`", ", ".join(f"`{z}`" for z in g.zoos), g.status, g.description]
             for g in grids]
     links = [(f"{g.name}: its page", f"{g.name}/index.html") for g in grids if g.finished is not None]
