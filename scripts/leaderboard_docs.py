@@ -240,17 +240,17 @@ def headline_sequential(frame: pd.DataFrame) -> str:
         for comparison, decision in block_decisions(results, view, settings, grid.max_accuracy_drop,
                                                     grid.max_false_positives):
             declared = [comparison.differences[s] for s in view.seeds if s in comparison.differences]
-            rows.append([f"`{comparison.zoo}`", f"`{view.name}`", str(comparison.budget),
+            rows.append([f"`{comparison.zoo}`", f"`{view.name}`", str(comparison.budget), f"{comparison.load:g}",
                          _comparison_text(comparison.what),
                          t_interval(declared).format(), decision.estimate.format(), str(len(comparison.differences)),
                          decision.status])
             resolved, total = resolved + decision.resolved, total + 1
     rule = next(v.sequential for v in views if v.sequential is not None)
-    return (f"Victim `rank:2`, load 0.5; paired differences of fidelity (mean ± half-width of the 95% t-interval over "
-            f"seeds); resolved at a half-width <= {rule.target_half_width:g}, at most {rule.seed_cap} seeds. "
-            f"{resolved} of {total} headline comparisons resolved:\n\n"
-            + _table(["zoo", "block", "budget", "comparison", "declared seeds", "after sequential seeds", "seeds",
-                      "status"], rows))
+    return (f"Victim `rank:2`; `load`: the benign load as a fraction of the capacity at the SLO; paired differences "
+            f"of fidelity (mean ± half-width of the 95% t-interval over seeds); resolved at a half-width <= "
+            f"{rule.target_half_width:g}, at most {rule.seed_cap} seeds. {resolved} of {total} headline comparisons "
+            "resolved:\n\n" + _table(["zoo", "block", "budget", "load", "comparison", "declared seeds",
+                                      "after sequential seeds", "seeds", "status"], rows))
 
 
 GENERATORS = {"stateful-costs": stateful_costs, "stateful-detection": stateful_detection,
