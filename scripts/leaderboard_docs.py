@@ -29,7 +29,9 @@ STATEFUL = ("prada", "adaptive-misinformation", "prediction-poisoning")
 @functools.lru_cache(maxsize=None)
 def _read(grid: str) -> pd.DataFrame:
     folder = ROOT / "leaderboard" / grid if grid else ROOT / "leaderboard"
-    return pd.read_csv(folder / "results.csv", keep_default_na=False, na_values=["", "nan", "NaN"])
+    from psml_bench.report.results import read_results
+
+    return read_results(folder / "results.csv")
 
 
 def _results(grid: str = "") -> pd.DataFrame:
@@ -230,22 +232,18 @@ def headline_sequential(frame: pd.DataFrame) -> str:
     grid's declared seeds and after the sequential seeds, how many seeds it ran, and whether it is resolved."""
     from psml_bench.bench.grid import load_grid
     from psml_bench.report.intervals import t_interval
-    from psml_bench.report.ranking import describe_grid
-    from psml_bench.report.sequential_seeds import block_decisions
+    from psml_bench.report.sequential_seeds import grid_decisions
 
-    grid, results = load_grid("headline-sequential"), _results("headline-sequential")
-    views, settings = describe_grid(grid, {name: name for name in grid.zoos()})
-    rows, resolved, total = [], 0, 0
-    for view in views:
-        for comparison, decision in block_decisions(results, view, settings, grid.max_accuracy_drop,
-                                                    grid.max_false_positives):
-            declared = [comparison.differences[s] for s in view.seeds if s in comparison.differences]
-            rows.append([f"`{comparison.zoo}`", f"`{view.name}`", str(comparison.budget), f"{comparison.load:g}",
-                         _comparison_text(comparison.what),
-                         t_interval(declared).format(), decision.estimate.format(), str(len(comparison.differences)),
-                         decision.status])
-            resolved, total = resolved + decision.resolved, total + 1
-    rule = next(v.sequential for v in views if v.sequential is not None)
+    grid = load_grid("headline-sequential")
+    decided = grid_decisions(_results("headline-sequential"), grid)
+    rows = []
+    for view, comparison, decision in decided:
+        declared = [comparison.differences[s] for s in view.seeds if s in comparison.differences]
+        rows.append([f"`{comparison.zoo}`", f"`{view.name}`", str(comparison.budget), f"{comparison.load:g}",
+                     _comparison_text(comparison.what), t_interval(declared).format(), decision.estimate.format(),
+                     str(len(comparison.differences)), decision.status])
+    resolved, total = sum(decision.resolved for _, _, decision in decided), len(decided)
+    rule = next(view.sequential for view, _, _ in decided)
     return (f"Victim `rank:2`; `load`: the benign load as a fraction of the capacity at the SLO; paired differences "
             f"of fidelity (mean ± half-width of the 95% t-interval over seeds); resolved at a half-width <= "
             f"{rule.target_half_width:g}, at most {rule.seed_cap} seeds. {resolved} of {total} headline comparisons "

@@ -5,11 +5,9 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import pandas as pd
-
 from psml_bench.bench.grid import load_grid
-from psml_bench.report.ranking import describe_grid
-from psml_bench.report.sequential_seeds import block_decisions
+from psml_bench.report.results import read_results
+from psml_bench.report.sequential_seeds import grid_decisions
 from psml_bench.report.leaderboard import write_leaderboard
 from psml_bench.report.shipped_grids import first_sentence, shipped_grids
 from test_leaderboard import CardOnlyZoo, rows, toy_grid
@@ -51,9 +49,7 @@ def test_the_page_lists_every_shipped_grid_and_links_those_with_results(tmp_path
     shutil.copy(committed, tmp_path / "headline-sequential" / "results.csv")
     found = {g.name: g for g in shipped_grids(tmp_path, "routing")}["headline-sequential"]
     count = len(committed.read_text().splitlines()) - 1  # a sequential grid's rows outnumber its declared cells
-    frame = pd.read_csv(committed, keep_default_na=False, na_values=["", "nan", "NaN"])
-    views, settings = describe_grid(sequential, {z: z for z in sequential.zoos()})
-    decided = [d for v in views for _, d in block_decisions(frame, v, settings, 0.01, 0.05)]
+    decided = [d for _, _, d in grid_decisions(read_results(committed), sequential)]
     resolved = f"{sum(d.resolved for d in decided)} of {len(decided)} headline comparisons resolved"
     assert count > declared and found.status == (
         f"complete: {count} cells, of {declared} declared and up to {later} more by sequential seeds; {resolved}")

@@ -8,6 +8,7 @@ derived ``goodput_ratio`` (:func:`psml_bench.report.ranking.goodput_ratios`). A 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any, Sequence
 
 import pandas as pd
@@ -43,6 +44,12 @@ def results_frame(rows: Sequence[CellRow]) -> pd.DataFrame:
     frame = pd.DataFrame({name: [_cell(getattr(row, name)) for row in ordered] for name in columns})
     frame["goodput_ratio"] = goodput_ratios(frame)
     return frame[RESULT_COLUMNS + sorted(name for name in columns if name not in RESULT_COLUMNS)]
+
+
+def read_results(path: Path) -> pd.DataFrame:
+    """A ``results.csv`` (:func:`results_csv`) read back as the frame it was written from: an empty value is NaN,
+    text such as ``none`` stays text."""
+    return pd.read_csv(path, keep_default_na=False, na_values=["", "nan", "NaN"])
 
 
 def results_csv(frame: pd.DataFrame) -> str:

@@ -186,6 +186,15 @@ def block_decisions(frame: pd.DataFrame, block: BlockView, settings: Mapping[str
     return out
 
 
+def grid_decisions(frame: pd.DataFrame, grid: GridConfig
+                   ) -> list[tuple[BlockView, HeadlineComparison, SeedDecision]]:
+    """Every headline comparison of ``grid``'s sequential blocks on ``frame`` (its rows, each naming its zoo as the
+    grid does, e.g. a committed ``results.csv``), with its block's view and its decision, as its page decides."""
+    views, settings = describe_grid(grid, {name: name for name in grid.zoos()})
+    return [(view, comparison, decision) for view in views for comparison, decision in block_decisions(
+        frame, view, settings, grid.max_accuracy_drop, grid.max_false_positives)]
+
+
 def cells_asked(grid: GridConfig, rows: Sequence[CellRow], zoo_names: Mapping[str, str]) -> list[Cell]:
     """The cells of the next round of the grid's sequential blocks, computed or not (empty when every headline
     comparison is resolved or at its cap): per comparison that asks for a seed, the block's cells it needs at

@@ -15,14 +15,12 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-import pandas as pd
-
 from ..bench.grid import GridConfig, load_grid
 from ..common.files import shipped_configs
 from ..contract.errors import ConfigError
-from .ranking import describe_grid
+from .results import read_results
 from .sections import Section, Table
-from .sequential_seeds import block_decisions
+from .sequential_seeds import grid_decisions
 
 NOT_LISTED = ("default", "tiny")
 """The leaderboard's own grid and the test grid: never a shipped grid's row."""
@@ -83,10 +81,7 @@ def headline_resolved(directory: Path, grid: GridConfig) -> tuple[int, int] | No
     path = directory / "results.csv"
     if all(block.sequential is None for block in grid.parts()) or not path.is_file():
         return None
-    frame = pd.read_csv(path, keep_default_na=False, na_values=["", "nan", "NaN"])
-    views, settings = describe_grid(grid, {name: name for name in grid.zoos()})
-    decided = [decision for view in views for _, decision in block_decisions(
-        frame, view, settings, grid.max_accuracy_drop, grid.max_false_positives)]
+    decided = [decision for _, _, decision in grid_decisions(read_results(path), grid)]
     return sum(d.resolved for d in decided), len(decided)
 
 
