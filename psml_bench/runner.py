@@ -32,7 +32,7 @@ from .common.files import content_hash, write_atomic
 from .contract.errors import ConfigError, RecomputeRefused, sanitise
 from .bench.executor import Executor, InlineExecutor, LocalExecutor, RayExecutor
 from .bench.grid import Cell, GridConfig
-from .bench.preflight import Preflight, preflight
+from .bench.preflight import Preflight, preflight, repeating_benign_inputs
 from .bench import serving_curves
 from .report.leaderboard import write_leaderboard
 from .report.sequential_seeds import cells_asked
@@ -104,9 +104,9 @@ def run_grid(grid: GridConfig, out_dir: Path, *, cache_dir: Path | None = None, 
     tasks = store.missing(cells)
     later = Counter(grid.zoo_of(cell) for block in grid.parts() for cell in grid.sequential_cells(block)
                     if not store.stored(cell))
-    plan = preflight(grid.name, out_dir, {name: zoo.card for name, zoo in zoos.items()}, store.cached,
-                     Counter(grid.zoo_of(task.cell) for task in tasks), executor.jobs, later,
-                     repeating_benign_inputs(grid, zoos, [task.cell for task in tasks]))
+    cards = {name: zoo.card for name, zoo in zoos.items()}
+    plan = preflight(grid.name, out_dir, cards, store.cached, Counter(grid.zoo_of(task.cell) for task in tasks),
+                     executor.jobs, later, repeating_benign_inputs(grid, cards, [task.cell for task in tasks]))
     if require_cached and tasks:
         raise RecomputeRefused(plan.refusal())
     prepare_out_dir(out_dir)
@@ -142,9 +142,13 @@ class GridCells:
         name = self.grid.zoo_of(cell)
         return cell_key(self.zoos[name], self.grid, cell, self._identities[name], self.device)
 
+    def path(self, key: str) -> Path:
+        """The cell file of the cell keyed ``key``."""
+        return self.cells_dir / f"{key}.json"
+
     def stored(self, cell: Cell) -> bool:
         """Whether the cells directory holds a file for ``cell`` (read or not, failed or not)."""
-        return (self.cells_dir / f"{self.key(cell)}.json").is_file()
+        return self.path(self.key(cell)).is_file()
 
     def missing(self, cells: list[Cell]) -> list[CellTask]:
         """The tasks of the ``cells`` to compute; each not among the rows yet but stored (sealed, and not failed
@@ -155,7 +159,7 @@ class GridCells:
             key = self.key(cell)
             if key in self.rows:
                 continue
-            path = self.cells_dir / f"{key}.json"
+            path = self.path(key)
             if path.is_file():
                 row = read_cell(path)
                 if row is not None and not (self._retry_failed and row.status != "ok"):
@@ -177,7 +181,7 @@ class GridCells:
             row = row if row is not None else failed_row(self.zoos[self.grid.zoo_of(task.cell)], task,
                                                          sanitise(error, MAX_ERROR_CHARS))
             row = replace(row, error=sanitise(row.error or "", MAX_ERROR_CHARS))
-            self.rows[task.key] = write_cell(self.cells_dir / f"{task.key}.json", row)
+            self.rows[task.key] = write_cell(self.path(task.key), row)
             failed[0] += row.status != "ok"
             bar.set_postfix(cached=self.cached, failed=failed[0])
             bar.update()
@@ -219,26 +223,6 @@ def sequential_rounds(store: GridCells, executor: Executor, context: RunContext,
         if tasks:
             store.compute(tasks, executor, context, progress=progress,
                           desc=f"grid {grid.name}, sequential seeds round {len(rounds)}")
-
-
-def repeating_benign_inputs(grid: GridConfig, zoos: dict[str, Zoo], cells: list[Cell]) -> tuple[str, ...]:
-    """A clause for the preflight when some of ``cells`` put a defense before benign clients who will send more
-    requests than their share of distinct inputs (the pool over the clients), so that they repeat inputs, which a
-    defense watching each client's stream sees (docs/protocol.md, section 4); none otherwise."""
-    over = []
-    for cell in cells:
-        if cell.defense_plugin.spec.name == "none":
-            continue
-        share = int(zoos[grid.zoo_of(cell)].card["splits"]["attacker"]) // cell.service.benign_clients
-        sent = cell.service.benign_requests_per_client(cell.budget, grid.benign_queries)
-        if sent > share:
-            over.append((sent, share))
-    if not over:
-        return ()
-    sent, share = max(over)
-    return (f"{len(over)} of the cells to compute put a defense before benign clients who each send about "
-            f"{sent:,.0f} requests or more, above their share of {share:,} distinct inputs, so they repeat inputs "
-            f"(a share of {1 - share / sent:.2f} of their requests or more; docs/protocol.md, section 4)",)
 
 
 def check_capacities(grid: GridConfig, zoos: dict[str, Zoo], cells: list[Cell]) -> None:

@@ -257,7 +257,7 @@ def test_benign_clients_send_distinct_inputs_from_disjoint_shares(tiny_zoo):
 def test_the_preflight_says_when_defended_benign_clients_will_repeat_inputs(tiny_zoo, tmp_path):
     """Each benign client sends about budget / attacker_rate requests; past its share of the pool it repeats inputs,
     which the run tells before computing a defended cell (an undefended one has no watcher)."""
-    from psml_bench.runner import repeating_benign_inputs
+    from psml_bench.bench.preflight import repeating_benign_inputs
     share = len(tiny_zoo.splits["attacker_x"]) // 8
     grid = _grid()
     row = run_cell(tiny_zoo, grid, Cell("rank:2", grid.attacks[0], PluginSpec("none"), 2 * share, 0))
@@ -267,11 +267,11 @@ def test_the_preflight_says_when_defended_benign_clients_will_repeat_inputs(tiny
     over = load_grid(tiny_grid(tmp_path / "over.toml", budget=2 * share, defense="none",
                                defenses=('{ name = "spec-noise" }',)))
     noised = [cell for cell in over.cells() if cell.defense.name == "spec-noise"]
-    note, = repeating_benign_inputs(over, {"fmnist-tiny": tiny_zoo}, over.cells())
+    note, = repeating_benign_inputs(over, {"fmnist-tiny": tiny_zoo.card}, over.cells())
     assert note.startswith(f"{len(noised)} of the cells to compute put a defense before benign clients who each send "
                            f"about {2 * share} requests or more, above their share of {share} distinct inputs")
     within = load_grid(tiny_grid(tmp_path / "within.toml", budget=share // 2, defense="none",
                                  defenses=('{ name = "spec-noise" }',)))
-    assert repeating_benign_inputs(within, {"fmnist-tiny": tiny_zoo}, within.cells()) == ()
+    assert repeating_benign_inputs(within, {"fmnist-tiny": tiny_zoo.card}, within.cells()) == ()
     undefended = [cell for cell in over.cells() if cell.defense.name == "none"]
-    assert repeating_benign_inputs(over, {"fmnist-tiny": tiny_zoo}, undefended) == ()
+    assert repeating_benign_inputs(over, {"fmnist-tiny": tiny_zoo.card}, undefended) == ()

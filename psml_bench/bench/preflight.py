@@ -7,6 +7,8 @@ it refuses with (:meth:`Preflight.refusal`). A zoo whose weights differ from the
 ``<out>/zoos.json`` (:mod:`psml_bench.zoo.lock`) is named with the reason its card and the lock give.
 The time to compute is an estimate: the mean ``wall_s`` of the grid's cell files already in
 ``<out>/cells`` (per zoo where it has some), times the cells to compute, over the cells run at once.
+It also says the most cells a grid's sequential seeds may add afterwards, and, in its notes, when defended
+cells' benign clients will repeat inputs (:func:`repeating_benign_inputs`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..contract.errors import ConfigError
+from .grid import Cell, GridConfig
 from ..zoo.build import format_duration
 from ..zoo.lock import LOCK_FILE, ZooLock, changed_models, lock_of_zoo, read_locks, why_differs
 
@@ -107,22 +110,20 @@ def preflight(grid: str, out_dir: Path, cards: Mapping[str, Mapping[str, Any]], 
             differences.append(f"zoo {name} differs from the lock in {out_dir / LOCK_FILE}: {len(changed)} of "
                                f"{len(card['models'])} models have other weights ({', '.join(changed)}): "
                                f"{why_differs(card, lock)}")
-    count, later = sum(to_compute.values()), {name: n for name, n in (sequential or {}).items() if n}
+    sequential = sequential or {}
+    count, at_most = sum(to_compute.values()), sum(sequential.values())
     times = stored_cell_seconds(out_dir / "cells", grid)  # by the rows' zoo: the card's name
     everywhere = [seconds for per_zoo in times.values() for seconds in per_zoo]
 
-    def cell_seconds(counts: Mapping[str, int]) -> float | None:
-        if not everywhere:
-            return None
-        return sum(n * _mean(times.get(str(cards[name].get("zoo", name))) or everywhere) for name, n in counts.items())
+    def cell_seconds(counts: Mapping[str, int]) -> float:
+        return sum(n * _mean(times.get(str(cards[name].get("zoo", name))) or everywhere)
+                   for name, n in counts.items() if n)
 
-    at_most = sum(later.values())
-    later_s = cell_seconds(later) if at_most else None
-    later_s = None if later_s is None else later_s / max(1, min(jobs, at_most))
+    later_s = cell_seconds(sequential) / max(1, min(jobs, at_most)) if everywhere and at_most else None
     if not (everywhere and count):
         return Preflight(grid, out_dir / "cells", reused, count, tuple(differences), None, None, jobs, notes,
                          at_most, later_s)
-    seconds = cell_seconds({name: n for name, n in to_compute.items() if n}) or 0.0
+    seconds = cell_seconds(to_compute)
     at_once = max(1, min(jobs, count))
     return Preflight(grid, out_dir / "cells", reused, count, tuple(differences), seconds / at_once,
                      seconds / count, at_once, notes, at_most, later_s)
@@ -155,3 +156,25 @@ def _locks(path: Path) -> dict[str, ZooLock]:
 
 def _mean(values: list[float]) -> float:
     return sum(values) / len(values)
+
+
+def repeating_benign_inputs(grid: GridConfig, cards: Mapping[str, Mapping[str, Any]], cells: list[Cell]
+                            ) -> tuple[str, ...]:
+    """A clause for the preflight's ``notes`` when some of ``cells`` put a defense before benign clients who will
+    send more requests than their share of distinct inputs (the attacker pool of the zoo's card, ``cards`` by the
+    grid's name for each zoo, over the clients), so that they repeat inputs, which a defense watching each
+    client's stream sees (docs/protocol.md, section 4); none otherwise."""
+    over = []
+    for cell in cells:
+        if cell.defense_plugin.spec.name == "none":
+            continue
+        share = int(cards[grid.zoo_of(cell)]["splits"]["attacker"]) // cell.service.benign_clients
+        sent = cell.service.benign_requests_per_client(cell.budget, grid.benign_queries)
+        if sent > share:
+            over.append((sent, share))
+    if not over:
+        return ()
+    sent, share = max(over)
+    return (f"{len(over)} of the cells to compute put a defense before benign clients who each send about "
+            f"{sent:,.0f} requests or more, above their share of {share:,} distinct inputs, so they repeat inputs "
+            f"(a share of {1 - share / sent:.2f} of their requests or more; docs/protocol.md, section 4)",)

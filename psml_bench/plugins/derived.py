@@ -86,7 +86,7 @@ def _placed(old: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
 def _derive_one(name: str, old: dict[str, Any], default: Any, declaration: Declaration,
                 derived: Derived) -> dict[str, Any]:
     """One parameter's object; its differences from ``old`` and notes go to ``derived``."""
-    values = {k: v for k, v in old.items()}
+    values = dict(old)
     kind = type_name(default)
     values["type"] = "number" if kind == "integer" and old.get("type") == "number" else kind
     values["default"] = default
@@ -164,8 +164,9 @@ class Rewrite:
 
 
 def _class_of(folder: Path, raw: Any, timeout_s: float | None = None,
-              memory_mb: int | None = None) -> Declaration:
-    """The declaration of the class ``raw`` (the parsed manifest of ``folder``) names, read in the sandbox.
+              memory_mb: int | None = None) -> tuple[Declaration, list[str]]:
+    """The declaration of the class ``raw`` (the parsed manifest of ``folder``) names, read in the sandbox, and the
+    manifest's problems (:func:`~psml_bench.plugins.manifests.manifest_problems`, none in the fields it needs).
 
     Raises:
         ManifestError: the fields the class is found by are not valid (every problem of the manifest, listed).
@@ -176,7 +177,7 @@ def _class_of(folder: Path, raw: Any, timeout_s: float | None = None,
         raise ManifestError(problems)
     limits = {"timeout_s": timeout_s} if timeout_s else {}
     return read_declaration(folder, raw["kind"], raw["entry"], tuple(raw.get("imports", ())), memory_mb=memory_mb,
-                            **limits)
+                            **limits), problems
 
 
 def parameter_differences(path: Path | str, timeout_s: float | None = None,
@@ -185,7 +186,7 @@ def parameter_differences(path: Path | str, timeout_s: float | None = None,
     empty when they agree; descriptions aside) for the submission at ``path``."""
     folder = manifest_folder(path)
     raw = read_raw(folder)
-    declaration = _class_of(folder, raw, timeout_s, memory_mb)
+    declaration, _ = _class_of(folder, raw, timeout_s, memory_mb)
     return declaration.cls, derive_parameters(raw.get("parameters"), declaration).changes
 
 
@@ -201,7 +202,7 @@ def write_parameters(path: Path | str) -> Rewrite:
     folder = manifest_folder(path)
     source = folder / MANIFEST
     raw = read_raw(folder)
-    declaration = _class_of(folder, raw)
+    declaration, problems = _class_of(folder, raw)
     derived = derive_parameters(raw.get("parameters"), declaration)
     if derived.undescribed:
         names = derived.undescribed
@@ -212,7 +213,7 @@ def write_parameters(path: Path | str) -> Rewrite:
     if not derived.changes:
         return rewrite
     new = {**raw, "parameters": derived.parameters}
-    before = set(manifest_problems(raw, folder)[0])
+    before = set(problems)
     introduced = [p for p in manifest_problems(new, folder)[0] if p not in before]
     if introduced:
         raise ManifestError([f"{p} (after writing the class's parameters; nothing written)" for p in introduced])
